@@ -1,0 +1,45 @@
+"""QualityFITS: image-quality assessment of flat-fielded FITS images.
+
+The science pipeline, pure and without web code: sky background, source
+detection and measurement, PSF star selection, pixel-free PSF FWHM and
+ellipticity, an empirical PSF model, star/galaxy separation and counts,
+QA flags, and an exposure aggregate over the CCDs of a mosaic.
+
+Import boundary: this package imports only the scientific stack (numpy,
+scipy, astropy, sep, photutils, matplotlib) and the standard library.
+It never imports ``votable``, ``uws`` or ``pbs_bridge``.
+
+>>> import qualityfits
+>>> report = qualityfits.assess("image.fits")        # doctest: +SKIP
+>>> report.exposure.metrics["FWHM_ARCSEC"]          # doctest: +SKIP
+"""
+
+from qualityfits._version import __version__
+from qualityfits.config import QualityConfig
+from qualityfits.errors import (
+    EmptyImageError,
+    InvalidImageError,
+    InvalidParameterError,
+    NoImageDataError,
+    NoStarsError,
+    QualityFitsError,
+    ShapeMismatchError,
+)
+from qualityfits.pipeline import assess
+from qualityfits.report import ExposureReport, ExtensionReport, QualityReport
+
+__all__ = [
+    "EmptyImageError",
+    "ExposureReport",
+    "ExtensionReport",
+    "InvalidImageError",
+    "InvalidParameterError",
+    "NoImageDataError",
+    "NoStarsError",
+    "QualityConfig",
+    "QualityFitsError",
+    "QualityReport",
+    "ShapeMismatchError",
+    "__version__",
+    "assess",
+]

@@ -1,0 +1,58 @@
+"""Typed exceptions of the QualityFITS pipeline.
+
+Per-source problems are bit flags in the source table; per-image problems
+are these exceptions.  Every message is one line, precise, and names the
+file or extension and the value at fault, so that a command line, a UWS
+``errorSummary`` or a log can show it as it is.
+"""
+
+from __future__ import annotations
+
+
+class QualityFitsError(Exception):
+    """Base class: the assessment cannot produce a report for this input.
+
+    Attributes
+    ----------
+    code : str
+        A short machine-readable code (``"invalid-image"``, ...), stable
+        across versions, for services that map errors to protocols.
+    """
+
+    code = "quality-error"
+
+
+class InvalidImageError(QualityFitsError):
+    """The file is not a readable FITS file (not FITS, truncated, corrupt)."""
+
+    code = "invalid-image"
+
+
+class NoImageDataError(QualityFitsError):
+    """The FITS file holds no two-dimensional image HDU."""
+
+    code = "no-image-data"
+
+
+class EmptyImageError(QualityFitsError):
+    """An image has no usable pixels (all NaN, all masked, or constant)."""
+
+    code = "empty-image"
+
+
+class NoStarsError(QualityFitsError):
+    """No star usable for the PSF was found in an image."""
+
+    code = "no-stars"
+
+
+class ShapeMismatchError(QualityFitsError):
+    """A flat or mask does not match the image (shape or extension count)."""
+
+    code = "shape-mismatch"
+
+
+class InvalidParameterError(QualityFitsError, ValueError):
+    """A parameter value is out of range (negative zero point, ...)."""
+
+    code = "invalid-parameter"
