@@ -1,0 +1,236 @@
+"""Command line: ``qualityfits IMAGE [options]``.
+
+Assesses one FITS image, shows a progress bar on a terminal, prints a
+summary table and writes ``OUTDIR/<image stem>.summary.json``.  Exit
+status: 0 on success (some extensions may have failed: the table says
+which), 2 with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from qualityfits._version import __version__
+from qualityfits.config import QualityConfig
+from qualityfits.errors import QualityFitsError
+from qualityfits.pipeline import STEPS, ProgressEvent, assess
+from qualityfits.report import QualityReport
+
+_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fts.gz", ".fits", ".fit",
+             ".fts", ".fz", ".gz")
+
+
+def image_stem(path: str | Path) -> str:
+    """File name without its FITS (and compression) suffixes."""
+    name = Path(path).name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qualityfits",
+        description="Assess the quality of a flat-fielded FITS image: sky, "
+        "PSF FWHM and ellipticity, PSF model, star and galaxy counts.",
+    )
+    p.add_argument("image", help="FITS image (.fits, .fits.gz, .fits.fz; "
+                   "single or multi-extension)")
+    p.add_argument("--flat", help="master flat with the same extensions")
+    p.add_argument("--mask", help="bad-pixel mask with the same extensions")
+    p.add_argument("--mask-bad-value", choices=("auto", "zero", "nonzero"),
+                   default="auto",
+                   help="which mask values are bad (default: auto, the "
+                   "minority value)")
+    p.add_argument("--zeropoint", type=float, metavar="ZP",
+                   help="magnitude of 1 ADU (default: header PHOTZP, "
+                   "MAGZERO...)")
+    p.add_argument("--pixscale", type=float, metavar="ARCSEC",
+                   help="pixel scale when the image has no celestial WCS")
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="worker processes (default: all cores)")
+    p.add_argument("-o", "--outdir", default=".", metavar="OUTDIR",
+                   help="where to write <image stem>.summary.json "
+                   "(default: current directory)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value (repeatable), "
+                   "e.g. --set detect_thresh=2")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar even on a terminal")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {__version__}")
+    return p
+
+
+def _config(pairs: Sequence[str]) -> QualityConfig:
+    defaults = QualityConfig().to_dict()
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep_, raw = pair.partition("=")
+        key = key.strip()
+        if not sep_ or key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise QualityFitsError(
+                f"--set {pair!r}: expected KEY=VALUE with KEY one of {known}"
+            )
+        default = defaults[key]
+        try:
+            if isinstance(default, list):
+                values[key] = [float(v) for v in raw.split(",")]
+            elif isinstance(default, bool):
+                values[key] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[key] = int(raw)
+            else:
+                values[key] = float(raw)
+        except ValueError:
+            raise QualityFitsError(
+                f"--set {pair!r}: {raw!r} is not a valid value for {key}"
+            ) from None
+    return QualityConfig.from_dict(values)
+
+
+class _Progress:
+    """A tqdm bar over (extensions x steps) showing each CCD's step."""
+
+    def __init__(self, image: str, stream: IO[str]) -> None:
+        from tqdm import tqdm  # noqa: PLC0415 - only on a terminal
+
+        self._bar = tqdm(total=None, unit="step", file=stream,
+                         desc=Path(image).name, dynamic_ncols=True,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                         "{n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]"
+                         " {postfix}")
+        self._running: dict[str, str] = {}
+        self._seen: dict[str, int] = {}
+        self._done = 0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.extension not in self._seen:
+            self._seen[event.extension] = 0
+            self._bar.total = len(STEPS) * max(len(self._seen), 1)
+        if event.step in ("done", "failed"):
+            self._running.pop(event.extension, None)
+            self._done += 1
+            advance = len(STEPS) - self._seen[event.extension]
+        else:
+            self._running[event.extension] = event.step
+            advance = event.step_number - 1 - self._seen[event.extension]
+        self._seen[event.extension] += max(advance, 0)
+        self._bar.update(max(advance, 0))
+        shown = ", ".join(f"{k}: {v}" for k, v in
+                          list(self._running.items())[:4])
+        self._bar.set_postfix_str(f"{self._done} CCD done; {shown}")
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _fmt(value: float, digits: int) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    if digits == 0:
+        return f"{round(value)}"
+    return f"{value:.{digits}f}"
+
+
+def summary_text(report: QualityReport) -> str:
+    """Format the readable summary table printed at the end of a run."""
+    has_scale = any(math.isfinite(e.metrics.get("PIXSCALE", math.nan))
+                    for e in report.extensions)
+    fwhm_key, fwhm_head = (("FWHM_ARCSEC", 'FWHM"') if has_scale
+                           else ("FWHM_PIX", "FWHMpx"))
+    cols = [
+        ("EXTNAME", None, 0), ("SKY", "SKY_MEAN", 1), ("RMS", "SKY_RMS", 2),
+        (fwhm_head, fwhm_key, 3), ("ELLIP", "ELLIPTICITY", 3),
+        ("BETA", "PSF_BETA", 2), ("NPSF", "NSTAR_PSF", 0),
+        ("NOBJ", "NOBJ", 0), ("NSTAR", "NSTAR", 0), ("NGAL", "NGAL", 0),
+        ("MLIM5", "MAGLIM_5SIG", 2),
+    ]
+    rows = []
+    for ext in report.extensions:
+        row = [ext.name]
+        for _, key, digits in cols[1:]:
+            assert key is not None
+            row.append(_fmt(ext.metrics.get(key, math.nan), digits))
+        row.append(",".join(ext.flags) if ext.ok else "FAILED")
+        rows.append(row)
+    agg = report.exposure.metrics
+    if len(report.extensions) > 1:
+        row = ["median"]
+        for _, key, digits in cols[1:]:
+            assert key is not None
+            row.append(_fmt(agg[key]["median"], digits))
+        row.append(",".join(report.exposure.flags))
+        rows.append(row)
+    heads = [c[0] for c in cols] + ["QA FLAGS"]
+    widths = [max(len(h), *(len(r[i]) for r in rows))
+              for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) if i in (0, len(heads) - 1) else h.rjust(w)
+                       for i, (h, w) in enumerate(zip(heads, widths,
+                                                      strict=True)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        if r[0] == "median":
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append("  ".join(
+            v.ljust(w) if i in (0, len(heads) - 1) else v.rjust(w)
+            for i, (v, w) in enumerate(zip(r, widths, strict=True))))
+    lines.extend(f"FAILED {ext.name}: {ext.error.message}"
+                 for ext in report.extensions if ext.error is not None)
+    notes = sorted({n for e in report.extensions for n in e.notes})
+    lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    warnings.simplefilter("ignore")  # astropy header chatter
+    progress = None
+    if not args.no_progress and sys.stderr.isatty():
+        progress = _Progress(args.image, sys.stderr)
+    try:
+        config = _config(args.set)
+        outdir = Path(args.outdir)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QualityFitsError(
+                f"cannot create output directory {outdir}: {exc.strerror}"
+            ) from None
+        report = assess(
+            args.image, flat=args.flat, mask=args.mask,
+            zeropoint=args.zeropoint, pixscale=args.pixscale,
+            config=config, jobs=args.jobs, progress=progress,
+            mask_convention=args.mask_bad_value,
+        )
+    except QualityFitsError as exc:
+        if progress is not None:
+            progress.close()
+        print(f"qualityfits: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        print("qualityfits: interrupted", file=sys.stderr)
+        return 130
+    if progress is not None:
+        progress.close()
+    out = outdir / f"{image_stem(args.image)}.summary.json"
+    out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    print(summary_text(report))
+    print(f"summary written to {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

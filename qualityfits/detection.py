@@ -1,0 +1,269 @@
+"""Detection and measurement of every source of a CCD.
+
+Detection is SExtractor's (via sep): a 3x3 matched filter, a threshold in
+units of the local background RMS, multi-threshold deblending and
+cleaning.  Each source is then measured like SExtractor measures it:
+isophotal shape (A, B, THETA), Kron "AUTO" flux with a 2.5 Kron-radius
+ellipse (minimum radius 3.5 px), half-light radius relative to the AUTO
+flux, S/N, and per-source flags.
+
+Coordinates are 0-based inside the pipeline (sep's convention); the
+report adds 1 so that its tables follow FITS (SExtractor's X_IMAGE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntFlag
+
+import numpy as np
+import sep
+from numpy.typing import NDArray
+
+from qualityfits.config import QualityConfig
+
+FloatArray = NDArray[np.float64]
+
+# sep keeps these limits per process; each worker sets them once.
+PIXSTACK = 3_000_000
+SUB_OBJECT_LIMIT = 4096
+KRON_FACTOR = 2.5
+KRON_MIN_RADIUS = 3.5
+
+
+class SourceFlag(IntFlag):
+    """Per-source flags (bit values follow SExtractor's FLAGS)."""
+
+    NEIGHBOURS = 1
+    """The AUTO aperture holds pixels of other sources or bad pixels."""
+    BLENDED = 2
+    """Deblended from a larger detection."""
+    SATURATED = 4
+    """At least one pixel at or above the saturation level."""
+    TRUNCATED = 8
+    """Touches the image border."""
+    BAD_PIXELS = 16
+    """Masked (bad) pixels within the AUTO aperture."""
+    APER_CORRUPT = 32
+    """The AUTO flux is not positive or its aperture is fully masked."""
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Measured sources of one CCD (0-based coordinates, one row each).
+
+    Attributes are arrays of equal length; ``segmap`` is the sep
+    segmentation map (0 = sky, i + 1 = source i).
+    """
+
+    x: FloatArray
+    y: FloatArray
+    a: FloatArray
+    b: FloatArray
+    theta: FloatArray  # radians, counter-clockwise from +x
+    npix: NDArray[np.int64]
+    peak: FloatArray  # background-subtracted peak pixel [ADU]
+    flux: FloatArray  # FLUX_AUTO [ADU]
+    flux_err: FloatArray
+    snr: FloatArray
+    r_half: FloatArray  # FLUX_RADIUS (50 %) [px]
+    kron_radius: FloatArray
+    background: FloatArray  # local background at (x, y) [ADU]
+    noise: FloatArray  # local background RMS at (x, y) [ADU]
+    flags: NDArray[np.int64]
+    segmap: NDArray[np.int32]
+
+    def __len__(self) -> int:
+        """Return the number of sources."""
+        return int(self.x.size)
+
+
+def configure_sep() -> None:
+    """Raise sep's process-wide limits for crowded 2k x 4k CCDs."""
+    sep.set_extract_pixstack(PIXSTACK)
+    sep.set_sub_object_limit(SUB_OBJECT_LIMIT)
+
+
+def extract(
+    data_sub: NDArray[np.float32],
+    rms: NDArray[np.float32],
+    bad: NDArray[np.bool_],
+    config: QualityConfig,
+) -> tuple[NDArray[np.void], NDArray[np.int32]]:
+    """Detect sources on a background-subtracted image.
+
+    Returns the sep object array and the segmentation map.
+    """
+    objects, segmap = sep.extract(
+        data_sub,
+        config.detect_thresh,
+        err=rms,
+        mask=bad,
+        minarea=config.detect_minarea,
+        deblend_nthresh=config.deblend_nthresh,
+        deblend_cont=config.deblend_cont,
+        # SExtractor's semantics: the filtered image is compared with the
+        # threshold times the RMS of the *unfiltered* image ("matched"
+        # lowers the threshold by the filter's noise reduction and turns
+        # noise peaks into detections).
+        filter_type="conv",
+        segmentation_map=True,
+    )
+    return objects, segmap
+
+
+def measure(
+    data_sub: NDArray[np.float32],
+    back: NDArray[np.float32],
+    rms: NDArray[np.float32],
+    bad: NDArray[np.bool_],
+    objects: NDArray[np.void],
+    segmap: NDArray[np.int32],
+    *,
+    gain: float | None,
+    saturation: float | None,
+    config: QualityConfig,
+) -> Sources:
+    """Measure every detected source (AUTO flux, r_h, S/N, flags).
+
+    Parameters
+    ----------
+    data_sub : ndarray
+        Background-subtracted image.
+    back, rms : ndarray
+        Background and background-RMS maps.
+    bad : ndarray of bool
+        Bad pixels (masked everywhere).
+    objects, segmap : ndarray
+        The output of `extract`.
+    gain : float or None
+        e-/ADU, for the Poisson part of flux errors; None ignores it.
+    saturation : float or None
+        Saturation level [ADU] of the raw (not background-subtracted)
+        pixels; None when unknown.
+    config : QualityConfig
+    """
+    n = len(objects)
+    x = objects["x"].astype(np.float64)
+    y = objects["y"].astype(np.float64)
+    a = objects["a"].astype(np.float64)
+    b = objects["b"].astype(np.float64)
+    theta = objects["theta"].astype(np.float64)
+    ids = np.arange(1, n + 1, dtype=np.int32)
+    ny, nx = data_sub.shape
+    if n == 0:
+        empty = np.zeros(0)
+        return Sources(
+            x=empty, y=empty, a=empty, b=empty, theta=empty,
+            npix=np.zeros(0, np.int64), peak=empty, flux=empty,
+            flux_err=empty, snr=empty, r_half=empty, kron_radius=empty,
+            background=empty, noise=empty, flags=np.zeros(0, np.int64),
+            segmap=segmap,
+        )
+    # sep wants a >= b > 0 and |theta| <= pi/2.
+    a = np.maximum(a, 1e-3)
+    b = np.clip(b, 1e-3, a)
+    theta = np.clip(theta, -np.pi / 2, np.pi / 2)
+    kron, kflag = sep.kron_radius(
+        data_sub, x, y, a, b, theta, 6.0, mask=bad, seg_id=ids,
+        segmap=segmap,
+    )
+    kron = np.where(np.isfinite(kron) & (kron > 0), kron, 0.0)
+    circle = kron * np.sqrt(a * b) < KRON_MIN_RADIUS / KRON_FACTOR
+    flux = np.empty(n)
+    flux_err = np.empty(n)
+    aflag = np.zeros(n, dtype=np.int64)
+    ell = ~circle
+    if ell.any():
+        f, fe, fl = sep.sum_ellipse(
+            data_sub, x[ell], y[ell], a[ell], b[ell], theta[ell],
+            KRON_FACTOR * kron[ell], err=rms, gain=gain, mask=bad,
+            seg_id=ids[ell], segmap=segmap, subpix=1,
+        )
+        flux[ell], flux_err[ell], aflag[ell] = f, fe, fl
+    if circle.any():
+        f, fe, fl = sep.sum_circle(
+            data_sub, x[circle], y[circle], KRON_MIN_RADIUS, err=rms,
+            gain=gain, mask=bad, seg_id=ids[circle], segmap=segmap,
+            subpix=1,
+        )
+        flux[circle], flux_err[circle], aflag[circle] = f, fe, fl
+    # Bad pixels inside the aperture: sum the bad-pixel mask itself.
+    radius_a = np.where(circle, KRON_MIN_RADIUS, KRON_FACTOR * kron * a)
+    radius_b = np.where(circle, KRON_MIN_RADIUS, KRON_FACTOR * kron * b)
+    badf = bad.astype(np.float32)
+    nbad, _, _ = sep.sum_ellipse(
+        badf, x, y, np.maximum(radius_a, radius_b), np.minimum(radius_a,
+                                                               radius_b),
+        np.where(circle, 0.0, theta), 1.0, subpix=1,
+    )
+    normflux = np.where(flux > 0, flux, np.nan)
+    r_half, _ = sep.flux_radius(
+        data_sub, x, y, 6.0 * a, 0.5, normflux=normflux, mask=bad,
+        seg_id=ids, segmap=segmap, subpix=5,
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(flux_err > 0, flux / flux_err, 0.0)
+    ix = np.clip(np.round(x).astype(np.intp), 0, nx - 1)
+    iy = np.clip(np.round(y).astype(np.intp), 0, ny - 1)
+    local_back = back[iy, ix].astype(np.float64)
+    flags = np.zeros(n, dtype=np.int64)
+    flags[(aflag & sep.APER_HASMASKED) != 0] |= SourceFlag.NEIGHBOURS
+    flags[(objects["flag"] & sep.OBJ_MERGED) != 0] |= SourceFlag.BLENDED
+    flags[((objects["flag"] & sep.OBJ_TRUNC) != 0)
+          | ((aflag & sep.APER_TRUNC) != 0)] |= SourceFlag.TRUNCATED
+    flags[nbad > 0.5] |= SourceFlag.BAD_PIXELS | SourceFlag.NEIGHBOURS
+    flags[(flux <= 0) | ((aflag & sep.APER_ALLMASKED) != 0)
+          | ~np.isfinite(flux)] |= SourceFlag.APER_CORRUPT
+    if saturation is not None:
+        sat = (data_sub + back) >= config.saturation_margin * saturation
+        sat_ids = np.unique(segmap[sat])
+        sat_ids = sat_ids[sat_ids > 0] - 1
+        flags[sat_ids] |= SourceFlag.SATURATED
+    del kflag
+    return Sources(
+        x=x, y=y, a=a, b=b, theta=theta,
+        npix=objects["npix"].astype(np.int64),
+        peak=objects["peak"].astype(np.float64),
+        flux=flux, flux_err=flux_err, snr=snr,
+        r_half=np.asarray(r_half, dtype=np.float64),
+        kron_radius=kron, background=local_back,
+        noise=rms[iy, ix].astype(np.float64), flags=flags,
+        segmap=segmap,
+    )
+
+
+def measure_saturation(data: NDArray[np.float32],
+                       bad: NDArray[np.bool_]) -> float | None:
+    """Saturation level read off the pixels, or None if none is seen.
+
+    A saturated image has a plateau: several pixels within 0.5 % of the
+    maximum value.  Returns that maximum, else None.
+    """
+    good = data[~bad]
+    if good.size == 0:
+        return None
+    vmax = float(good.max())
+    if vmax <= 0:
+        return None
+    top = int(np.count_nonzero(good >= 0.995 * vmax))
+    return vmax if top >= 5 else None
+
+
+def object_mask(objects: NDArray[np.void], segmap: NDArray[np.int32],
+                scale: float = 6.0) -> NDArray[np.bool_]:
+    """Mask the pixels covered by sources.
+
+    Their segments and ``scale`` times their isophotal ellipses (which
+    reach into the wings of bright stars).
+
+    Used to exclude sources from the second background pass.
+    """
+    mask = segmap > 0
+    if len(objects):
+        a = np.maximum(objects["a"], 1e-3)
+        b = np.clip(objects["b"], 1e-3, a)
+        sep.mask_ellipse(mask, objects["x"], objects["y"], a, b,
+                         np.clip(objects["theta"], -np.pi / 2, np.pi / 2),
+                         r=scale)
+    return mask

@@ -1,0 +1,504 @@
+"""Reading images, flats and masks: the only place that touches FITS files.
+
+Algorithms never see a FITS file or a big-endian array: this module opens
+``.fits``, ``.fits.gz`` and tile-compressed ``.fits.fz`` files, lists
+their image HDUs (each one a CCD; table HDUs are skipped; an empty
+primary HDU is fine), and reads one extension at a time as a native
+``float32`` array cropped to its data section, with the matching flat and
+mask.  A gzip file is decompressed once to a temporary file so that
+worker processes can memory-map any extension without decompressing the
+ones before it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import shutil
+import tempfile
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import numpy as np
+from astropy.io import fits
+from numpy.typing import NDArray
+
+from qualityfits.errors import (
+    EmptyImageError,
+    InvalidImageError,
+    InvalidParameterError,
+    NoImageDataError,
+    ShapeMismatchError,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+ImageInput: TypeAlias = str | Path | fits.HDUList
+MaskConvention: TypeAlias = Literal["auto", "zero", "nonzero"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_FITS_MAGIC = b"SIMPLE  ="
+_SECTION = re.compile(
+    r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$"
+)
+_READ_ERRORS = (OSError, ValueError, EOFError, TypeError, zlib.error,
+                KeyError, IndexError)
+
+
+def parse_section(value: Any) -> tuple[int, int, int, int] | None:
+    """Parse an IRAF section ``[x1:x2,y1:y2]`` (1-based, inclusive).
+
+    Returns ``(x1, x2, y1, y2)`` as written (reversed ranges mean a flip),
+    or None when the value is absent, malformed or "not applicable"
+    (zeros, as CFHT writes in masks).
+    """
+    if not isinstance(value, str):
+        return None
+    match = _SECTION.match(value.strip())
+    if match is None:
+        return None
+    x1, x2, y1, y2 = (int(g) for g in match.groups())
+    if min(x1, x2, y1, y2) < 1:
+        return None
+    return x1, x2, y1, y2
+
+
+def header_number(header: fits.Header, *keys: str) -> float | None:
+    """First positive finite numeric value among ``keys``, else None.
+
+    CFHT writes 0 for "not applicable" (GAIN, SATURATE in masks), so
+    zero and negative values count as absent.
+    """
+    for key in keys:
+        value = header.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if np.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
+@dataclass(frozen=True)
+class ImageExtension:
+    """One image HDU of an input file: a CCD.
+
+    Attributes
+    ----------
+    index : int
+        HDU index in the file (0 = primary).
+    name : str
+        EXTNAME, or ``"PRIMARY"`` / ``"HDU<n>"``.
+    shape : tuple of int
+        (ny, nx) of the full HDU.
+    datasec : tuple of int or None
+        0-based (y0, y1, x0, x1) slice bounds of the data section, or
+        None when the whole HDU is data.
+    header : astropy.io.fits.Header
+        The HDU header; for the primary-less extension of a MEF it is
+        merged with the primary header (extension keywords win).
+    """
+
+    index: int
+    name: str
+    shape: tuple[int, int]
+    datasec: tuple[int, int, int, int] | None
+    header: fits.Header
+
+    @property
+    def data_shape(self) -> tuple[int, int]:
+        """Shape (ny, nx) of the data section."""
+        if self.datasec is None:
+            return self.shape
+        y0, y1, x0, x1 = self.datasec
+        return (y1 - y0, x1 - x0)
+
+
+def _datasec(header: fits.Header, shape: tuple[int, int]) -> (
+        tuple[int, int, int, int] | None):
+    """0-based slice bounds of DATASEC if it is a proper sub-area."""
+    sec = parse_section(header.get("DATASEC"))
+    if sec is None:
+        return None
+    x1, x2, y1, y2 = sec
+    x0, x1_ = min(x1, x2) - 1, max(x1, x2)
+    y0, y1_ = min(y1, y2) - 1, max(y1, y2)
+    ny, nx = shape
+    if x1_ > nx or y1_ > ny or (x0, y0, x1_, y1_) == (0, 0, nx, ny):
+        return None
+    return (y0, y1_, x0, x1_)
+
+
+def _image_shape(hdu: Any) -> tuple[int, int] | None:
+    """(ny, nx) of an image HDU, None for tables and empty HDUs."""
+    if not isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU
+                      | fits.CompImageHDU):
+        return None
+    header = hdu.header  # a CompImageHDU shows its image header here
+    naxis = int(header.get("NAXIS", 0) or 0)
+    if naxis < 2:
+        return None
+    dims = [int(header.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
+    if any(d == 0 for d in dims[:2]) or any(d != 1 for d in dims[2:]):
+        return None
+    return (dims[1], dims[0])
+
+
+class ImageSource:
+    """An opened input image: a file path or an in-memory HDUList.
+
+    Use as a context manager; it removes its temporary files on exit.
+
+    Parameters
+    ----------
+    image : str, Path or astropy.io.fits.HDUList
+        The input.
+    label : str
+        How messages name the input (``"image"``, ``"flat"``, ...).
+    tmpdir : Path, optional
+        Where to decompress gzip files (default: the system temp dir).
+    """
+
+    def __init__(self, image: ImageInput, *, label: str = "image",
+                 tmpdir: Path | None = None) -> None:
+        self.label = label
+        self._tmp: Path | None = None
+        self._hdul: fits.HDUList | None = None
+        self._owns_hdul = False
+        if isinstance(image, fits.HDUList):
+            self.path: Path | None = None
+            self.display = f"{label} (in-memory HDUList)"
+            self._hdul = image
+        else:
+            self.path = Path(image)
+            self.display = f"{label} {self.path.name}"
+            self.path = self._prepare_file(self.path, tmpdir)
+            self._hdul = self._open_file(self.path)
+            self._owns_hdul = True
+        self.extensions = self._scan()
+
+    # -- opening -------------------------------------------------------
+    def _prepare_file(self, path: Path, tmpdir: Path | None) -> Path:
+        if not path.exists():
+            raise InvalidImageError(f"{self.display}: no such file")
+        if path.is_dir():
+            raise InvalidImageError(f"{self.display}: is a directory")
+        with path.open("rb") as fh:
+            head = fh.read(9)
+        if head[:2] == _GZIP_MAGIC:
+            self._tmp = Path(tempfile.mkdtemp(prefix="qf-", dir=tmpdir))
+            out = self._tmp / (path.name.removesuffix(".gz") or "image")
+            try:
+                with gzip.open(path, "rb") as src, out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, length=4 << 20)
+            except (EOFError, OSError, zlib.error) as exc:
+                self.close()
+                raise InvalidImageError(
+                    f"{self.display}: corrupt or truncated gzip file "
+                    f"({exc})"
+                ) from None
+            with out.open("rb") as fh:
+                head = fh.read(9)
+            path = out
+        if head != _FITS_MAGIC:
+            self.close()
+            raise InvalidImageError(
+                f"{self.display}: not a FITS file (it does not start "
+                "with SIMPLE =)"
+            )
+        return path
+
+    def _open_file(self, path: Path) -> fits.HDUList:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # Raw values, memory-mapped; BSCALE/BZERO/BLANK are applied
+                # by `read` directly into float32 (astropy would refuse to
+                # memory-map scaled data, or scale to float64).
+                hdul = fits.open(path, memmap=True, lazy_load_hdus=False,
+                                 do_not_scale_image_data=True)
+        except _READ_ERRORS as exc:
+            self.close()
+            raise InvalidImageError(
+                f"{self.display}: unreadable FITS file ({exc})"
+            ) from None
+        size = path.stat().st_size
+        for i, hdu in enumerate(hdul):
+            info = hdu.fileinfo()
+            if info and info["datLoc"] + info["datSpan"] > size:
+                hdul.close()
+                self.close()
+                raise InvalidImageError(
+                    f"{self.display}: truncated FITS file (HDU {i} needs "
+                    f"{info['datLoc'] + info['datSpan']} bytes, the file "
+                    f"has {size})"
+                )
+        return hdul
+
+    def _scan(self) -> tuple[ImageExtension, ...]:
+        assert self._hdul is not None
+        primary = self._hdul[0].header
+        found = []
+        for i, hdu in enumerate(self._hdul):
+            shape = _image_shape(hdu)
+            if shape is None:
+                continue
+            header = hdu.header.copy()
+            if i > 0:
+                # Inherit exposure-level keywords (EXPTIME, FILTER,
+                # GAIN...) written once in the primary header of a MEF.
+                for card in primary.cards:
+                    if (card.keyword and card.keyword not in header
+                            and card.keyword not in ("SIMPLE", "EXTEND",
+                                                     "COMMENT", "HISTORY",
+                                                     "")
+                            and not card.keyword.startswith("NAXIS")):
+                        header.append(card, end=True)
+            name = str(hdu.header.get("EXTNAME", "")).strip() or (
+                "PRIMARY" if i == 0 else f"HDU{i}")
+            found.append(ImageExtension(
+                index=i, name=name, shape=shape,
+                datasec=_datasec(hdu.header, shape), header=header,
+            ))
+        if not found:
+            raise NoImageDataError(
+                f"{self.display}: no two-dimensional image HDU "
+                f"(HDUs: {', '.join(type(h).__name__ for h in self._hdul)})"
+            )
+        names = [e.name for e in found]
+        if len(set(names)) != len(names):
+            found = [
+                ImageExtension(index=e.index, name=f"{e.name}#{e.index}",
+                               shape=e.shape, datasec=e.datasec,
+                               header=e.header)
+                for e in found
+            ]
+        return tuple(found)
+
+    # -- reading -------------------------------------------------------
+    def read(self, ext: ImageExtension, *, crop: bool = True) -> (
+            NDArray[np.float32]):
+        """Read one extension as a native-order float32 array.
+
+        Parameters
+        ----------
+        ext : ImageExtension
+            One of `extensions`.
+        crop : bool
+            Crop to the data section (DATASEC) when there is one.
+
+        Raises
+        ------
+        InvalidImageError
+            If the pixels cannot be read (corrupt or truncated data).
+        """
+        assert self._hdul is not None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = self._hdul[ext.index].data
+            if raw is None:
+                raise ValueError("no data")
+            raw = raw.reshape(ext.shape)
+            if crop and ext.datasec is not None:
+                y0, y1, x0, x1 = ext.datasec
+                raw = raw[y0:y1, x0:x1]
+            data = _scaled(raw, self._hdul[ext.index].header)
+        except _READ_ERRORS as exc:
+            raise InvalidImageError(
+                f"{self.display}, extension {ext.name}: unreadable pixels "
+                f"({exc})"
+            ) from None
+        return data
+
+    def close(self) -> None:
+        """Close the file and remove any temporary copy."""
+        if self._hdul is not None and self._owns_hdul:
+            self._hdul.close()
+        self._hdul = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> ImageSource:  # noqa: PYI034 - final class in use
+        """Enter the context."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close and clean up."""
+        self.close()
+
+
+def _scaled(raw: NDArray[Any], header: fits.Header) -> NDArray[np.float32]:
+    """Physical values (BSCALE, BZERO, BLANK applied) as native float32.
+
+    Works when the data were read unscaled, as this module reads them;
+    when astropy already scaled them (an in-memory HDUList), the scaling
+    keywords are gone from the header and this is a plain conversion.
+    Integer offsets are applied exactly (in int64, a block of rows at a
+    time) before the conversion, so that 32-bit unsigned data stored with
+    BZERO = 2**31 keep their precision.
+    """
+    bscale = header.get("BSCALE", 1.0)
+    bzero = header.get("BZERO", 0.0)
+    if not isinstance(bscale, int | float) or isinstance(bscale, bool):
+        bscale = 1.0
+    if not isinstance(bzero, int | float) or isinstance(bzero, bool):
+        bzero = 0.0
+    if raw.dtype.kind in "iu" and bzero and float(bzero).is_integer():
+        data = np.empty(raw.shape, dtype=np.float32)
+        for start in range(0, raw.shape[0], 256):
+            rows = slice(start, start + 256)
+            data[rows] = raw[rows].astype(np.int64) + int(bzero)
+        bzero = 0.0
+    else:
+        data = np.array(raw, dtype=np.float32, order="C", copy=True)
+    if raw.dtype.kind in "iu":
+        blank = header.get("BLANK")
+        if isinstance(blank, int) and not isinstance(blank, bool):
+            data[raw == blank] = np.nan
+    if bscale != 1:
+        data *= np.float32(bscale)
+    if bzero != 0:
+        data += np.float32(bzero)
+    return data
+
+
+def match_extensions(
+    image: ImageSource, other: ImageSource
+) -> dict[int, ImageExtension]:
+    """Pair the image extensions of a flat or mask with the image's.
+
+    Extensions are paired in file order; a single-image flat or mask
+    serves a single-image input only.
+
+    Returns
+    -------
+    dict
+        Image HDU index -> matching extension of ``other``.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Different extension counts, or a shape that matches neither the
+        image extension nor its data section.
+    """
+    if len(other.extensions) != len(image.extensions):
+        raise ShapeMismatchError(
+            f"{other.display} has {len(other.extensions)} image "
+            f"extension(s), {image.display} has {len(image.extensions)}"
+        )
+    pairs = {}
+    for img, oth in zip(image.extensions, other.extensions, strict=True):
+        if oth.shape not in (img.shape, img.data_shape) and (
+                oth.data_shape != img.data_shape):
+            raise ShapeMismatchError(
+                f"{other.display} extension {oth.name} has shape "
+                f"{oth.shape[0]}x{oth.shape[1]} (rows x columns), "
+                f"{image.display} extension {img.name} has "
+                f"{img.data_shape[0]}x{img.data_shape[1]}"
+            )
+        pairs[img.index] = oth
+    return pairs
+
+
+def read_matched(other: ImageSource, oth: ImageExtension,
+                 img: ImageExtension) -> NDArray[np.float32]:
+    """Read a flat/mask extension cut to the image's data section."""
+    if oth.shape == img.shape and img.datasec is not None:
+        # Same raw geometry as the image: cut with the image's DATASEC.
+        full = other.read(oth, crop=False)
+        y0, y1, x0, x1 = img.datasec
+        return np.ascontiguousarray(full[y0:y1, x0:x1])
+    if oth.shape == img.data_shape:
+        return other.read(oth, crop=False)
+    return other.read(oth, crop=True)
+
+
+def mask_to_bad(
+    values: NDArray[np.float32],
+    convention: MaskConvention = "auto",
+    *,
+    name: str = "mask",
+) -> NDArray[np.bool_]:
+    """Turn a user mask into a boolean "bad pixel" array.
+
+    Parameters
+    ----------
+    values : ndarray
+        The mask pixels.
+    convention : {"auto", "zero", "nonzero"}
+        ``"zero"``: 0 marks a bad pixel (CFHT Elixir masks: 1 good,
+        0 bad).  ``"nonzero"``: any non-zero value marks a bad pixel
+        (flag maps).  ``"auto"``: the convention under which the
+        *minority* of pixels is bad.
+    name : str
+        Used in error messages.
+    """
+    finite = np.isfinite(values)
+    zero = finite & (values == 0)
+    if convention == "auto":
+        nzero = int(zero.sum())
+        convention = "nonzero" if nzero * 2 >= values.size else "zero"
+    if convention == "zero":
+        return zero | ~finite
+    if convention == "nonzero":
+        return ~zero
+    raise InvalidParameterError(
+        f"{name}: mask convention must be auto, zero or nonzero, got "
+        f"{convention!r}"
+    )
+
+
+def flat_to_bad(
+    flat: NDArray[np.float32], low: float, high: float, *, name: str
+) -> tuple[NDArray[np.bool_], float]:
+    """Bad pixels of a flat: non-finite, <= 0, or outside [low, high].
+
+    The flat is normalised by the median of its positive pixels.
+
+    Returns
+    -------
+    bad : ndarray of bool
+    median : float
+        The normalisation.
+
+    Raises
+    ------
+    EmptyImageError
+        When the flat has no positive pixel.
+    """
+    good = np.isfinite(flat) & (flat > 0)
+    if not good.any():
+        raise EmptyImageError(
+            f"{name}: the flat has no positive pixel (all zero, negative "
+            "or NaN)"
+        )
+    med = float(np.median(flat[good]))
+    norm = np.where(good, flat / med, 0.0)
+    return ~good | (norm < low) | (norm > high), med
+
+
+def check_pixels(data: NDArray[np.float32], bad: NDArray[np.bool_],
+                 *, name: str) -> None:
+    """Raise `EmptyImageError` if no pixel is usable or all are equal."""
+    usable = ~bad & np.isfinite(data)
+    n = int(usable.sum())
+    if n == 0:
+        if not np.isfinite(data).any():
+            raise EmptyImageError(f"{name}: every pixel is NaN or infinite")
+        raise EmptyImageError(f"{name}: every pixel is masked")
+    vals = data[usable]
+    if float(vals.min()) == float(vals.max()):
+        raise EmptyImageError(
+            f"{name}: constant image (every usable pixel is "
+            f"{float(vals[0]):g})"
+        )

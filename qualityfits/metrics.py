@@ -1,0 +1,174 @@
+"""The metrics of a CCD: names, units, meanings, and the QA flags.
+
+`METRICS` is the one definition of every per-extension statistic: the
+report, its table, the JSON summary and (later) the VOTable all take
+their column names, units, UCDs and descriptions from here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from qualityfits.config import QualityConfig
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Definition of one statistic."""
+
+    name: str
+    unit: str
+    ucd: str
+    description: str
+    integer: bool = False
+
+
+def _m(name: str, unit: str, ucd: str, description: str,
+       integer: bool = False) -> Metric:
+    return Metric(name, unit, ucd, description, integer)
+
+
+METRICS: tuple[Metric, ...] = (
+    _m("SKY_MEAN", "adu", "instr.skyLevel",
+       "Sky background: median of the SExtractor-style mesh mode "
+       "estimates, sources masked"),
+    _m("SKY_RMS", "adu", "stat.stdev;instr.skyLevel",
+       "Sky noise: median of the clipped mesh standard deviations"),
+    _m("SKY_MAG", "mag/arcsec2", "phot.mag.sb;instr.skyLevel",
+       "Sky surface brightness, ZP - 2.5 log10(SKY_MEAN / pixscale^2)"),
+    _m("SKY_GRAD", "", "instr.skyLevel;arith.ratio",
+       "(max - min) / mean of the filtered mesh background map"),
+    _m("SKY_LUMPINESS", "", "stat.stdev;instr.skyLevel",
+       "Robust scatter of the mesh map about a plane, in units of the "
+       "noise of a mesh mean (about 1 for a smooth sky)"),
+    _m("SATLEV", "adu", "instr.saturation",
+       "Saturation level (header SATURATE, else read off the pixels)"),
+    _m("NOBJ", "", "meta.number;src",
+       "Sources detected above DETECT_THRESH sigma", integer=True),
+    _m("NSTAR_PSF", "", "meta.number;src",
+       "Stars accepted for the PSF", integer=True),
+    _m("FWHM_PIX", "pix", "instr.det.psf",
+       "PSF FWHM before pixel sampling (pixel-free Moffat fits), median "
+       "over the PSF stars"),
+    _m("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
+       "FWHM_PIX times the pixel scale: the seeing"),
+    _m("FWHM_MIN", "pix", "stat.min;instr.det.psf",
+       "Smallest FWHM of the PSF map over the grid of the CCD"),
+    _m("FWHM_MAX", "pix", "stat.max;instr.det.psf",
+       "Largest FWHM of the PSF map over the grid of the CCD"),
+    _m("FWHM_RH", "pix", "instr.det.psf",
+       "Twice the median half-light radius of the PSF stars (PSFEx "
+       "FWHM_FromFluxRadius)"),
+    _m("FWHM_MOFFAT", "pix", "instr.det.psf",
+       "FWHM of a Moffat fitted to the empirical (pixel-convolved) PSF "
+       "model (PSFEx FWHM)"),
+    _m("ELLIPTICITY", "", "src.ellipticity;instr.det.psf",
+       "PSF (A-B)/(A+B), pixel-free: modulus of the mean ellipticity "
+       "vector of the PSF stars"),
+    _m("ELONGATION", "", "phys.size.axisRatio;instr.det.psf",
+       "PSF A/B, pixel-free: (1 + ELLIPTICITY) / (1 - ELLIPTICITY)"),
+    _m("THETA", "deg", "pos.posAng;instr.det.psf",
+       "Position angle of the PSF major axis, counter-clockwise from +x"),
+    _m("E1", "", "src.ellipticity;instr.det.psf",
+       "Mean (C11 - C22)/(C11 + C22) of the PSF second moments "
+       "(pixel-free)"),
+    _m("E2", "", "src.ellipticity;instr.det.psf",
+       "Mean 2 C12/(C11 + C22) of the PSF second moments (pixel-free)"),
+    _m("ELLIP_PSFEX", "", "src.ellipticity;instr.det.psf",
+       "(FWHMmax - FWHMmin)/(FWHMmax + FWHMmin) of the Moffat fitted to "
+       "the pixel-convolved PSF model (PSFEx Ellipticity)"),
+    _m("ELONG", "", "phys.size.axisRatio;instr.det.psf",
+       "Median isophotal A/B of the PSF stars (SExtractor ELONGATION)"),
+    _m("PSF_BETA", "", "instr.det.psf",
+       "Moffat beta, median of the pixel-free star fits"),
+    _m("PSF_CHI2", "", "stat.fit.chi2;instr.det.psf",
+       "Median reduced chi-square of the star fits"),
+    _m("PSF_RESID", "", "stat.fit.residual;instr.det.psf",
+       "RMS of PSF model minus its Moffat fit within 2 FWHM, over the "
+       "model peak"),
+    _m("PSF_ASYM", "", "instr.det.psf",
+       "RMS of the part of the PSF model odd under a 180 deg rotation "
+       "over that of the even part"),
+    _m("PSF_AREA", "pix2", "instr.det.psf",
+       "Effective area 1/sum(phi^2) of the normalised pixel-sampled PSF"),
+    _m("NSTAR", "", "meta.number;src",
+       "Sources classified as stars", integer=True),
+    _m("NGAL", "", "meta.number;src",
+       "Sources classified as galaxies", integer=True),
+    _m("NARTEFACT", "", "meta.number;src",
+       "Sources classified as artefacts (cosmic rays, hot pixels)",
+       integer=True),
+    _m("MAG_TURNOVER", "mag", "phot.mag",
+       "Centre of the most populated galaxy-count magnitude bin"),
+    _m("MAGLIM_5SIG", "mag", "phot.mag;stat.max",
+       "Magnitude of a point source at S/N 5 in PSF photometry"),
+    _m("ZEROPOINT", "mag", "phot.mag;arith.zp",
+       "Zero point used (magnitude of 1 ADU in the image)"),
+    _m("PIXSCALE", "arcsec", "instr.pixel",
+       "Pixel scale used (geometric mean of the two axes)"),
+    _m("GAIN", "electron/adu", "instr.calib",
+       "Gain used (header GAIN)"),
+    _m("EXPTIME", "s", "time.duration;obs.exposure",
+       "Exposure time (header EXPTIME)"),
+)
+
+METRIC_BY_NAME: Mapping[str, Metric] = {m.name: m for m in METRICS}
+
+
+@dataclass(frozen=True)
+class QaFlag:
+    """Definition of a QA flag."""
+
+    name: str
+    description: str
+
+
+QA_FLAGS: tuple[QaFlag, ...] = (
+    QaFlag("POOR_SEEING", "FWHM_ARCSEC above poor_seeing_arcsec"),
+    QaFlag("ELONGATED", "ELLIPTICITY above elongated_ellipticity"),
+    QaFlag("FEW_PSF_STARS", "NSTAR_PSF below few_psf_stars"),
+    QaFlag("BKG_ANOMALY",
+           "SKY_GRAD above bkg_gradient, or SKY_RMS above "
+           "bkg_noise_excess times the noise the sky level, gain and "
+           "read noise predict"),
+    QaFlag("PSF_VARIES",
+           "(FWHM_MAX - FWHM_MIN) / FWHM_PIX above psf_varies"),
+    QaFlag("DOUBLE_PSF",
+           "two loci in the half-light radius distribution of bright "
+           "compact sources (doubled image, lost guiding)"),
+    QaFlag("MISSING_CCD", "an extension of the exposure failed"),
+)
+
+
+def _gt(value: float, limit: float) -> bool:
+    return math.isfinite(value) and value > limit
+
+
+def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
+             read_noise: float | None, config: QualityConfig) -> list[str]:
+    """QA flags of one CCD from its metrics."""
+    flags = []
+    if _gt(metrics["FWHM_ARCSEC"], config.poor_seeing_arcsec):
+        flags.append("POOR_SEEING")
+    if _gt(metrics["ELLIPTICITY"], config.elongated_ellipticity):
+        flags.append("ELONGATED")
+    if metrics["NSTAR_PSF"] < config.few_psf_stars:
+        flags.append("FEW_PSF_STARS")
+    gain = metrics["GAIN"]
+    expected = float("nan")
+    if math.isfinite(gain) and metrics["SKY_MEAN"] > 0:
+        rn = (read_noise or 0.0) / gain
+        expected = math.sqrt(metrics["SKY_MEAN"] / gain + rn * rn)
+    if _gt(metrics["SKY_GRAD"], config.bkg_gradient) or _gt(
+            metrics["SKY_RMS"], config.bkg_noise_excess * expected):
+        flags.append("BKG_ANOMALY")
+    fwhm = metrics["FWHM_PIX"]
+    if math.isfinite(fwhm) and fwhm > 0 and _gt(
+            (metrics["FWHM_MAX"] - metrics["FWHM_MIN"]) / fwhm,
+            config.psf_varies):
+        flags.append("PSF_VARIES")
+    if double_locus:
+        flags.append("DOUBLE_PSF")
+    return flags

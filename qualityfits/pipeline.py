@@ -1,0 +1,835 @@
+"""`assess`: the whole assessment of an image, one extension at a time.
+
+Each image extension (CCD) is read, measured and released in turn, in a
+pool of worker processes (``jobs``), so that a 36-CCD, 700 MB mosaic is
+never held in memory at once, let alone as float64.  A failing extension
+does not stop the others: the report says which failed and why.  Only
+when no extension at all could be assessed does `assess` raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import astropy
+import numpy as np
+import scipy
+import sep
+from astropy.io import fits
+from astropy.table import Table
+from numpy.typing import NDArray
+
+from qualityfits import errors
+from qualityfits._version import __version__
+from qualityfits.background import sep_background, summarise_background
+from qualityfits.classify import (
+    CLASS_NAMES,
+    SourceClass,
+    classify,
+    counts,
+    flux_limit,
+    turnover,
+)
+from qualityfits.config import QualityConfig
+from qualityfits.detection import (
+    Sources,
+    configure_sep,
+    extract,
+    measure,
+    measure_saturation,
+    object_mask,
+)
+from qualityfits.io import (
+    ImageExtension,
+    ImageInput,
+    ImageSource,
+    MaskConvention,
+    check_pixels,
+    flat_to_bad,
+    header_number,
+    mask_to_bad,
+    match_extensions,
+)
+from qualityfits.metrics import METRICS, qa_flags
+from qualityfits.mosaic import aggregate, celestial_wcs
+from qualityfits.psf import PsfResult, measure_psf
+from qualityfits.report import ErrorInfo, ExtensionReport, QualityReport
+
+log = logging.getLogger(__name__)
+
+#: Processing steps of one extension, in order (progress reports these).
+STEPS: tuple[str, ...] = (
+    "read", "background", "detection", "psf", "classification", "metrics",
+)
+
+ZEROPOINT_KEYS = ("PHOTZP", "MAGZERO", "MAGZPT", "MAGZP", "ZEROPT", "ZP")
+PIXSCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
+GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
+RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of one extension started (or the extension finished).
+
+    ``step`` is one of `STEPS`, or ``"done"`` / ``"failed"`` when the
+    extension has finished.
+    """
+
+    extension: str
+    index: int
+    step: str
+    step_number: int
+    n_steps: int
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What an extension's measurement needs besides its pixels."""
+
+    zeropoint: float | None
+    pixscale: float | None
+    config: QualityConfig
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "qualityfits": __version__, "numpy": np.__version__,
+        "astropy": astropy.__version__, "sep": sep.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def _check_positive(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise errors.InvalidParameterError(
+            f"{name} must be a number, got {value!r}"
+        ) from None
+    if not math.isfinite(number) or number <= 0:
+        raise errors.InvalidParameterError(
+            f"{name} must be a positive number, got {value!r}"
+        )
+    return number
+
+
+# -- one extension ------------------------------------------------------------
+def _pixscale(header: fits.Header, given: float | None,
+              notes: list[str]) -> float | None:
+    wcs = celestial_wcs(header)
+    if wcs is not None:
+        try:
+            scales = wcs.proj_plane_pixel_scales()
+            scale = float(np.sqrt(scales[0].to_value("deg")
+                                  * scales[1].to_value("deg")) * 3600.0)
+        except (ValueError, AttributeError):
+            scale = math.nan
+        if math.isfinite(scale) and scale > 0:
+            if given and abs(given / scale - 1.0) > 0.05:
+                notes.append(
+                    f"pixel scale {scale:.4f} arcsec from the WCS used; "
+                    f"the {given:g} given differs"
+                )
+            return scale
+    if given:
+        return given
+    keyword = header_number(header, *PIXSCALE_KEYS)
+    if keyword is not None:
+        notes.append(f"pixel scale {keyword:g} arcsec from the header "
+                     "(no celestial WCS)")
+        return keyword
+    notes.append("no pixel scale (no WCS, none given): sizes in pixels "
+                 "only, no FWHM_ARCSEC, SKY_MAG or counts per deg2")
+    return None
+
+
+def _zeropoint(header: fits.Header, given: float | None,
+               notes: list[str]) -> float | None:
+    if given is not None:
+        return given
+    for key in ZEROPOINT_KEYS:
+        value = header_number(header, key)
+        if value is not None:
+            notes.append(f"zero point {value:g} from header {key}")
+            return value
+    notes.append("no zero point (none given, none in the header): "
+                 "instrumental magnitudes (zero point 0), no SKY_MAG")
+    return None
+
+
+def _sources_table(src: Sources, cls: NDArray[np.int64],
+                   ratio: NDArray[np.float64], psf_index: NDArray[np.intp],
+                   zp: float, header: fits.Header) -> Table:
+    """All sources, SExtractor column names, positions 1-based."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(src.flux > 0, zp - 2.5 * np.log10(src.flux), np.nan)
+        magerr = np.where(src.flux > 0,
+                          1.0857 * src.flux_err / src.flux, np.nan)
+    is_psf = np.zeros(len(src), dtype=bool)
+    is_psf[psf_index] = True
+    table = Table({
+        "NUMBER": np.arange(1, len(src) + 1, dtype=np.int32),
+        "X_IMAGE": src.x + 1.0,
+        "Y_IMAGE": src.y + 1.0,
+        "FLUX_AUTO": src.flux,
+        "FLUXERR_AUTO": src.flux_err,
+        "MAG_AUTO": mag,
+        "MAGERR_AUTO": magerr,
+        "SNR": src.snr,
+        "FLUX_RADIUS": src.r_half,
+        "A_IMAGE": src.a,
+        "B_IMAGE": src.b,
+        "THETA_IMAGE": np.degrees(src.theta),
+        "KRON_RADIUS": src.kron_radius,
+        "BACKGROUND": src.background,
+        "FLUX_MAX": src.peak,
+        "FLAGS": src.flags.astype(np.int16),
+        "CLASS": np.array([CLASS_NAMES[SourceClass(c)] for c in cls],
+                          dtype="U8"),
+        "SIZE_RATIO": ratio,
+        "PSF_STAR": is_psf,
+    })
+    for name, unit in (("X_IMAGE", "pix"), ("Y_IMAGE", "pix"),
+                       ("FLUX_AUTO", "adu"), ("FLUXERR_AUTO", "adu"),
+                       ("MAG_AUTO", "mag"), ("MAGERR_AUTO", "mag"),
+                       ("FLUX_RADIUS", "pix"), ("A_IMAGE", "pix"),
+                       ("B_IMAGE", "pix"), ("THETA_IMAGE", "deg"),
+                       ("BACKGROUND", "adu"), ("FLUX_MAX", "adu")):
+        table[name].unit = unit
+    wcs = celestial_wcs(header)
+    if wcs is not None and len(src):
+        ra, dec = wcs.all_pix2world(src.x, src.y, 0)
+        table["ALPHA_J2000"] = ra
+        table["DELTA_J2000"] = dec
+        table["ALPHA_J2000"].unit = table["DELTA_J2000"].unit = "deg"
+    return table
+
+
+def _stars_table(psf: PsfResult) -> Table:
+    s = psf.stars
+    table = Table({
+        "NUMBER": (s.index + 1).astype(np.int32),
+        "X_IMAGE": s.x + 1.0,
+        "Y_IMAGE": s.y + 1.0,
+        "FLUX": s.flux,
+        "SNR": s.snr,
+        "FLUX_RADIUS": s.r_half,
+        "FWHM": s.fwhm,
+        "FWHM_MAJOR": s.fwhm_major,
+        "FWHM_MINOR": s.fwhm_minor,
+        "ELLIPTICITY": s.ellipticity,
+        "THETA": s.theta,
+        "E1": s.e1,
+        "E2": s.e2,
+        "BETA": s.beta,
+        "CHI2": s.chi2,
+        "ELONGATION_ISO": s.elongation_iso,
+    })
+    for name in ("X_IMAGE", "Y_IMAGE", "FLUX_RADIUS", "FWHM",
+                 "FWHM_MAJOR", "FWHM_MINOR"):
+        table[name].unit = "pix"
+    table["THETA"].unit = "deg"
+    table["FLUX"].unit = "adu"
+    return table
+
+
+def _clipped_mean(values: NDArray[np.float64], kappa: float = 3.0) -> float:
+    keep = np.isfinite(values)
+    for _ in range(5):
+        if keep.sum() < 3:
+            break
+        med = np.median(values[keep])
+        sig = 1.4826 * np.median(np.abs(values[keep] - med))
+        if not sig > 0:
+            break
+        new = np.isfinite(values) & (np.abs(values - med) <= kappa * sig)
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    return float(np.mean(values[keep])) if keep.any() else math.nan
+
+
+def assess_extension(
+    data: NDArray[np.float32],
+    header: fits.Header,
+    *,
+    name: str,
+    index: int = 0,
+    bad: NDArray[np.bool_] | None = None,
+    zeropoint: float | None = None,
+    pixscale: float | None = None,
+    config: QualityConfig | None = None,
+    step: Callable[[str], None] | None = None,
+) -> ExtensionReport:
+    """Assess one CCD held in memory.
+
+    Parameters
+    ----------
+    data : ndarray
+        The pixels (any float or integer dtype; copied to float32).
+    header : astropy.io.fits.Header
+        Its header (GAIN, SATURATE, EXPTIME, WCS, zero point...).
+    name : str
+        Extension name used in messages.
+    index : int
+        HDU index, recorded in the report.
+    bad : ndarray of bool, optional
+        Pixels to ignore (user mask, bad flat pixels).
+    zeropoint, pixscale : float, optional
+        Override or supply the zero point and pixel scale.
+    config : QualityConfig, optional
+    step : callable, optional
+        Called with each step name of `STEPS` as it starts.
+
+    Returns
+    -------
+    ExtensionReport
+        With ``status="failed"`` and the error when the extension could
+        not be assessed; metrics measured before the failure are kept.
+    """
+    config = config or QualityConfig()
+    configure_sep()
+    notes: list[str] = []
+    metrics: dict[str, float] = {m.name: math.nan for m in METRICS}
+    timings: dict[str, float] = {}
+    parts: dict[str, Any] = {}
+    current: list[Any] = [None, time.perf_counter()]
+
+    def begin(stepname: str | None) -> None:
+        now = time.perf_counter()
+        if current[0] is not None:
+            timings[current[0]] = now - current[1]
+        current[0], current[1] = stepname, now
+        if stepname is not None and step is not None:
+            step(stepname)
+
+    try:
+        begin("background")
+        pix = np.array(data, dtype=np.float32, order="C", copy=True)
+        finite = np.isfinite(pix)
+        badmask = ~finite if bad is None else (bad | ~finite)
+        pix[~finite] = 0.0
+        check_pixels(pix, badmask, name=name)
+        gain = header_number(header, *GAIN_KEYS)
+        rdnoise = header_number(header, *RDNOISE_KEYS)
+        exptime = header_number(header, "EXPTIME", "EXPOSURE", "ITIME")
+        scale = _pixscale(header, pixscale, notes)
+        zp = _zeropoint(header, zeropoint, notes)
+        saturation = header_number(header, "SATURATE", "SATLEVEL",
+                                   "SATURATION")
+        if saturation is None:
+            saturation = measure_saturation(pix, badmask)
+            if saturation is not None:
+                notes.append(f"saturation level {saturation:g} ADU read "
+                             "off the pixels (no SATURATE keyword)")
+        if gain is None:
+            notes.append("no GAIN keyword: flux errors and S/N from the "
+                         "background noise only")
+        metrics.update(
+            ZEROPOINT=zp if zp is not None else math.nan,
+            PIXSCALE=scale or math.nan,
+            GAIN=gain or math.nan,
+            EXPTIME=exptime or math.nan,
+            SATLEV=saturation or math.nan,
+        )
+        # Background, twice: the second pass masks the sources found
+        # on the first.
+        bkg = sep_background(pix, badmask, config)
+        back = bkg.back()
+        rms = bkg.rms()
+        sub = pix - back
+        objects, segmap = extract(sub, rms, badmask, config)
+        sources_mask = object_mask(objects, segmap)
+        del sub, objects, segmap
+        exclude = badmask | sources_mask
+        bkg = sep_background(pix, exclude, config)
+        back = bkg.back()
+        rms = bkg.rms()
+        background = summarise_background(pix, bkg, back, rms, exclude,
+                                          config)
+        del exclude, sources_mask
+        parts["background"] = background
+        metrics.update(
+            SKY_MEAN=background.mean, SKY_RMS=background.rms,
+            SKY_GRAD=background.gradient,
+            SKY_LUMPINESS=background.lumpiness,
+        )
+        if zp is not None and scale and background.mean > 0:
+            metrics["SKY_MAG"] = zp - 2.5 * math.log10(
+                background.mean / scale**2)
+        if not background.rms > 0:
+            raise errors.EmptyImageError(
+                f"{name}: no noise in the sky (background RMS is "
+                f"{background.rms:g}): a synthetic or constant image?"
+            )
+
+        begin("detection")
+        sub = pix - back
+        del pix
+        objects, segmap = extract(sub, rms, badmask, config)
+        src = measure(sub, back, rms, badmask, objects, segmap, gain=gain,
+                      saturation=saturation, config=config)
+        del objects, back
+        metrics["NOBJ"] = len(src)
+
+        begin("psf")
+        psf = measure_psf(sub, rms, badmask, src, gain=gain, config=config)
+        del sub, rms
+        stars = psf.stars
+        metrics["NSTAR_PSF"] = len(stars)
+        if len(stars) == 0:
+            raise errors.NoStarsError(
+                f"{name}: no star usable for the PSF among {len(src)} "
+                f"sources ({psf.n_candidates} bright, unflagged and "
+                "compact enough to be candidates)"
+            )
+        parts["psf_grid"] = psf.grid
+        parts["psf_model"] = psf.model
+        parts["psf_stars"] = _stars_table(psf)
+        fwhm = float(np.median(stars.fwhm))
+        t2 = np.radians(2.0 * stars.theta)
+        eps1 = _clipped_mean(stars.ellipticity * np.cos(t2))
+        eps2 = _clipped_mean(stars.ellipticity * np.sin(t2))
+        ell = math.hypot(eps1, eps2)
+        metrics.update(
+            FWHM_PIX=fwhm,
+            FWHM_ARCSEC=fwhm * scale if scale else math.nan,
+            FWHM_MIN=float(np.nanmin(psf.grid.fwhm)),
+            FWHM_MAX=float(np.nanmax(psf.grid.fwhm)),
+            FWHM_RH=2.0 * float(np.median(stars.r_half)),
+            ELLIPTICITY=ell,
+            ELONGATION=(1.0 + ell) / (1.0 - ell),
+            THETA=0.5 * math.degrees(math.atan2(eps2, eps1)),
+            E1=_clipped_mean(stars.e1),
+            E2=_clipped_mean(stars.e2),
+            ELONG=float(np.median(stars.elongation_iso)),
+            PSF_BETA=float(np.median(stars.beta)),
+            PSF_CHI2=float(np.median(stars.chi2)),
+        )
+        if psf.model is not None:
+            metrics.update(
+                FWHM_MOFFAT=psf.model.fwhm,
+                ELLIP_PSFEX=psf.model.ellipticity,
+                PSF_RESID=psf.model.residual,
+                PSF_ASYM=psf.model.asymmetry,
+                PSF_AREA=psf.model.area,
+            )
+
+        begin("classification")
+        klass = classify(src, psf, config)
+        zp_used = zp if zp is not None else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mag = np.where(src.flux > 0, zp_used - 2.5 * np.log10(src.flux),
+                           np.nan)
+        area_deg2 = None
+        if scale:
+            good_pix = int(np.count_nonzero(~badmask))
+            area_deg2 = good_pix * (scale / 3600.0) ** 2
+        cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
+        parts["counts"] = cnt
+        parts["sources"] = _sources_table(src, klass.cls, klass.size_ratio,
+                                          stars.index, zp_used, header)
+        metrics.update(
+            NSTAR=int(np.sum(klass.cls == SourceClass.STAR)),
+            NGAL=int(np.sum(klass.cls == SourceClass.GALAXY)),
+            NARTEFACT=int(np.sum(klass.cls == SourceClass.ARTEFACT)),
+            MAG_TURNOVER=turnover(cnt),
+        )
+        if psf.model is not None:
+            flim = flux_limit(psf.model.area, background.rms, gain)
+            metrics["MAGLIM_5SIG"] = zp_used - 2.5 * math.log10(flim)
+
+        begin("metrics")
+        flags = qa_flags(metrics, double_locus=psf.double_locus,
+                         read_noise=rdnoise, config=config)
+        begin(None)
+    except errors.QualityFitsError as exc:
+        begin(None)
+        return ExtensionReport(
+            index=index, name=name, shape=data.shape, status="failed",
+            error=ErrorInfo(type(exc).__name__, exc.code, str(exc)),
+            metrics=metrics, notes=tuple(notes), timings=timings, **parts,
+        )
+    return ExtensionReport(
+        index=index, name=name, shape=data.shape, status="ok",
+        metrics=metrics, flags=tuple(flags), notes=tuple(notes),
+        timings=timings, **parts,
+    )
+
+
+# -- workers ---------------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    ext: ImageExtension
+    image: Path | NDArray[np.float32] | None  # None: read when submitted
+    flat: tuple[Path | NDArray[np.float32], ImageExtension] | None
+    mask: tuple[Path | NDArray[np.float32], ImageExtension] | None
+    mask_convention: MaskConvention
+    context: _Context
+
+
+_EVENTS: Any = None  # the queue a worker posts progress events to
+
+
+def _init_worker(events: Any) -> None:
+    global _EVENTS  # noqa: PLW0603 - one queue per worker process
+    _EVENTS = events
+    warnings.simplefilter("ignore")
+
+
+def _read_ref(ref: Path | NDArray[np.float32], ext: ImageExtension,
+              image_ext: ImageExtension, label: str) -> NDArray[np.float32]:
+    if not isinstance(ref, Path):
+        return ref
+    with ImageSource(ref, label=label) as source:
+        if ext.shape == image_ext.shape and image_ext.datasec is not None:
+            full = source.read(ext, crop=False)
+            y0, y1, x0, x1 = image_ext.datasec
+            return np.ascontiguousarray(full[y0:y1, x0:x1])
+        return source.read(ext, crop=ext.shape != image_ext.data_shape)
+
+
+def _queue_poster(ext: ImageExtension) -> Callable[[str], None] | None:
+    """Progress poster of a worker process (None without a queue)."""
+    if _EVENTS is None:
+        return None
+    events = _EVENTS
+
+    def post(stepname: str) -> None:
+        events.put((ext.index, ext.name, stepname))
+
+    return post
+
+
+def _internal_failure(ext: ImageExtension, why: str) -> ExtensionReport:
+    """Report a failure that is not the input's fault."""
+    log.error("extension %s: internal error: %s", ext.name, why)
+    return ExtensionReport(
+        index=ext.index, name=ext.name, shape=ext.data_shape,
+        status="failed",
+        error=ErrorInfo("InternalError", "internal-error",
+                        f"{ext.name}: internal error: {why}"),
+    )
+
+
+def _run_pooled(task: _Task) -> ExtensionReport:
+    """`_run_task` in a worker process, posting progress to the queue."""
+    return _run_task(task, _queue_poster(task.ext))
+
+
+def _run_task(task: _Task,
+              post: Callable[[str], None] | None) -> ExtensionReport:
+    """Read one extension and its flat/mask, and assess it."""
+    ext = task.ext
+    start = time.perf_counter()
+    if post is not None:
+        post("read")
+    try:
+        if isinstance(task.image, Path):
+            with ImageSource(task.image) as source:
+                data = source.read(ext)
+        else:
+            assert task.image is not None
+            data = task.image
+        bad = None
+        if task.mask is not None:
+            values = _read_ref(task.mask[0], task.mask[1], ext, "mask")
+            bad = mask_to_bad(values, task.mask_convention,
+                              name=f"mask {task.mask[1].name}")
+        if task.flat is not None:
+            values = _read_ref(task.flat[0], task.flat[1], ext, "flat")
+            cfg = task.context.config
+            flat_bad, _ = flat_to_bad(values, cfg.flat_min, cfg.flat_max,
+                                      name=f"flat {task.flat[1].name}")
+            bad = flat_bad if bad is None else (bad | flat_bad)
+    except errors.QualityFitsError as exc:
+        return ExtensionReport(
+            index=ext.index, name=ext.name, shape=ext.data_shape,
+            status="failed",
+            error=ErrorInfo(type(exc).__name__, exc.code, str(exc)),
+        )
+    read = time.perf_counter() - start
+    rep = assess_extension(
+        data, ext.header, name=ext.name, index=ext.index, bad=bad,
+        zeropoint=task.context.zeropoint, pixscale=task.context.pixscale,
+        config=task.context.config, step=post,
+    )
+    return replace(rep, timings={"read": read, **rep.timings})
+
+
+def _default_jobs() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _progress_pump(callback: ProgressCallback | None,
+                   events: Any) -> Iterator[None]:
+    """Forward worker events to the callback from a background thread."""
+    if callback is None or events is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set() or not events.empty():
+            try:
+                index, name, stepname = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            callback(ProgressEvent(name, index, stepname,
+                                   STEPS.index(stepname) + 1, len(STEPS)))
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _refs(source: ImageSource, image: ImageSource,
+          ) -> dict[int, tuple[Path | NDArray[np.float32], ImageExtension]]:
+    pairs = match_extensions(image, source)
+    out: dict[int, tuple[Path | NDArray[np.float32], ImageExtension]] = {}
+    for idx, oth in pairs.items():
+        if source.path is not None:
+            out[idx] = (source.path, oth)
+        else:
+            out[idx] = (source.read(oth, crop=False), oth)
+    return out
+
+
+def assess(
+    image: ImageInput,
+    *,
+    flat: ImageInput | None = None,
+    mask: ImageInput | None = None,
+    zeropoint: float | None = None,
+    pixscale: float | None = None,
+    config: QualityConfig | None = None,
+    jobs: int | None = None,
+    progress: ProgressCallback | None = None,
+    mask_convention: MaskConvention = "auto",
+) -> QualityReport:
+    """Assess the quality of a FITS image.
+
+    Parameters
+    ----------
+    image : str, Path or astropy.io.fits.HDUList
+        A ``.fits``, ``.fits.gz`` or tile-compressed ``.fits.fz`` file,
+        single image or multi-extension (every image HDU is a CCD).
+    flat : str, Path or HDUList, optional
+        Master flat with the same image extensions; pixels outside
+        [``flat_min``, ``flat_max``] times its median are ignored.
+    mask : str, Path or HDUList, optional
+        User mask with the same image extensions.
+    zeropoint : float, optional
+        Magnitude of a source giving 1 ADU in the image; default: header
+        PHOTZP / MAGZERO / ..., else instrumental magnitudes.
+    pixscale : float, optional
+        Arcsec per pixel when the image has no celestial WCS.
+    config : QualityConfig, optional
+        Tunable parameters and QA thresholds.
+    jobs : int, optional
+        Worker processes (default: all available cores); 1 runs in this
+        process.
+    progress : callable, optional
+        Called with a `ProgressEvent` as each extension and step starts
+        and when each extension finishes.
+    mask_convention : {"auto", "zero", "nonzero"}
+        Which mask values mark bad pixels; see `qualityfits.io.mask_to_bad`.
+
+    Returns
+    -------
+    QualityReport
+
+    Raises
+    ------
+    InvalidImageError, NoImageDataError
+        The input is not a readable FITS image.
+    ShapeMismatchError
+        The flat or mask does not match the image.
+    InvalidParameterError
+        A bad zero point, pixel scale, job count or configuration.
+    QualityFitsError
+        Every extension failed (the subclass of the first failure when
+        there is one extension).
+    """
+    config = config or QualityConfig()
+    zeropoint = _check_positive("zeropoint", zeropoint)
+    pixscale = _check_positive("pixscale", pixscale)
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise errors.InvalidParameterError(
+            f"jobs must be a positive integer, got {jobs!r}")
+    if mask_convention not in ("auto", "zero", "nonzero"):
+        raise errors.InvalidParameterError(
+            f"mask convention must be auto, zero or nonzero, got "
+            f"{mask_convention!r}")
+    context = _Context(zeropoint=zeropoint, pixscale=pixscale, config=config)
+    label = image.filename() if isinstance(image, fits.HDUList) else None
+    name = str(label or (image if not isinstance(image, fits.HDUList)
+                         else "HDUList"))
+    with ImageSource(image) as src:
+        flat_src = ImageSource(flat, label="flat") if flat else None
+        mask_src = ImageSource(mask, label="mask") if mask else None
+        try:
+            flats = _refs(flat_src, src) if flat_src else {}
+            masks = _refs(mask_src, src) if mask_src else {}
+            tasks = [
+                _Task(ext=ext, image=src.path, flat=flats.get(ext.index),
+                      mask=masks.get(ext.index),
+                      mask_convention=mask_convention, context=context)
+                for ext in src.extensions
+            ]
+            reports = _run(tasks, src, jobs or _default_jobs(), progress)
+        finally:
+            for extra in (flat_src, mask_src):
+                if extra is not None:
+                    extra.close()
+        exts = src.extensions
+    exposure = aggregate(exts, reports, config)
+    report = QualityReport(
+        image=Path(name).name if label is None else name,
+        extensions=tuple(reports),
+        exposure=exposure,
+        config=config,
+        parameters={
+            "flat": None if flat is None else str(flat if not isinstance(
+                flat, fits.HDUList) else "HDUList"),
+            "mask": None if mask is None else str(mask if not isinstance(
+                mask, fits.HDUList) else "HDUList"),
+            "zeropoint": zeropoint, "pixscale": pixscale,
+            "mask_convention": mask_convention,
+        },
+        versions=_versions(),
+    )
+    if not any(r.ok for r in reports):
+        _raise_all_failed(reports)
+    return report
+
+
+_ERROR_TYPES: Mapping[str, type[errors.QualityFitsError]] = {
+    cls.__name__: cls for cls in (
+        errors.InvalidImageError, errors.NoImageDataError,
+        errors.EmptyImageError, errors.NoStarsError,
+        errors.ShapeMismatchError, errors.InvalidParameterError,
+    )
+}
+
+
+def _raise_all_failed(reports: list[ExtensionReport]) -> None:
+    first = reports[0].error
+    assert first is not None
+    kinds = {r.error.type for r in reports if r.error is not None}
+    cls = _ERROR_TYPES.get(first.type, errors.QualityFitsError)
+    if len(reports) == 1:
+        raise cls(first.message)
+    if len(kinds) > 1:
+        cls = errors.QualityFitsError
+    raise cls(
+        f"all {len(reports)} extensions failed; first: {first.message}"
+    )
+
+
+def _run(tasks: list[_Task], source: ImageSource, jobs: int,
+         progress: ProgressCallback | None) -> list[ExtensionReport]:
+    """Run the tasks, in worker processes when that helps.
+
+    Tasks of an in-memory input get their pixels only when submitted, so
+    that few extensions are copied at a time.
+    """
+    n_steps = len(STEPS)
+
+    def ready(task: _Task) -> _Task:
+        if task.image is None:
+            return replace(task, image=source.read(task.ext))
+        return task
+
+    def finished(rep: ExtensionReport) -> None:
+        if progress is not None:
+            stepname = "done" if rep.ok else "failed"
+            progress(ProgressEvent(rep.name, rep.index, stepname, n_steps,
+                                   n_steps))
+
+    if jobs == 1 or len(tasks) == 1:
+        reports = []
+        for task in tasks:
+            post = None
+            if progress is not None:
+                def post(stepname: str, ext: ImageExtension = task.ext,
+                         ) -> None:
+                    assert progress is not None
+                    progress(ProgressEvent(
+                        ext.name, ext.index, stepname,
+                        STEPS.index(stepname) + 1, n_steps))
+            try:
+                rep = _run_task(ready(task), post)
+            except errors.QualityFitsError:
+                raise
+            except Exception as exc:
+                log.exception("extension %s failed", task.ext.name)
+                rep = _internal_failure(task.ext,
+                                        f"{type(exc).__name__}: {exc}")
+            finished(rep)
+            reports.append(rep)
+        return reports
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["qualityfits.pipeline"])
+    events = ctx.Queue() if progress is not None else None
+    results: dict[int, ExtensionReport] = {}
+    with _progress_pump(progress, events), ProcessPoolExecutor(
+            max_workers=min(jobs, len(tasks)), mp_context=ctx,
+            initializer=_init_worker, initargs=(events,)) as pool:
+        pending: dict[Future[ExtensionReport], _Task] = {}
+        limit = 2 * jobs
+        todo = list(tasks)
+        while todo or pending:
+            while todo and len(pending) < limit:
+                task = ready(todo.pop(0))
+                pending[pool.submit(_run_pooled, task)] = task
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                task = pending.pop(future)
+                try:
+                    rep = future.result()
+                except BrokenProcessPool:
+                    rep = _internal_failure(task.ext, "the worker process "
+                                            "died (killed, or out of "
+                                            "memory)")
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    rep = _internal_failure(
+                        task.ext, f"{type(exc).__name__}: {exc}")
+                results[task.ext.index] = rep
+                finished(rep)
+    return [results[t.ext.index] for t in tasks]
