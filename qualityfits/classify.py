@@ -1,18 +1,30 @@
 """Star/galaxy/artefact separation, source counts and depth.
 
-Every source is compared with the PSF at its position: its half-light
-radius r_h over the r_h a star would have there (the polynomial locus of
-the PSF stars), ``ρ = r_h / r_h,PSF``.  A star has ρ = 1 within its
-measurement noise, which grows as 1/(S/N); a galaxy is larger; a cosmic
-ray or hot pixel is smaller than any PSF allows and sharper (more of its
-flux in its peak pixel).  A faint source that is consistent with a star
-but cannot be told from a barely resolved galaxy is called a galaxy:
-at high galactic latitude faint sources are mostly galaxies, and star
-counts are only quoted where stars are recognisable (as SExtractor's
-CLASS_STAR tends to 0.5 there).
+Every source is compared with the PSF at its position by a linear
+discriminant in the manner of SExtractor's SPREAD_MODEL:
 
-Saturated sources are stars (galaxies are rarely saturated and their
-shape is unmeasurable anyway).
+    S = (G·p)/(φ·p) - (G·φ)/(φ·φ),
+
+where p are the source's pixels, φ the local PSF (pixel-free Moffat of
+the PSF field, integrated over the pixels at the source's sub-pixel
+position, found by PSF photometry) and G a slightly broader copy of it.
+S is 0 for a point source whatever its flux, positive for an extended
+source and negative for one sharper than the PSF (a cosmic ray, a hot
+pixel); its standard error σ_S follows from the pixel noise.  Because φ
+is integrated over the pixels at the source's own position, S does not
+depend on where a star falls on the pixel grid, which a half-light
+radius does on undersampled images.
+
+The decision is taken against a *reference galaxy*: an exponential disc
+of half-light radius ``class_galaxy_re`` pixels seen through the local
+PSF, whose S (S_ref) is computed once per CCD.  A source is a star when
+it is closer to 0 than to S_ref and resolvable -- its σ_S small enough
+that the reference galaxy would be called a star in at most 5 % of
+cases; an artefact when it is significantly sharper than the PSF; a
+galaxy otherwise.  Faint sources that cannot be told apart are galaxies:
+at high galactic latitude they mostly are, and star counts are only
+quoted where stars are recognisable (SExtractor's CLASS_STAR tends to
+0.5 there).  Saturated sources are stars.
 """
 
 from __future__ import annotations
@@ -22,17 +34,21 @@ from enum import IntEnum
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.signal import fftconvolve
 
+from qualityfits import moffat
 from qualityfits.config import QualityConfig
 from qualityfits.detection import SourceFlag, Sources
-from qualityfits.psf import PsfResult
+from qualityfits.psf import PsfField, PsfResult, stamps
 
 FloatArray = NDArray[np.float64]
 
-# Noise of the r_h ratio of a star: about SIZE_NOISE / (S/N), measured on
-# simulated stars (see tests/qualityfits/test_accuracy.py).
-SIZE_NOISE = 0.9
-_PEAK_FRACTION = 0.88
+#: Broadening of the comparison template G: its FWHM is this much larger.
+SPREAD_BROADENING = 0.25
+#: One-sided 95 % point of a normal distribution.
+_Z95 = 1.645
+#: Sources fainter than this S/N are not classified (they are galaxies).
+MIN_CLASS_SNR = 3.0
 
 
 class SourceClass(IntEnum):
@@ -48,58 +64,189 @@ CLASS_NAMES = {c: c.name.lower() for c in SourceClass}
 
 @dataclass(frozen=True)
 class Classification:
-    """Class of every source and the quantities it rests on."""
+    """Class of every source and the quantities it rests on.
+
+    ``spread`` is S minus its median over the PSF stars, ``spread_err``
+    its standard error (NaN where not measured), ``spread_ref`` the S of
+    the reference galaxy.
+    """
 
     cls: NDArray[np.int64]
-    size_ratio: FloatArray
-    size_sigma: FloatArray
+    spread: FloatArray
+    spread_err: FloatArray
+    spread_ref: float
 
 
-def classify(src: Sources, psf: PsfResult,
-             config: QualityConfig) -> Classification:
+def _broadened(params: FloatArray) -> FloatArray:
+    """Broaden a Moffat: the same shape, FWHM larger by SPREAD_BROADENING."""
+    out = params.copy()
+    scale = (1.0 + SPREAD_BROADENING) ** -2
+    out[:, moffat.Q11] *= scale
+    out[:, moffat.Q12] *= scale
+    out[:, moffat.Q22] *= scale
+    return out
+
+
+def _spread(data: FloatArray, var: FloatArray, usable: NDArray[np.bool_],
+            phi: FloatArray, g: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """S and its standard error, row by row (one source per row)."""
+    w = usable.astype(np.float64)
+    a = np.sum(w * g * data, axis=1)
+    b = np.sum(w * phi * data, axis=1)
+    c = np.sum(w * g * phi, axis=1)
+    d = np.sum(w * phi * phi, axis=1)
+    var_a = np.sum(w * g * g * var, axis=1)
+    var_b = np.sum(w * phi * phi * var, axis=1)
+    cov = np.sum(w * g * phi * var, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = a / b - c / d
+        err2 = var_a / b**2 + a**2 * var_b / b**4 - 2.0 * a * cov / b**3
+    return spread, np.sqrt(np.maximum(err2, 0.0))
+
+
+def measure_spread(
+    data_sub: NDArray[np.float32],
+    rms: NDArray[np.float32],
+    bad: NDArray[np.bool_],
+    src: Sources,
+    field: PsfField,
+    idx: NDArray[np.intp],
+    *,
+    gain: float | None,
+) -> tuple[FloatArray, FloatArray]:
+    """SPREAD-like statistic and its error for the sources ``idx``."""
+    if idx.size == 0:
+        return np.zeros(0), np.zeros(0)
+    fwhm = float(np.median(field.fwhm_at(src.x[idx], src.y[idx])))
+    radius = int(np.clip(np.ceil(1.5 * fwhm), 3, 12))
+    ix = np.round(src.x[idx]).astype(np.intp)
+    iy = np.round(src.y[idx]).astype(np.intp)
+    data, inside = stamps(data_sub, ix, iy, radius)
+    noise, _ = stamps(rms, ix, iy, radius)
+    badst, _ = stamps(bad.astype(np.float32), ix, iy, radius)
+    seg, _ = stamps(src.segmap.astype(np.float32), ix, iy, radius)
+    own = (idx + 1).astype(np.float64)[:, None]
+    usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
+    sky_var = np.median(noise, axis=1, keepdims=True) ** 2
+    off = np.arange(-radius, radius + 1, dtype=np.float64)
+    oy, ox = np.meshgrid(off, off, indexing="ij")
+    xs, ys = ox.ravel(), oy.ravel()
+    # PSF photometry (centre and flux, shape fixed) places φ on the
+    # source as it falls on the pixel grid.
+    params = field.params_at(src.x[idx], src.y[idx], x0=src.x[idx] - ix,
+                             y0=src.y[idx] - iy,
+                             flux=np.maximum(src.flux[idx], 1.0))
+    fit = moffat.fit_moffat(data, np.where(usable, 1.0 / sky_var, 0.0),
+                            xs, ys, params, order=2, fit_shape=False,
+                            max_iter=8, tol=1e-4)
+    placed = fit.params.copy()
+    moved = np.hypot(placed[:, moffat.X0] - params[:, moffat.X0],
+                     placed[:, moffat.Y0] - params[:, moffat.Y0]) > 1.5
+    placed[moved] = params[moved]  # keep the isophotal centre
+    placed[:, moffat.AMP] = 1.0
+    phi = moffat.render(placed, xs, ys, order=2)
+    g = moffat.render(_broadened(placed), xs, ys, order=2)
+    var = sky_var + (np.maximum(data, 0.0) / gain if gain else 0.0)
+    return _spread(data, var, usable, phi, g)
+
+
+def reference_spread(field: PsfField, r_e: float) -> float:
+    """Compute S for the reference galaxy, without noise.
+
+    An exponential disc of half-light radius ``r_e`` [px] seen through
+    the PSF at the centre of the CCD.
+    """
+    ny, nx = field.shape
+    cx, cy = np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2])
+    params = field.params_at(cx, cy)
+    fwhm = float(field.fwhm_at(cx, cy)[0])
+    radius = int(np.clip(np.ceil(1.5 * fwhm), 3, 12))
+    big = radius + int(np.ceil(6 * r_e + 3 * fwhm))
+    sub = 5  # sub-samples per pixel for the convolution
+    n = 2 * big * sub + sub
+    u = (np.arange(n) - (n - 1) / 2) / sub
+    gx, gy = np.meshgrid(u, u)
+    disc = np.exp(-1.678 * np.hypot(gx, gy) / r_e)
+    p = params.copy()
+    p[:, moffat.AMP] = 1.0
+    psf = moffat.render_point(p, gx.ravel(), gy.ravel())[0].reshape(n, n)
+    image = fftconvolve(disc, psf, mode="same")
+    # Integrate over pixels: sum the sub-samples of each pixel.
+    image = image.reshape(n // sub, sub, n // sub, sub).sum(axis=(1, 3))
+    mid = image.shape[0] // 2
+    cut = image[mid - radius:mid + radius + 1, mid - radius:mid + radius + 1]
+    off = np.arange(-radius, radius + 1, dtype=np.float64)
+    oy, ox = np.meshgrid(off, off, indexing="ij")
+    placed = p.copy()
+    placed[:, moffat.X0] = placed[:, moffat.Y0] = 0.0
+    phi = moffat.render(placed, ox.ravel(), oy.ravel(), order=2)
+    g = moffat.render(_broadened(placed), ox.ravel(), oy.ravel(), order=2)
+    spread, _ = _spread(cut.ravel()[None], np.ones((1, phi.shape[1])),
+                        np.ones((1, phi.shape[1]), bool), phi, g)
+    return float(spread[0])
+
+
+def classify(
+    data_sub: NDArray[np.float32],
+    rms: NDArray[np.float32],
+    bad: NDArray[np.bool_],
+    src: Sources,
+    psf: PsfResult,
+    *,
+    gain: float | None,
+    config: QualityConfig,
+) -> Classification:
     """Classify every source as star, galaxy or artefact."""
     n = len(src)
     cls = np.full(n, SourceClass.GALAXY, dtype=np.int64)
-    if n == 0 or len(psf.stars) == 0:
-        nan = np.full(n, np.nan)
-        return Classification(cls=cls, size_ratio=nan, size_sigma=nan)
-    expected = psf.r_half_at(src.x, src.y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = src.r_half / expected
-        sharp = src.peak / src.flux
-    # Scatter of the PSF stars about their locus beyond their noise
-    # (PSF variation the polynomial does not follow).
-    star_ratio = psf.stars.r_half / psf.r_half_at(psf.stars.x, psf.stars.y)
-    noise_stars = SIZE_NOISE / np.maximum(psf.stars.snr, 1.0)
-    excess = np.maximum(
-        (1.4826 * np.median(np.abs(star_ratio - np.median(star_ratio))))
-        ** 2 - np.median(noise_stars) ** 2,
-        0.0,
-    )
-    snr = np.maximum(np.nan_to_num(src.snr), 1e-3)
-    sigma = np.sqrt(excess + (SIZE_NOISE / snr) ** 2)
-    dev = (ratio - 1.0) / sigma
+    spread = np.full(n, np.nan)
+    err = np.full(n, np.nan)
+    if n == 0 or psf.field is None:
+        return Classification(cls=cls, spread=spread, spread_err=err,
+                              spread_ref=float("nan"))
+    field = psf.field
+    idx = np.flatnonzero(np.nan_to_num(src.snr) >= MIN_CLASS_SNR)
+    spread[idx], err[idx] = measure_spread(
+        data_sub, rms, bad, src, field, idx, gain=gain)
+    # The PSF stars define S = 0 (a Moffat is not a perfect PSF) and the
+    # scatter a real PSF has beyond the noise (ε).
+    on_psf = spread[psf.stars.index]
+    zero = float(np.nanmedian(on_psf))
+    spread = spread - zero
+    scatter = 1.4826 * float(np.nanmedian(np.abs(on_psf - zero)))
+    noise = float(np.nanmedian(err[psf.stars.index]))
+    eps = float(np.sqrt(max(scatter**2 - noise**2, 0.0)))
+    ref = reference_spread(field, config.class_galaxy_re)
     k = config.class_nsigma
-    fwhm = float(np.median(psf.stars.fwhm))
-    sharp_psf = float(np.median(sharp[psf.stars.index]))
-    artefact = (
-        (np.isfinite(ratio) & (dev < -k) & (ratio < 0.8))
-        | (sharp > 1.6 * sharp_psf)
-        | (src.r_half < 0.25 * fwhm)
-    )
-    # A star: consistent with the PSF, and resolvable -- a galaxy just
-    # class_min_resolved larger would stand out by k sigma.
-    resolvable = config.class_min_resolved / sigma >= 0.5 * k
-    star = (
-        np.isfinite(ratio) & (np.abs(dev) <= k)
-        & (ratio - 1.0 <= config.class_min_resolved + 2.0 * sigma)
-        & resolvable
-    )
+    with np.errstate(invalid="ignore"):
+        measured = np.isfinite(spread) & np.isfinite(err)
+        # SExtractor's rule for SPREAD_MODEL: |S| < sqrt(ε² + (κ σ_S)²);
+        # plus: nearer to a point than to the reference galaxy, and
+        # precise enough to tell them apart.
+        # On the sharp side only cosmic rays and hot pixels go beyond the
+        # PSF stars' own scatter; a galaxy is never sharper than the PSF.
+        band = np.sqrt(eps**2 + (config.class_star_nsigma * err) ** 2)
+        sharp_band = np.sqrt(eps**2 + (k * err) ** 2)
+        star = (
+            measured
+            & (spread <= np.minimum(band, 0.5 * ref))
+            & (spread >= -0.5 * ref)
+            & (err <= 0.5 * ref / _Z95)
+        )
+        fwhm = field.fwhm_at(src.x, src.y)
+        sharp_psf = float(np.median(src.peak[psf.stars.index]
+                                    / src.flux[psf.stars.index]))
+        artefact = (
+            (measured & (spread < -sharp_band) & (spread < -0.5 * ref))
+            | (src.peak / src.flux > 1.6 * sharp_psf)
+            | (src.r_half < 0.25 * fwhm)
+        )
     cls[star] = SourceClass.STAR
     cls[artefact] = SourceClass.ARTEFACT
     saturated = (src.flags & SourceFlag.SATURATED) != 0
-    cls[saturated & (ratio < 3.0)] = SourceClass.STAR
-    return Classification(cls=cls, size_ratio=ratio, size_sigma=sigma)
+    cls[saturated & ~(measured & (spread > 2.0 * ref))] = SourceClass.STAR
+    return Classification(cls=cls, spread=spread, spread_err=err,
+                          spread_ref=ref)
 
 
 @dataclass(frozen=True)
@@ -119,7 +266,7 @@ class Counts:
 
 def counts(mag: FloatArray, cls: NDArray[np.int64], *,
            area_deg2: float | None, config: QualityConfig) -> Counts:
-    """Histogram of star and galaxy magnitudes in fixed-width bins."""
+    """Histogram star and galaxy magnitudes in fixed-width bins."""
     finite = np.isfinite(mag)
     step = config.count_mag_bin
     if finite.any():
@@ -142,7 +289,7 @@ def counts(mag: FloatArray, cls: NDArray[np.int64], *,
 
 
 def turnover(c: Counts) -> float:
-    """MAG_TURNOVER: centre of the most populated galaxy-count bin."""
+    """Return MAG_TURNOVER: the centre of the fullest galaxy-count bin."""
     if c.ngal.sum() == 0:
         return float("nan")
     i = int(np.argmax(c.ngal))

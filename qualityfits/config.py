@@ -62,12 +62,16 @@ class QualityConfig:
         Oversampling of the empirical PSF model; 0 chooses it from the
         FWHM (finer sampling for sharper images).
     class_nsigma : float
-        A source whose size differs from the local PSF by more than this
-        many standard deviations is extended (above) or an artefact
-        (below).
-    class_min_resolved : float
-        Minimum fractional excess of size over the PSF for a source to be
-        called a galaxy, whatever its S/N.
+        A source sharper than the local PSF by more than this many
+        standard deviations of its SPREAD is an artefact.
+    class_star_nsigma : float
+        A source broader than the local PSF by more than this many
+        standard deviations of its SPREAD (one-sided: 97.7 % of stars
+        stay below 2) is not a star.
+    class_galaxy_re : float
+        Half-light radius [px] of the reference galaxy (an exponential
+        disc) that star/galaxy separation must tell from a star; see
+        `qualityfits.classify`.
     count_mag_bin : float
         Width of the magnitude bins of the source counts.
     poor_seeing_arcsec : float
@@ -106,7 +110,8 @@ class QualityConfig:
     psf_grid_cells: int = 3
     psf_model_oversampling: int = 0
     class_nsigma: float = 3.0
-    class_min_resolved: float = 0.05
+    class_star_nsigma: float = 2.0
+    class_galaxy_re: float = 2.0
     count_mag_bin: float = 0.5
     poor_seeing_arcsec: float = 1.2
     elongated_ellipticity: float = 0.1
@@ -123,6 +128,7 @@ class QualityConfig:
             "psf_detect_thresh", "psf_detect_filter_fwhm",
             "psf_max_ellip", "psf_locus_width", "psf_max_stars",
             "psf_chi2_clip", "psf_grid_cells", "class_nsigma",
+            "class_galaxy_re", "class_star_nsigma",
             "count_mag_bin", "poor_seeing_arcsec", "elongated_ellipticity",
             "psf_varies", "bkg_gradient", "bkg_noise_excess",
         )

@@ -250,6 +250,35 @@ def measure_saturation(data: NDArray[np.float32],
     return vmax if top >= 5 else None
 
 
+def infer_saturation(src: Sources, psf_index: NDArray[np.intp],
+                     margin: float) -> float | None:
+    """Saturation level read off flat-topped bright stars, or None.
+
+    Saturated stars are the brightest compact sources, and their peak
+    holds a smaller fraction of their flux than the PSF stars' peaks do
+    (the top is cut).  When at least two such sources reach within a
+    factor of two of the highest peak, the saturation level is the
+    lowest of their peaks (raw pixel values, background included).
+    """
+    if psf_index.size == 0 or len(src) == 0:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = src.peak / src.flux
+    psf_fraction = float(np.median(fraction[psf_index]))
+    psf_rh = float(np.median(src.r_half[psf_index]))
+    raw_peak = src.peak + src.background
+    top = float(np.nanmax(raw_peak))
+    flat = (
+        (raw_peak >= 0.5 * top)
+        & (fraction < 0.8 * psf_fraction)
+        & (src.r_half < 2.5 * psf_rh)
+        & (src.snr >= 100)
+    )
+    if int(flat.sum()) < 2:
+        return None
+    return float(np.min(raw_peak[flat])) / margin
+
+
 def object_mask(objects: NDArray[np.void], segmap: NDArray[np.int32],
                 scale: float = 6.0) -> NDArray[np.bool_]:
     """Mask the pixels covered by sources.

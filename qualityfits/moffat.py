@@ -287,6 +287,7 @@ def fit_moffat(
     *,
     order: int = 3,
     fixed_beta: FloatArray | None = None,
+    fit_shape: bool = True,
     max_iter: int = 40,
     tol: float = 1e-6,
 ) -> FitResult:
@@ -307,6 +308,9 @@ def fit_moffat(
         Gauss-Legendre nodes per axis for the pixel integration.
     fixed_beta : ndarray, shape (n,), optional
         If given, beta is held at these values.
+    fit_shape : bool
+        False holds the shape (Q and beta) at its initial values and fits
+        only the centre and amplitude (PSF photometry).
     max_iter : int
         Iteration limit of the Levenberg-Marquardt loop.
     tol : float
@@ -323,6 +327,8 @@ def fit_moffat(
     if fixed_beta is not None:
         params[:, BETA] = fixed_beta
         free[BETA] = False
+    if not fit_shape:
+        free[[Q11, Q12, Q22, BETA]] = False
     nfree = int(free.sum())
     lam = np.full(n, 1e-3)
     model, jac = _model_and_jacobian(params, xs, ys, offsets, weights)

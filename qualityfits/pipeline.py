@@ -43,6 +43,7 @@ from qualityfits._version import __version__
 from qualityfits.background import sep_background, summarise_background
 from qualityfits.classify import (
     CLASS_NAMES,
+    Classification,
     SourceClass,
     classify,
     counts,
@@ -51,9 +52,11 @@ from qualityfits.classify import (
 )
 from qualityfits.config import QualityConfig
 from qualityfits.detection import (
+    SourceFlag,
     Sources,
     configure_sep,
     extract,
+    infer_saturation,
     measure,
     measure_saturation,
     object_mask,
@@ -182,9 +185,9 @@ def _zeropoint(header: fits.Header, given: float | None,
     return None
 
 
-def _sources_table(src: Sources, cls: NDArray[np.int64],
-                   ratio: NDArray[np.float64], psf_index: NDArray[np.intp],
-                   zp: float, header: fits.Header) -> Table:
+def _sources_table(src: Sources, klass: Classification,
+                   psf_index: NDArray[np.intp], zp: float,
+                   header: fits.Header) -> Table:
     """All sources, SExtractor column names, positions 1-based."""
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(src.flux > 0, zp - 2.5 * np.log10(src.flux), np.nan)
@@ -209,9 +212,10 @@ def _sources_table(src: Sources, cls: NDArray[np.int64],
         "BACKGROUND": src.background,
         "FLUX_MAX": src.peak,
         "FLAGS": src.flags.astype(np.int16),
-        "CLASS": np.array([CLASS_NAMES[SourceClass(c)] for c in cls],
+        "CLASS": np.array([CLASS_NAMES[SourceClass(c)] for c in klass.cls],
                           dtype="U8"),
-        "SIZE_RATIO": ratio,
+        "SPREAD_MODEL": klass.spread,
+        "SPREADERR_MODEL": klass.spread_err,
         "PSF_STAR": is_psf,
     })
     for name, unit in (("X_IMAGE", "pix"), ("Y_IMAGE", "pix"),
@@ -399,7 +403,6 @@ def assess_extension(
 
         begin("psf")
         psf = measure_psf(sub, rms, badmask, src, gain=gain, config=config)
-        del sub, rms
         stars = psf.stars
         metrics["NSTAR_PSF"] = len(stars)
         if len(stars) == 0:
@@ -408,6 +411,18 @@ def assess_extension(
                 f"sources ({psf.n_candidates} bright, unflagged and "
                 "compact enough to be candidates)"
             )
+        if saturation is None:
+            saturation = infer_saturation(src, stars.index,
+                                          config.saturation_margin)
+            if saturation is not None:
+                notes.append(f"saturation level {saturation:.0f} ADU "
+                             "inferred from flat-topped bright stars (no "
+                             "SATURATE keyword)")
+                metrics["SATLEV"] = saturation
+                hit = (src.peak + src.background
+                       >= config.saturation_margin * saturation)
+                src = replace(src, flags=np.where(
+                    hit, src.flags | SourceFlag.SATURATED, src.flags))
         parts["psf_grid"] = psf.grid
         parts["psf_model"] = psf.model
         parts["psf_stars"] = _stars_table(psf)
@@ -441,7 +456,9 @@ def assess_extension(
             )
 
         begin("classification")
-        klass = classify(src, psf, config)
+        klass = classify(sub, rms, badmask, src, psf, gain=gain,
+                         config=config)
+        del sub, rms
         zp_used = zp if zp is not None else 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             mag = np.where(src.flux > 0, zp_used - 2.5 * np.log10(src.flux),
@@ -452,8 +469,8 @@ def assess_extension(
             area_deg2 = good_pix * (scale / 3600.0) ** 2
         cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
         parts["counts"] = cnt
-        parts["sources"] = _sources_table(src, klass.cls, klass.size_ratio,
-                                          stars.index, zp_used, header)
+        parts["sources"] = _sources_table(src, klass, stars.index, zp_used,
+                                          header)
         metrics.update(
             NSTAR=int(np.sum(klass.cls == SourceClass.STAR)),
             NGAL=int(np.sum(klass.cls == SourceClass.GALAXY)),

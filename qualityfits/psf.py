@@ -144,12 +144,78 @@ class PsfModel:
 
 
 @dataclass(frozen=True)
+class PsfField:
+    """The pixel-free PSF anywhere on a CCD.
+
+    Polynomials in (x, y) of the FWHM and of the ellipticity vector, and
+    the CCD's Moffat beta.
+    """
+
+    shape: tuple[int, int]
+    degree: int
+    fwhm_coef: FloatArray
+    eps1_coef: FloatArray
+    eps2_coef: FloatArray
+    e1_coef: FloatArray
+    e2_coef: FloatArray
+    beta: float
+
+    def evaluate(self, coef: FloatArray, x: FloatArray,
+                 y: FloatArray) -> FloatArray:
+        """Evaluate one of the polynomials at (x, y)."""
+        design = _poly_design(np.ravel(x), np.ravel(y), self.shape,
+                              self.degree)
+        return np.asarray(design @ coef, dtype=np.float64)
+
+    def fwhm_at(self, x: FloatArray, y: FloatArray) -> FloatArray:
+        """Pixel-free FWHM at (x, y) [px]."""
+        return self.evaluate(self.fwhm_coef, x, y)
+
+    def eps_at(self, x: FloatArray,
+               y: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Ellipticity vector ((A-B)/(A+B) times cos, sin of 2 theta)."""
+        return (self.evaluate(self.eps1_coef, x, y),
+                self.evaluate(self.eps2_coef, x, y))
+
+    def params_at(self, x: FloatArray, y: FloatArray, *,
+                  x0: FloatArray | float = 0.0,
+                  y0: FloatArray | float = 0.0,
+                  flux: FloatArray | float = 1.0) -> FloatArray:
+        """Moffat parameters (n, 7) of the local PSF, centred at x0, y0."""
+        eps1, eps2 = self.eps_at(x, y)
+        ell = np.clip(np.hypot(eps1, eps2), 0.0, 0.9)
+        theta = 0.5 * np.degrees(np.arctan2(eps2, eps1))
+        return moffat.params_from_shape(
+            x0=x0, y0=y0, flux=flux, fwhm=self.fwhm_at(x, y),
+            beta=self.beta, ellipticity=ell, theta=theta,
+        )
+
+    @classmethod
+    def fit(cls, stars: PsfStars, shape: tuple[int, int],
+            beta: float) -> PsfField:
+        """Fit the polynomials to the PSF stars (robust, clipped)."""
+        degree = poly_degree(len(stars))
+        t2 = np.radians(2.0 * stars.theta)
+        coefs = [
+            robust_polyfit(stars.x, stars.y, values, shape, degree)[0]
+            for values in (stars.fwhm, stars.ellipticity * np.cos(t2),
+                           stars.ellipticity * np.sin(t2), stars.e1,
+                           stars.e2)
+        ]
+        fwhm, eps1, eps2, e1, e2 = coefs
+        return cls(shape=shape, degree=degree, fwhm_coef=fwhm,
+                   eps1_coef=eps1, eps2_coef=eps2, e1_coef=e1, e2_coef=e2,
+                   beta=beta)
+
+
+@dataclass(frozen=True)
 class PsfResult:
     """Everything the PSF step measured on one CCD."""
 
     stars: PsfStars
     grid: PsfGrid
     model: PsfModel | None
+    field: PsfField | None
     n_candidates: int
     locus_r_half: float
     double_locus: bool
@@ -297,9 +363,9 @@ def filtered_significance(
     kernel /= kernel.sum()
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
-    stamps, inside = _stamps(data_sub, ix, iy, 2 + half)
-    stamps = np.where(inside, stamps, 0.0).reshape(idx.size, 11, 11)
-    windows = np.lib.stride_tricks.sliding_window_view(stamps, (7, 7),
+    cut, inside = stamps(data_sub, ix, iy, 2 + half)
+    cut = np.where(inside, cut, 0.0).reshape(idx.size, 11, 11)
+    windows = np.lib.stride_tricks.sliding_window_view(cut, (7, 7),
                                                        axis=(1, 2))
     filtered = np.einsum("nijkl,kl->nij", windows, kernel)
     third = np.sort(filtered.reshape(idx.size, -1), axis=1)[:, -3]
@@ -429,7 +495,7 @@ def grid_cells(shape: tuple[int, int], short: int) -> tuple[int, int]:
 
 
 # -- stamps and fits ----------------------------------------------------------
-def _stamps(
+def stamps(
     image: NDArray[np.float32], ix: IntArray, iy: IntArray, radius: int,
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
     """Cut square stamps (n, (2R+1)²) around integer centres.
@@ -468,10 +534,10 @@ def fit_stars(
     radius = int(np.clip(np.ceil(1.75 * fwhm_guess), 4, 16))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
-    data, inside = _stamps(data_sub, ix, iy, radius)
-    noise, _ = _stamps(rms, ix, iy, radius)
-    badst, _ = _stamps(bad.astype(np.float32), ix, iy, radius)
-    seg, _ = _stamps(src.segmap.astype(np.float32), ix, iy, radius)
+    data, inside = stamps(data_sub, ix, iy, radius)
+    noise, _ = stamps(rms, ix, iy, radius)
+    badst, _ = stamps(bad.astype(np.float32), ix, iy, radius)
+    seg, _ = stamps(src.segmap.astype(np.float32), ix, iy, radius)
     own = (idx + 1).astype(np.float64)[:, None]
     usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
     # Weights from the background noise alone: data-based Poisson
@@ -642,11 +708,13 @@ def measure_psf(
     # compares every source with it).
     rdeg = poly_degree(len(stars))
     rcoef, _ = robust_polyfit(stars.x, stars.y, stars.r_half, shape, rdeg)
-    grid = _grid(stars, shape, cells)
+    field = PsfField.fit(stars, shape, beta)
+    grid = _grid(field, stars, cells)
     model = build_model(data_sub, bad, src, stars, fit.params[sel],
                         config=config)
     return PsfResult(
-        stars=stars, grid=grid, model=model, n_candidates=n_candidates,
+        stars=stars, grid=grid, model=model, field=field,
+        n_candidates=n_candidates,
         locus_r_half=mode, double_locus=double, r_half_coef=rcoef,
         r_half_degree=rdeg, shape=shape,
     )
@@ -672,40 +740,33 @@ def _empty_result(shape: tuple[int, int], cells: tuple[int, int],
         nstars=np.zeros(cells, np.int64),
     )
     return PsfResult(
-        stars=stars, grid=grid, model=None, n_candidates=n_candidates,
+        stars=stars, grid=grid, model=None, field=None,
+        n_candidates=n_candidates,
         locus_r_half=mode, double_locus=double, r_half_coef=coef,
         r_half_degree=degree, shape=shape,
     )
 
 
-def _grid(stars: PsfStars, shape: tuple[int, int],
+def _grid(field: PsfField, stars: PsfStars,
           cells: tuple[int, int]) -> PsfGrid:
-    """Evaluate the FWHM and ellipticity polynomials on the cell grid."""
+    """Evaluate the PSF field on the centres of the cell grid."""
     gy, gx = cells
-    ny, nx = shape
+    ny, nx = field.shape
     cx = (np.arange(gx) + 0.5) * nx / gx - 0.5
     cy = (np.arange(gy) + 0.5) * ny / gy - 0.5
     mx, my = np.meshgrid(cx, cy)
-    degree = poly_degree(len(stars))
-    t2 = np.radians(2.0 * stars.theta)
-    eps1 = stars.ellipticity * np.cos(t2)
-    eps2 = stars.ellipticity * np.sin(t2)
-    design = _poly_design(mx.ravel(), my.ravel(), shape, degree)
-    maps = {}
-    for name, values in (("fwhm", stars.fwhm), ("eps1", eps1),
-                         ("eps2", eps2), ("e1", stars.e1),
-                         ("e2", stars.e2)):
-        coef, _ = robust_polyfit(stars.x, stars.y, values, shape, degree)
-        maps[name] = (design @ coef).reshape(gy, gx)
+    eps1, eps2 = field.eps_at(mx, my)
     sx = np.minimum((stars.x / nx * gx).astype(int), gx - 1)
     sy = np.minimum((stars.y / ny * gy).astype(int), gy - 1)
     counts = np.zeros(cells, np.int64)
     np.add.at(counts, (sy, sx), 1)
     return PsfGrid(
-        x=cx, y=cy, fwhm=maps["fwhm"],
-        ellipticity=np.hypot(maps["eps1"], maps["eps2"]),
-        theta=0.5 * np.degrees(np.arctan2(maps["eps2"], maps["eps1"])),
-        e1=maps["e1"], e2=maps["e2"], nstars=counts,
+        x=cx, y=cy, fwhm=field.fwhm_at(mx, my).reshape(cells),
+        ellipticity=np.hypot(eps1, eps2).reshape(cells),
+        theta=0.5 * np.degrees(np.arctan2(eps2, eps1)).reshape(cells),
+        e1=field.evaluate(field.e1_coef, mx, my).reshape(cells),
+        e2=field.evaluate(field.e2_coef, mx, my).reshape(cells),
+        nstars=counts,
     )
 
 
@@ -732,9 +793,9 @@ def build_model(
     radius = int(np.clip(np.ceil(2.5 * fwhm), 5, 24))
     ix = np.round(stars.x).astype(np.intp)
     iy = np.round(stars.y).astype(np.intp)
-    data, inside = _stamps(data_sub, ix, iy, radius)
-    badst, _ = _stamps(bad.astype(np.float32), ix, iy, radius)
-    seg, _ = _stamps(src.segmap.astype(np.float32), ix, iy, radius)
+    data, inside = stamps(data_sub, ix, iy, radius)
+    badst, _ = stamps(bad.astype(np.float32), ix, iy, radius)
+    seg, _ = stamps(src.segmap.astype(np.float32), ix, iy, radius)
     own = (stars.index + 1).astype(np.float64)[:, None]
     usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
     off = np.arange(-radius, radius + 1, dtype=np.float64)
