@@ -86,8 +86,8 @@ def sep_background(
 
 def summarise_background(
     data: NDArray[np.float32],
+    data_sub: NDArray[np.float32],
     bkg: sep.Background,
-    back: NDArray[np.float32],
     rms: NDArray[np.float32],
     exclude: NDArray[np.bool_],
     config: QualityConfig,
@@ -98,10 +98,12 @@ def summarise_background(
     ----------
     data : ndarray
         The image.
+    data_sub : ndarray
+        The image minus the final background.
     bkg : sep.Background
         The final background (sources masked).
-    back, rms : ndarray
-        Its full-resolution maps.
+    rms : ndarray
+        Its full-resolution RMS map.
     exclude : ndarray of bool
         Pixels left out of the histogram (bad pixels and sources).
     config : QualityConfig
@@ -110,7 +112,8 @@ def summarise_background(
     size = min(config.back_size, ny, nx)
     iy = _mesh_centres(ny, size)
     ix = _mesh_centres(nx, size)
-    mesh_back = back[np.ix_(iy, ix)].astype(np.float64)
+    mesh_back = (data[np.ix_(iy, ix)]
+                 - data_sub[np.ix_(iy, ix)]).astype(np.float64)
     mesh_rms = rms[np.ix_(iy, ix)].astype(np.float64)
     mean = float(bkg.globalback)
     sigma = float(bkg.globalrms)

@@ -19,8 +19,9 @@ The decision is taken against a *reference galaxy*: an exponential disc
 of half-light radius ``class_galaxy_re`` pixels seen through the local
 PSF, whose S (S_ref) is computed once per CCD.  A source is a star when
 it is closer to 0 than to S_ref and resolvable -- its σ_S small enough
-that the reference galaxy would be called a star in at most 5 % of
-cases; an artefact when it is significantly sharper than the PSF; a
+that the reference galaxy would be called a star in at most
+1 - ``class_confidence`` (10 %) of cases, galaxies larger than it far
+less often; an artefact when it is significantly sharper than the PSF; a
 galaxy otherwise.  Faint sources that cannot be told apart are galaxies:
 at high galactic latitude they mostly are, and star counts are only
 quoted where stars are recognisable (SExtractor's CLASS_STAR tends to
@@ -35,6 +36,7 @@ from enum import IntEnum
 import numpy as np
 from numpy.typing import NDArray
 from scipy.signal import fftconvolve
+from scipy.stats import norm
 
 from qualityfits import moffat
 from qualityfits.config import QualityConfig
@@ -45,10 +47,8 @@ FloatArray = NDArray[np.float64]
 
 #: Broadening of the comparison template G: its FWHM is this much larger.
 SPREAD_BROADENING = 0.25
-#: One-sided 95 % point of a normal distribution.
-_Z95 = 1.645
 #: Sources fainter than this S/N are not classified (they are galaxies).
-MIN_CLASS_SNR = 3.0
+MIN_CLASS_SNR = 5.0
 
 
 class SourceClass(IntEnum):
@@ -87,6 +87,27 @@ def _broadened(params: FloatArray) -> FloatArray:
     return out
 
 
+def _project_plane(usable: NDArray[np.bool_], xs: FloatArray,
+                   ys: FloatArray, *vectors: FloatArray) -> list[FloatArray]:
+    """Remove from each row of each vector its least-squares plane.
+
+    The plane a + b x + c y is fitted over the usable pixels of the row.
+
+    Light that varies smoothly across a stamp -- the wings of a
+    neighbour, a local error of the sky -- then does not bias S.
+    """
+    w = usable.astype(np.float64)
+    basis = np.stack([np.ones_like(xs), xs, ys], axis=1)  # (npix, 3)
+    btwb = np.einsum("np,pi,pj->nij", w, basis, basis)
+    inv = np.linalg.pinv(btwb)
+    out = []
+    for v in vectors:
+        btwv = np.einsum("np,pi,np->ni", w, basis, v)
+        coef = np.einsum("nij,nj->ni", inv, btwv)
+        out.append(v - coef @ basis.T)
+    return out
+
+
 def _spread(data: FloatArray, var: FloatArray, usable: NDArray[np.bool_],
             phi: FloatArray, g: FloatArray) -> tuple[FloatArray, FloatArray]:
     """S and its standard error, row by row (one source per row)."""
@@ -104,6 +125,34 @@ def _spread(data: FloatArray, var: FloatArray, usable: NDArray[np.bool_],
     return spread, np.sqrt(np.maximum(err2, 0.0))
 
 
+def windowed_centroid(
+    data: FloatArray, usable: NDArray[np.bool_], xs: FloatArray,
+    ys: FloatArray, x0: FloatArray, y0: FloatArray, fwhm: float,
+    niter: int = 3,
+) -> tuple[FloatArray, FloatArray]:
+    """Gaussian-windowed centroids (SExtractor's XWIN) on stamps.
+
+    Starts at (x0, y0) in stamp coordinates; a source whose centroid
+    wanders more than a pixel from its start keeps its start.
+    """
+    two_sig2 = 2.0 * (fwhm / 2.3548) ** 2
+    cx, cy = x0.copy(), y0.copy()
+    w_data = np.where(usable, data, 0.0)
+    for _ in range(niter):
+        dx = xs[None, :] - cx[:, None]
+        dy = ys[None, :] - cy[:, None]
+        w = np.exp(-(dx * dx + dy * dy) / two_sig2) * w_data
+        tot = np.sum(w, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step_x = 2.0 * np.sum(w * dx, axis=1) / tot
+            step_y = 2.0 * np.sum(w * dy, axis=1) / tot
+        ok = np.isfinite(step_x) & np.isfinite(step_y) & (tot > 0)
+        cx = np.where(ok, cx + step_x, cx)
+        cy = np.where(ok, cy + step_y, cy)
+    lost = np.hypot(cx - x0, cy - y0) > 1.0
+    return np.where(lost, x0, cx), np.where(lost, y0, cy)
+
+
 def measure_spread(
     data_sub: NDArray[np.float32],
     rms: NDArray[np.float32],
@@ -118,35 +167,30 @@ def measure_spread(
     if idx.size == 0:
         return np.zeros(0), np.zeros(0)
     fwhm = float(np.median(field.fwhm_at(src.x[idx], src.y[idx])))
-    radius = int(np.clip(np.ceil(1.5 * fwhm), 3, 12))
+    radius = int(np.clip(np.ceil(1.25 * fwhm), 3, 10))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
     data, inside = stamps(data_sub, ix, iy, radius)
     noise, _ = stamps(rms, ix, iy, radius)
-    badst, _ = stamps(bad.astype(np.float32), ix, iy, radius)
-    seg, _ = stamps(src.segmap.astype(np.float32), ix, iy, radius)
+    badst, _ = stamps(bad, ix, iy, radius)
+    seg, _ = stamps(src.segmap, ix, iy, radius)
     own = (idx + 1).astype(np.float64)[:, None]
     usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
     sky_var = np.median(noise, axis=1, keepdims=True) ** 2
     off = np.arange(-radius, radius + 1, dtype=np.float64)
     oy, ox = np.meshgrid(off, off, indexing="ij")
     xs, ys = ox.ravel(), oy.ravel()
-    # PSF photometry (centre and flux, shape fixed) places φ on the
-    # source as it falls on the pixel grid.
-    params = field.params_at(src.x[idx], src.y[idx], x0=src.x[idx] - ix,
-                             y0=src.y[idx] - iy,
-                             flux=np.maximum(src.flux[idx], 1.0))
-    fit = moffat.fit_moffat(data, np.where(usable, 1.0 / sky_var, 0.0),
-                            xs, ys, params, order=2, fit_shape=False,
-                            max_iter=8, tol=1e-4)
-    placed = fit.params.copy()
-    moved = np.hypot(placed[:, moffat.X0] - params[:, moffat.X0],
-                     placed[:, moffat.Y0] - params[:, moffat.Y0]) > 1.5
-    placed[moved] = params[moved]  # keep the isophotal centre
+    # A windowed centroid places φ on the source as it falls on the
+    # pixel grid; the pixel integration matters for sharp PSFs only.
+    cx, cy = windowed_centroid(data, usable, xs, ys, src.x[idx] - ix,
+                               src.y[idx] - iy, fwhm)
+    placed = field.params_at(src.x[idx], src.y[idx], x0=cx, y0=cy)
     placed[:, moffat.AMP] = 1.0
-    phi = moffat.render(placed, xs, ys, order=2)
-    g = moffat.render(_broadened(placed), xs, ys, order=2)
+    order = 2
+    phi = moffat.render(placed, xs, ys, order=order)
+    g = moffat.render(_broadened(placed), xs, ys, order=order)
     var = sky_var + (np.maximum(data, 0.0) / gain if gain else 0.0)
+    data, phi, g = _project_plane(usable, xs, ys, data, phi, g)
     return _spread(data, var, usable, phi, g)
 
 
@@ -181,8 +225,11 @@ def reference_spread(field: PsfField, r_e: float) -> float:
     placed[:, moffat.X0] = placed[:, moffat.Y0] = 0.0
     phi = moffat.render(placed, ox.ravel(), oy.ravel(), order=2)
     g = moffat.render(_broadened(placed), ox.ravel(), oy.ravel(), order=2)
-    spread, _ = _spread(cut.ravel()[None], np.ones((1, phi.shape[1])),
-                        np.ones((1, phi.shape[1]), bool), phi, g)
+    everywhere = np.ones((1, phi.shape[1]), bool)
+    data, phi, g = _project_plane(everywhere, ox.ravel(), oy.ravel(),
+                                  cut.ravel()[None], phi, g)
+    spread, _ = _spread(data, np.ones((1, phi.shape[1])), everywhere, phi,
+                        g)
     return float(spread[0])
 
 
@@ -208,15 +255,21 @@ def classify(
     idx = np.flatnonzero(np.nan_to_num(src.snr) >= MIN_CLASS_SNR)
     spread[idx], err[idx] = measure_spread(
         data_sub, rms, bad, src, field, idx, gain=gain)
-    # The PSF stars define S = 0 (a Moffat is not a perfect PSF) and the
-    # scatter a real PSF has beyond the noise (ε).
-    on_psf = spread[psf.stars.index]
-    zero = float(np.nanmedian(on_psf))
-    spread = spread - zero
-    scatter = 1.4826 * float(np.nanmedian(np.abs(on_psf - zero)))
-    noise = float(np.nanmedian(err[psf.stars.index]))
-    eps = float(np.sqrt(max(scatter**2 - noise**2, 0.0)))
+    # The brighter half of the PSF stars, whose S is limited by the PSF
+    # model rather than by noise, defines S = 0 and the model's error ε
+    # (a 0.3 % error of the FWHM field moves S by ~0.003); ε is at least
+    # 5 % of the reference galaxy's S.
     ref = reference_spread(field, config.class_galaxy_re)
+    on_psf = spread[psf.stars.index]
+    on_err = err[psf.stars.index]
+    bright = np.isfinite(on_psf) & (on_err <= np.nanmedian(on_err))
+    if bright.sum() < 3:
+        bright = np.isfinite(on_psf)
+    zero = float(np.median(on_psf[bright]))
+    spread = spread - zero
+    scatter = 1.4826 * float(np.median(np.abs(on_psf[bright] - zero)))
+    noise = float(np.median(on_err[bright]))
+    eps = max(float(np.sqrt(max(scatter**2 - noise**2, 0.0))), 0.05 * ref)
     k = config.class_nsigma
     with np.errstate(invalid="ignore"):
         measured = np.isfinite(spread) & np.isfinite(err)
@@ -225,13 +278,17 @@ def classify(
         # precise enough to tell them apart.
         # On the sharp side only cosmic rays and hot pixels go beyond the
         # PSF stars' own scatter; a galaxy is never sharper than the PSF.
-        band = np.sqrt(eps**2 + (config.class_star_nsigma * err) ** 2)
-        sharp_band = np.sqrt(eps**2 + (k * err) ** 2)
+        band = config.class_star_nsigma * np.sqrt(eps**2 + err**2)
+        # A deblended source shares pixels with its neighbour: its S is
+        # only trusted to tell a point from the reference galaxy.
+        blended = (src.flags & SourceFlag.BLENDED) != 0
+        band = np.where(blended, np.inf, band)
+        sharp_band = k * np.sqrt(eps**2 + err**2)
         star = (
             measured
             & (spread <= np.minimum(band, 0.5 * ref))
             & (spread >= -0.5 * ref)
-            & (err <= 0.5 * ref / _Z95)
+            & (err <= 0.5 * ref / norm.ppf(config.class_confidence))
         )
         fwhm = field.fwhm_at(src.x, src.y)
         sharp_psf = float(np.median(src.peak[psf.stars.index]
@@ -243,8 +300,11 @@ def classify(
         )
     cls[star] = SourceClass.STAR
     cls[artefact] = SourceClass.ARTEFACT
+    # A saturated source's profile is cut: S is meaningless.  It is a
+    # star unless its half-light radius says it is much broader.
     saturated = (src.flags & SourceFlag.SATURATED) != 0
-    cls[saturated & ~(measured & (spread > 2.0 * ref))] = SourceClass.STAR
+    r_psf = float(np.median(src.r_half[psf.stars.index]))
+    cls[saturated & (src.r_half < 2.0 * r_psf)] = SourceClass.STAR
     return Classification(cls=cls, spread=spread, spread_err=err,
                           spread_ref=ref)
 

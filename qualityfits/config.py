@@ -72,6 +72,9 @@ class QualityConfig:
         Half-light radius [px] of the reference galaxy (an exponential
         disc) that star/galaxy separation must tell from a star; see
         `qualityfits.classify`.
+    class_confidence : float
+        A source is called a star only where the reference galaxy would
+        be told from a star with this confidence.
     count_mag_bin : float
         Width of the magnitude bins of the source counts.
     poor_seeing_arcsec : float
@@ -112,6 +115,7 @@ class QualityConfig:
     class_nsigma: float = 3.0
     class_star_nsigma: float = 2.0
     class_galaxy_re: float = 2.0
+    class_confidence: float = 0.9
     count_mag_bin: float = 0.5
     poor_seeing_arcsec: float = 1.2
     elongated_ellipticity: float = 0.1
@@ -153,6 +157,11 @@ class QualityConfig:
             raise InvalidParameterError(
                 "config back_filtersize must be >= 1 and "
                 "psf_model_oversampling >= 0"
+            )
+        if not 0.5 < self.class_confidence < 1:
+            raise InvalidParameterError(
+                f"config class_confidence must be in (0.5, 1), got "
+                f"{self.class_confidence!r}"
             )
         if not 0 < self.deblend_cont <= 1:
             raise InvalidParameterError(

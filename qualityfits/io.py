@@ -490,15 +490,18 @@ def flat_to_bad(
 def check_pixels(data: NDArray[np.float32], bad: NDArray[np.bool_],
                  *, name: str) -> None:
     """Raise `EmptyImageError` if no pixel is usable or all are equal."""
-    usable = ~bad & np.isfinite(data)
-    n = int(usable.sum())
-    if n == 0:
-        if not np.isfinite(data).any():
-            raise EmptyImageError(f"{name}: every pixel is NaN or infinite")
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise EmptyImageError(f"{name}: every pixel is NaN or infinite")
+    usable = finite & ~bad
+    if not usable.any():
         raise EmptyImageError(f"{name}: every pixel is masked")
-    vals = data[usable]
-    if float(vals.min()) == float(vals.max()):
+    if usable.all():
+        lo, hi = float(data.min()), float(data.max())
+    else:
+        lo = float(np.min(data, where=usable, initial=np.inf))
+        hi = float(np.max(data, where=usable, initial=-np.inf))
+    if lo == hi:
         raise EmptyImageError(
-            f"{name}: constant image (every usable pixel is "
-            f"{float(vals[0]):g})"
+            f"{name}: constant image (every usable pixel is {lo:g})"
         )

@@ -337,7 +337,8 @@ def assess_extension(
         pix = np.array(data, dtype=np.float32, order="C", copy=True)
         finite = np.isfinite(pix)
         badmask = ~finite if bad is None else (bad | ~finite)
-        pix[~finite] = 0.0
+        if not finite.all():
+            pix[~finite] = 0.0
         check_pixels(pix, badmask, name=name)
         gain = header_number(header, *GAIN_KEYS)
         rdnoise = header_number(header, *RDNOISE_KEYS)
@@ -363,20 +364,19 @@ def assess_extension(
         )
         # Background, twice: the second pass masks the sources found
         # on the first.
+        # (sep subtracts in place: no full-size background map is made.)
         bkg = sep_background(pix, badmask, config)
-        back = bkg.back()
-        rms = bkg.rms()
-        sub = pix - back
-        objects, segmap = extract(sub, rms, badmask, config)
-        sources_mask = object_mask(objects, segmap)
-        del sub, objects, segmap
-        exclude = badmask | sources_mask
+        sub = pix.copy()
+        bkg.subfrom(sub)
+        objects, segmap = extract(sub, bkg.rms(), badmask, config)
+        exclude = badmask | object_mask(objects, segmap)
         bkg = sep_background(pix, exclude, config)
-        back = bkg.back()
+        np.copyto(sub, pix)
+        bkg.subfrom(sub)
         rms = bkg.rms()
-        background = summarise_background(pix, bkg, back, rms, exclude,
+        background = summarise_background(pix, sub, bkg, rms, exclude,
                                           config)
-        del exclude, sources_mask
+        del exclude
         parts["background"] = background
         metrics.update(
             SKY_MEAN=background.mean, SKY_RMS=background.rms,
@@ -393,12 +393,12 @@ def assess_extension(
             )
 
         begin("detection")
-        sub = pix - back
-        del pix
-        objects, segmap = extract(sub, rms, badmask, config)
-        src = measure(sub, back, rms, badmask, objects, segmap, gain=gain,
+        # The sources were detected on the first-pass background (as
+        # SExtractor detects on its only one); they are measured on the
+        # final background.
+        src = measure(sub, pix, rms, badmask, objects, segmap, gain=gain,
                       saturation=saturation, config=config)
-        del objects, back
+        del objects, pix
         metrics["NOBJ"] = len(src)
 
         begin("psf")
