@@ -6,9 +6,10 @@ median until it converges, and the background is the mode estimate
 2.5 median − 1.5 mean (the median when the two disagree by more than
 0.3σ); meshes are median-filtered and interpolated with a bicubic spline.
 
-The measurement is made twice: once on the raw image, then again with
-the pixels of the detected sources masked, which removes the upward bias
-that faint galaxy wings give the mode in crowded fields.
+This is SExtractor's background to within rounding (SKY_MEAN,
+SKY_RMS); the pipeline also repeats it with the detected sources masked
+(SKY_MEAN_MASKED), which removes the upward bias that faint galaxies and
+wings give the mode in crowded fields.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ def summarise_background(
     data : ndarray
         The image.
     data_sub : ndarray
-        The image minus the final background.
+        The image minus the background.
     bkg : sep.Background
-        The final background (sources masked).
+        The background.
     rms : ndarray
         Its full-resolution RMS map.
     exclude : ndarray of bool

@@ -21,11 +21,14 @@ PSF, whose S (S_ref) is computed once per CCD.  A source is a star when
 it is closer to 0 than to S_ref and resolvable -- its σ_S small enough
 that the reference galaxy would be called a star in at most
 1 - ``class_confidence`` (10 %) of cases, galaxies larger than it far
-less often; an artefact when it is significantly sharper than the PSF; a
-galaxy otherwise.  Faint sources that cannot be told apart are galaxies:
-at high galactic latitude they mostly are, and star counts are only
-quoted where stars are recognisable (SExtractor's CLASS_STAR tends to
-0.5 there).  Saturated sources are stars.
+less often -- bright enough (``class_min_snr``) and not clearly
+broader than the PSF in half-light radius (S, computed after removing a
+local plane, loses sources larger than its stamp); an artefact when it
+is significantly sharper than the PSF; a galaxy otherwise.  Faint
+sources that cannot be told apart are galaxies: at high galactic
+latitude they mostly are, and star counts are only quoted where stars
+are recognisable (SExtractor's CLASS_STAR tends to 0.5 there).
+Saturated sources are stars.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ FloatArray = NDArray[np.float64]
 
 #: Broadening of the comparison template G: its FWHM is this much larger.
 SPREAD_BROADENING = 0.25
+#: Relative noise of a half-light radius times the source's S/N.
+SIZE_NOISE = 0.9
 #: Sources fainter than this S/N are not classified (they are galaxies).
 MIN_CLASS_SNR = 5.0
 
@@ -284,8 +289,16 @@ def classify(
         blended = (src.flags & SourceFlag.BLENDED) != 0
         band = np.where(blended, np.inf, band)
         sharp_band = k * np.sqrt(eps**2 + err**2)
+        # Larger than a star by more than a quarter (and 3 sigma of the
+        # r_h noise): extended whatever S says.
+        r_psf = float(np.median(src.r_half[psf.stars.index]))
+        snr = np.maximum(np.nan_to_num(src.snr), 1e-3)
+        extended = src.r_half > r_psf * (1.0 + np.maximum(
+            0.25, 3.0 * SIZE_NOISE / snr))
         star = (
             measured
+            & ~extended
+            & (src.snr >= config.class_min_snr)
             & (spread <= np.minimum(band, 0.5 * ref))
             & (spread >= -0.5 * ref)
             & (err <= 0.5 * ref / norm.ppf(config.class_confidence))
@@ -303,7 +316,6 @@ def classify(
     # A saturated source's profile is cut: S is meaningless.  It is a
     # star unless its half-light radius says it is much broader.
     saturated = (src.flags & SourceFlag.SATURATED) != 0
-    r_psf = float(np.median(src.r_half[psf.stars.index]))
     cls[saturated & (src.r_half < 2.0 * r_psf)] = SourceClass.STAR
     return Classification(cls=cls, spread=spread, spread_err=err,
                           spread_ref=ref)
@@ -348,11 +360,18 @@ def counts(mag: FloatArray, cls: NDArray[np.int64], *,
     )
 
 
-def turnover(c: Counts) -> float:
-    """Return MAG_TURNOVER: the centre of the fullest galaxy-count bin."""
+def turnover(c: Counts, width: float = 1.0) -> float:
+    """Return MAG_TURNOVER: where the galaxy counts peak.
+
+    The counts are summed over a running window of ``width`` magnitudes
+    first, so that a flat top does not make the peak jump between bins.
+    """
     if c.ngal.sum() == 0:
         return float("nan")
-    i = int(np.argmax(c.ngal))
+    step = float(c.mag_edges[1] - c.mag_edges[0])
+    n = max(1, round(width / step))
+    smooth = np.convolve(c.ngal, np.ones(n), mode="same")
+    i = int(np.argmax(smooth))
     return float(0.5 * (c.mag_edges[i] + c.mag_edges[i + 1]))
 
 

@@ -27,6 +27,9 @@ class QualityConfig:
         Detection threshold in units of the background RMS.
     detect_minarea : int
         Minimum number of connected pixels above the threshold.
+    detect_filter_fwhm : float
+        FWHM [px] of the 7x7 Gaussian detection filter (TERAPIX's
+        gauss_3.0_7x7 for QualityFITS); 0 uses sep's 3x3 default.
     deblend_nthresh, deblend_cont : int, float
         SExtractor deblending parameters.
     flat_min, flat_max : float
@@ -75,6 +78,10 @@ class QualityConfig:
     class_confidence : float
         A source is called a star only where the reference galaxy would
         be told from a star with this confidence.
+    class_min_snr : float
+        ... and only from this S/N (AUTO) up: fainter, compact galaxies
+        and stars cannot be told apart, and faint sources are counted as
+        galaxies (at high galactic latitude most of them are).
     count_mag_bin : float
         Width of the magnitude bins of the source counts.
     poor_seeing_arcsec : float
@@ -97,6 +104,7 @@ class QualityConfig:
     back_filtersize: int = 3
     detect_thresh: float = 1.5
     detect_minarea: int = 5
+    detect_filter_fwhm: float = 3.0
     deblend_nthresh: int = 32
     deblend_cont: float = 0.005
     flat_min: float = 0.7
@@ -116,6 +124,7 @@ class QualityConfig:
     class_star_nsigma: float = 2.0
     class_galaxy_re: float = 2.0
     class_confidence: float = 0.9
+    class_min_snr: float = 10.0
     count_mag_bin: float = 0.5
     poor_seeing_arcsec: float = 1.2
     elongated_ellipticity: float = 0.1
@@ -132,7 +141,7 @@ class QualityConfig:
             "psf_detect_thresh", "psf_detect_filter_fwhm",
             "psf_max_ellip", "psf_locus_width", "psf_max_stars",
             "psf_chi2_clip", "psf_grid_cells", "class_nsigma",
-            "class_galaxy_re", "class_star_nsigma",
+            "class_galaxy_re", "class_star_nsigma", "class_min_snr",
             "count_mag_bin", "poor_seeing_arcsec", "elongated_ellipticity",
             "psf_varies", "bkg_gradient", "bkg_noise_excess",
         )
@@ -152,6 +161,11 @@ class QualityConfig:
             raise InvalidParameterError(
                 f"config flat_min/flat_max must bracket 1, got "
                 f"{self.flat_min!r}/{self.flat_max!r}"
+            )
+        if self.detect_filter_fwhm < 0:
+            raise InvalidParameterError(
+                f"config detect_filter_fwhm must be >= 0, got "
+                f"{self.detect_filter_fwhm!r}"
             )
         if self.back_filtersize < 1 or self.psf_model_oversampling < 0:
             raise InvalidParameterError(

@@ -32,10 +32,13 @@ def _m(name: str, unit: str, ucd: str, description: str,
 
 METRICS: tuple[Metric, ...] = (
     _m("SKY_MEAN", "adu", "instr.skyLevel",
-       "Sky background: median of the SExtractor-style mesh mode "
-       "estimates, sources masked"),
+       "Sky background: median of the SExtractor mesh mode estimates "
+       "(SExtractor's Background_Mean)"),
     _m("SKY_RMS", "adu", "stat.stdev;instr.skyLevel",
        "Sky noise: median of the clipped mesh standard deviations"),
+    _m("SKY_MEAN_MASKED", "adu", "instr.skyLevel",
+       "The same with the detected sources masked: nearer the true sky "
+       "in crowded fields"),
     _m("SKY_MAG", "mag/arcsec2", "phot.mag.sb;instr.skyLevel",
        "Sky surface brightness, ZP - 2.5 log10(SKY_MEAN / pixscale^2)"),
     _m("SKY_GRAD", "", "instr.skyLevel;arith.ratio",
@@ -59,8 +62,8 @@ METRICS: tuple[Metric, ...] = (
     _m("FWHM_MAX", "pix", "stat.max;instr.det.psf",
        "Largest FWHM of the PSF map over the grid of the CCD"),
     _m("FWHM_RH", "pix", "instr.det.psf",
-       "Twice the median half-light radius of the PSF stars (PSFEx "
-       "FWHM_FromFluxRadius)"),
+       "Twice the median half-light radius of the stars on the locus, "
+       "PSFEx's sample (PSFEx FWHM_FromFluxRadius)"),
     _m("FWHM_MOFFAT", "pix", "instr.det.psf",
        "FWHM of a Moffat fitted to the empirical (pixel-convolved) PSF "
        "model (PSFEx FWHM)"),
@@ -80,7 +83,8 @@ METRICS: tuple[Metric, ...] = (
        "(FWHMmax - FWHMmin)/(FWHMmax + FWHMmin) of the Moffat fitted to "
        "the pixel-convolved PSF model (PSFEx Ellipticity)"),
     _m("ELONG", "", "phys.size.axisRatio;instr.det.psf",
-       "Median isophotal A/B of the PSF stars (SExtractor ELONGATION)"),
+       "Median isophotal A/B of the stars on the locus (SExtractor "
+       "ELONGATION of PSFEx's stars)"),
     _m("PSF_BETA", "", "instr.det.psf",
        "Moffat beta, median of the pixel-free star fits"),
     _m("PSF_CHI2", "", "stat.fit.chi2;instr.det.psf",
@@ -101,7 +105,7 @@ METRICS: tuple[Metric, ...] = (
        "Sources classified as artefacts (cosmic rays, hot pixels)",
        integer=True),
     _m("MAG_TURNOVER", "mag", "phot.mag",
-       "Centre of the most populated galaxy-count magnitude bin"),
+       "Peak of the galaxy counts (0.5 mag bins summed over 1 mag)"),
     _m("MAGLIM_5SIG", "mag", "phot.mag;stat.max",
        "Magnitude of a point source at S/N 5 in PSF photometry"),
     _m("ZEROPOINT", "mag", "phot.mag;arith.zp",

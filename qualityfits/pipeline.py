@@ -362,24 +362,26 @@ def assess_extension(
             EXPTIME=exptime or math.nan,
             SATLEV=saturation or math.nan,
         )
-        # Background, twice: the second pass masks the sources found
-        # on the first.
-        # (sep subtracts in place: no full-size background map is made.)
+        # SExtractor's background (sep reproduces it exactly), used for
+        # detection and photometry as SExtractor uses it.  (sep subtracts
+        # in place: no full-size background map is made.)
         bkg = sep_background(pix, badmask, config)
         sub = pix.copy()
         bkg.subfrom(sub)
-        objects, segmap = extract(sub, bkg.rms(), badmask, config)
-        exclude = badmask | object_mask(objects, segmap)
-        bkg = sep_background(pix, exclude, config)
-        np.copyto(sub, pix)
-        bkg.subfrom(sub)
         rms = bkg.rms()
+        objects, segmap = extract(sub, rms, badmask, config)
+        # A second estimate with the sources masked: closer to the true
+        # sky in crowded fields; the difference measures the light of
+        # faint sources and wings in the meshes.
+        exclude = badmask | object_mask(objects, segmap)
+        masked = sep_background(pix, exclude, config)
         background = summarise_background(pix, sub, bkg, rms, exclude,
                                           config)
         del exclude
         parts["background"] = background
         metrics.update(
             SKY_MEAN=background.mean, SKY_RMS=background.rms,
+            SKY_MEAN_MASKED=float(masked.globalback),
             SKY_GRAD=background.gradient,
             SKY_LUMPINESS=background.lumpiness,
         )
@@ -393,9 +395,6 @@ def assess_extension(
             )
 
         begin("detection")
-        # The sources were detected on the first-pass background (as
-        # SExtractor detects on its only one); they are measured on the
-        # final background.
         src = measure(sub, pix, rms, badmask, objects, segmap, gain=gain,
                       saturation=saturation, config=config)
         del objects, pix
@@ -426,7 +425,10 @@ def assess_extension(
         parts["psf_grid"] = psf.grid
         parts["psf_model"] = psf.model
         parts["psf_stars"] = _stars_table(psf)
-        fwhm = float(np.median(stars.fwhm))
+        # The PSF field at the stars, not their median: compact galaxies
+        # left among them (one-sided) cannot pull it up.
+        assert psf.field is not None
+        fwhm = float(np.median(psf.field.fwhm_at(stars.x, stars.y)))
         t2 = np.radians(2.0 * stars.theta)
         eps1 = _clipped_mean(stars.ellipticity * np.cos(t2))
         eps2 = _clipped_mean(stars.ellipticity * np.sin(t2))
@@ -436,13 +438,14 @@ def assess_extension(
             FWHM_ARCSEC=fwhm * scale if scale else math.nan,
             FWHM_MIN=float(np.nanmin(psf.grid.fwhm)),
             FWHM_MAX=float(np.nanmax(psf.grid.fwhm)),
-            FWHM_RH=2.0 * float(np.median(stars.r_half)),
+            # PSFEx's counterparts, on PSFEx's sample: the locus stars.
+            FWHM_RH=2.0 * float(np.median(src.r_half[psf.locus])),
             ELLIPTICITY=ell,
             ELONGATION=(1.0 + ell) / (1.0 - ell),
             THETA=0.5 * math.degrees(math.atan2(eps2, eps1)),
             E1=_clipped_mean(stars.e1),
             E2=_clipped_mean(stars.e2),
-            ELONG=float(np.median(stars.elongation_iso)),
+            ELONG=float(np.median(src.a[psf.locus] / src.b[psf.locus])),
             PSF_BETA=float(np.median(stars.beta)),
             PSF_CHI2=float(np.median(stars.chi2)),
         )

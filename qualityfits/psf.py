@@ -34,7 +34,7 @@ from scipy.spatial import cKDTree
 
 from qualityfits import moffat
 from qualityfits.config import QualityConfig
-from qualityfits.detection import SourceFlag, Sources
+from qualityfits.detection import SourceFlag, Sources, gaussian_kernel
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
@@ -155,7 +155,6 @@ class PsfField:
     """
 
     shape: tuple[int, int]
-    degree: int
     fwhm_coef: FloatArray
     eps1_coef: FloatArray
     eps2_coef: FloatArray
@@ -166,9 +165,7 @@ class PsfField:
     def evaluate(self, coef: FloatArray, x: FloatArray,
                  y: FloatArray) -> FloatArray:
         """Evaluate one of the polynomials at (x, y)."""
-        design = _poly_design(np.ravel(x), np.ravel(y), self.shape,
-                              self.degree)
-        return np.asarray(design @ coef, dtype=np.float64)
+        return _eval_coef(coef, np.ravel(x), np.ravel(y), self.shape)
 
     def fwhm_at(self, x: FloatArray, y: FloatArray) -> FloatArray:
         """Pixel-free FWHM at (x, y) [px]."""
@@ -194,21 +191,22 @@ class PsfField:
         )
 
     @classmethod
-    def fit(cls, stars: PsfStars, shape: tuple[int, int],
-            beta: float) -> PsfField:
-        """Fit the polynomials to the PSF stars (robust, clipped)."""
-        degree = poly_degree(len(stars))
+    def fit(cls, stars: PsfStars, shape: tuple[int, int], beta: float,
+            fwhm_coef: FloatArray) -> PsfField:
+        """Fit the ellipticity polynomials to the PSF stars.
+
+        The FWHM polynomial comes from `compact_clip`, which levels it on
+        the stars rather than on their galaxy-contaminated mean.
+        """
         t2 = np.radians(2.0 * stars.theta)
-        coefs = [
-            robust_polyfit(stars.x, stars.y, values, shape, degree)[0]
-            for values in (stars.fwhm, stars.ellipticity * np.cos(t2),
+        eps1, eps2, e1, e2 = (
+            fit_trend(stars.x, stars.y, values, shape)
+            for values in (stars.ellipticity * np.cos(t2),
                            stars.ellipticity * np.sin(t2), stars.e1,
                            stars.e2)
-        ]
-        fwhm, eps1, eps2, e1, e2 = coefs
-        return cls(shape=shape, degree=degree, fwhm_coef=fwhm,
-                   eps1_coef=eps1, eps2_coef=eps2, e1_coef=e1, e2_coef=e2,
-                   beta=beta)
+        )
+        return cls(shape=shape, fwhm_coef=fwhm_coef, eps1_coef=eps1,
+                   eps2_coef=eps2, e1_coef=e1, e2_coef=e2, beta=beta)
 
 
 @dataclass(frozen=True)
@@ -219,17 +217,15 @@ class PsfResult:
     grid: PsfGrid
     model: PsfModel | None
     field: PsfField | None
-    n_candidates: int
+    locus: IntArray
     locus_r_half: float
     double_locus: bool
-    r_half_coef: FloatArray
-    r_half_degree: int
     shape: tuple[int, int]
 
-    def r_half_at(self, x: FloatArray, y: FloatArray) -> FloatArray:
-        """Half-light radius a star would have at (x, y)."""
-        design = _poly_design(x, y, self.shape, self.r_half_degree)
-        return np.asarray(design @ self.r_half_coef, dtype=np.float64)
+    @property
+    def n_candidates(self) -> int:
+        """Sources on the stellar locus (PSFEx's sample)."""
+        return int(self.locus.size)
 
 
 # -- polynomials over the CCD ----------------------------------------------
@@ -252,6 +248,40 @@ def poly_degree(n: int) -> int:
     if n >= 12:
         return 1
     return 0
+
+
+_DEGREE_OF = {1: 0, 3: 1, 6: 2}
+
+
+def fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
+              shape: tuple[int, int], *, max_degree: int = 2,
+              keep: NDArray[np.bool_] | None = None) -> FloatArray:
+    """Fit a polynomial trend across the CCD, its degree chosen by BIC.
+
+    Outliers are found with a clipped fit of the highest degree the
+    number of points supports; degrees 0..that are then compared by the
+    Bayesian information criterion on the same inliers, and the chosen
+    one is refitted.  A quadratic is used only where the data ask for it,
+    not because there are enough stars to fit one.
+    """
+    use = np.isfinite(values) if keep is None else keep & np.isfinite(
+        values)
+    top = min(max_degree, poly_degree(int(use.sum())))
+    if top == 0:
+        level = float(np.median(values[use])) if use.any() else np.nan
+        return np.array([level])
+    _, inliers = robust_polyfit(x[use], y[use], values[use], shape, top)
+    xs, ys, vs = x[use][inliers], y[use][inliers], values[use][inliers]
+    n = vs.size
+    best, best_bic = np.array([np.median(vs)]), np.inf
+    for degree in range(top + 1):
+        design = _poly_design(xs, ys, shape, degree)
+        coef = np.linalg.lstsq(design, vs, rcond=None)[0]
+        rss = float(np.sum((vs - design @ coef) ** 2))
+        bic = n * np.log(max(rss, 1e-300) / n) + coef.size * np.log(n)
+        if bic < best_bic:
+            best, best_bic = np.asarray(coef, dtype=np.float64), bic
+    return best
 
 
 def robust_polyfit(
@@ -323,32 +353,6 @@ def _double_locus(r: FloatArray, mode: float) -> bool:
     return bool(np.any(smooth[peaks[far]] >= 0.5 * at_mode))
 
 
-def _significant_plane(x: FloatArray, y: FloatArray, values: FloatArray,
-                       shape: tuple[int, int]) -> FloatArray | None:
-    """Fit a plane to the locus if its trend across the CCD is real.
-
-    ``values`` are ratios to the locus mode; the plane is normalised to
-    1 at the centre and returned if the variation it predicts across the
-    CCD is significant (3 sigma), else None.  A plane, not a curved
-    surface: it
-    would follow the galaxies that contaminate the locus.
-    """
-    if x.size < 12:
-        return None
-    coef, keep = robust_polyfit(x, y, values, shape, 1)
-    if keep.sum() < 12:
-        return None
-    design = _poly_design(x[keep], y[keep], shape, 1)
-    resid = values[keep] - design @ coef
-    sigma2 = float(np.sum(resid**2) / (keep.sum() - 3))
-    cov = sigma2 * np.linalg.inv(design.T @ design)
-    slope = float(np.hypot(coef[1], coef[2]))
-    slope_err = float(np.sqrt(cov[1, 1] + cov[2, 2]))
-    if slope < 3.0 * slope_err or coef[0] <= 0:
-        return None
-    return coef / coef[0]
-
-
 def filtered_significance(
     data_sub: NDArray[np.float32], src: Sources, idx: IntArray,
     fwhm: float,
@@ -361,9 +365,7 @@ def filtered_significance(
     detected at T sigma with DETECT_MINAREA 3 by SExtractor.
     """
     half = 3
-    g = np.exp(-0.5 * (np.arange(-half, half + 1) / (fwhm / 2.3548)) ** 2)
-    kernel = np.outer(g, g)
-    kernel /= kernel.sum()
+    kernel = gaussian_kernel(fwhm, 2 * half + 1)
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
     cut, inside = stamps(data_sub, ix, iy, 2 + half)
@@ -376,9 +378,9 @@ def filtered_significance(
 
 
 def select_candidates(
-    src: Sources, shape: tuple[int, int], config: QualityConfig,
+    src: Sources, config: QualityConfig,
     data_sub: NDArray[np.float32] | None = None,
-) -> tuple[IntArray, float, bool, FloatArray, int]:
+) -> tuple[IntArray, float, bool]:
     """Select the PSF candidates on the stellar locus.
 
     The rules are PSFEx's: the locus mode is that of the half-light
@@ -387,9 +389,9 @@ def select_candidates(
     as the midpoint of the narrowest interval holding a quarter of them;
     candidates lie within [mode / (1+v)^(1/3), mode (1+v)^(2/3)], v being
     ``psf_locus_width`` (-6 %, +13 % for 0.2: galaxies only ever widen
-    the locus on the large side).  Unlike PSFEx, the window follows the
-    locus across the CCD (a plane fitted to it), so that a PSF that varies
-    keeps its stars everywhere.
+    the locus on the large side).  A PSF varying across the CCD by up to
+    ~15 % keeps its stars in this window (tested on simulations); the
+    FWHM map then comes from the stars' own fits.
 
     Returns
     -------
@@ -399,8 +401,6 @@ def select_candidates(
         Mode of r_h of the locus [px] (NaN when there is none).
     double : bool
         A second locus was seen (``DOUBLE_PSF``).
-    coef, degree :
-        The plane r_h(x, y) of the locus.
     """
     lo, hi = config.psf_fwhm_range
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -420,36 +420,20 @@ def select_candidates(
         sig = filtered_significance(data_sub, src, idx,
                                     config.psf_detect_filter_fwhm)
         idx = idx[sig >= config.psf_detect_thresh]
-    nan = np.full(1, np.nan)
     peaked = idx[peak_snr[idx] >= config.psf_min_snr]
     if peaked.size == 0:
-        return np.zeros(0, np.intp), float("nan"), False, nan, 0
+        return np.zeros(0, np.intp), float("nan"), False
     mode = _shorth_mode(src.r_half[peaked])
     double = _double_locus(src.r_half[peaked], mode)
     low = (1.0 + config.psf_locus_width) ** (-1.0 / 3.0)
     high = (1.0 + config.psf_locus_width) ** (2.0 / 3.0)
-    trend = np.ones(idx.size)
-    degree, coef = 0, np.array([mode])
-    for _ in range(5):
-        ratio = src.r_half[idx] / (mode * trend)
-        near = idx[(ratio >= low) & (ratio <= high)
-                   & (peak_snr[idx] >= config.psf_min_snr)]
-        plane = _significant_plane(src.x[near], src.y[near],
-                                   src.r_half[near] / mode, shape)
-        if plane is None:
-            break
-        new_trend = _poly_design(src.x[idx], src.y[idx], shape, 1) @ plane
-        if np.allclose(new_trend, trend, rtol=1e-4):
-            break
-        trend = new_trend
-        degree, coef = 1, plane * mode
-    ratio = src.r_half[idx] / (mode * trend)
+    ratio = src.r_half[idx] / mode
     idx = idx[(ratio >= low) & (ratio <= high)]
     if idx.size:
         # Sharper than the locus: cosmic rays and hot pixels.
         med_sharp = np.median(sharp[idx])
         idx = idx[sharp[idx] <= _SHARP_MARGIN * med_sharp]
-    return idx, mode, double, coef, degree
+    return idx, mode, double
 
 
 def _isolated(src: Sources, idx: IntArray, radius: float) -> IntArray:
@@ -526,13 +510,15 @@ def fit_stars(
     gain: float | None,
     beta: float | None = None,
     start: FloatArray | None = None,
-) -> tuple[moffat.FitResult, FloatArray, FloatArray, FloatArray, int]:
+) -> tuple[moffat.FitResult, FloatArray, FloatArray, FloatArray,
+           NDArray[np.bool_]]:
     """Fit pixel-integrated Moffat profiles to the candidates.
 
     ``beta`` holds beta fixed; ``start`` gives starting parameters (in
     the stamp frame of the rounded source centres).  Returns the fit, the
     image coordinates of the fitted centres, the reduced chi-square with
-    the model's own Poisson variance, and the stamp radius.
+    the model's own Poisson variance, and which stars have a cosmic ray
+    on them (`residual_spikes`).
     """
     radius = int(np.clip(np.ceil(1.75 * fwhm_guess), 4, 16))
     ix = np.round(src.x[idx]).astype(np.intp)
@@ -570,8 +556,38 @@ def fit_stars(
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2 = np.sum(np.where(usable, (data - model) ** 2 / var, 0.0),
                       axis=1) / fit.ndof
+    spiked = residual_spikes(data, model, var, usable, radius)
     return (fit, ix + fit.params[:, moffat.X0],
-            iy + fit.params[:, moffat.Y0], chi2, radius)
+            iy + fit.params[:, moffat.Y0], chi2, spiked)
+
+
+#: Relative accuracy granted to the Moffat model of a bright star when
+#: looking for cosmic rays in its residuals (PSFEx's PSF_ACCURACY).
+MODEL_ACCURACY = 0.02
+
+
+def residual_spikes(data: FloatArray, model: FloatArray, var: FloatArray,
+                    usable: NDArray[np.bool_], radius: int,
+                    threshold: float = 5.0) -> NDArray[np.bool_]:
+    """Stars with a cosmic ray on them.
+
+    The residual of a star's fit, in units of its noise (with a
+    MODEL_ACCURACY allowance for PSF-model mismatch), is smooth where the
+    Moffat misses the PSF; a cosmic ray is a spike: a pixel more than
+    ``threshold`` sigma above the fit and above the mean of its eight
+    neighbours by as much.
+    """
+    size = 2 * radius + 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = (data - model) / np.sqrt(var + (MODEL_ACCURACY * model) ** 2)
+    norm = np.where(usable, norm, 0.0).reshape(-1, size, size)
+    padded = np.pad(norm, ((0, 0), (1, 1), (1, 1)))
+    neighbours = sum(
+        padded[:, 1 + dy:1 + dy + size, 1 + dx:1 + dx + size]
+        for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
+    ) / 8.0
+    spike = (norm > threshold) & (norm - neighbours > threshold)
+    return np.asarray(spike.reshape(norm.shape[0], -1).any(axis=1))
 
 
 def misfit_clip(chi2: FloatArray, ndof: FloatArray, snr: FloatArray,
@@ -612,38 +628,80 @@ FWHM_NOISE = 1.5
 def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
                  snr: FloatArray, keep: NDArray[np.bool_],
                  shape: tuple[int, int], kappa: float = 2.5,
-                 ) -> NDArray[np.bool_]:
+                 ) -> tuple[NDArray[np.bool_], FloatArray]:
     """Reject sources broader than the stars: compact galaxies, blends.
 
     Contamination is one-sided (galaxies are only ever broader than the
     PSF).  The FWHM's trend across the CCD is fitted to the sources kept
-    so far and shifted onto the densest part of the residuals (shorth
-    mode); the width is measured on the compact side: each source's
-    noise FWHM_NOISE/SNR plus the stars' intrinsic scatter.  Sources more
-    than ``kappa`` sigma broader (or 2 kappa sharper) are dropped and the
-    trend refitted, until nothing changes.
+    so far and levelled on the densest part of the ratios to it (their
+    shorth mode, which the stars make, not the galaxies); the width is
+    measured on the compact side: each source's noise FWHM_NOISE/SNR plus
+    the stars' intrinsic scatter.  Sources more than ``kappa`` sigma
+    broader (or 2 kappa sharper) are dropped and the trend refitted,
+    until nothing changes.  Compact galaxies as sharp as the noise allows
+    remain; the levelled trend is what they cannot bias.
+
+    Returns
+    -------
+    keep : ndarray of bool
+        The sources kept.
+    coef : ndarray
+        The levelled FWHM trend (polynomial coefficients).
     """
-    if keep.sum() < 5:
-        return keep
     noise = FWHM_NOISE / np.maximum(snr, 1.0)
     base = keep.copy()
-    for _ in range(10):
-        degree = min(2, poly_degree(int(keep.sum())))
-        design = _poly_design(x[keep], y[keep], shape, degree)
-        coef = np.linalg.lstsq(design, fwhm[keep], rcond=None)[0]
-        ratio = fwhm / (_poly_design(x, y, shape, degree) @ coef)
-        rel = ratio / _shorth_mode(ratio[keep]) - 1.0
-        low = keep & (rel < 0)
+
+    def trend_and_sigma(kept: NDArray[np.bool_], *,
+                        peeling: bool = False) -> tuple[
+            FloatArray, FloatArray, FloatArray]:
+        if peeling:
+            # A plane while peeling: a contaminated sample can make BIC
+            # prefer a constant, which hides a real gradient in the
+            # "scatter" and the galaxies with it.
+            degree = min(1, poly_degree(int(kept.sum())))
+            coef = np.asarray(np.linalg.lstsq(
+                _poly_design(x[kept], y[kept], shape, degree), fwhm[kept],
+                rcond=None)[0], dtype=np.float64)
+        else:
+            coef = fit_trend(x, y, fwhm, shape, keep=kept)
+        coef = coef * _shorth_mode(
+            fwhm[kept] / _eval_coef(coef, x[kept], y[kept], shape))
+        rel = fwhm / _eval_coef(coef, x, y, shape) - 1.0
+        low = kept & (rel < 0)
         intrinsic2 = 0.0
         if low.sum() >= 3:
             intrinsic2 = max(float(np.mean(rel[low] ** 2)
                                    - np.mean(noise[low] ** 2)), 0.0)
-        sigma = np.sqrt(noise**2 + intrinsic2)
-        new = base & (rel <= kappa * sigma) & (rel >= -2.0 * kappa * sigma)
-        if new.sum() < 3 or np.array_equal(new, keep):
+        return coef, rel, np.sqrt(noise**2 + intrinsic2)
+
+    if keep.sum() < 3:
+        level = float(np.median(fwhm[keep])) if keep.any() else np.nan
+        return keep, np.array([level])
+    # Peel the broadest sources off a few at a time: galaxies clustered
+    # in one part of the CCD tilt the first trend and hide among the
+    # stars; removing only the worst lets the trend straighten.
+    for _ in range(40):
+        coef, rel, sigma = trend_and_sigma(keep, peeling=True)
+        z = rel / sigma
+        over = np.flatnonzero(keep & (z > kappa))
+        if over.size == 0 or keep.sum() - over.size < 3:
             break
-        keep = new
-    return keep
+        worst = over[np.argsort(-z[over])[:max(1, over.size // 4)]]
+        keep = keep.copy()
+        keep[worst] = False
+    # Then re-admit every candidate the clean trend accepts.
+    coef, rel, sigma = trend_and_sigma(keep)
+    readmitted = base & (rel <= kappa * sigma) & (rel >= -2 * kappa * sigma)
+    if readmitted.sum() >= 3:
+        keep = readmitted
+        coef, _, _ = trend_and_sigma(keep)
+    return keep, coef
+
+
+def _eval_coef(coef: FloatArray, x: FloatArray, y: FloatArray,
+               shape: tuple[int, int]) -> FloatArray:
+    design = _poly_design(x, y, shape, _DEGREE_OF[coef.size])
+    return np.asarray(design @ coef, dtype=np.float64)
 
 
 def ccd_beta(fit: moffat.FitResult, good: NDArray[np.bool_]) -> float:
@@ -687,14 +745,11 @@ def measure_psf(
     """
     shape = data_sub.shape
     cells = grid_cells(shape, config.psf_grid_cells)
-    idx, mode, double, coef, degree = select_candidates(src, shape, config,
-                                                        data_sub)
-    n_candidates = int(idx.size)
+    locus, mode, double = select_candidates(src, config, data_sub)
     fwhm_guess = 2.0 * mode if np.isfinite(mode) else 4.0
-    idx = _isolated(src, idx, 2.0 * fwhm_guess)
+    idx = _isolated(src, locus, 2.0 * fwhm_guess)
     idx = _spread_pick(src, idx, shape, config.psf_max_stars, cells)
-    empty = _empty_result(shape, cells, n_candidates, mode, double, coef,
-                          degree)
+    empty = _empty_result(shape, cells, locus, mode, double)
     if idx.size == 0:
         return empty
     # psf_fwhm_range applies to 2 r_h (as PSFEx's SAMPLE_FWHMRANGE); the
@@ -703,7 +758,7 @@ def measure_psf(
     # First fit, beta free, on the brightest candidates (they alone
     # constrain it): beta of the CCD.
     first = np.sort(idx[np.argsort(-src.snr[idx])[:BETA_STARS]])
-    fit, xfit, yfit, chi2, _ = fit_stars(
+    fit, xfit, yfit, chi2, spiked = fit_stars(
         data_sub, rms, bad, src, first, fwhm_guess, gain=gain,
     )
     shp = moffat.shape_from_params(fit.params)
@@ -712,6 +767,7 @@ def measure_psf(
         fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
         & (shp.fwhm >= lo) & (shp.fwhm <= hi) & (shift <= 1.5)
         & (shp.flux > 0) & (shp.beta < 0.9 * moffat.BETA_RANGE[1])
+        & ~spiked
     )
     beta = ccd_beta(fit, good)
     start = np.full((idx.size, moffat.NPARAM), np.nan)
@@ -719,7 +775,7 @@ def measure_psf(
     # Second fit, beta fixed, all candidates: per-star FWHM and shape
     # without the FWHM-beta degeneracy of a single star (strong when
     # undersampled).
-    fit, xfit, yfit, chi2, _ = fit_stars(
+    fit, xfit, yfit, chi2, spiked = fit_stars(
         data_sub, rms, bad, src, idx, fwhm_guess, gain=gain, beta=beta,
         start=start,
     )
@@ -728,11 +784,12 @@ def measure_psf(
     keep = (
         fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
         & (shp.fwhm >= lo) & (shp.fwhm <= hi) & (shift <= 1.5)
-        & (shp.flux > 0)
+        & (shp.flux > 0) & ~spiked
     )
     keep = misfit_clip(chi2, fit.ndof, src.snr[idx], keep,
                        config.psf_chi2_clip)
-    keep = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx], keep, shape)
+    keep, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
+                                   keep, shape)
     sel = np.flatnonzero(keep)
     if sel.size == 0:
         return empty
@@ -747,25 +804,18 @@ def measure_psf(
         beta=shp.beta[sel], chi2=chi2[sel],
         elongation_iso=src.a[idx[sel]] / src.b[idx[sel]],
     )
-    # The r_h locus again, from the accepted stars only (classification
-    # compares every source with it).
-    rdeg = poly_degree(len(stars))
-    rcoef, _ = robust_polyfit(stars.x, stars.y, stars.r_half, shape, rdeg)
-    field = PsfField.fit(stars, shape, beta)
+    field = PsfField.fit(stars, shape, beta, fwhm_coef)
     grid = _grid(field, stars, cells)
-    model = build_model(data_sub, bad, src, stars, fit.params[sel],
+    model = build_model(data_sub, bad, src, stars, fit.params[sel], field,
                         config=config)
     return PsfResult(
-        stars=stars, grid=grid, model=model, field=field,
-        n_candidates=n_candidates,
-        locus_r_half=mode, double_locus=double, r_half_coef=rcoef,
-        r_half_degree=rdeg, shape=shape,
+        stars=stars, grid=grid, model=model, field=field, locus=locus,
+        locus_r_half=mode, double_locus=double, shape=shape,
     )
 
 
 def _empty_result(shape: tuple[int, int], cells: tuple[int, int],
-                  n_candidates: int, mode: float, double: bool,
-                  coef: FloatArray, degree: int) -> PsfResult:
+                  locus: IntArray, mode: float, double: bool) -> PsfResult:
     empty_f = np.zeros(0)
     stars = PsfStars(
         index=np.zeros(0, np.intp), x=empty_f, y=empty_f, flux=empty_f,
@@ -783,10 +833,8 @@ def _empty_result(shape: tuple[int, int], cells: tuple[int, int],
         nstars=np.zeros(cells, np.int64),
     )
     return PsfResult(
-        stars=stars, grid=grid, model=None, field=None,
-        n_candidates=n_candidates,
-        locus_r_half=mode, double_locus=double, r_half_coef=coef,
-        r_half_degree=degree, shape=shape,
+        stars=stars, grid=grid, model=None, field=None, locus=locus,
+        locus_r_half=mode, double_locus=double, shape=shape,
     )
 
 
@@ -827,10 +875,20 @@ def build_model(
     src: Sources,
     stars: PsfStars,
     params: FloatArray,
+    field: PsfField,
     *,
     config: QualityConfig,
 ) -> PsfModel | None:
-    """Stack the accepted stars into an oversampled effective PSF."""
+    """Build the oversampled effective PSF of the CCD from its stars.
+
+    The model is the field's pixel-free Moffat at the centre of the CCD,
+    integrated over a pixel at each oversampled offset, plus the mean of
+    the stars' residuals from their own Moffat fits, stacked on the same
+    oversampled grid (nearest node, 3-sigma clipped).  Stacking only the
+    residuals keeps the model sharp where direct stacking of few,
+    undersampled stars would blur and alias it; what the Moffat misses
+    (a non-Moffat core, wings, asymmetry) is in the residual part.
+    """
     fwhm = float(np.median(stars.fwhm))
     osamp = model_oversampling(fwhm, config)
     radius = int(np.clip(np.ceil(2.5 * fwhm), 5, 24))
@@ -843,9 +901,14 @@ def build_model(
     usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
     off = np.arange(-radius, radius + 1, dtype=np.float64)
     oy, ox = np.meshgrid(off, off, indexing="ij")
+    # Each star's own fitted model on this stamp, and its residual.
+    placed = params.copy()
+    placed[:, moffat.X0] = stars.x - ix
+    placed[:, moffat.Y0] = stars.y - iy
+    own_model = moffat.render(placed, ox.ravel(), oy.ravel(), order=3)
+    resid = (data - own_model) / stars.flux[:, None]
     dx = ox.ravel()[None, :] - (stars.x - ix)[:, None]
     dy = oy.ravel()[None, :] - (stars.y - iy)[:, None]
-    norm = data / stars.flux[:, None]
     # Nearest oversampled node of each sample; the grid spans ±radius.
     half = radius * osamp
     size = 2 * half + 1
@@ -853,9 +916,8 @@ def build_model(
     gy = np.round(dy * osamp).astype(np.intp) + half
     ok = usable & (gx >= 0) & (gx < size) & (gy >= 0) & (gy < size)
     node = (gy * size + gx)[ok]
-    vals = norm[ok]
-    # Per-node 3-sigma clipped mean (one clipping pass about the median
-    # estimated from the node's mean and scatter is enough here).
+    vals = resid[ok]
+    # Per-node 3-sigma clipped mean of the residuals.
     cnt = np.bincount(node, minlength=size * size).astype(float)
     s1 = np.bincount(node, vals, minlength=size * size)
     s2 = np.bincount(node, vals * vals, minlength=size * size)
@@ -869,23 +931,25 @@ def build_model(
                          minlength=size * size)
         mean = np.where(cnt > 0, s1 / cnt, 0.0)
         var = np.where(cnt > 1, (s2 / cnt - mean**2) / (cnt - 1), np.nan)
-    image = mean.reshape(size, size)
+    nodes = (np.arange(size) - half) / osamp
+    ngx, ngy = np.meshgrid(nodes, nodes)
+    xs, ys = ngx.ravel(), ngy.ravel()
+    ny, nx = field.shape
+    centre = field.params_at(np.array([(nx - 1) / 2]),
+                             np.array([(ny - 1) / 2]))
+    base = moffat.render(centre, xs, ys, order=3)[0]
+    image = (base + mean).reshape(size, size)
     total = image.sum() / osamp**2
     if not total > 0:
         return None
     image = image / total
-    nodes = (np.arange(size) - half) / osamp
-    ngx, ngy = np.meshgrid(nodes, nodes)
-    xs, ys = ngx.ravel(), ngy.ravel()
-    # Weights: the per-node variance, floored to avoid nodes seen once or
-    # with identical samples dominating.
+    # Weights: the residuals' per-node variance, floored so that nodes
+    # seen once or with identical samples do not dominate.
     var = var / total**2
     floor = np.nanmedian(var[var > 0]) if np.any(var > 0) else 1.0
-    invvar = np.where((cnt > 1) & np.isfinite(var),
-                      1.0 / np.maximum(var, floor), 0.0)
-    base = np.median(params, axis=0)
-    init = base.copy()
-    init[moffat.X0] = init[moffat.Y0] = 0.0
+    invvar = np.where(np.isfinite(var) & (cnt > 1),
+                      1.0 / np.maximum(var, floor), 1.0 / floor)
+    init = centre[0].copy()
     init[moffat.AMP] = float(image.max())
     fits = {}
     for order in (1, 3):  # 1: as sampled (PSFEx); 3: pixel-integrated
@@ -897,8 +961,8 @@ def build_model(
     r = np.hypot(xs, ys)
     within = r <= 2.0 * fwhm
     fitted = moffat.render_point(fits[1][None], xs, ys)[0]
-    resid = float(np.sqrt(np.mean((image.ravel() - fitted)[within] ** 2))
-                  / image.max())
+    resid_rms = float(np.sqrt(np.mean((image.ravel() - fitted)[within] ** 2))
+                      / image.max())
     rot = image[::-1, ::-1].ravel()
     odd = (image.ravel() - rot)[within]
     even = (image.ravel() + rot)[within]
@@ -913,7 +977,7 @@ def build_model(
             (conv.fwhm_major[0] - conv.fwhm_minor[0])
             / (conv.fwhm_major[0] + conv.fwhm_minor[0])
         ),
-        residual=resid,
+        residual=resid_rms,
         asymmetry=asym,
         area=psf_area(fits[3]),
         nstars=len(stars),

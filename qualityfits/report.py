@@ -10,9 +10,8 @@ Per-source and per-star catalogues are astropy Tables on each extension.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -40,8 +39,38 @@ def _json(value: Any) -> Any:
     return value
 
 
+class FrozenMap(Mapping[str, Any]):
+    """An immutable mapping that pickles (reports cross processes)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        """Copy ``data``."""
+        self._data = dict(data or {})
+
+    def __getitem__(self, key: str) -> Any:
+        """Return the value of ``key``."""
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over the keys."""
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        """Return the number of keys."""
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        """Show the content."""
+        return f"FrozenMap({self._data!r})"
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[str, Any]]]:
+        """Pickle as the plain dictionary it wraps."""
+        return (FrozenMap, (self._data,))
+
+
 def _readonly(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping))
+    return FrozenMap(mapping)
 
 
 @dataclass(frozen=True)
