@@ -53,8 +53,8 @@ METRICS: tuple[Metric, ...] = (
     _m("NSTAR_PSF", "", "meta.number;src",
        "Stars accepted for the PSF", integer=True),
     _m("FWHM_PIX", "pix", "instr.det.psf",
-       "PSF FWHM before pixel sampling (pixel-free Moffat fits), median "
-       "over the PSF stars"),
+       "PSF FWHM before pixel sampling: the FWHM field of the stars' "
+       "pixel-free Moffat fits, median at the PSF stars"),
     _m("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
        "FWHM_PIX times the pixel scale: the seeing"),
     _m("FWHM_MIN", "pix", "stat.min;instr.det.psf",
