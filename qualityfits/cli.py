@@ -15,11 +15,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from qualityfits._version import __version__
 from qualityfits.config import QualityConfig
-from qualityfits.errors import QualityFitsError
+from qualityfits.errors import InvalidParameterError, QualityFitsError
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
 from qualityfits.report import QualityReport
 
@@ -36,8 +36,16 @@ def image_stem(path: str | Path) -> str:
     return name
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``qualityfits: error: ...`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="qualityfits",
         description="Assess the quality of a flat-fielded FITS image: sky, "
         "PSF FWHM and ellipticity, PSF model, star and galaxy counts.",
@@ -78,7 +86,7 @@ def _config(pairs: Sequence[str]) -> QualityConfig:
         key = key.strip()
         if not sep_ or key not in defaults:
             known = ", ".join(sorted(defaults))
-            raise QualityFitsError(
+            raise InvalidParameterError(
                 f"--set {pair!r}: expected KEY=VALUE with KEY one of {known}"
             )
         default = defaults[key]
@@ -92,7 +100,7 @@ def _config(pairs: Sequence[str]) -> QualityConfig:
             else:
                 values[key] = float(raw)
         except ValueError:
-            raise QualityFitsError(
+            raise InvalidParameterError(
                 f"--set {pair!r}: {raw!r} is not a valid value for {key}"
             ) from None
     return QualityConfig.from_dict(values)

@@ -178,7 +178,11 @@ class ImageSource:
             self.path = self._prepare_file(self.path, tmpdir)
             self._hdul = self._open_file(self.path)
             self._owns_hdul = True
-        self.extensions = self._scan()
+        try:
+            self.extensions = self._scan()
+        except Exception:
+            self.close()
+            raise
 
     # -- opening -------------------------------------------------------
     def _prepare_file(self, path: Path, tmpdir: Path | None) -> Path:
@@ -226,15 +230,31 @@ class ImageSource:
                 f"{self.display}: unreadable FITS file ({exc})"
             ) from None
         size = path.stat().st_size
+        end = 0
         for i, hdu in enumerate(hdul):
             info = hdu.fileinfo()
-            if info and info["datLoc"] + info["datSpan"] > size:
+            if not info:
+                continue
+            end = info["datLoc"] + info["datSpan"]
+            if end > size:
                 hdul.close()
                 self.close()
                 raise InvalidImageError(
                     f"{self.display}: truncated FITS file (HDU {i} needs "
-                    f"{info['datLoc'] + info['datSpan']} bytes, the file "
-                    f"has {size})"
+                    f"{end} bytes, the file has {size})"
+                )
+        # astropy silently drops an HDU whose header was cut short: bytes
+        # after the last HDU that start an extension are one.
+        if end < size:
+            with path.open("rb") as fh:
+                fh.seek(end)
+                rest = fh.read(8)
+            if rest.startswith(b"XTENSION"):
+                hdul.close()
+                self.close()
+                raise InvalidImageError(
+                    f"{self.display}: truncated FITS file (the header of "
+                    f"HDU {len(hdul)} is cut short at byte {size})"
                 )
         return hdul
 
@@ -306,7 +326,15 @@ class ImageSource:
             if crop and ext.datasec is not None:
                 y0, y1, x0, x1 = ext.datasec
                 raw = raw[y0:y1, x0:x1]
-            data = _scaled(raw, self._hdul[ext.index].header)
+            hdu = self._hdul[ext.index]
+            if self._owns_hdul or getattr(hdu, "_do_not_scale_image_data",
+                                          False):
+                data = _scaled(raw, hdu.header)
+            else:
+                # A caller's HDUList: astropy has already scaled the
+                # values (it leaves BZERO in the header of unsigned data).
+                data = np.array(raw, dtype=np.float32, order="C",
+                                copy=True)
         except _READ_ERRORS as exc:
             raise InvalidImageError(
                 f"{self.display}, extension {ext.name}: unreadable pixels "
@@ -338,14 +366,13 @@ class ImageSource:
 
 
 def _scaled(raw: NDArray[Any], header: fits.Header) -> NDArray[np.float32]:
-    """Physical values (BSCALE, BZERO, BLANK applied) as native float32.
+    """Physical values raw * BSCALE + BZERO (BLANK -> NaN) as float32.
 
-    Works when the data were read unscaled, as this module reads them;
-    when astropy already scaled them (an in-memory HDUList), the scaling
-    keywords are gone from the header and this is a plain conversion.
-    Integer offsets are applied exactly (in int64, a block of rows at a
-    time) before the conversion, so that 32-bit unsigned data stored with
-    BZERO = 2**31 keep their precision.
+    ``raw`` are the stored values (this module reads files with
+    ``do_not_scale_image_data``).  With BSCALE = 1 and an integer BZERO
+    the offset is applied exactly, in int64, a block of rows at a time,
+    so that 32-bit unsigned data stored with BZERO = 2**31 keep their
+    precision.
     """
     bscale = header.get("BSCALE", 1.0)
     bzero = header.get("BZERO", 0.0)
@@ -353,22 +380,22 @@ def _scaled(raw: NDArray[Any], header: fits.Header) -> NDArray[np.float32]:
         bscale = 1.0
     if not isinstance(bzero, int | float) or isinstance(bzero, bool):
         bzero = 0.0
-    if raw.dtype.kind in "iu" and bzero and float(bzero).is_integer():
+    if (raw.dtype.kind in "iu" and bscale == 1 and bzero
+            and float(bzero).is_integer()):
         data = np.empty(raw.shape, dtype=np.float32)
         for start in range(0, raw.shape[0], 256):
             rows = slice(start, start + 256)
             data[rows] = raw[rows].astype(np.int64) + int(bzero)
-        bzero = 0.0
     else:
         data = np.array(raw, dtype=np.float32, order="C", copy=True)
+        if bscale != 1:
+            data *= np.float32(bscale)
+        if bzero != 0:
+            data += np.float32(bzero)
     if raw.dtype.kind in "iu":
         blank = header.get("BLANK")
         if isinstance(blank, int) and not isinstance(blank, bool):
             data[raw == blank] = np.nan
-    if bscale != 1:
-        data *= np.float32(bscale)
-    if bzero != 0:
-        data += np.float32(bzero)
     return data
 
 
@@ -425,7 +452,7 @@ def read_matched(other: ImageSource, oth: ImageExtension,
 
 def mask_to_bad(
     values: NDArray[np.float32],
-    convention: MaskConvention = "auto",
+    convention: MaskConvention,
     *,
     name: str = "mask",
 ) -> NDArray[np.bool_]:
@@ -435,27 +462,39 @@ def mask_to_bad(
     ----------
     values : ndarray
         The mask pixels.
-    convention : {"auto", "zero", "nonzero"}
+    convention : {"zero", "nonzero"}
         ``"zero"``: 0 marks a bad pixel (CFHT Elixir masks: 1 good,
         0 bad).  ``"nonzero"``: any non-zero value marks a bad pixel
-        (flag maps).  ``"auto"``: the convention under which the
-        *minority* of pixels is bad.
+        (flag maps).  ``"auto"`` is decided for a whole file by
+        `resolve_mask_convention`, never per extension.
     name : str
         Used in error messages.
     """
     finite = np.isfinite(values)
     zero = finite & (values == 0)
-    if convention == "auto":
-        nzero = int(zero.sum())
-        convention = "nonzero" if nzero * 2 >= values.size else "zero"
     if convention == "zero":
         return zero | ~finite
     if convention == "nonzero":
         return ~zero
     raise InvalidParameterError(
-        f"{name}: mask convention must be auto, zero or nonzero, got "
-        f"{convention!r}"
+        f"{name}: mask convention must be zero or nonzero (auto is "
+        f"resolved per file), got {convention!r}"
     )
+
+
+def resolve_mask_convention(mask: ImageSource) -> MaskConvention:
+    """Decide the "auto" convention once for a whole mask file.
+
+    The minority value marks bad pixels, counted over every extension:
+    a CCD half dead (CFHT Elixir masks have two) must not flip its own
+    convention.
+    """
+    zeros = total = 0
+    for ext in mask.extensions:
+        values = mask.read(ext, crop=False)
+        zeros += int(np.count_nonzero(values == 0))
+        total += values.size
+    return "nonzero" if zeros * 2 >= total else "zero"
 
 
 def flat_to_bad(

@@ -112,8 +112,8 @@ METRICS: tuple[Metric, ...] = (
        "Zero point used (magnitude of 1 ADU in the image)"),
     _m("PIXSCALE", "arcsec", "instr.pixel",
        "Pixel scale used (geometric mean of the two axes)"),
-    _m("GAIN", "electron/adu", "instr.calib",
-       "Gain used (header GAIN)"),
+    _m("GAIN", "", "instr.calib",
+       "Gain used (header GAIN), electrons per ADU"),
     _m("EXPTIME", "s", "time.duration;obs.exposure",
        "Exposure time (header EXPTIME)"),
 )

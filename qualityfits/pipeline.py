@@ -13,7 +13,6 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import queue
 import threading
 import time
 import warnings
@@ -25,7 +24,7 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +70,7 @@ from qualityfits.io import (
     header_number,
     mask_to_bad,
     match_extensions,
+    resolve_mask_convention,
 )
 from qualityfits.metrics import METRICS, qa_flags
 from qualityfits.mosaic import aggregate, celestial_wcs
@@ -187,7 +187,7 @@ def _zeropoint(header: fits.Header, given: float | None,
 
 def _sources_table(src: Sources, klass: Classification,
                    psf_index: NDArray[np.intp], zp: float,
-                   header: fits.Header) -> Table:
+                   header: fits.Header, origin: tuple[int, int]) -> Table:
     """All sources, SExtractor column names, positions 1-based."""
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(src.flux > 0, zp - 2.5 * np.log10(src.flux), np.nan)
@@ -227,7 +227,8 @@ def _sources_table(src: Sources, klass: Classification,
         table[name].unit = unit
     wcs = celestial_wcs(header)
     if wcs is not None and len(src):
-        ra, dec = wcs.all_pix2world(src.x, src.y, 0)
+        ra, dec = wcs.all_pix2world(src.x + origin[0], src.y + origin[1],
+                                    0)
         table["ALPHA_J2000"] = ra
         table["DELTA_J2000"] = dec
         table["ALPHA_J2000"].unit = table["DELTA_J2000"].unit = "deg"
@@ -289,6 +290,7 @@ def assess_extension(
     pixscale: float | None = None,
     config: QualityConfig | None = None,
     step: Callable[[str], None] | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> ExtensionReport:
     """Assess one CCD held in memory.
 
@@ -309,6 +311,9 @@ def assess_extension(
     config : QualityConfig, optional
     step : callable, optional
         Called with each step name of `STEPS` as it starts.
+    origin : tuple of int
+        (x, y) of pixel (0, 0) of ``data`` in the frame of the header's
+        WCS (the data section's offset when the HDU was cropped).
 
     Returns
     -------
@@ -336,6 +341,9 @@ def assess_extension(
         begin("background")
         pix = np.array(data, dtype=np.float32, order="C", copy=True)
         finite = np.isfinite(pix)
+        if not finite.any():
+            raise errors.EmptyImageError(
+                f"{name}: every pixel is NaN or infinite")
         badmask = ~finite if bad is None else (bad | ~finite)
         if not finite.all():
             pix[~finite] = 0.0
@@ -473,7 +481,7 @@ def assess_extension(
         cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
         parts["counts"] = cnt
         parts["sources"] = _sources_table(src, klass, stars.index, zp_used,
-                                          header)
+                                          header, origin)
         metrics.update(
             NSTAR=int(np.sum(klass.cls == SourceClass.STAR)),
             NGAL=int(np.sum(klass.cls == SourceClass.GALAXY)),
@@ -511,6 +519,8 @@ class _Task:
     mask: tuple[Path | NDArray[np.float32], ImageExtension] | None
     mask_convention: MaskConvention
     context: _Context
+    flat_label: str = "flat"
+    mask_label: str = "mask"
 
 
 _EVENTS: Any = None  # the queue a worker posts progress events to
@@ -579,27 +589,36 @@ def _run_task(task: _Task,
         bad = None
         if task.mask is not None:
             values = _read_ref(task.mask[0], task.mask[1], ext, "mask")
-            bad = mask_to_bad(values, task.mask_convention,
-                              name=f"mask {task.mask[1].name}")
+            bad = mask_to_bad(
+                values, task.mask_convention,
+                name=f"{task.mask_label}, extension {task.mask[1].name}")
         if task.flat is not None:
             values = _read_ref(task.flat[0], task.flat[1], ext, "flat")
             cfg = task.context.config
-            flat_bad, _ = flat_to_bad(values, cfg.flat_min, cfg.flat_max,
-                                      name=f"flat {task.flat[1].name}")
+            flat_bad, _ = flat_to_bad(
+                values, cfg.flat_min, cfg.flat_max,
+                name=f"{task.flat_label}, extension {task.flat[1].name}")
             bad = flat_bad if bad is None else (bad | flat_bad)
     except errors.QualityFitsError as exc:
-        return ExtensionReport(
+        rep = ExtensionReport(
             index=ext.index, name=ext.name, shape=ext.data_shape,
             status="failed",
             error=ErrorInfo(type(exc).__name__, exc.code, str(exc)),
         )
-    read = time.perf_counter() - start
-    rep = assess_extension(
-        data, ext.header, name=ext.name, index=ext.index, bad=bad,
-        zeropoint=task.context.zeropoint, pixscale=task.context.pixscale,
-        config=task.context.config, step=post,
-    )
-    return replace(rep, timings={"read": read, **rep.timings})
+    else:
+        read = time.perf_counter() - start
+        x0, y0 = ((ext.datasec[2], ext.datasec[0]) if ext.datasec
+                  else (0, 0))
+        rep = assess_extension(
+            data, ext.header, name=ext.name, index=ext.index, bad=bad,
+            zeropoint=task.context.zeropoint,
+            pixscale=task.context.pixscale, config=task.context.config,
+            step=post, origin=(x0, y0),
+        )
+        rep = replace(rep, timings={"read": read, **rep.timings})
+    if post is not None:
+        post("done" if rep.ok else "failed")
+    return rep
 
 
 def _default_jobs() -> int:
@@ -609,33 +628,44 @@ def _default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_DONE = None  # sentinel that ends the progress pump
+
+
 @contextmanager
 def _progress_pump(callback: ProgressCallback | None,
                    events: Any) -> Iterator[None]:
-    """Forward worker events to the callback from a background thread."""
+    """Deliver worker events to the callback, in order, from one thread.
+
+    Every event -- steps, and "done"/"failed" -- goes through the one
+    queue, so the callback sees each extension's events in order and is
+    never called from two threads at once; on exit the queue is drained
+    before `assess` returns.
+    """
     if callback is None or events is None:
         yield
         return
-    stop = threading.Event()
 
     def pump() -> None:
-        while not stop.is_set() or not events.empty():
+        while True:
             try:
-                index, name, stepname = events.get(timeout=0.1)
-            except queue.Empty:
-                continue
+                item = events.get()
             except (EOFError, OSError):
                 return
-            callback(ProgressEvent(name, index, stepname,
-                                   STEPS.index(stepname) + 1, len(STEPS)))
+            if item is _DONE:
+                return
+            index, name, stepname = item
+            number = (STEPS.index(stepname) + 1 if stepname in STEPS
+                      else len(STEPS))
+            callback(ProgressEvent(name, index, stepname, number,
+                                   len(STEPS)))
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     try:
         yield
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        events.put(_DONE)
+        thread.join()
 
 
 def _refs(source: ImageSource, image: ImageSource,
@@ -717,46 +747,54 @@ def assess(
             f"mask convention must be auto, zero or nonzero, got "
             f"{mask_convention!r}")
     context = _Context(zeropoint=zeropoint, pixscale=pixscale, config=config)
-    label = image.filename() if isinstance(image, fits.HDUList) else None
-    name = str(label or (image if not isinstance(image, fits.HDUList)
-                         else "HDUList"))
-    with ImageSource(image) as src:
-        flat_src = ImageSource(flat, label="flat") if flat else None
-        mask_src = ImageSource(mask, label="mask") if mask else None
-        try:
-            flats = _refs(flat_src, src) if flat_src else {}
-            masks = _refs(mask_src, src) if mask_src else {}
-            tasks = [
-                _Task(ext=ext, image=src.path, flat=flats.get(ext.index),
-                      mask=masks.get(ext.index),
-                      mask_convention=mask_convention, context=context)
-                for ext in src.extensions
-            ]
-            reports = _run(tasks, src, jobs or _default_jobs(), progress)
-        finally:
-            for extra in (flat_src, mask_src):
-                if extra is not None:
-                    extra.close()
+    name = _input_name(image)
+    with ExitStack() as stack:
+        src = stack.enter_context(ImageSource(image))
+        flat_src = (stack.enter_context(ImageSource(flat, label="flat"))
+                    if flat is not None else None)
+        mask_src = (stack.enter_context(ImageSource(mask, label="mask"))
+                    if mask is not None else None)
+        flats = _refs(flat_src, src) if flat_src else {}
+        masks = _refs(mask_src, src) if mask_src else {}
+        convention = mask_convention
+        if mask_src is not None and convention == "auto":
+            convention = resolve_mask_convention(mask_src)
+        tasks = [
+            _Task(ext=ext, image=src.path, flat=flats.get(ext.index),
+                  mask=masks.get(ext.index), mask_convention=convention,
+                  context=context,
+                  flat_label=flat_src.display if flat_src else "flat",
+                  mask_label=mask_src.display if mask_src else "mask")
+            for ext in src.extensions
+        ]
+        reports = _run(tasks, src, jobs or _default_jobs(), progress)
         exts = src.extensions
+        display = src.display
     exposure = aggregate(exts, reports, config)
     report = QualityReport(
-        image=Path(name).name if label is None else name,
+        image=name,
         extensions=tuple(reports),
         exposure=exposure,
         config=config,
         parameters={
-            "flat": None if flat is None else str(flat if not isinstance(
-                flat, fits.HDUList) else "HDUList"),
-            "mask": None if mask is None else str(mask if not isinstance(
-                mask, fits.HDUList) else "HDUList"),
+            "flat": None if flat is None else _input_name(flat),
+            "mask": None if mask is None else _input_name(mask),
             "zeropoint": zeropoint, "pixscale": pixscale,
-            "mask_convention": mask_convention,
+            "mask_convention": convention,
         },
         versions=_versions(),
     )
     if not any(r.ok for r in reports):
-        _raise_all_failed(reports)
+        _raise_all_failed(reports, display)
     return report
+
+
+def _input_name(item: ImageInput) -> str:
+    """File name of an input (an HDUList's own, if it has one)."""
+    if isinstance(item, fits.HDUList):
+        label = item.filename()
+        return Path(label).name if label else "HDUList"
+    return Path(item).name
 
 
 _ERROR_TYPES: Mapping[str, type[errors.QualityFitsError]] = {
@@ -768,17 +806,20 @@ _ERROR_TYPES: Mapping[str, type[errors.QualityFitsError]] = {
 }
 
 
-def _raise_all_failed(reports: list[ExtensionReport]) -> None:
+def _raise_all_failed(reports: list[ExtensionReport],
+                      display: str) -> None:
+    """Raise the failure of an input none of whose extensions passed."""
     first = reports[0].error
     assert first is not None
     kinds = {r.error.type for r in reports if r.error is not None}
     cls = _ERROR_TYPES.get(first.type, errors.QualityFitsError)
     if len(reports) == 1:
-        raise cls(first.message)
+        raise cls(f"{display}, extension {first.message}")
     if len(kinds) > 1:
         cls = errors.QualityFitsError
     raise cls(
-        f"all {len(reports)} extensions failed; first: {first.message}"
+        f"{display}: all {len(reports)} extensions failed; first: "
+        f"extension {first.message}"
     )
 
 
@@ -796,12 +837,6 @@ def _run(tasks: list[_Task], source: ImageSource, jobs: int,
             return replace(task, image=source.read(task.ext))
         return task
 
-    def finished(rep: ExtensionReport) -> None:
-        if progress is not None:
-            stepname = "done" if rep.ok else "failed"
-            progress(ProgressEvent(rep.name, rep.index, stepname, n_steps,
-                                   n_steps))
-
     if jobs == 1 or len(tasks) == 1:
         reports = []
         for task in tasks:
@@ -810,9 +845,10 @@ def _run(tasks: list[_Task], source: ImageSource, jobs: int,
                 def post(stepname: str, ext: ImageExtension = task.ext,
                          ) -> None:
                     assert progress is not None
-                    progress(ProgressEvent(
-                        ext.name, ext.index, stepname,
-                        STEPS.index(stepname) + 1, n_steps))
+                    number = (STEPS.index(stepname) + 1
+                              if stepname in STEPS else n_steps)
+                    progress(ProgressEvent(ext.name, ext.index, stepname,
+                                           number, n_steps))
             try:
                 rep = _run_task(ready(task), post)
             except errors.QualityFitsError:
@@ -821,7 +857,8 @@ def _run(tasks: list[_Task], source: ImageSource, jobs: int,
                 log.exception("extension %s failed", task.ext.name)
                 rep = _internal_failure(task.ext,
                                         f"{type(exc).__name__}: {exc}")
-            finished(rep)
+                if post is not None:
+                    post("failed")
             reports.append(rep)
         return reports
     ctx = mp.get_context("forkserver")
@@ -850,6 +887,11 @@ def _run(tasks: list[_Task], source: ImageSource, jobs: int,
                 except Exception as exc:  # noqa: BLE001 - reported below
                     rep = _internal_failure(
                         task.ext, f"{type(exc).__name__}: {exc}")
+                else:
+                    results[task.ext.index] = rep
+                    continue
+                # The worker could not say it failed: say it for it.
+                if events is not None:
+                    events.put((task.ext.index, task.ext.name, "failed"))
                 results[task.ext.index] = rep
-                finished(rep)
     return [results[t.ext.index] for t in tasks]

@@ -1,0 +1,211 @@
+"""The ``qualityfits`` command line, run as a user runs it (a subprocess).
+
+Success: exit 0, a summary table with one row per extension and a
+median row, ``OUTDIR/<stem>.summary.json`` equal to the report of
+`qualityfits.assess` on the same file.  Bad input: exit 2 and exactly
+one line ``qualityfits: error: ...`` on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import qualityfits
+from qualityfits.cli import image_stem
+from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.metrics import METRICS
+
+SMALL = SimulationParams(
+    shape=(512, 512), n_stars=150, n_galaxies=200, n_cr_hits=20,
+    n_cr_tracks=2,
+)
+CCDS = ("ccd00", "ccd01", "ccd02")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "qualityfits.cli", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def mef(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "field.fits"
+    hdus = [fits.PrimaryHDU()]
+    hdus += [simulate_image(SMALL, seed=600 + k).to_hdu(name=name)
+             for k, name in enumerate(CCDS)]
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    sim = simulate_image(SMALL, seed=650)
+    path = tmp_path_factory.mktemp("single") / "single.fits"
+    fits.PrimaryHDU(sim.data, sim.header).writeto(path)
+    return path, sim
+
+
+@pytest.fixture(scope="module")
+def success(mef, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("run")
+    result = run_cli(mef, "-o", "out", "--jobs", "1", "--no-progress",
+                     cwd=cwd)
+    return result, cwd / "out"
+
+
+class TestSuccess:
+    def test_exit_status_and_streams(self, success):
+        result, _ = success
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr == ""
+
+    def test_summary_table(self, success):
+        result, out = success
+        lines = result.stdout.splitlines()
+        header = lines[0].split()
+        assert header[0] == "EXTNAME"
+        for column in ("SKY", "RMS", "NOBJ", "NSTAR", "NGAL"):
+            assert column in header
+        rows = {line.split()[0]: line for line in lines[1:]
+                if line and not line.startswith("-")}
+        for name in (*CCDS, "median"):
+            assert name in rows
+        # the rows hold numbers, one per column at least up to NGAL
+        fields = rows["ccd01"].split()
+        assert float(fields[1]) > 0  # SKY
+        assert f"summary written to {Path('out') / 'field.summary.json'}" in (
+            result.stdout)
+        assert (out / "field.summary.json").is_file()
+
+    def test_json_is_the_report(self, success, mef):
+        _, out = success
+        written = json.loads((out / "field.summary.json").read_text())
+        expected = json.loads(json.dumps(
+            qualityfits.assess(mef, jobs=1).to_dict()))
+        assert written["image"] == expected["image"] == "field.fits"
+        assert written["n_extensions"] == 3
+        assert written["n_failed"] == 0
+        assert written["config"] == expected["config"]
+        assert written["parameters"] == expected["parameters"]
+        got = {e["name"]: e for e in written["extensions"]}
+        want = {e["name"]: e for e in expected["extensions"]}
+        assert list(got) == list(CCDS)
+        for name in CCDS:
+            assert got[name]["status"] == want[name]["status"] == "ok"
+            assert got[name]["metrics"] == want[name]["metrics"]
+            assert got[name]["flags"] == want[name]["flags"]
+            assert set(got[name]["metrics"]) == {m.name for m in METRICS}
+        assert (written["exposure"]["metrics"]
+                == expected["exposure"]["metrics"])
+        assert written["exposure"]["flags"] == expected["exposure"]["flags"]
+
+    def test_median_row_is_the_exposure_median(self, success):
+        result, out = success
+        written = json.loads((out / "field.summary.json").read_text())
+        rows = {line.split()[0]: line.split()
+                for line in result.stdout.splitlines()
+                if line and not line.startswith("-")}
+        header = rows["EXTNAME"]
+        nobj = int(rows["median"][header.index("NOBJ")])
+        median = written["exposure"]["metrics"]["NOBJ"]["median"]
+        assert nobj == round(median)
+        per_ccd = [int(rows[n][header.index("NOBJ")]) for n in CCDS]
+        assert nobj == round(float(np.median(per_ccd)))
+
+
+# -- output names ------------------------------------------------------------
+@pytest.mark.parametrize(("name", "stem"), [
+    ("x.fits", "x"),
+    ("x.fits.gz", "x"),
+    ("x.fits.fz", "x"),
+    ("x.fit", "x"),
+    ("X.FITS.GZ", "X"),
+    ("dir/obs.1.fits", "obs.1"),
+    ("x.fz", "x"),
+])
+def test_image_stem(name, stem):
+    assert image_stem(name) == stem
+
+
+@pytest.mark.parametrize("suffix", [".fits.gz", ".fits.fz"])
+def test_compressed_input_writes_the_stem_json(tmp_path, single, suffix):
+    path, sim = single
+    target = tmp_path / f"x{suffix}"
+    if suffix == ".fits.gz":
+        with path.open("rb") as fin, gzip.open(target, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    else:
+        fits.HDUList([fits.PrimaryHDU(),
+                      fits.CompImageHDU(sim.data, sim.header,
+                                        compression_type="RICE_1")]
+                     ).writeto(target)
+    result = run_cli(target, "-o", tmp_path / "out", "--no-progress",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "x.summary.json"]
+    written = json.loads((tmp_path / "out" / "x.summary.json").read_text())
+    assert written["image"] == f"x{suffix}"
+    assert written["extensions"][0]["status"] == "ok"
+    # a single image: no median row
+    assert "median" not in result.stdout.split()
+
+
+# -- bad input ---------------------------------------------------------------
+@pytest.fixture
+def not_fits(tmp_path):
+    path = tmp_path / "readme.fits"
+    path.write_text("not a FITS file\n")
+    return path
+
+
+@pytest.mark.parametrize(("case", "named"), [
+    ("not_fits", "readme.fits"),
+    ("missing", "nowhere.fits"),
+    ("negative_zeropoint", "-2.5"),
+    ("zero_pixscale", "pixscale"),
+    ("unknown_set_key", "no_such_key"),
+    ("bad_set_value", "abc"),
+    ("non_numeric_zeropoint", "abc"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, mef, not_fits, case, named):
+    args = {
+        "not_fits": [not_fits],
+        "missing": [tmp_path / "nowhere.fits"],
+        "negative_zeropoint": [mef, "--zeropoint", "-2.5"],
+        "zero_pixscale": [mef, "--pixscale", "0"],
+        "unknown_set_key": [mef, "--set", "no_such_key=1"],
+        "bad_set_value": [mef, "--set", "detect_thresh=abc"],
+        "non_numeric_zeropoint": [mef, "--zeropoint", "abc"],
+    }[case]
+    result = run_cli(*args, "-o", tmp_path / "out", "--no-progress",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("qualityfits: error: ")
+    assert named in lines[0]
+    assert result.stdout == ""
+    assert not list(tmp_path.glob("out/*.json"))
+
+
+def test_version():
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("qualityfits")), "--version"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"qualityfits {qualityfits.__version__}"

@@ -1,0 +1,192 @@
+"""The report: JSON summary, per-extension table, immutability, pickling.
+
+The report under test comes from a real assessment of a three-CCD
+mosaic whose middle CCD is constant, so that it holds both measured
+values and the NaN of a failed extension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from numpy.testing import assert_array_equal
+
+import qualityfits
+from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.metrics import METRICS
+from qualityfits.report import ExtensionReport, QualityReport
+
+SMALL = SimulationParams(
+    shape=(512, 512), n_stars=150, n_galaxies=200, n_cr_hits=20,
+    n_cr_tracks=2,
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("report") / "exposure.fits"
+    hdus = [fits.PrimaryHDU()]
+    for k in range(3):
+        hdu = simulate_image(SMALL, seed=700 + k).to_hdu(name=f"ccd{k:02d}")
+        if k == 1:
+            hdu.data = np.full((512, 512), 9.0, np.float32)
+        hdus.append(hdu)
+    fits.HDUList(hdus).writeto(path)
+    return qualityfits.assess(path, jobs=1)
+
+
+def test_fixture_has_values_and_nan(report):
+    assert [e.status for e in report.extensions] == ["ok", "failed", "ok"]
+    assert math.isnan(report.extensions[1].metrics["FWHM_PIX"])
+    assert math.isfinite(report.extensions[0].metrics["FWHM_PIX"])
+
+
+# -- JSON --------------------------------------------------------------------
+class TestToDict:
+    def test_strict_json_round_trip(self, report):
+        summary = report.to_dict()
+        text = json.dumps(summary, allow_nan=False)
+        # JSON-friendly all the way down: nothing changes on a round trip
+        assert json.loads(text) == summary
+
+    def test_nan_becomes_null(self, report):
+        summary = report.to_dict()
+        failed = summary["extensions"][1]
+        assert failed["status"] == "failed"
+        assert failed["metrics"]["FWHM_PIX"] is None
+        assert failed["metrics"]["NOBJ"] is None
+        assert failed["error"]["type"] == "EmptyImageError"
+        assert "ccd01" in failed["error"]["message"]
+        ok = summary["extensions"][0]["metrics"]
+        assert ok["FWHM_PIX"] == report.extensions[0].metrics["FWHM_PIX"]
+
+    def test_content(self, report):
+        summary = report.to_dict()
+        assert summary["image"] == "exposure.fits"
+        assert summary["n_extensions"] == 3
+        assert summary["n_failed"] == 1
+        assert [e["name"] for e in summary["extensions"]] == [
+            "ccd00", "ccd01", "ccd02"]
+        for ext in summary["extensions"]:
+            assert set(ext["metrics"]) == {m.name for m in METRICS}
+        assert set(summary["exposure"]["metrics"]) == {
+            m.name for m in METRICS}
+        assert "MISSING_CCD" in summary["exposure"]["flags"]
+        assert summary["config"] == report.config.to_dict()
+        assert summary["versions"]["qualityfits"] == qualityfits.__version__
+
+
+# -- table -------------------------------------------------------------------
+def metric_unit(metric):
+    return u.Unit(metric.unit) if metric.unit else None
+
+
+class TestToTable:
+    def test_one_row_per_extension(self, report):
+        table = report.to_table()
+        assert len(table) == len(report.extensions) == 3
+        assert list(table["EXTNAME"]) == ["ccd00", "ccd01", "ccd02"]
+        assert list(table["STATUS"]) == ["ok", "failed", "ok"]
+        assert list(table["HDU"]) == [1, 2, 3]
+        assert "ccd01" in table["ERROR"][1]
+        assert table["ERROR"][0] == ""
+
+    def test_every_metric_with_its_unit(self, report):
+        table = report.to_table()
+        for metric in METRICS:
+            assert metric.name in table.colnames
+            assert table[metric.name].unit == metric_unit(metric), (
+                metric.name)
+            assert table[metric.name].description == metric.description
+        for k, ext in enumerate(report.extensions):
+            for metric in METRICS:
+                value = ext.metrics[metric.name]
+                if metric.integer:
+                    expected = int(value) if math.isfinite(value) else -1
+                    assert table[metric.name][k] == expected
+                elif math.isnan(value):
+                    assert math.isnan(table[metric.name][k])
+                else:
+                    assert table[metric.name][k] == value
+
+    @pytest.mark.parametrize(("fmt", "suffix"), [("fits", ".fits"),
+                                                 ("votable", ".xml")])
+    def test_round_trip(self, report, tmp_path, fmt, suffix):
+        table = report.to_table()
+        path = tmp_path / f"summary{suffix}"
+        table.write(path, format=fmt)
+        back = Table.read(path, format=fmt)
+        assert back.colnames == table.colnames
+        for name in table.colnames:
+            col = table[name]
+            if col.dtype.kind in "US":
+                assert back[name].tolist() == col.tolist(), name
+            else:
+                assert_array_equal(np.asarray(back[name]), np.asarray(col))
+        for metric in METRICS:
+            unit = back[metric.name].unit
+            if metric.unit:
+                assert unit is not None, metric.name
+                assert u.Unit(unit) == u.Unit(metric.unit), metric.name
+            else:
+                assert not unit, metric.name
+
+
+# -- immutability and pickling -----------------------------------------------
+class TestFrozen:
+    def test_extension_report_is_frozen(self, report):
+        ext = report.extensions[0]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ext.status = "failed"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ext.metrics = {}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            report.extensions = ()
+
+    def test_metrics_are_read_only(self, report):
+        ext = report.extensions[0]
+        with pytest.raises(TypeError):
+            ext.metrics["FWHM_PIX"] = 1.0
+        with pytest.raises(TypeError):
+            del ext.metrics["FWHM_PIX"]
+        with pytest.raises(TypeError):
+            report.exposure.metrics["FWHM_PIX"]["median"] = 1.0
+        assert isinstance(report.extensions, tuple)
+
+    def test_metrics_do_not_share_the_callers_dict(self):
+        values = {"FWHM_PIX": 3.0}
+        ext = ExtensionReport(index=1, name="c", shape=(8, 8), status="ok",
+                              metrics=values)
+        values["FWHM_PIX"] = 99.0
+        assert ext.metrics["FWHM_PIX"] == 3.0
+
+
+class TestPickle:
+    def test_report_pickles(self, report):
+        again = pickle.loads(pickle.dumps(report))  # noqa: S301 - our data
+        assert isinstance(again, QualityReport)
+        assert again.to_dict() == report.to_dict()
+        for one, two in zip(report.extensions, again.extensions,
+                            strict=True):
+            if one.sources is None:
+                assert two.sources is None
+            else:
+                assert one.sources.colnames == two.sources.colnames
+                for name in one.sources.colnames:
+                    assert_array_equal(two.sources[name], one.sources[name])
+
+    def test_unpickled_report_stays_read_only(self, report):
+        ext = pickle.loads(pickle.dumps(report.extensions[0]))  # noqa: S301
+        assert ext.to_dict() == report.extensions[0].to_dict()
+        with pytest.raises(TypeError):
+            ext.metrics["NOBJ"] = 0
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ext.name = "other"
