@@ -85,6 +85,23 @@ def sep_background(
     )
 
 
+def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
+               config: QualityConfig) -> float:
+    """SKY_MEAN_MASKED: the mesh background with the sources masked.
+
+    Computed on every second row and column (a quarter of the pixels,
+    meshes of half the size), which estimates the same sky mode four
+    times faster; its noise is negligible next to SKY_RMS.
+    """
+    sub = np.ascontiguousarray(data[::2, ::2])
+    mask = np.ascontiguousarray(exclude[::2, ::2])
+    size = max(8, min(config.back_size // 2, *sub.shape))
+    bkg = sep.Background(sub, mask=mask, bw=size, bh=size,
+                         fw=config.back_filtersize,
+                         fh=config.back_filtersize)
+    return float(bkg.globalback)
+
+
 def summarise_background(
     data: NDArray[np.float32],
     data_sub: NDArray[np.float32],

@@ -159,7 +159,7 @@ def summary_text(report: QualityReport) -> str:
     cols = [
         ("EXTNAME", None, 0), ("SKY", "SKY_MEAN", 1), ("RMS", "SKY_RMS", 2),
         (fwhm_head, fwhm_key, 3), ("ELLIP", "ELLIPTICITY", 3),
-        ("BETA", "PSF_BETA", 2), ("NPSF", "NSTAR_PSF", 0),
+        ("BETA", "PSF_BETA", 2), ("NPSF", "NSTAR_FIT", 0),
         ("NOBJ", "NOBJ", 0), ("NSTAR", "NSTAR", 0), ("NGAL", "NGAL", 0),
         ("MLIM5", "MAGLIM_5SIG", 2),
     ]

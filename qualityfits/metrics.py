@@ -51,7 +51,11 @@ METRICS: tuple[Metric, ...] = (
     _m("NOBJ", "", "meta.number;src",
        "Sources detected above DETECT_THRESH sigma", integer=True),
     _m("NSTAR_PSF", "", "meta.number;src",
-       "Stars accepted for the PSF", integer=True),
+       "Stars selected for the PSF on the stellar locus (PSFEx's "
+       "NStars_Accepted)", integer=True),
+    _m("NSTAR_FIT", "", "meta.number;src",
+       "PSF stars whose pixel-free fit was kept: FWHM_PIX, ELLIPTICITY "
+       "and the PSF map rest on them", integer=True),
     _m("FWHM_PIX", "pix", "instr.det.psf",
        "PSF FWHM before pixel sampling: the FWHM field of the stars' "
        "pixel-free Moffat fits, median at the PSF stars"),
@@ -132,7 +136,7 @@ class QaFlag:
 QA_FLAGS: tuple[QaFlag, ...] = (
     QaFlag("POOR_SEEING", "FWHM_ARCSEC above poor_seeing_arcsec"),
     QaFlag("ELONGATED", "ELLIPTICITY above elongated_ellipticity"),
-    QaFlag("FEW_PSF_STARS", "NSTAR_PSF below few_psf_stars"),
+    QaFlag("FEW_PSF_STARS", "NSTAR_FIT below few_psf_stars"),
     QaFlag("BKG_ANOMALY",
            "SKY_GRAD above bkg_gradient, or SKY_RMS above "
            "bkg_noise_excess times the noise the sky level, gain and "
@@ -158,7 +162,7 @@ def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
         flags.append("POOR_SEEING")
     if _gt(metrics["ELLIPTICITY"], config.elongated_ellipticity):
         flags.append("ELONGATED")
-    if metrics["NSTAR_PSF"] < config.few_psf_stars:
+    if metrics["NSTAR_FIT"] < config.few_psf_stars:
         flags.append("FEW_PSF_STARS")
     gain = metrics["GAIN"]
     expected = float("nan")

@@ -178,40 +178,52 @@ def _model_and_jacobian(
     offsets: FloatArray,
     weights: FloatArray,
     want_jacobian: bool = True,
+    dtype: type[np.floating[Any]] = np.float64,
 ) -> tuple[FloatArray, FloatArray | None]:
     """Pixel-integrated model (n, npix) and Jacobian (n, npix, 7).
 
     ``xs``, ``ys`` are pixel-centre coordinates, shape (npix,), shared by
     all stars (stamp coordinates); ``params`` has shape (n, 7).
+
+    The work is done one quadrature node at a time on (star, pixel)
+    arrays, accumulated in float64.  The fitter passes ``dtype=float32``
+    for the node-by-node arithmetic: its relative error (~1e-7) is far
+    below what a fit resolves, and it is nearly twice as fast.
     """
-    x0 = params[:, X0, None, None]
-    y0 = params[:, Y0, None, None]
-    amp = params[:, AMP, None, None]
-    q11 = params[:, Q11, None, None]
-    q12 = params[:, Q12, None, None]
-    q22 = params[:, Q22, None, None]
-    beta = params[:, BETA, None, None]
-    dx = (xs[:, None] + offsets[None, :, 0])[None] - x0  # (n, npix, k)
-    dy = (ys[:, None] + offsets[None, :, 1])[None] - y0
-    u = 1.0 + q11 * dx * dx + 2.0 * q12 * dx * dy + q22 * dy * dy
-    lu = np.log(u)
-    m = np.exp(-beta * lu)  # u^-beta
-    w = weights[None, None, :]
-    model = amp[..., 0] * np.einsum("npk,k->np", m, weights)
-    if not want_jacobian:
-        return model, None
-    g = m / u  # u^(-beta-1)
-    bag = (beta * amp) * g * w  # beta A u^(-beta-1) w
-    jac = np.empty((*model.shape, NPARAM))
-    gx = q11 * dx + q12 * dy
-    gy = q12 * dx + q22 * dy
-    jac[..., X0] = 2.0 * np.sum(bag * gx, axis=2)
-    jac[..., Y0] = 2.0 * np.sum(bag * gy, axis=2)
-    jac[..., AMP] = np.einsum("npk,k->np", m, weights)
-    jac[..., Q11] = -np.sum(bag * dx * dx, axis=2)
-    jac[..., Q12] = -2.0 * np.sum(bag * dx * dy, axis=2)
-    jac[..., Q22] = -np.sum(bag * dy * dy, axis=2)
-    jac[..., BETA] = -amp[..., 0] * np.sum(m * lu * w, axis=2)
+    f32 = dtype
+    p = params.astype(f32)
+    x0 = p[:, X0, None]
+    y0 = p[:, Y0, None]
+    amp = p[:, AMP, None]
+    q11 = p[:, Q11, None]
+    q12 = p[:, Q12, None]
+    q22 = p[:, Q22, None]
+    beta = p[:, BETA, None]
+    n, npix, nk = p.shape[0], xs.size, weights.size
+    model = np.zeros((n, npix))
+    jac = np.zeros((n, npix, NPARAM)) if want_jacobian else None
+    for k in range(nk):
+        w = f32(weights[k])
+        dx = (xs + offsets[k, 0]).astype(f32)[None, :] - x0  # (n, npix)
+        dy = (ys + offsets[k, 1]).astype(f32)[None, :] - y0
+        u = q11 * dx * dx
+        u += 2.0 * q12 * dx * dy
+        u += q22 * dy * dy
+        u += 1.0
+        lu = np.log(u)
+        m = np.exp(-beta * lu)  # u^-beta
+        model += w * m
+        if jac is None:
+            continue
+        jac[..., AMP] += w * m
+        bag = (w * beta * amp) * m / u  # w beta A u^(-beta-1)
+        jac[..., X0] += 2.0 * bag * (q11 * dx + q12 * dy)
+        jac[..., Y0] += 2.0 * bag * (q12 * dx + q22 * dy)
+        jac[..., Q11] -= bag * dx * dx
+        jac[..., Q12] -= 2.0 * bag * dx * dy
+        jac[..., Q22] -= bag * dy * dy
+        jac[..., BETA] -= (w * amp) * m * lu
+    model *= params[:, AMP, None]
     return model, jac
 
 
@@ -331,7 +343,8 @@ def fit_moffat(
         free[[Q11, Q12, Q22, BETA]] = False
     nfree = int(free.sum())
     lam = np.full(n, 1e-3)
-    model, jac = _model_and_jacobian(params, xs, ys, offsets, weights)
+    model, jac = _model_and_jacobian(params, xs, ys, offsets, weights,
+                                     dtype=np.float32)
     chi2 = np.sum(invvar * (data - model) ** 2, axis=1)
     active = np.ones(n, dtype=bool)
     converged = np.zeros(n, dtype=bool)
@@ -370,7 +383,8 @@ def fit_moffat(
         # Keep invalid trials from producing NaN models: evaluate them at
         # the current parameters, they are rejected below anyway.
         trial[~valid] = params[idx][~valid]
-        tmodel, tjac = _model_and_jacobian(trial, xs, ys, offsets, weights)
+        tmodel, tjac = _model_and_jacobian(trial, xs, ys, offsets, weights,
+                                           dtype=np.float32)
         tchi2 = np.sum(invvar[idx] * (data[idx] - tmodel) ** 2, axis=1)
         better = valid & (tchi2 <= chi2[idx])
         acc = idx[better]

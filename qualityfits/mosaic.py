@@ -215,7 +215,7 @@ def aggregate(exts: Sequence[ImageExtension],
         flags.append("POOR_SEEING")
     if med["ELLIPTICITY"] > config.elongated_ellipticity:
         flags.append("ELONGATED")
-    if not med["NSTAR_PSF"] >= config.few_psf_stars:
+    if not med["NSTAR_FIT"] >= config.few_psf_stars:
         flags.append("FEW_PSF_STARS")
     sky = metrics["SKY_MEAN"]
     if "BKG_ANOMALY" in ccd_flags or (

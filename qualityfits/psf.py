@@ -520,7 +520,7 @@ def fit_stars(
     the model's own Poisson variance, and which stars have a cosmic ray
     on them (`residual_spikes`).
     """
-    radius = int(np.clip(np.ceil(1.75 * fwhm_guess), 4, 16))
+    radius = int(np.clip(np.ceil(1.5 * fwhm_guess), 4, 16))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
     data, inside = stamps(data_sub, ix, iy, radius)
