@@ -255,14 +255,16 @@ _DEGREE_OF = {1: 0, 3: 1, 6: 2}
 
 def fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
               shape: tuple[int, int], *, max_degree: int = 2,
-              keep: NDArray[np.bool_] | None = None) -> FloatArray:
+              keep: NDArray[np.bool_] | None = None,
+              weights: FloatArray | None = None) -> FloatArray:
     """Fit a polynomial trend across the CCD, its degree chosen by BIC.
 
     Outliers are found with a clipped fit of the highest degree the
     number of points supports; degrees 0..that are then compared by the
     Bayesian information criterion on the same inliers, and the chosen
-    one is refitted.  A quadratic is used only where the data ask for it,
-    not because there are enough stars to fit one.
+    one is refitted (least squares, weighted by ``weights`` if given).
+    A quadratic is used only where the data ask for it, not because
+    there are enough stars to fit one.
     """
     use = np.isfinite(values) if keep is None else keep & np.isfinite(
         values)
@@ -272,12 +274,15 @@ def fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
         return np.array([level])
     _, inliers = robust_polyfit(x[use], y[use], values[use], shape, top)
     xs, ys, vs = x[use][inliers], y[use][inliers], values[use][inliers]
+    root_w = (np.ones(vs.size) if weights is None
+              else np.sqrt(weights[use][inliers]))
     n = vs.size
     best, best_bic = np.array([np.median(vs)]), np.inf
     for degree in range(top + 1):
         design = _poly_design(xs, ys, shape, degree)
-        coef = np.linalg.lstsq(design, vs, rcond=None)[0]
-        rss = float(np.sum((vs - design @ coef) ** 2))
+        coef = np.linalg.lstsq(design * root_w[:, None], vs * root_w,
+                               rcond=None)[0]
+        rss = float(np.sum((root_w * (vs - design @ coef)) ** 2))
         bic = n * np.log(max(rss, 1e-300) / n) + coef.size * np.log(n)
         if bic < best_bic:
             best, best_bic = np.asarray(coef, dtype=np.float64), bic
@@ -330,6 +335,38 @@ def _shorth_mode(values: FloatArray) -> float:
     return float(0.5 * (v[i] + v[i + w]))
 
 
+def _log_histogram(r: FloatArray) -> tuple[NDArray[np.int64], FloatArray,
+                                            FloatArray]:
+    """Histogram log10 r_h in 0.005 dex bins, and smooth it.
+
+    The smoothing, a 0.01 dex Gaussian, keeps the star locus (~2 % wide)
+    a separate peak beside the broader pile of compact galaxies.
+    """
+    logr = np.log10(r)
+    lo, hi = float(logr.min()) - 0.05, float(logr.max()) + 0.05
+    nbins = max(10, int((hi - lo) / 0.005))
+    hist, edges = np.histogram(logr, bins=nbins, range=(lo, hi))
+    return hist, edges, gaussian_filter1d(hist.astype(float), 2.0)
+
+
+def _compact_peak(r: FloatArray) -> float:
+    """Find the most compact populated peak of the r_h histogram.
+
+    The smallest-r_h peak of the smoothed log r_h histogram at least a
+    third as high as the tallest (NaN for fewer than 20 sources).
+    """
+    if r.size < 20:
+        return float("nan")
+    _, edges, smooth = _log_histogram(r)
+    peaks = np.flatnonzero(
+        (smooth > np.concatenate([[-1.0], smooth[:-1]]))
+        & (smooth >= np.concatenate([smooth[1:], [-1.0]]))
+    )
+    strong = peaks[smooth[peaks] >= float(smooth[peaks].max()) / 3.0]
+    best = int(strong.min())
+    return float(10 ** (0.5 * (edges[best] + edges[best + 1])))
+
+
 def _double_locus(r: FloatArray, mode: float) -> bool:
     """Tell whether a second locus of comparable weight lies beside it.
 
@@ -338,11 +375,7 @@ def _double_locus(r: FloatArray, mode: float) -> bool:
     """
     if r.size < 20:
         return False
-    logr = np.log10(r)
-    lo, hi = float(logr.min()) - 0.05, float(logr.max()) + 0.05
-    nbins = max(10, int((hi - lo) / 0.01))
-    hist, edges = np.histogram(logr, bins=nbins, range=(lo, hi))
-    smooth = gaussian_filter1d(hist.astype(float), 2.0)
+    _, edges, smooth = _log_histogram(r)
     centres = 0.5 * (edges[1:] + edges[:-1])
     peaks = np.flatnonzero(
         (smooth > np.concatenate([[-1.0], smooth[:-1]]))
@@ -351,6 +384,94 @@ def _double_locus(r: FloatArray, mode: float) -> bool:
     at_mode = float(smooth[np.argmin(np.abs(centres - np.log10(mode)))])
     far = np.abs(centres[peaks] - np.log10(mode)) > 0.08
     return bool(np.any(smooth[peaks[far]] >= 0.5 * at_mode))
+
+
+#: Largest PSF size change across a CCD the locus tilt search considers
+#: (in ln r_h from the CCD centre to an edge), its step, and the width of
+#: the window it gathers the stars in (ln r_h; the locus is ~2 % wide).
+_TILT_MAX, _TILT_STEP, _TILT_WINDOW = 0.12, 0.01, 0.04
+
+#: Fewest stars in the locus's lower edge for `select_candidates` to act
+#: on them: from fewer, among a hundred candidates, the best of the
+#: searched planes is as likely noise, or a PSF that no plane describes
+#: (ntt_emmi_R_galaxies: 17 of 119 candidates, a PSF sharpest at the
+#: centre).
+MIN_SEEDS = 30
+
+
+def _edge_peak(values: FloatArray, width: float) -> tuple[int, float]:
+    """Find the locus as the sharpest rise of the sorted values.
+
+    Over every interval ``width`` wide, the count it holds minus the count
+    in the interval just below it; the best contrast and the interval's
+    centre.  The stars are the lower edge of the r_h distribution
+    (galaxies are only ever larger), so their locus has nearly nothing
+    below it, where a pile of galaxies has the stars.
+    """
+    v = np.sort(values)
+    start = np.arange(v.size)
+    inside = np.searchsorted(v, v + width, side="right") - start
+    below = start - np.searchsorted(v, v - width, side="left")
+    contrast = inside - below
+    i = int(np.argmax(contrast))
+    return int(contrast[i]), float(0.5 * (v[i] + v[i + inside[i] - 1]))
+
+
+def locus_tilt(x: FloatArray, y: FloatArray, r: FloatArray,
+               shape: tuple[int, int],
+               ) -> tuple[tuple[float, float], NDArray[np.bool_]]:
+    """Find how the stars' r_h changes across the CCD.
+
+    A PSF varying across the CCD spreads the stars' half-light radii:
+    where unsaturated stars are few and compact galaxies many, the spread
+    locus no longer stands out and PSFEx's rule picks the galaxies.  The
+    stars gather again into a narrow lower edge of the r_h distribution
+    once r_h is divided by the right plane: the plane (slopes of ln r_h
+    across the CCD's width and height, searched on a grid) giving the
+    sharpest `_edge_peak`, refined as the plane through the sources of
+    that peak.  Returns the slopes ((0, 0) for fewer than 30 sources) and
+    which sources make the peak.
+    """
+    members = np.zeros(r.size, bool)
+    if r.size < 30:
+        return (0.0, 0.0), members
+    ny, nx = shape
+    u = x / max(nx - 1, 1) - 0.5
+    v = y / max(ny - 1, 1) - 0.5
+    logr = np.log(r)
+    slopes = np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, _TILT_STEP) * 2.0
+    best, tilt = _edge_peak(logr, _TILT_WINDOW)[0], (0.0, 0.0)
+    for a in slopes:
+        for b in slopes:
+            contrast = _edge_peak(logr - a * u - b * v, _TILT_WINDOW)[0]
+            if contrast > best:
+                best, tilt = contrast, (float(a), float(b))
+    # The grid's best is noisy by a step or two: refine it as the plane
+    # through the sources of the peak (the stars).
+    design = np.column_stack([np.ones_like(u), u, v])
+    coef = np.array([0.0, *tilt])
+    for _ in range(5):
+        resid = logr - design[:, 1:] @ coef[1:]
+        centre = _edge_peak(resid, _TILT_WINDOW)[1]
+        near = np.abs(resid - centre) <= 0.5 * _TILT_WINDOW
+        if near.sum() < 10:
+            break
+        members = near
+        new = np.linalg.lstsq(design[members], logr[members], rcond=None)[0]
+        done = np.allclose(new[1:], coef[1:], atol=1e-4)
+        coef = new
+        if done:
+            break
+    return (float(coef[1]), float(coef[2])), members
+
+
+def tilt_factor(x: FloatArray, y: FloatArray, tilt: tuple[float, float],
+                shape: tuple[int, int]) -> FloatArray:
+    """Evaluate the r_h factor of a `locus_tilt` (1 at the CCD centre)."""
+    ny, nx = shape
+    u = x / max(nx - 1, 1) - 0.5
+    v = y / max(ny - 1, 1) - 0.5
+    return np.asarray(np.exp(tilt[0] * u + tilt[1] * v), dtype=np.float64)
 
 
 def filtered_significance(
@@ -377,31 +498,72 @@ def filtered_significance(
     return np.asarray(third / src.noise[idx], dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Locus:
+    """The stellar locus of one CCD and the PSF candidates.
+
+    Attributes
+    ----------
+    index : ndarray
+        The locus by PSFEx's rule (indices into the sources): NSTAR_PSF,
+        FWHM_RH and ELONG are measured on it.
+    mode : float
+        Mode of r_h of the locus [px] (NaN when there is none).
+    double : bool
+        A second locus was seen (``DOUBLE_PSF``).
+    fit : ndarray
+        The candidates to fit: the locus, and the stars a PSF varying
+        across the CCD moved out of PSFEx's window.
+    seeds : ndarray
+        Candidates making the locus's sharp lower edge (`locus_tilt`):
+        nearly all stars, whatever the galaxies around them.
+    """
+
+    index: IntArray
+    mode: float
+    double: bool
+    fit: IntArray
+    seeds: IntArray
+
+
+def _locus_mode(r: FloatArray, low: float) -> float:
+    """Find the mode of the stellar locus in r_h, as PSFEx does.
+
+    The shorth mode; but stars are the most compact populated locus, and
+    where compact galaxies outnumber the unsaturated stars the densest
+    interval falls on the galaxies: a significant peak below the window
+    is then the stars.
+    """
+    mode = _shorth_mode(r)
+    compact = _compact_peak(r)
+    return compact if compact < low * mode else mode
+
+
 def select_candidates(
     src: Sources, config: QualityConfig,
     data_sub: NDArray[np.float32] | None = None,
-) -> tuple[IntArray, float, bool]:
-    """Select the PSF candidates on the stellar locus.
+    shape: tuple[int, int] | None = None,
+) -> Locus:
+    """Select the stellar locus and the PSF candidates.
 
-    The rules are PSFEx's: the locus mode is that of the half-light
+    The locus follows PSFEx's rules: its mode is that of the half-light
     radii of sources whose peak stands ``psf_min_snr`` sigma above the
     sky (a star has a higher peak than a galaxy of the same flux), found
     as the midpoint of the narrowest interval holding a quarter of them;
     candidates lie within [mode / (1+v)^(1/3), mode (1+v)^(2/3)], v being
     ``psf_locus_width`` (-6 %, +13 % for 0.2: galaxies only ever widen
-    the locus on the large side).  A PSF varying across the CCD by up to
-    ~15 % keeps its stars in this window (tested on simulations); the
-    FWHM map then comes from the stars' own fits.
+    the locus on the large side).  Two departures, both where PSFEx's
+    rule demonstrably loses the stars (`Locus` holds the details):
 
-    Returns
-    -------
-    index : ndarray
-        Candidate indices into ``src``.
-    mode : float
-        Mode of r_h of the locus [px] (NaN when there is none).
-    double : bool
-        A second locus was seen (``DOUBLE_PSF``).
+    * a peak of the r_h histogram below the window is the stars, not the
+      denser pile of compact galaxies above it (`_locus_mode`);
+    * the stars found as the sharp lower edge of r_h across the CCD
+      (`locus_tilt`) are fitted even where a varying PSF moved them out
+      of the window; when most of them are out, the window itself
+      follows their trend.
     """
+    if shape is None:
+        shape = src.segmap.shape
     lo, hi = config.psf_fwhm_range
     with np.errstate(divide="ignore", invalid="ignore"):
         iso_ell = (src.a - src.b) / (src.a + src.b)
@@ -421,19 +583,46 @@ def select_candidates(
                                     config.psf_detect_filter_fwhm)
         idx = idx[sig >= config.psf_detect_thresh]
     peaked = idx[peak_snr[idx] >= config.psf_min_snr]
+    none = np.zeros(0, np.intp)
     if peaked.size == 0:
-        return np.zeros(0, np.intp), float("nan"), False
-    mode = _shorth_mode(src.r_half[peaked])
-    double = _double_locus(src.r_half[peaked], mode)
+        return Locus(none, float("nan"), double=False, fit=none, seeds=none)
     low = (1.0 + config.psf_locus_width) ** (-1.0 / 3.0)
     high = (1.0 + config.psf_locus_width) ** (2.0 / 3.0)
-    ratio = src.r_half[idx] / mode
-    idx = idx[(ratio >= low) & (ratio <= high)]
-    if idx.size:
-        # Sharper than the locus: cosmic rays and hot pixels.
-        med_sharp = np.median(sharp[idx])
-        idx = idx[sharp[idx] <= _SHARP_MARGIN * med_sharp]
-    return idx, mode, double
+
+    def window(rel: FloatArray, mode: float) -> IntArray:
+        ratio = rel[idx] / mode
+        inside = idx[(ratio >= low) & (ratio <= high)]
+        if inside.size:
+            # Sharper than the locus: cosmic rays and hot pixels.
+            med_sharp = np.median(sharp[inside])
+            inside = inside[sharp[inside] <= _SHARP_MARGIN * med_sharp]
+        return inside
+
+    mode = _locus_mode(src.r_half[peaked], low)
+    locus = window(src.r_half, mode)
+    double = _double_locus(src.r_half[peaked], mode)
+    # The stars themselves: the sharp lower edge of r_h once divided by
+    # their trend across the CCD.
+    tilt, members = locus_tilt(src.x[peaked], src.y[peaked],
+                               src.r_half[peaked], shape)
+    seeds = peaked[members]
+    if seeds.size < MIN_SEEDS:
+        return Locus(locus, mode, double=double, fit=locus, seeds=none)
+    rel = src.r_half / tilt_factor(src.x, src.y, tilt, shape)
+    tilted_mode = _locus_mode(rel[peaked], low)
+    tilted = window(rel, tilted_mode)
+    if np.isin(seeds, locus).mean() < 0.5:
+        # PSFEx's window has lost most of the stars: a PSF varying across
+        # the CCD, and compact galaxies outnumbering the unsaturated
+        # stars.  The window follows the stars' trend instead.
+        return Locus(tilted, tilted_mode,
+                     double=_double_locus(rel[peaked], tilted_mode),
+                     fit=tilted, seeds=np.intersect1d(seeds, tilted))
+    # PSFEx's window holds most stars; those a varying PSF moved out of it
+    # are fitted too.
+    fit = np.union1d(locus, tilted)
+    return Locus(locus, mode, double=double, fit=fit,
+                 seeds=np.intersect1d(seeds, fit))
 
 
 def _isolated(src: Sources, idx: IntArray, radius: float) -> IntArray:
@@ -620,6 +809,7 @@ def misfit_clip(chi2: FloatArray, ndof: FloatArray, snr: FloatArray,
     return keep
 
 
+
 #: Relative FWHM error of a star's pixel-free fit, times its AUTO S/N
 #: (measured on simulated stars: 0.6-1.3; the larger value is kept).
 FWHM_NOISE = 1.5
@@ -628,6 +818,7 @@ FWHM_NOISE = 1.5
 def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
                  snr: FloatArray, keep: NDArray[np.bool_],
                  shape: tuple[int, int], kappa: float = 2.5,
+                 seed: NDArray[np.bool_] | None = None,
                  ) -> tuple[NDArray[np.bool_], FloatArray]:
     """Reject sources broader than the stars: compact galaxies, blends.
 
@@ -639,7 +830,11 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     the stars' intrinsic scatter.  Sources more than ``kappa`` sigma
     broader (or 2 kappa sharper) are dropped and the trend refitted,
     until nothing changes.  Compact galaxies as sharp as the noise allows
-    remain; the levelled trend is what they cannot bias.
+    remain; the levelled trend is what they cannot bias.  Given ``seed``
+    (sources known to be stars: `Locus.seeds`), at least `MIN_SEEDS` of
+    them kept, the first trend is theirs instead of the peeled one: where
+    galaxies are a third or more of the sources, peeling can settle
+    between the two populations.
 
     Returns
     -------
@@ -649,6 +844,10 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
         The levelled FWHM trend (polynomial coefficients).
     """
     noise = FWHM_NOISE / np.maximum(snr, 1.0)
+    # Trends weighted by the sources' precision, with a 1 % floor (the
+    # stars' own scatter): faint galaxies, the ones the clipping cannot
+    # tell, weigh least.
+    weight = 1.0 / (noise**2 + 0.01**2)
     base = keep.copy()
 
     def trend_and_sigma(kept: NDArray[np.bool_], *,
@@ -659,11 +858,13 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
             # prefer a constant, which hides a real gradient in the
             # "scatter" and the galaxies with it.
             degree = min(1, poly_degree(int(kept.sum())))
+            root_w = np.sqrt(weight[kept])
             coef = np.asarray(np.linalg.lstsq(
-                _poly_design(x[kept], y[kept], shape, degree), fwhm[kept],
+                _poly_design(x[kept], y[kept], shape, degree)
+                * root_w[:, None], fwhm[kept] * root_w,
                 rcond=None)[0], dtype=np.float64)
         else:
-            coef = fit_trend(x, y, fwhm, shape, keep=kept)
+            coef = fit_trend(x, y, fwhm, shape, keep=kept, weights=weight)
         coef = coef * _shorth_mode(
             fwhm[kept] / _eval_coef(coef, x[kept], y[kept], shape))
         rel = fwhm / _eval_coef(coef, x, y, shape) - 1.0
@@ -677,10 +878,14 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     if keep.sum() < 3:
         level = float(np.median(fwhm[keep])) if keep.any() else np.nan
         return keep, np.array([level])
+    seeded = seed is not None and int((seed & keep).sum()) >= MIN_SEEDS
+    if seeded:
+        assert seed is not None
+        keep = keep & seed
     # Peel the broadest sources off a few at a time: galaxies clustered
     # in one part of the CCD tilt the first trend and hide among the
     # stars; removing only the worst lets the trend straighten.
-    for _ in range(40):
+    for _ in range(0 if seeded else 40):
         coef, rel, sigma = trend_and_sigma(keep, peeling=True)
         z = rel / sigma
         over = np.flatnonzero(keep & (z > kappa))
@@ -690,11 +895,14 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
         keep = keep.copy()
         keep[worst] = False
     # Then re-admit every candidate the clean trend accepts.
-    coef, rel, sigma = trend_and_sigma(keep)
-    readmitted = base & (rel <= kappa * sigma) & (rel >= -2 * kappa * sigma)
-    if readmitted.sum() >= 3:
+    for _ in range(3 if seeded else 1):
+        coef, rel, sigma = trend_and_sigma(keep)
+        readmitted = (base & (rel <= kappa * sigma)
+                      & (rel >= -2 * kappa * sigma))
+        if readmitted.sum() < 3 or np.array_equal(readmitted, keep):
+            break
         keep = readmitted
-        coef, _, _ = trend_and_sigma(keep)
+    coef, _, _ = trend_and_sigma(keep)
     return keep, coef
 
 
@@ -745,9 +953,11 @@ def measure_psf(
     """
     shape = data_sub.shape
     cells = grid_cells(shape, config.psf_grid_cells)
-    locus, mode, double = select_candidates(src, config, data_sub)
+    found = select_candidates(src, config, data_sub, shape)
+    locus, mode, double, seeds = (found.index, found.mode, found.double,
+                                  found.seeds)
     fwhm_guess = 2.0 * mode if np.isfinite(mode) else 4.0
-    idx = _isolated(src, locus, 2.0 * fwhm_guess)
+    idx = _isolated(src, found.fit, 2.0 * fwhm_guess)
     idx = _spread_pick(src, idx, shape, config.psf_max_stars, cells)
     empty = _empty_result(shape, cells, locus, mode, double)
     if idx.size == 0:
@@ -756,8 +966,14 @@ def measure_psf(
     # pixel-free FWHM of an undersampled PSF is legitimately below it.
     lo, hi = 0.5 * config.psf_fwhm_range[0], config.psf_fwhm_range[1]
     # First fit, beta free, on the brightest candidates (they alone
-    # constrain it): beta of the CCD.
-    first = np.sort(idx[np.argsort(-src.snr[idx])[:BETA_STARS]])
+    # constrain it) of the compact half of the locus: galaxies only widen
+    # it on the large side, and where bright stars are saturated, compact
+    # galaxies can be most of the brightest sources.
+    compact = idx[np.isin(idx, seeds)]
+    if compact.size < BETA_STARS // 2:
+        compact = idx[src.r_half[idx] <= mode]
+    pool = compact if compact.size >= BETA_STARS // 2 else idx
+    first = np.sort(pool[np.argsort(-src.snr[pool])[:BETA_STARS]])
     fit, xfit, yfit, chi2, spiked = fit_stars(
         data_sub, rms, bad, src, first, fwhm_guess, gain=gain,
     )
@@ -769,6 +985,8 @@ def measure_psf(
         & (shp.flux > 0) & (shp.beta < 0.9 * moffat.BETA_RANGE[1])
         & ~spiked
     )
+    good, _ = compact_clip(xfit, yfit, shp.fwhm, src.snr[first], good,
+                           shape, seed=np.isin(first, seeds))
     beta = ccd_beta(fit, good)
     start = np.full((idx.size, moffat.NPARAM), np.nan)
     start[np.searchsorted(idx, first[good])] = fit.params[good]
@@ -789,7 +1007,7 @@ def measure_psf(
     keep = misfit_clip(chi2, fit.ndof, src.snr[idx], keep,
                        config.psf_chi2_clip)
     keep, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
-                                   keep, shape)
+                                   keep, shape, seed=np.isin(idx, seeds))
     sel = np.flatnonzero(keep)
     if sel.size == 0:
         return empty

@@ -171,8 +171,8 @@ def test_background_map_and_histogram(cases):
 
 
 def test_psf_stars_are_stars_without_cosmic_rays(cases):
-    """No cosmic ray among the PSF stars.  Compact galaxies (r_e < 1.5 px,
-    a few percent broader than a 4-6 px PSF, within the noise of one
+    """No cosmic ray among the PSF stars.  Compact galaxies (r_e < 0.4
+    FWHM: up to ~10 % broader than the PSF, within the noise of a faint
     star) may remain: the FWHM test shows they do not bias FWHM_PIX.
     Nothing else may."""
     for case in cases:
@@ -184,8 +184,8 @@ def test_psf_stars_are_stars_without_cosmic_rays(cases):
             np.column_stack([x, y]))
         not_star = d >= 1.0
         assert np.all(dg[not_star] < 1.0), case.label
-        assert np.all(np.asarray(gals["r_e"])[ig[not_star]] < 1.5), (
-            case.label)
+        r_e = np.asarray(gals["r_e"])[ig[not_star]]
+        assert np.all(r_e < 0.4 * case.sim.params.fwhm), (case.label, r_e)
         if case.sim.params.fwhm < 3:
             # A sharp PSF tells even compact galaxies apart.
             assert not_star.sum() <= 2, case.label
@@ -303,3 +303,45 @@ def test_counts_and_flags(cases):
         expect_elong = case.sim.params.ellipticity > 0.1
         if abs(case.sim.params.ellipticity - 0.1) > 0.01:
             assert ("ELONGATED" in case.report.flags) == expect_elong
+
+
+# Galaxy-rich CCDs with a PSF varying across them: the density of
+# galaxies of the MegaCam benchmark exposure (2000 per CCD, r_e from
+# 0.7 px) over few unsaturated stars, and a 15 % FWHM variation.  The
+# compact galaxies outnumber the stars on the locus; the stars' r_h,
+# spread by the varying PSF, no longer make its densest part (PSFEx's
+# rule then takes the galaxies: FWHM_PIX was 3-13 % high on these seeds
+# before the locus followed the stars' trend).
+RICH_SEEDS = (3002, 3003, 3007)
+
+
+@pytest.fixture(scope="module")
+def rich_cases() -> list[Case]:
+    out = []
+    for seed in RICH_SEEDS:
+        params = SimulationParams(
+            shape=SHAPE, n_stars=180, n_galaxies=900, fwhm=4.0, beta=3.0,
+            ellipticity=0.03, theta=30.0, sky=1200.0, sky_gradient=0.02,
+            fwhm_variation=0.15, n_cr_hits=130, n_cr_tracks=13,
+        )
+        sim = simulate_image(params, seed=seed)
+        report = assess_extension(sim.data, sim.header, name=f"rich{seed}")
+        assert report.ok, report.error
+        out.append(Case(sim, report))
+    return out
+
+
+def test_fwhm_within_one_percent_among_compact_galaxies(rich_cases):
+    for case in rich_cases:
+        x, y = _psf_xy(case)
+        truth = float(np.median(case.sim.fwhm_at(x, y)))
+        measured = case.report.metrics["FWHM_PIX"]
+        assert abs(measured / truth - 1.0) < 0.01, (case.label, measured,
+                                                   truth)
+        # The map follows the varying PSF too.
+        grid = case.report.psf_grid
+        assert grid is not None
+        gx, gy = np.meshgrid(grid.x, grid.y)
+        true_map = case.sim.fwhm_at(gx, gy)
+        assert np.nanmax(np.abs(grid.fwhm / true_map - 1.0)) < 0.03, (
+            case.label)
