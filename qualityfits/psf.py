@@ -335,16 +335,15 @@ def _shorth_mode(values: FloatArray) -> float:
     return float(0.5 * (v[i] + v[i + w]))
 
 
-def _log_histogram(r: FloatArray) -> tuple[NDArray[np.int64], FloatArray,
-                                            FloatArray]:
-    """Histogram log10 r_h in 0.005 dex bins, and smooth it.
+def _log_histogram(r: FloatArray, bin_dex: float) -> tuple[
+        NDArray[np.int64], FloatArray, FloatArray]:
+    """Histogram log10 r_h in ``bin_dex`` bins, and smooth it.
 
-    The smoothing, a 0.01 dex Gaussian, keeps the star locus (~2 % wide)
-    a separate peak beside the broader pile of compact galaxies.
+    The smoothing is a Gaussian of two bins.
     """
     logr = np.log10(r)
     lo, hi = float(logr.min()) - 0.05, float(logr.max()) + 0.05
-    nbins = max(10, int((hi - lo) / 0.005))
+    nbins = max(10, int((hi - lo) / bin_dex))
     hist, edges = np.histogram(logr, bins=nbins, range=(lo, hi))
     return hist, edges, gaussian_filter1d(hist.astype(float), 2.0)
 
@@ -357,7 +356,9 @@ def _compact_peak(r: FloatArray) -> float:
     """
     if r.size < 20:
         return float("nan")
-    _, edges, smooth = _log_histogram(r)
+    # Smoothed over 0.01 dex, the star locus (~2 % wide) stays a peak of
+    # its own beside the broader pile of compact galaxies.
+    _, edges, smooth = _log_histogram(r, 0.005)
     peaks = np.flatnonzero(
         (smooth > np.concatenate([[-1.0], smooth[:-1]]))
         & (smooth >= np.concatenate([smooth[1:], [-1.0]]))
@@ -375,7 +376,7 @@ def _double_locus(r: FloatArray, mode: float) -> bool:
     """
     if r.size < 20:
         return False
-    _, edges, smooth = _log_histogram(r)
+    _, edges, smooth = _log_histogram(r, 0.01)
     centres = 0.5 * (edges[1:] + edges[:-1])
     peaks = np.flatnonzero(
         (smooth > np.concatenate([[-1.0], smooth[:-1]]))

@@ -298,6 +298,8 @@ def test_counts_and_flags(cases):
         area = np.prod(SHAPE) * (case.sim.params.pixscale / 3600) ** 2
         assert np.nansum(counts.ngal_per_deg2) * area == pytest.approx(
             counts.ngal.sum(), rel=0.01)
+        # One PSF per CCD: never two loci.
+        assert "DOUBLE_PSF" not in case.report.flags, case.label
         expect_poor = m["FWHM_ARCSEC"] > 1.2
         assert ("POOR_SEEING" in case.report.flags) == expect_poor
         expect_elong = case.sim.params.ellipticity > 0.1
@@ -338,6 +340,7 @@ def test_fwhm_within_one_percent_among_compact_galaxies(rich_cases):
         measured = case.report.metrics["FWHM_PIX"]
         assert abs(measured / truth - 1.0) < 0.01, (case.label, measured,
                                                    truth)
+        assert "DOUBLE_PSF" not in case.report.flags, case.label
         # The map follows the varying PSF too.
         grid = case.report.psf_grid
         assert grid is not None
@@ -345,3 +348,20 @@ def test_fwhm_within_one_percent_among_compact_galaxies(rich_cases):
         true_map = case.sim.fwhm_at(gx, gy)
         assert np.nanmax(np.abs(grid.fwhm / true_map - 1.0)) < 0.03, (
             case.label)
+
+
+def test_two_psfs_flagged():
+    """Two exposures of different seeing summed (each star sharp or
+    broad): two loci, DOUBLE_PSF; either exposure alone is not flagged."""
+    def sim(fwhm: float, seed: int, sky: float) -> SimulatedImage:
+        return simulate_image(SimulationParams(
+            shape=SHAPE, n_stars=300, n_galaxies=500, fwhm=fwhm, sky=sky,
+        ), seed=seed)
+
+    sharp, broad = sim(3.0, 11, 600.0), sim(5.0, 12, 600.0)
+    both = sharp.data.astype(np.float32) + broad.data.astype(np.float32)
+    report = assess_extension(both, sharp.header, name="two")
+    assert "DOUBLE_PSF" in report.flags
+    alone = sim(3.0, 11, 1200.0)
+    report = assess_extension(alone.data, alone.header, name="one")
+    assert "DOUBLE_PSF" not in report.flags
