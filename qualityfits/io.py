@@ -219,10 +219,12 @@ class ImageSource:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                # Raw values, memory-mapped; BSCALE/BZERO/BLANK are applied
-                # by `read` directly into float32 (astropy would refuse to
-                # memory-map scaled data, or scale to float64).
-                hdul = fits.open(path, memmap=True, lazy_load_hdus=False,
+                # Raw values; BSCALE/BZERO/BLANK are applied by `read`
+                # directly into float32 (astropy would scale to float64).
+                # Not memory-mapped: the pages of every extension read
+                # would stay in the process's resident set until the file
+                # is closed (a 36-CCD file is read by one process).
+                hdul = fits.open(path, memmap=False, lazy_load_hdus=False,
                                  do_not_scale_image_data=True)
         except _READ_ERRORS as exc:
             self.close()
@@ -327,8 +329,12 @@ class ImageSource:
                 y0, y1, x0, x1 = ext.datasec
                 raw = raw[y0:y1, x0:x1]
             hdu = self._hdul[ext.index]
-            if self._owns_hdul or getattr(hdu, "_do_not_scale_image_data",
-                                          False):
+            if self._owns_hdul:
+                data = _scaled(raw, hdu.header)
+                # astropy keeps the raw pixels with the HDU: let them go.
+                del raw
+                del hdu.data
+            elif getattr(hdu, "_do_not_scale_image_data", False):
                 data = _scaled(raw, hdu.header)
             else:
                 # A caller's HDUList: astropy has already scaled the
