@@ -22,6 +22,7 @@ import numpy as np
 import sep
 from numpy.typing import NDArray
 
+from qualityfits.background import sep_mask
 from qualityfits.config import QualityConfig
 
 FloatArray = NDArray[np.float64]
@@ -111,7 +112,7 @@ def extract(
         data_sub,
         config.detect_thresh,
         err=rms,
-        mask=bad,
+        mask=sep_mask(bad),
         minarea=config.detect_minarea,
         **kernel,
         deblend_nthresh=config.deblend_nthresh,

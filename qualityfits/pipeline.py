@@ -300,13 +300,15 @@ def assess_extension(
     config: QualityConfig | None = None,
     step: Callable[[str], None] | None = None,
     origin: tuple[int, int] = (0, 0),
+    overwrite_input: bool = False,
 ) -> ExtensionReport:
     """Assess one CCD held in memory.
 
     Parameters
     ----------
     data : ndarray
-        The pixels (any float or integer dtype; copied to float32).
+        The pixels (any float or integer dtype; copied to float32 unless
+        ``overwrite_input``).
     header : astropy.io.fits.Header
         Its header (GAIN, SATURATE, EXPTIME, WCS, zero point...).
     name : str
@@ -323,6 +325,9 @@ def assess_extension(
     origin : tuple of int
         (x, y) of pixel (0, 0) of ``data`` in the frame of the header's
         WCS (the data section's offset when the HDU was cropped).
+    overwrite_input : bool
+        Let a C-contiguous float32 ``data`` be used as the work buffer
+        (its values are lost) instead of copied.
 
     Returns
     -------
@@ -348,14 +353,18 @@ def assess_extension(
 
     try:
         begin("background")
-        pix = np.array(data, dtype=np.float32, order="C", copy=True)
-        finite = np.isfinite(pix)
-        if not finite.any():
+        pix = np.array(data, dtype=np.float32, order="C",
+                       copy=not overwrite_input)
+        nonfinite = np.isfinite(pix)
+        np.logical_not(nonfinite, out=nonfinite)
+        n_nonfinite = int(np.count_nonzero(nonfinite))
+        if n_nonfinite == pix.size:
             raise errors.EmptyImageError(
                 f"{name}: every pixel is NaN or infinite")
-        badmask = ~finite if bad is None else (bad | ~finite)
-        if not finite.all():
-            pix[~finite] = 0.0
+        if n_nonfinite:
+            pix[nonfinite] = 0.0
+        badmask = nonfinite if bad is None else (bad | nonfinite)
+        del nonfinite
         check_pixels(pix, badmask, name=name)
         gain = header_number(header, *GAIN_KEYS)
         rdnoise = header_number(header, *RDNOISE_KEYS)
@@ -419,6 +428,7 @@ def assess_extension(
 
         begin("psf")
         psf = measure_psf(sub, rms, badmask, src, gain=gain, config=config)
+        del rms
         stars = psf.stars
         metrics["NSTAR_PSF"] = psf.n_candidates
         metrics["NSTAR_FIT"] = len(stars)
@@ -477,9 +487,9 @@ def assess_extension(
             )
 
         begin("classification")
-        klass = classify(sub, rms, badmask, src, psf, gain=gain,
+        klass = classify(sub, badmask, src, psf, gain=gain,
                          config=config)
-        del sub, rms
+        del sub
         zp_used = zp if zp is not None else 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             mag = np.where(src.flux > 0, zp_used - 2.5 * np.log10(src.flux),
@@ -678,6 +688,8 @@ def _run_task(task: _Task,
             zeropoint=task.context.zeropoint,
             pixscale=task.context.pixscale, config=task.context.config,
             step=post, origin=(x0, y0),
+            # A buffer read for this task alone; not a caller's array.
+            overwrite_input=isinstance(task.image, Path),
         )
         rep = replace(rep, timings={"read": read, **rep.timings})
     if post is not None:

@@ -440,13 +440,18 @@ def locus_tilt(x: FloatArray, y: FloatArray, r: FloatArray,
     u = x / max(nx - 1, 1) - 0.5
     v = y / max(ny - 1, 1) - 0.5
     logr = np.log(r)
-    slopes = np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, _TILT_STEP) * 2.0
     best, tilt = _edge_peak(logr, _TILT_WINDOW)[0], (0.0, 0.0)
-    for a in slopes:
-        for b in slopes:
-            contrast = _edge_peak(logr - a * u - b * v, _TILT_WINDOW)[0]
-            if contrast > best:
-                best, tilt = contrast, (float(a), float(b))
+    # A coarse grid, then a fine one around its best.
+    coarse = 4 * _TILT_STEP
+    grids = [(np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, coarse) * 2.0,) * 2]
+    for k in range(2):
+        for a in grids[k][0]:
+            for b in grids[k][1]:
+                contrast = _edge_peak(logr - a * u - b * v, _TILT_WINDOW)[0]
+                if contrast > best:
+                    best, tilt = contrast, (float(a), float(b))
+        fine = np.arange(-coarse, coarse + 1e-9, _TILT_STEP) * 2.0
+        grids.append((tilt[0] + fine, tilt[1] + fine))
     # The grid's best is noisy by a step or two: refine it as the plane
     # through the sources of the peak (the stars).
     design = np.column_stack([np.ones_like(u), u, v])
