@@ -98,13 +98,13 @@ def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
                config: QualityConfig) -> float:
     """SKY_MEAN_MASKED: the mesh background with the sources masked.
 
-    Computed on every second row and column (a quarter of the pixels,
-    meshes of half the size), which estimates the same sky mode four
-    times faster; its noise is negligible next to SKY_RMS.
+    Computed on every fourth row and column (a sixteenth of the pixels,
+    meshes of a quarter of the size), which estimates the same sky mode
+    much faster; its noise is negligible next to SKY_RMS.
     """
-    sub = np.ascontiguousarray(data[::2, ::2])
-    mask = np.ascontiguousarray(exclude[::2, ::2])
-    size = max(8, min(config.back_size // 2, *sub.shape))
+    sub = np.ascontiguousarray(data[::4, ::4])
+    mask = np.ascontiguousarray(exclude[::4, ::4])
+    size = max(8, min(config.back_size // 4, *sub.shape))
     bkg = sep.Background(sub, mask=mask, bw=size, bh=size,
                          fw=config.back_filtersize,
                          fh=config.back_filtersize)
@@ -144,10 +144,10 @@ def summarise_background(
     mesh_rms = rms[np.ix_(iy, ix)].astype(np.float64)
     mean = float(bkg.globalback)
     sigma = float(bkg.globalrms)
-    # Histogram of sky pixels, every second row and column (a 4x
-    # subsample is plenty for a plot and keeps this cheap).
-    sub = data[::2, ::2]
-    keep = ~exclude[::2, ::2]
+    # Histogram of sky pixels, every fourth row and column (plenty for
+    # a plot: ~600 000 pixels on a MegaCam CCD).
+    sub = data[::4, ::4]
+    keep = ~exclude[::4, ::4]
     edges = np.linspace(mean - 5 * sigma, mean + 5 * sigma, 101)
     counts, _ = np.histogram(sub[keep], bins=edges)
     gradient = (

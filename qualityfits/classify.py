@@ -43,7 +43,7 @@ from scipy.special import ndtri
 from qualityfits import moffat
 from qualityfits.config import QualityConfig
 from qualityfits.detection import SourceFlag, Sources
-from qualityfits.psf import PsfField, PsfResult, stamps
+from qualityfits.psf import PsfField, PsfResult, source_stamps
 
 FloatArray = NDArray[np.float64]
 
@@ -173,11 +173,8 @@ def measure_spread(
     radius = int(np.clip(np.ceil(1.25 * fwhm), 3, 10))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
-    data, inside = stamps(data_sub, ix, iy, radius)
-    badst, _ = stamps(bad, ix, iy, radius)
-    seg, _ = stamps(src.segmap, ix, iy, radius)
-    own = (idx + 1).astype(np.float64)[:, None]
-    usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
+    data, usable = source_stamps(data_sub, bad, src.segmap, idx, ix, iy,
+                                 radius)
     # The sky noise at the source (the RMS map is smooth on the scale
     # of a stamp).
     sky_var = (src.noise[idx] ** 2)[:, None]

@@ -37,6 +37,7 @@ import scipy
 import sep
 from astropy.io import fits
 from astropy.table import Table
+from astropy.wcs import WCS
 from numpy.typing import NDArray
 
 from qualityfits import errors
@@ -151,9 +152,8 @@ def _check_positive(name: str, value: float | None, *,
 
 
 # -- one extension ------------------------------------------------------------
-def _pixscale(header: fits.Header, given: float | None,
+def _pixscale(header: fits.Header, wcs: WCS | None, given: float | None,
               notes: list[str]) -> float | None:
-    wcs = celestial_wcs(header)
     if wcs is not None:
         try:
             scales = wcs.proj_plane_pixel_scales()
@@ -196,7 +196,7 @@ def _zeropoint(header: fits.Header, given: float | None,
 
 def _sources_table(src: Sources, klass: Classification,
                    psf_index: NDArray[np.intp], zp: float,
-                   header: fits.Header, origin: tuple[int, int]) -> Table:
+                   wcs: WCS | None, origin: tuple[int, int]) -> Table:
     """All sources, SExtractor column names, positions 1-based."""
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(src.flux > 0, zp - 2.5 * np.log10(src.flux), np.nan)
@@ -234,7 +234,6 @@ def _sources_table(src: Sources, klass: Classification,
                        ("B_IMAGE", "pix"), ("THETA_IMAGE", "deg"),
                        ("BACKGROUND", "adu"), ("FLUX_MAX", "adu")):
         table[name].unit = unit
-    wcs = celestial_wcs(header)
     if wcs is not None and len(src):
         ra, dec = wcs.all_pix2world(src.x + origin[0], src.y + origin[1],
                                     0)
@@ -369,7 +368,8 @@ def assess_extension(
         gain = header_number(header, *GAIN_KEYS)
         rdnoise = header_number(header, *RDNOISE_KEYS)
         exptime = header_number(header, "EXPTIME", "EXPOSURE", "ITIME")
-        scale = _pixscale(header, pixscale, notes)
+        wcs = celestial_wcs(header)
+        scale = _pixscale(header, wcs, pixscale, notes)
         zp = _zeropoint(header, zeropoint, notes)
         saturation = header_number(header, "SATURATE", "SATLEVEL",
                                    "SATURATION")
@@ -423,12 +423,11 @@ def assess_extension(
         begin("detection")
         src = measure(sub, pix, rms, badmask, objects, segmap, gain=gain,
                       saturation=saturation, config=config)
-        del objects, pix
+        del objects, pix, rms
         metrics["NOBJ"] = len(src)
 
         begin("psf")
-        psf = measure_psf(sub, rms, badmask, src, gain=gain, config=config)
-        del rms
+        psf = measure_psf(sub, badmask, src, gain=gain, config=config)
         stars = psf.stars
         metrics["NSTAR_PSF"] = psf.n_candidates
         metrics["NSTAR_FIT"] = len(stars)
@@ -501,7 +500,7 @@ def assess_extension(
         cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
         parts["counts"] = cnt
         parts["sources"] = _sources_table(src, klass, stars.index, zp_used,
-                                          header, origin)
+                                          wcs, origin)
         metrics.update(
             NSTAR=int(np.sum(klass.cls == SourceClass.STAR)),
             NGAL=int(np.sum(klass.cls == SourceClass.GALAXY)),

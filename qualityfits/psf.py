@@ -677,26 +677,53 @@ def grid_cells(shape: tuple[int, int], short: int) -> tuple[int, int]:
 
 
 # -- stamps and fits ----------------------------------------------------------
+def stamp_index(shape: tuple[int, int], ix: IntArray, iy: IntArray,
+                radius: int) -> tuple[IntArray, NDArray[np.bool_]]:
+    """Flat indices of square stamps (n, (2R+1)²) around integer centres.
+
+    Also returns which stamp pixels fall inside the image (the others
+    index the nearest edge pixel).
+    """
+    ny, nx = shape
+    off = np.arange(-radius, radius + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    inside = ((yy >= 0) & (yy < ny)) & ((xx >= 0) & (xx < nx))
+    flat = np.clip(yy, 0, ny - 1) * nx + np.clip(xx, 0, nx - 1)
+    return flat.reshape(ix.size, -1), inside.reshape(ix.size, -1)
+
+
 def stamps(
     image: NDArray[Any], ix: IntArray, iy: IntArray, radius: int,
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
     """Cut square stamps (n, (2R+1)²) around integer centres.
 
     Also returns the mask of the pixels that fall inside the image.
+    ``image`` must be C-contiguous.
     """
-    ny, nx = image.shape
-    off = np.arange(-radius, radius + 1)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
-    yy = iy[:, None] + oy.ravel()[None, :]
-    xx = ix[:, None] + ox.ravel()[None, :]
-    inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
-    vals = image[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    return vals.astype(np.float64), inside
+    flat, inside = stamp_index(image.shape, ix, iy, radius)
+    return np.ravel(image).take(flat).astype(np.float64), inside
+
+
+def source_stamps(
+    data_sub: NDArray[np.float32], bad: NDArray[np.bool_],
+    segmap: NDArray[np.int32], idx: IntArray, ix: IntArray, iy: IntArray,
+    radius: int,
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Cut stamps of sources ``idx`` and the mask of their usable pixels.
+
+    Usable: inside the image, not bad, and not in another source's
+    segment.  The images must be C-contiguous.
+    """
+    flat, inside = stamp_index(data_sub.shape, ix, iy, radius)
+    seg = np.ravel(segmap).take(flat)
+    usable = (inside & ~np.ravel(bad).take(flat)
+              & ((seg == 0) | (seg == (idx + 1)[:, None])))
+    return np.ravel(data_sub).take(flat).astype(np.float64), usable
 
 
 def fit_stars(
     data_sub: NDArray[np.float32],
-    rms: NDArray[np.float32],
     bad: NDArray[np.bool_],
     src: Sources,
     idx: IntArray,
@@ -718,15 +745,12 @@ def fit_stars(
     radius = int(np.clip(np.ceil(1.5 * fwhm_guess), 4, 16))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
-    data, inside = stamps(data_sub, ix, iy, radius)
-    noise, _ = stamps(rms, ix, iy, radius)
-    badst, _ = stamps(bad, ix, iy, radius)
-    seg, _ = stamps(src.segmap, ix, iy, radius)
-    own = (idx + 1).astype(np.float64)[:, None]
-    usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
-    # Weights from the background noise alone: data-based Poisson
+    data, usable = source_stamps(data_sub, bad, src.segmap, idx, ix, iy,
+                                 radius)
+    # Weights from the background noise alone (at the source: the RMS
+    # map is smooth on the scale of a stamp): data-based Poisson
     # weights would bias the fit (upward fluctuations weigh less).
-    sky_var = np.median(noise, axis=1, keepdims=True) ** 2
+    sky_var = (src.noise[idx] ** 2)[:, None]
     invvar = np.where(usable, 1.0 / sky_var, 0.0)
     off = np.arange(-radius, radius + 1, dtype=np.float64)
     oy, ox = np.meshgrid(off, off, indexing="ij")
@@ -945,7 +969,6 @@ def ccd_beta(fit: moffat.FitResult, good: NDArray[np.bool_]) -> float:
 
 def measure_psf(
     data_sub: NDArray[np.float32],
-    rms: NDArray[np.float32],
     bad: NDArray[np.bool_],
     src: Sources,
     *,
@@ -981,7 +1004,7 @@ def measure_psf(
     pool = compact if compact.size >= BETA_STARS // 2 else idx
     first = np.sort(pool[np.argsort(-src.snr[pool])[:BETA_STARS]])
     fit, xfit, yfit, chi2, spiked = fit_stars(
-        data_sub, rms, bad, src, first, fwhm_guess, gain=gain,
+        data_sub, bad, src, first, fwhm_guess, gain=gain,
     )
     shp = moffat.shape_from_params(fit.params)
     shift = np.hypot(xfit - src.x[first], yfit - src.y[first])
@@ -1000,7 +1023,7 @@ def measure_psf(
     # without the FWHM-beta degeneracy of a single star (strong when
     # undersampled).
     fit, xfit, yfit, chi2, spiked = fit_stars(
-        data_sub, rms, bad, src, idx, fwhm_guess, gain=gain, beta=beta,
+        data_sub, bad, src, idx, fwhm_guess, gain=gain, beta=beta,
         start=start,
     )
     shp = moffat.shape_from_params(fit.params)
@@ -1118,11 +1141,8 @@ def build_model(
     radius = int(np.clip(np.ceil(2.5 * fwhm), 5, 24))
     ix = np.round(stars.x).astype(np.intp)
     iy = np.round(stars.y).astype(np.intp)
-    data, inside = stamps(data_sub, ix, iy, radius)
-    badst, _ = stamps(bad, ix, iy, radius)
-    seg, _ = stamps(src.segmap, ix, iy, radius)
-    own = (stars.index + 1).astype(np.float64)[:, None]
-    usable = inside & (badst == 0) & ((seg == 0) | (seg == own))
+    data, usable = source_stamps(data_sub, bad, src.segmap, stars.index,
+                                 ix, iy, radius)
     off = np.arange(-radius, radius + 1, dtype=np.float64)
     oy, ox = np.meshgrid(off, off, indexing="ij")
     # Each star's own fitted model on this stamp, and its residual.

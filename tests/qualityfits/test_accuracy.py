@@ -164,7 +164,8 @@ def test_background_map_and_histogram(cases):
     truth = case.sim.sky_at(bkg.mesh_x[None, :], bkg.mesh_y[:, None])
     # The mesh map follows the simulated gradient.
     assert np.max(np.abs(bkg.mesh_back - truth)) < 0.5 * case.sim.sky_rms
-    assert bkg.hist_counts.sum() > 0.5 * np.prod(SHAPE) / 4
+    # Every fourth row and column: most of those pixels are sky.
+    assert bkg.hist_counts.sum() > 0.5 * np.prod(SHAPE) / 16
     peak = np.argmax(bkg.hist_counts)
     centre = 0.5 * (bkg.hist_edges[peak] + bkg.hist_edges[peak + 1])
     assert abs(centre - case.sim.sky_mean) < 0.5 * case.sim.sky_rms
