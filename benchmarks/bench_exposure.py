@@ -409,6 +409,9 @@ class TreeSampler:
             role = "worker" if forked else "forkserver"
         elif "multiprocessing.spawn" in cmd:
             role = "worker"
+        elif (parent is not None and parent.pid == self.root
+              and cmd == parent.cmdline):
+            role = "worker"  # forked by the main process
         return role
 
     def report(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -112,8 +113,20 @@ class _Progress:
     def __init__(self, image: str, stream: IO[str]) -> None:
         from tqdm import tqdm  # noqa: PLC0415 - only on a terminal
 
+        # No monitor thread: `assess` starts its workers the fast way
+        # (fork) only from a process without other threads.
+        tqdm.monitor_interval = 0
+        # Follow the terminal's width; a terminal that reports none (a
+        # pseudo-terminal without a size) gets 80 x 24, not nothing.
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = 0
+        width: dict[str, Any] = (
+            {"dynamic_ncols": True} if columns > 0
+            else {"ncols": 80, "nrows": 24})
         self._bar = tqdm(total=None, unit="step", file=stream,
-                         desc=Path(image).name, dynamic_ncols=True,
+                         desc=Path(image).name, **width,
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| "
                          "{n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]"
                          " {postfix}")

@@ -219,8 +219,8 @@ def measure(
     flags[(flux <= 0) | ((aflag & sep.APER_ALLMASKED) != 0)
           | ~np.isfinite(flux)] |= SourceFlag.APER_CORRUPT
     if saturation is not None:
-        sat = raw >= config.saturation_margin * saturation
-        sat_ids = np.unique(segmap[sat])
+        sat = np.flatnonzero(raw >= config.saturation_margin * saturation)
+        sat_ids = np.unique(np.ravel(segmap).take(sat))
         sat_ids = sat_ids[sat_ids > 0] - 1
         flags[sat_ids] |= SourceFlag.SATURATED
     del kflag

@@ -403,6 +403,12 @@ def fit_moffat(
         done = acc[rel < tol]
         converged[done] = True
         active[done] = False
+        # A rejected step that changes chi-square by less than ``tol``
+        # (float32 rounding at the minimum): nothing left to gain.
+        flat = ~better & valid & (np.abs(tchi2 - chi2[idx])
+                                  <= tol * np.maximum(chi2[idx], 1e-30))
+        converged[idx[flat]] = True
+        active[idx[flat]] = False
         # A damping factor this large means no downhill step exists.
         stuck = rej[lam[rej] > 1e8]
         converged[stuck] = True

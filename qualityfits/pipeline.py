@@ -495,7 +495,7 @@ def assess_extension(
                            np.nan)
         area_deg2 = None
         if scale:
-            good_pix = int(np.count_nonzero(~badmask))
+            good_pix = badmask.size - int(np.count_nonzero(badmask))
             area_deg2 = good_pix * (scale / 3600.0) ** 2
         cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
         parts["counts"] = cnt
@@ -936,35 +936,68 @@ def _run(tasks: list[_Task], source: ImageSource, jobs: int,
                     post("failed")
             reports.append(rep)
         return reports
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["qualityfits.pipeline"])
+    ctx = _pool_context()
     events = ctx.Queue() if progress is not None else None
     results: dict[int, ExtensionReport] = {}
-    with _progress_pump(progress, events), ProcessPoolExecutor(
+    pending: dict[Future[ExtensionReport], _Task] = {}
+    limit = 2 * jobs
+    todo = list(tasks)
+
+    def submit_more(pool: ProcessPoolExecutor) -> None:
+        while todo and len(pending) < limit:
+            task = ready(todo.pop(0))
+            pending[pool.submit(_run_pooled, task)] = task
+
+    with ProcessPoolExecutor(
             max_workers=min(jobs, len(tasks)), mp_context=ctx,
             initializer=_init_worker, initargs=(events,)) as pool:
-        pending: dict[Future[ExtensionReport], _Task] = {}
-        limit = 2 * jobs
-        todo = list(tasks)
-        while todo or pending:
-            while todo and len(pending) < limit:
-                task = ready(todo.pop(0))
-                pending[pool.submit(_run_pooled, task)] = task
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in done:
-                task = pending.pop(future)
-                try:
-                    rep = future.result()
-                except BrokenProcessPool:
-                    rep = _internal_failure(task.ext, _broken_pool_reason())
-                except Exception as exc:  # noqa: BLE001 - reported below
-                    rep = _internal_failure(
-                        task.ext, f"{type(exc).__name__}: {exc}")
-                else:
-                    results[task.ext.index] = rep
-                    continue
-                # The worker could not say it failed: say it for it.
-                if events is not None:
-                    events.put((task.ext.index, task.ext.name, "failed"))
-                results[task.ext.index] = rep
+        # The first submission starts the workers (all of them, under
+        # "fork"): before the progress thread exists.
+        submit_more(pool)
+        with _progress_pump(progress, events):
+            try:
+                while pending:
+                    done, _ = wait(list(pending),
+                                   return_when=FIRST_COMPLETED)
+                    for future in done:
+                        task = pending.pop(future)
+                        results[task.ext.index] = _result(future, task,
+                                                          events)
+                    submit_more(pool)
+            finally:
+                # Workers gone, every event they posted is in the queue
+                # ahead of the pump's end marker.
+                pool.shutdown(wait=True, cancel_futures=True)
     return [results[t.ext.index] for t in tasks]
+
+
+def _result(future: Future[ExtensionReport], task: _Task,
+            events: Any) -> ExtensionReport:
+    """Return a worker's report, or one saying why it could not give it."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        rep = _internal_failure(task.ext, _broken_pool_reason())
+    except Exception as exc:  # noqa: BLE001 - reported below
+        rep = _internal_failure(task.ext, f"{type(exc).__name__}: {exc}")
+    # The worker could not say it failed: say it for it.
+    if events is not None:
+        events.put((task.ext.index, task.ext.name, "failed"))
+    return rep
+
+
+def _pool_context() -> Any:
+    """Pick how worker processes start.
+
+    "fork" when this process runs no other thread: the workers start at
+    once with the pipeline already loaded (~0.5 s sooner, and ~2 s of
+    CPU less over a MegaCam exposure).  Forking a process with other
+    threads can deadlock (a lock held by one of them stays held in the
+    child), so otherwise "forkserver", preloaded with the pipeline.
+    """
+    if (threading.active_count() == 1
+            and "fork" in mp.get_all_start_methods()):
+        return mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["qualityfits.pipeline"])
+    return ctx

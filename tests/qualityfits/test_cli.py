@@ -209,3 +209,34 @@ def test_version():
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"qualityfits {qualityfits.__version__}"
+
+
+def test_progress_bar_on_a_terminal(mef, tmp_path):
+    """On a terminal the run shows a progress bar on stderr, even on a
+    pseudo-terminal that reports no size (CI consoles, ``script``)."""
+    import os  # noqa: PLC0415
+    import pty  # noqa: PLC0415
+
+    master, slave = pty.openpty()  # a fresh pty: 0 columns, 0 rows
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qualityfits", str(mef), "-o",
+             str(tmp_path), "--jobs", "2"],
+            stdout=subprocess.DEVNULL, stderr=slave, cwd=tmp_path)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "field.fits:" in shown
+    assert f"{3 * 6}/{3 * 6} steps" in shown
+    assert "3 CCD done" in shown

@@ -622,6 +622,38 @@ def test_jobs_2_gives_the_jobs_1_report(mef3):
     assert one.exposure.flags == two.exposure.flags
 
 
+def test_workers_start_either_way(mef3, monkeypatch):
+    """Workers fork from a single-threaded process, and come from the
+    preloaded fork server when another thread runs (forking it could
+    deadlock); the reports are the same."""
+    from qualityfits import pipeline  # noqa: PLC0415
+
+    used = []
+    pick = pipeline._pool_context
+
+    def spy():
+        ctx = pick()
+        used.append(ctx.get_start_method())
+        return ctx
+
+    monkeypatch.setattr(pipeline, "_pool_context", spy)
+    assert threading.active_count() == 1, (
+        f"threads left running: {threading.enumerate()}")
+    forked = qualityfits.assess(mef3, jobs=2)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        served = qualityfits.assess(mef3, jobs=2)
+    finally:
+        stop.set()
+        other.join()
+    assert used == ["fork", "forkserver"]
+    for a, b in zip(forked.extensions, served.extensions, strict=True):
+        assert a.status == b.status == "ok"
+        assert_same_metrics(a, b)
+
+
 class SlowRecorder:
     """A progress callback that takes its time, as a terminal or a DB."""
 
