@@ -116,7 +116,7 @@ class QualityConfig:
     psf_max_ellip: float = 0.3
     psf_locus_width: float = 0.2
     psf_fwhm_range: tuple[float, float] = (2.0, 16.0)
-    psf_max_stars: int = 250
+    psf_max_stars: int = 150
     psf_chi2_clip: float = 4.0
     psf_grid_cells: int = 3
     psf_model_oversampling: int = 0

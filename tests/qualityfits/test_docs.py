@@ -1,5 +1,6 @@
 """The documentation says what the code does."""
 
+import re
 from pathlib import Path
 
 from qualityfits.config import QualityConfig
@@ -17,7 +18,13 @@ def test_metrics_page_lists_every_metric_with_its_unit():
         assert f"| `{flag.name}` |" in text, flag.name
 
 
-def test_configuration_page_lists_every_setting():
+def test_configuration_page_lists_every_setting_with_its_default():
     text = (ROOT / "docs" / "configuration.md").read_text()
-    for name in QualityConfig().to_dict():
-        assert f"`{name}`" in text, name
+    for name, value in QualityConfig().to_dict().items():
+        match = re.search(rf"^\| `{name}` \| ([^|]+) \|", text,
+                          re.MULTILINE)
+        assert match, f"{name} missing from docs/configuration.md"
+        shown = [float(v) for v in match.group(1).split(",")]
+        expected = list(value) if isinstance(value, (tuple, list)) else [
+            value]
+        assert shown == [float(v) for v in expected], (name, shown, value)
