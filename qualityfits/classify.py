@@ -188,8 +188,8 @@ def measure_spread(
     placed = field.params_at(src.x[idx], src.y[idx], x0=cx, y0=cy)
     placed[:, moffat.AMP] = 1.0
     order = 2
-    phi = moffat.render(placed, xs, ys, order=order)
-    g = moffat.render(_broadened(placed), xs, ys, order=order)
+    phi = moffat.render(placed, xs, ys, order=order, fast=True)
+    g = moffat.render(_broadened(placed), xs, ys, order=order, fast=True)
     var = sky_var + (np.maximum(data, 0.0) / gain if gain else 0.0)
     data, phi, g = _project_plane(usable, xs, ys, data, phi, g)
     return _spread(data, var, usable, phi, g)

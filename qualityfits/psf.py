@@ -770,7 +770,7 @@ def fit_stars(
     fixed = None if beta is None else np.full(idx.size, beta)
     fit = moffat.fit_moffat(data, invvar, xs, ys, initial, order=2,
                             fixed_beta=fixed)
-    model = moffat.render(fit.params, xs, ys, order=2)
+    model = moffat.render(fit.params, xs, ys, order=2, fast=True)
     var = sky_var + (np.maximum(model, 0.0) / gain if gain else 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2 = np.sum(np.where(usable, (data - model) ** 2 / var, 0.0),
@@ -1018,7 +1018,20 @@ def measure_psf(
                            shape, seed=np.isin(first, seeds))
     beta = ccd_beta(fit, good)
     start = np.full((idx.size, moffat.NPARAM), np.nan)
-    start[np.searchsorted(idx, first[good])] = fit.params[good]
+    if good.any():
+        # The others start from the PSF of the first fit (its median
+        # shape at the CCD's beta): only centre and flux have far to go.
+        q = np.median(fit.params[good][:, [moffat.Q11, moffat.Q12,
+                                           moffat.Q22]], axis=0)
+        det = q[0] * q[2] - q[1] ** 2
+        if det > 0:
+            start[:, moffat.X0] = src.x[idx] - np.round(src.x[idx])
+            start[:, moffat.Y0] = src.y[idx] - np.round(src.y[idx])
+            start[:, moffat.AMP] = (np.maximum(src.flux[idx], 1.0)
+                                    * (beta - 1.0) * np.sqrt(det) / np.pi)
+            start[:, moffat.Q11:moffat.Q22 + 1] = q
+            start[:, moffat.BETA] = beta
+        start[np.searchsorted(idx, first[good])] = fit.params[good]
     # Second fit, beta fixed, all candidates: per-star FWHM and shape
     # without the FWHM-beta degeneracy of a single star (strong when
     # undersampled).
