@@ -386,7 +386,15 @@ def _scaled(raw: NDArray[Any], header: fits.Header) -> NDArray[np.float32]:
         bscale = 1.0
     if not isinstance(bzero, int | float) or isinstance(bzero, bool):
         bzero = 0.0
-    if (raw.dtype.kind in "iu" and bscale == 1 and bzero
+    if (raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2
+            and bscale == 1 and abs(bzero) < 2**23
+            and float(bzero).is_integer()):
+        # 16-bit values plus such an offset are integers below 2**24:
+        # exact in float32 arithmetic.
+        data = raw.astype(np.float32)
+        if bzero:
+            data += np.float32(bzero)
+    elif (raw.dtype.kind in "iu" and bscale == 1 and bzero
             and float(bzero).is_integer()):
         data = np.empty(raw.shape, dtype=np.float32)
         for start in range(0, raw.shape[0], 256):
