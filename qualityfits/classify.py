@@ -43,7 +43,7 @@ from scipy.special import ndtri
 from qualityfits import moffat
 from qualityfits.config import QualityConfig
 from qualityfits.detection import SourceFlag, Sources
-from qualityfits.psf import PsfField, PsfResult, source_stamps
+from qualityfits.psf import PsfField, PsfResult, source_stamps, stamp_grid
 
 FloatArray = NDArray[np.float64]
 
@@ -178,9 +178,7 @@ def measure_spread(
     # The sky noise at the source (the RMS map is smooth on the scale
     # of a stamp).
     sky_var = (src.noise[idx] ** 2)[:, None]
-    off = np.arange(-radius, radius + 1, dtype=np.float64)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
-    xs, ys = ox.ravel(), oy.ravel()
+    xs, ys = stamp_grid(radius)
     # A windowed centroid places φ on the source as it falls on the
     # pixel grid; the pixel integration matters for sharp PSFs only.
     cx, cy = windowed_centroid(data, usable, xs, ys, src.x[idx] - ix,
@@ -230,14 +228,13 @@ def reference_spread(field: PsfField, r_e: float) -> float:
     image = image.reshape(n // sub, sub, n // sub, sub).sum(axis=(1, 3))
     mid = image.shape[0] // 2
     cut = image[mid - radius:mid + radius + 1, mid - radius:mid + radius + 1]
-    off = np.arange(-radius, radius + 1, dtype=np.float64)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
+    xs, ys = stamp_grid(radius)
     placed = p.copy()
     placed[:, moffat.X0] = placed[:, moffat.Y0] = 0.0
-    phi = moffat.render(placed, ox.ravel(), oy.ravel(), order=2)
-    g = moffat.render(_broadened(placed), ox.ravel(), oy.ravel(), order=2)
+    phi = moffat.render(placed, xs, ys, order=2)
+    g = moffat.render(_broadened(placed), xs, ys, order=2)
     everywhere = np.ones((1, phi.shape[1]), bool)
-    data, phi, g = _project_plane(everywhere, ox.ravel(), oy.ravel(),
+    data, phi, g = _project_plane(everywhere, xs, ys,
                                   cut.ravel()[None], phi, g)
     spread, _ = _spread(data, np.ones((1, phi.shape[1])), everywhere, phi,
                         g)

@@ -348,6 +348,14 @@ def _log_histogram(r: FloatArray, bin_dex: float) -> tuple[
     return hist, edges, gaussian_filter1d(hist.astype(float), 2.0)
 
 
+def _local_maxima(values: FloatArray) -> IntArray:
+    """Find the local maxima (a plateau counts at its first bin)."""
+    return np.flatnonzero(
+        (values > np.concatenate([[-1.0], values[:-1]]))
+        & (values >= np.concatenate([values[1:], [-1.0]]))
+    )
+
+
 def _compact_peak(r: FloatArray) -> float:
     """Find the most compact populated peak of the r_h histogram.
 
@@ -359,10 +367,7 @@ def _compact_peak(r: FloatArray) -> float:
     # Smoothed over 0.01 dex, the star locus (~2 % wide) stays a peak of
     # its own beside the broader pile of compact galaxies.
     _, edges, smooth = _log_histogram(r, 0.005)
-    peaks = np.flatnonzero(
-        (smooth > np.concatenate([[-1.0], smooth[:-1]]))
-        & (smooth >= np.concatenate([smooth[1:], [-1.0]]))
-    )
+    peaks = _local_maxima(smooth)
     strong = peaks[smooth[peaks] >= float(smooth[peaks].max()) / 3.0]
     best = int(strong.min())
     return float(10 ** (0.5 * (edges[best] + edges[best + 1])))
@@ -378,10 +383,7 @@ def _double_locus(r: FloatArray, mode: float) -> bool:
         return False
     _, edges, smooth = _log_histogram(r, 0.01)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    peaks = np.flatnonzero(
-        (smooth > np.concatenate([[-1.0], smooth[:-1]]))
-        & (smooth >= np.concatenate([smooth[1:], [-1.0]]))
-    )
+    peaks = _local_maxima(smooth)
     at_mode = float(smooth[np.argmin(np.abs(centres - np.log10(mode)))])
     far = np.abs(centres[peaks] - np.log10(mode)) > 0.08
     return bool(np.any(smooth[peaks[far]] >= 0.5 * at_mode))
@@ -418,6 +420,25 @@ def _edge_peak(values: FloatArray, width: float) -> tuple[int, float]:
     return int(contrast[i]), float(0.5 * (v[i] + v[i + inside[i] - 1]))
 
 
+def _centred(x: FloatArray, y: FloatArray,
+             shape: tuple[int, int]) -> tuple[FloatArray, FloatArray]:
+    """Express positions in CCD widths and heights from its centre."""
+    ny, nx = shape
+    return x / max(nx - 1, 1) - 0.5, y / max(ny - 1, 1) - 0.5
+
+
+def _best_tilt(logr: FloatArray, u: FloatArray, v: FloatArray,
+               a_values: FloatArray, b_values: FloatArray, best: int,
+               tilt: tuple[float, float]) -> tuple[int, tuple[float, float]]:
+    """Search planes (a, b) for a sharper `_edge_peak` than ``best``."""
+    for a in a_values:
+        for b in b_values:
+            contrast = _edge_peak(logr - a * u - b * v, _TILT_WINDOW)[0]
+            if contrast > best:
+                best, tilt = contrast, (float(a), float(b))
+    return best, tilt
+
+
 def locus_tilt(x: FloatArray, y: FloatArray, r: FloatArray,
                shape: tuple[int, int],
                ) -> tuple[tuple[float, float], NDArray[np.bool_]]:
@@ -436,22 +457,16 @@ def locus_tilt(x: FloatArray, y: FloatArray, r: FloatArray,
     members = np.zeros(r.size, bool)
     if r.size < 30:
         return (0.0, 0.0), members
-    ny, nx = shape
-    u = x / max(nx - 1, 1) - 0.5
-    v = y / max(ny - 1, 1) - 0.5
+    u, v = _centred(x, y, shape)
     logr = np.log(r)
     best, tilt = _edge_peak(logr, _TILT_WINDOW)[0], (0.0, 0.0)
     # A coarse grid, then a fine one around its best.
     coarse = 4 * _TILT_STEP
-    grids = [(np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, coarse) * 2.0,) * 2]
-    for k in range(2):
-        for a in grids[k][0]:
-            for b in grids[k][1]:
-                contrast = _edge_peak(logr - a * u - b * v, _TILT_WINDOW)[0]
-                if contrast > best:
-                    best, tilt = contrast, (float(a), float(b))
-        fine = np.arange(-coarse, coarse + 1e-9, _TILT_STEP) * 2.0
-        grids.append((tilt[0] + fine, tilt[1] + fine))
+    slopes = np.arange(-_TILT_MAX, _TILT_MAX + 1e-9, coarse) * 2.0
+    best, tilt = _best_tilt(logr, u, v, slopes, slopes, best, tilt)
+    fine = np.arange(-coarse, coarse + 1e-9, _TILT_STEP) * 2.0
+    best, tilt = _best_tilt(logr, u, v, tilt[0] + fine, tilt[1] + fine,
+                            best, tilt)
     # The grid's best is noisy by a step or two: refine it as the plane
     # through the sources of the peak (the stars).
     design = np.column_stack([np.ones_like(u), u, v])
@@ -474,9 +489,7 @@ def locus_tilt(x: FloatArray, y: FloatArray, r: FloatArray,
 def tilt_factor(x: FloatArray, y: FloatArray, tilt: tuple[float, float],
                 shape: tuple[int, int]) -> FloatArray:
     """Evaluate the r_h factor of a `locus_tilt` (1 at the CCD centre)."""
-    ny, nx = shape
-    u = x / max(nx - 1, 1) - 0.5
-    v = y / max(ny - 1, 1) - 0.5
+    u, v = _centred(x, y, shape)
     return np.asarray(np.exp(tilt[0] * u + tilt[1] * v), dtype=np.float64)
 
 
@@ -693,6 +706,16 @@ def stamp_index(shape: tuple[int, int], ix: IntArray, iy: IntArray,
     return flat.reshape(ix.size, -1), inside.reshape(ix.size, -1)
 
 
+def stamp_grid(radius: int) -> tuple[FloatArray, FloatArray]:
+    """Pixel-centre offsets (x, y) of a stamp's pixels, flattened.
+
+    In the order of `stamp_index` (rows of y, then x), about the centre.
+    """
+    off = np.arange(-radius, radius + 1, dtype=np.float64)
+    oy, ox = np.meshgrid(off, off, indexing="ij")
+    return ox.ravel(), oy.ravel()
+
+
 def stamps(
     image: NDArray[Any], ix: IntArray, iy: IntArray, radius: int,
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
@@ -752,9 +775,7 @@ def fit_stars(
     # weights would bias the fit (upward fluctuations weigh less).
     sky_var = (src.noise[idx] ** 2)[:, None]
     invvar = np.where(usable, 1.0 / sky_var, 0.0)
-    off = np.arange(-radius, radius + 1, dtype=np.float64)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
-    xs, ys = ox.ravel(), oy.ravel()
+    xs, ys = stamp_grid(radius)
     with np.errstate(divide="ignore", invalid="ignore"):
         iso_ell = (src.a[idx] - src.b[idx]) / (src.a[idx] + src.b[idx])
     initial = moffat.params_from_shape(
@@ -1156,16 +1177,15 @@ def build_model(
     iy = np.round(stars.y).astype(np.intp)
     data, usable = source_stamps(data_sub, bad, src.segmap, stars.index,
                                  ix, iy, radius)
-    off = np.arange(-radius, radius + 1, dtype=np.float64)
-    oy, ox = np.meshgrid(off, off, indexing="ij")
+    xs, ys = stamp_grid(radius)
     # Each star's own fitted model on this stamp, and its residual.
     placed = params.copy()
     placed[:, moffat.X0] = stars.x - ix
     placed[:, moffat.Y0] = stars.y - iy
-    own_model = moffat.render(placed, ox.ravel(), oy.ravel(), order=3)
+    own_model = moffat.render(placed, xs, ys, order=3)
     resid = (data - own_model) / stars.flux[:, None]
-    dx = ox.ravel()[None, :] - (stars.x - ix)[:, None]
-    dy = oy.ravel()[None, :] - (stars.y - iy)[:, None]
+    dx = xs[None, :] - (stars.x - ix)[:, None]
+    dy = ys[None, :] - (stars.y - iy)[:, None]
     # Nearest oversampled node of each sample; the grid spans ±radius.
     half = radius * osamp
     size = 2 * half + 1
@@ -1245,10 +1265,9 @@ def psf_area(params: FloatArray) -> float:
     """Effective area 1/Σφ² of the pixel-sampled, normalised PSF [px²]."""
     shp = moffat.shape_from_params(params[None])
     radius = int(np.clip(np.ceil(6 * shp.fwhm_major[0]), 10, 80))
-    off = np.arange(-radius, radius + 1, dtype=np.float64)
-    gx, gy = np.meshgrid(off, off)
+    xs, ys = stamp_grid(radius)
     p = params.copy()
     p[moffat.X0] = p[moffat.Y0] = 0.0
-    phi = moffat.render(p[None], gx.ravel(), gy.ravel(), order=3)[0]
+    phi = moffat.render(p[None], xs, ys, order=3)[0]
     phi = phi / phi.sum()
     return float(1.0 / np.sum(phi**2))
