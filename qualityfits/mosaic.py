@@ -145,10 +145,9 @@ def _angle(mapper: Mapper, x: FloatArray, y: FloatArray,
     return np.asarray(np.degrees(np.arctan2(y1 - y0, x1 - x0)))
 
 
-def mosaic_psf(exts: Sequence[ImageExtension],
-               reports: Sequence[ExtensionReport]) -> tuple[str, Table]:
+def mosaic_psf(kind: str, mappers: Sequence[Mapper],
+               reports: Sequence[ExtensionReport]) -> Table:
     """Place the PSF map cells of every assessed CCD in the mosaic."""
-    kind, mappers = placement(exts)
     rows: dict[str, list[object]] = {k: [] for k in (
         "EXTNAME", "X", "Y", "FWHM", "ELLIPTICITY", "THETA", "NSTARS")}
     for mapper, rep in zip(mappers, reports, strict=True):
@@ -180,7 +179,31 @@ def mosaic_psf(exts: Sequence[ImageExtension],
     table["X"].unit = table["Y"].unit = unit
     table["FWHM"].unit = "pix"
     table["THETA"].unit = "deg"
-    return kind, table
+    return table
+
+
+def layout(kind: str, mappers: Sequence[Mapper],
+           exts: Sequence[ImageExtension]) -> Table:
+    """Corners of every CCD's data section in the mosaic frame."""
+    cols: dict[str, list[float]] = {k: [] for k in (
+        "X00", "Y00", "X10", "Y10", "X01", "Y01")}
+    for ext, mapper in zip(exts, mappers, strict=True):
+        ny, nx = ext.data_shape
+        mx, my = mapper(np.array([-0.5, nx - 0.5, -0.5]),
+                        np.array([-0.5, -0.5, ny - 0.5]))
+        for i, corner in enumerate(("00", "10", "01")):
+            cols["X" + corner].append(float(mx[i]))
+            cols["Y" + corner].append(float(my[i]))
+    table = Table({
+        "EXTNAME": np.array([e.name for e in exts], dtype=str),
+        "NAXIS1": np.array([e.data_shape[1] for e in exts], dtype=np.int32),
+        "NAXIS2": np.array([e.data_shape[0] for e in exts], dtype=np.int32),
+        **{k: np.array(v, dtype=float) for k, v in cols.items()},
+    })
+    unit = "arcmin" if kind == "wcs" else "pix"
+    for name in cols:
+        table[name].unit = unit
+    return table
 
 
 def aggregate(exts: Sequence[ImageExtension],
@@ -204,7 +227,8 @@ def aggregate(exts: Sequence[ImageExtension],
         if metric.name in _COUNT_METRICS:
             stats["total"] = float(vals.sum()) if vals.size else math.nan
         metrics[metric.name] = stats
-    kind, table = mosaic_psf(exts, reports)
+    kind, mappers = placement(exts)
+    table = mosaic_psf(kind, mappers, reports)
     ccd_flags: dict[str, list[str]] = {}
     for rep in reports:
         for flag in rep.flags:
@@ -229,6 +253,8 @@ def aggregate(exts: Sequence[ImageExtension],
         flags.append("PSF_VARIES")
     if "DOUBLE_PSF" in ccd_flags:
         flags.append("DOUBLE_PSF")
+    if med["STAR_CR_FRAC"] > config.cr_heavy:
+        flags.append("CR_HEAVY")
     if len(ok) < len(reports):
         flags.append("MISSING_CCD")
         ccd_flags["MISSING_CCD"] = [r.name for r in reports if not r.ok]
@@ -238,4 +264,5 @@ def aggregate(exts: Sequence[ImageExtension],
         ccd_flags={k: tuple(v) for k, v in ccd_flags.items()},
         placement=kind,
         mosaic_psf=table,
+        layout=layout(kind, mappers, exts),
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
+from numpy.typing import NDArray
 
 from qualityfits.background import Background
 from qualityfits.classify import Counts
@@ -74,6 +75,31 @@ def _readonly(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """Binned pictures of one CCD's data section, for the previews.
+
+    Attributes
+    ----------
+    image : ndarray of float32
+        Mean of the usable pixels in each ``binning`` x ``binning``
+        block, row 0 at the bottom of the CCD (FITS order); NaN where
+        no pixel of the block is usable.
+    weight : ndarray of float32
+        Mean weight of each block (0 where every pixel is flagged).
+    binning : int
+        Pixels per block side.
+    weight_source : str
+        ``"flat"`` (the master flat) or ``"rms"`` (the background RMS
+        map: no flat was given).
+    """
+
+    image: NDArray[np.float32]
+    weight: NDArray[np.float32]
+    binning: int
+    weight_source: str
+
+
+@dataclass(frozen=True)
 class ErrorInfo:
     """Why an extension could not be assessed."""
 
@@ -112,6 +138,8 @@ class ExtensionReport:
     sources : astropy.table.Table or None
         Every source with its class (positions 1-based).
     counts : Counts or None
+    preview : Preview or None
+        Binned image and weight (for the PNG previews).
     timings : Mapping
         Seconds per processing step.
     """
@@ -130,6 +158,7 @@ class ExtensionReport:
     psf_stars: Table | None = None
     sources: Table | None = None
     counts: Counts | None = None
+    preview: Preview | None = None
     timings: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -213,6 +242,12 @@ class ExposureReport:
         The PSF map cells of every CCD in mosaic coordinates: EXTNAME,
         X, Y, FWHM (px), ELLIPTICITY, THETA (deg, in the mosaic frame),
         NSTARS.
+    layout : astropy.table.Table
+        Where each CCD lies in that frame, one row per extension (failed
+        ones too): EXTNAME, NAXIS1, NAXIS2 (data section), and the mosaic
+        coordinates of three outer corners of its data section: X00,
+        Y00 (corner of the first pixel), X10, Y10 (end of the first
+        row), X01, Y01 (start of the last row).
     """
 
     metrics: Mapping[str, Mapping[str, float]]
@@ -220,6 +255,7 @@ class ExposureReport:
     ccd_flags: Mapping[str, tuple[str, ...]]
     placement: str
     mosaic_psf: Table
+    layout: Table
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
@@ -237,6 +273,10 @@ class ExposureReport:
             "mosaic_psf": {
                 name: np.asarray(self.mosaic_psf[name])
                 for name in self.mosaic_psf.colnames
+            },
+            "layout": {
+                name: np.asarray(self.layout[name])
+                for name in self.layout.colnames
             },
         })
 
