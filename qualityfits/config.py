@@ -98,6 +98,12 @@ class QualityConfig:
     bkg_noise_excess : float
         ... or when SKY_RMS exceeds the noise expected from the sky level,
         gain and read noise by this factor.
+    cosmic_rays : bool
+        Detect cosmic rays (their pixels are then ignored by every
+        measurement and flagged in the flag map).
+    cr_heavy : float
+        ``CR_HEAVY`` when the fraction of PSF stars whose core is hit by
+        a cosmic ray exceeds this.
     """
 
     back_size: int = 64
@@ -132,6 +138,8 @@ class QualityConfig:
     psf_varies: float = 0.25
     bkg_gradient: float = 0.1
     bkg_noise_excess: float = 1.5
+    cosmic_rays: bool = True
+    cr_heavy: float = 0.1
 
     def __post_init__(self) -> None:
         """Check every value; raise `InvalidParameterError` if one is bad."""
@@ -143,7 +151,7 @@ class QualityConfig:
             "psf_chi2_clip", "psf_grid_cells", "class_nsigma",
             "class_galaxy_re", "class_star_nsigma", "class_min_snr",
             "count_mag_bin", "poor_seeing_arcsec", "elongated_ellipticity",
-            "psf_varies", "bkg_gradient", "bkg_noise_excess",
+            "psf_varies", "bkg_gradient", "bkg_noise_excess", "cr_heavy",
         )
         for name in positive:
             if not getattr(self, name) > 0:

@@ -511,35 +511,6 @@ def resolve_mask_convention(mask: ImageSource) -> MaskConvention:
     return "nonzero" if zeros * 2 >= total else "zero"
 
 
-def flat_to_bad(
-    flat: NDArray[np.float32], low: float, high: float, *, name: str
-) -> tuple[NDArray[np.bool_], float]:
-    """Bad pixels of a flat: non-finite, <= 0, or outside [low, high].
-
-    The flat is normalised by the median of its positive pixels.
-
-    Returns
-    -------
-    bad : ndarray of bool
-    median : float
-        The normalisation.
-
-    Raises
-    ------
-    EmptyImageError
-        When the flat has no positive pixel.
-    """
-    good = np.isfinite(flat) & (flat > 0)
-    if not good.any():
-        raise EmptyImageError(
-            f"{name}: the flat has no positive pixel (all zero, negative "
-            "or NaN)"
-        )
-    med = float(np.median(flat[good]))
-    norm = np.where(good, flat / med, 0.0)
-    return ~good | (norm < low) | (norm > high), med
-
-
 def check_pixels(data: NDArray[np.float32], bad: NDArray[np.bool_],
                  *, name: str) -> None:
     """Raise `EmptyImageError` if no pixel is usable or all are equal.

@@ -39,7 +39,7 @@ METRICS: tuple[Metric, ...] = (
     _m("SKY_MEAN_MASKED", "adu", "instr.skyLevel",
        "The same with the detected sources masked: nearer the true sky "
        "in crowded fields"),
-    _m("SKY_MAG", "mag/arcsec2", "phot.mag.sb;instr.skyLevel",
+    _m("SKY_MAG", "mag/arcsec**2", "phot.mag.sb;instr.skyLevel",
        "Sky surface brightness, ZP - 2.5 log10(SKY_MEAN / pixscale^2)"),
     _m("SKY_GRAD", "", "instr.skyLevel;arith.ratio",
        "(max - min) / mean of the filtered mesh background map"),
@@ -61,9 +61,9 @@ METRICS: tuple[Metric, ...] = (
        "pixel-free Moffat fits, median at the PSF stars"),
     _m("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
        "FWHM_PIX times the pixel scale: the seeing"),
-    _m("FWHM_MIN", "pix", "stat.min;instr.det.psf",
+    _m("FWHM_MIN", "pix", "instr.det.psf;stat.min",
        "Smallest FWHM of the PSF map over the grid of the CCD"),
-    _m("FWHM_MAX", "pix", "stat.max;instr.det.psf",
+    _m("FWHM_MAX", "pix", "instr.det.psf;stat.max",
        "Largest FWHM of the PSF map over the grid of the CCD"),
     _m("FWHM_RH", "pix", "instr.det.psf",
        "Twice the median half-light radius of the stars on the locus, "
@@ -99,7 +99,7 @@ METRICS: tuple[Metric, ...] = (
     _m("PSF_ASYM", "", "instr.det.psf",
        "RMS of the part of the PSF model odd under a 180 deg rotation "
        "over that of the even part"),
-    _m("PSF_AREA", "pix2", "instr.det.psf",
+    _m("PSF_AREA", "pix**2", "instr.det.psf",
        "Effective area 1/sum(phi^2) of the normalised pixel-sampled PSF"),
     _m("NSTAR", "", "meta.number;src",
        "Sources classified as stars", integer=True),
@@ -114,12 +114,35 @@ METRICS: tuple[Metric, ...] = (
        "Magnitude of a point source at S/N 5 in PSF photometry"),
     _m("ZEROPOINT", "mag", "phot.mag;arith.zp",
        "Zero point used (magnitude of 1 ADU in the image)"),
-    _m("PIXSCALE", "arcsec", "instr.pixel",
+    _m("PIXSCALE", "arcsec", "instr.scale;instr.pixel",
        "Pixel scale used (geometric mean of the two axes)"),
     _m("GAIN", "", "instr.calib",
        "Gain used (header GAIN), electrons per ADU"),
     _m("EXPTIME", "s", "time.duration;obs.exposure",
        "Exposure time (header EXPTIME)"),
+    _m("NCR", "", "meta.number;phys.particle",
+       "Cosmic-ray events (connected groups of cosmic-ray pixels)",
+       integer=True),
+    _m("CR_FRAC", "", "stat.filling;phys.particle",
+       "Fraction of the data-section pixels hit by cosmic rays"),
+    _m("STAR_CR_FRAC", "", "meta.number;arith.ratio;phys.particle",
+       "Fraction of the PSF stars with a cosmic-ray pixel in their core "
+       "(3x3 pixels about the peak)"),
+    _m("FRAC_W0", "", "stat.filling;instr.det",
+       "Fraction of the data-section pixels with zero weight"),
+    _m("W_MEAN", "", "stat.weight;stat.mean",
+       "Mean weight of the data-section pixels (the flat normalised to "
+       "median 1, else (median RMS / RMS)^2; flagged pixels count as 0)"),
+    _m("NFLAG_BADFLAT", "", "meta.number;instr.det",
+       "Pixels flagged BAD_FLAT (bit 1)", integer=True),
+    _m("NFLAG_COSMIC", "", "meta.number;instr.det",
+       "Pixels flagged COSMIC_RAY (bit 2)", integer=True),
+    _m("NFLAG_SATURATED", "", "meta.number;instr.det",
+       "Pixels flagged SATURATED (bit 4)", integer=True),
+    _m("NFLAG_USERMASK", "", "meta.number;instr.det",
+       "Pixels flagged USER_MASK (bit 8)", integer=True),
+    _m("NFLAG_NODATA", "", "meta.number;instr.det",
+       "Pixels flagged NO_DATA (bit 16)", integer=True),
 )
 
 METRIC_BY_NAME: Mapping[str, Metric] = {m.name: m for m in METRICS}
@@ -146,6 +169,7 @@ QA_FLAGS: tuple[QaFlag, ...] = (
     QaFlag("DOUBLE_PSF",
            "two loci in the half-light radius distribution of bright "
            "compact sources (doubled image, lost guiding)"),
+    QaFlag("CR_HEAVY", "STAR_CR_FRAC above cr_heavy"),
     QaFlag("MISSING_CCD", "an extension of the exposure failed"),
 )
 
@@ -179,4 +203,6 @@ def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
         flags.append("PSF_VARIES")
     if double_locus:
         flags.append("DOUBLE_PSF")
+    if _gt(metrics["STAR_CR_FRAC"], config.cr_heavy):
+        flags.append("CR_HEAVY")
     return flags

@@ -57,6 +57,7 @@ from qualityfits.classify import (
     turnover,
 )
 from qualityfits.config import QualityConfig
+from qualityfits.cosmics import find_cosmic_rays
 from qualityfits.detection import (
     SourceFlag,
     Sources,
@@ -73,7 +74,6 @@ from qualityfits.io import (
     ImageSource,
     MaskConvention,
     check_pixels,
-    flat_to_bad,
     header_number,
     mask_to_bad,
     match_extensions,
@@ -82,14 +82,32 @@ from qualityfits.io import (
 from qualityfits.metrics import METRICS, qa_flags
 from qualityfits.mosaic import aggregate, celestial_wcs
 from qualityfits.psf import PsfResult, measure_psf
-from qualityfits.report import ErrorInfo, ExtensionReport, QualityReport
+from qualityfits.report import (
+    ErrorInfo,
+    ExtensionReport,
+    Preview,
+    QualityReport,
+)
+from qualityfits.weights import (
+    PixelMaps,
+    bin_mean,
+    flag_counts,
+    flag_map,
+    normalise_flat,
+    weight_map,
+    write_map_pieces,
+)
 
 log = logging.getLogger(__name__)
 
 #: Processing steps of one extension, in order (progress reports these).
 STEPS: tuple[str, ...] = (
-    "read", "background", "detection", "psf", "classification", "metrics",
+    "read", "background", "cosmic_rays", "detection", "psf",
+    "classification", "weights", "metrics",
 )
+
+#: Pixels per side of the blocks of the binned previews.
+PREVIEW_BINNING = 8
 
 ZEROPOINT_KEYS = ("PHOTZP", "MAGZERO", "MAGZPT", "MAGZP", "ZEROPT", "ZP")
 PIXSCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
@@ -122,6 +140,7 @@ class _Context:
     zeropoint: float | None
     pixscale: float | None
     config: QualityConfig
+    maps_dir: Path | None = None
 
 
 def _versions() -> dict[str, str]:
@@ -271,6 +290,47 @@ def _stars_table(psf: PsfResult) -> Table:
     return table
 
 
+def _cosmic_rays(sub: NDArray[np.float32], rms: NDArray[np.float32],
+                 bad: NDArray[np.bool_], *, gain: float | None,
+                 read_noise: float | None, saturation: float | None,
+                 sky: float, metrics: dict[str, float],
+                 ) -> NDArray[np.bool_]:
+    """Find the cosmic rays of a CCD; fill NCR and CR_FRAC."""
+    found = find_cosmic_rays(
+        sub, rms, bad, gain=gain, read_noise=read_noise,
+        saturation=None if saturation is None else saturation - sky)
+    metrics["NCR"] = found.n_events
+    metrics["CR_FRAC"] = float(np.count_nonzero(found.mask)
+                               / found.mask.size)
+    return found.mask
+
+
+def _core_hit(cosmic: NDArray[np.bool_], x: NDArray[np.float64],
+              y: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Whether a cosmic-ray pixel lies in the 3x3 core about each (x, y)."""
+    ny, nx = cosmic.shape
+    ix = np.rint(x).astype(np.intp)
+    iy = np.rint(y).astype(np.intp)
+    hit = np.zeros(ix.shape, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            jx = np.clip(ix + dx, 0, nx - 1)
+            jy = np.clip(iy + dy, 0, ny - 1)
+            hit |= cosmic[jy, jx]
+    return hit
+
+
+def _flat_notes(flat_bad: NDArray[np.bool_], median: float) -> list[str]:
+    """Say what the report should note about a flat's bad pixels."""
+    frac = float(np.count_nonzero(flat_bad) / flat_bad.size)
+    notes = []
+    if frac > 0.5:
+        notes.append(f"{100 * frac:.0f} % of the flat's pixels are bad "
+                     "(outside flat_min/flat_max times its median "
+                     f"{median:g}, or not positive): is it a flat?")
+    return notes
+
+
 def _clipped_mean(values: NDArray[np.float64], kappa: float = 3.0) -> float:
     keep = np.isfinite(values)
     for _ in range(5):
@@ -294,12 +354,14 @@ def assess_extension(
     name: str,
     index: int = 0,
     bad: NDArray[np.bool_] | None = None,
+    flat: NDArray[np.floating] | None = None,
     zeropoint: float | None = None,
     pixscale: float | None = None,
     config: QualityConfig | None = None,
     step: Callable[[str], None] | None = None,
     origin: tuple[int, int] = (0, 0),
     overwrite_input: bool = False,
+    maps: Callable[[PixelMaps], None] | None = None,
 ) -> ExtensionReport:
     """Assess one CCD held in memory.
 
@@ -315,7 +377,10 @@ def assess_extension(
     index : int
         HDU index, recorded in the report.
     bad : ndarray of bool, optional
-        Pixels to ignore (user mask, bad flat pixels).
+        Pixels to ignore (the user mask).
+    flat : ndarray, optional
+        The master flat (same shape): the weight map; its pixels outside
+        [``flat_min``, ``flat_max``] times its median are ignored.
     zeropoint, pixscale : float, optional
         Override or supply the zero point and pixel scale.
     config : QualityConfig, optional
@@ -327,6 +392,9 @@ def assess_extension(
     overwrite_input : bool
         Let a C-contiguous float32 ``data`` be used as the work buffer
         (its values are lost) instead of copied.
+    maps : callable, optional
+        Given the weight, flag and cosmic-ray maps (`PixelMaps`) once
+        they are made (to write them); they are not kept in the report.
 
     Returns
     -------
@@ -362,8 +430,20 @@ def assess_extension(
                 f"{name}: every pixel is NaN or infinite")
         if n_nonfinite:
             pix[nonfinite] = 0.0
-        badmask = nonfinite if bad is None else (bad | nonfinite)
-        del nonfinite
+        user_bad = bad
+        flat_norm = flat_bad = None
+        if flat is not None:
+            flat_norm, flat_bad, flat_median = normalise_flat(
+                flat, config.flat_min, config.flat_max)
+            if not math.isfinite(flat_median):
+                raise errors.EmptyImageError(
+                    f"{name}: the flat has no positive pixel (all zero, "
+                    "negative or NaN)")
+            notes.extend(_flat_notes(flat_bad, flat_median))
+        badmask = nonfinite.copy()
+        for other in (user_bad, flat_bad):
+            if other is not None:
+                badmask |= other
         check_pixels(pix, badmask, name=name)
         gain = header_number(header, *GAIN_KEYS)
         rdnoise = header_number(header, *RDNOISE_KEYS)
@@ -391,10 +471,39 @@ def assess_extension(
         # SExtractor's background (sep reproduces it exactly), used for
         # detection and photometry as SExtractor uses it.  (sep subtracts
         # in place: no full-size background map is made.)
+        preview = bin_mean(pix, PREVIEW_BINNING, ~badmask)
         bkg = sep_background(pix, badmask, config)
         sub = pix.copy()
         bkg.subfrom(sub)
         rms = bkg.rms()
+        if not bkg.globalrms > 0:
+            raise errors.EmptyImageError(
+                f"{name}: no noise in the sky (background RMS is "
+                f"{bkg.globalrms:g}): a synthetic or constant image?"
+            )
+        # Exactly 0 where the sky is far above 0: a blank pixel.
+        nodata = nonfinite
+        del nonfinite
+        if bkg.globalback > 5.0 * bkg.globalrms:
+            nodata |= pix == 0
+            badmask |= nodata
+
+        begin("cosmic_rays")
+        cosmic = None
+        if config.cosmic_rays:
+            cosmic = _cosmic_rays(sub, rms, badmask, gain=gain,
+                                  read_noise=rdnoise, saturation=saturation,
+                                  sky=bkg.globalback, metrics=metrics)
+            # Ignored from here on, as bad pixels; zero in the
+            # background-subtracted image, so that the light the
+            # detection filter spreads around them is not detected.
+            # The image keeps its background there (the sky map is
+            # image minus subtracted image).
+            pix[cosmic] -= sub[cosmic]
+            sub[cosmic] = 0.0
+            badmask |= cosmic
+
+        begin("detection")
         objects, segmap = extract(sub, rms, badmask, config)
         # A second estimate with the sources masked: closer to the true
         # sky in crowded fields; the difference measures the light of
@@ -419,11 +528,9 @@ def assess_extension(
                 f"{name}: no noise in the sky (background RMS is "
                 f"{background.rms:g}): a synthetic or constant image?"
             )
-
-        begin("detection")
         src = measure(sub, pix, rms, badmask, objects, segmap, gain=gain,
                       saturation=saturation, config=config)
-        del objects, pix, rms
+        del objects, rms
         metrics["NOBJ"] = len(src)
 
         begin("psf")
@@ -431,6 +538,9 @@ def assess_extension(
         stars = psf.stars
         metrics["NSTAR_PSF"] = psf.n_candidates
         metrics["NSTAR_FIT"] = len(stars)
+        if cosmic is not None and len(stars):
+            metrics["STAR_CR_FRAC"] = float(np.mean(
+                _core_hit(cosmic, stars.x, stars.y)))
         if len(stars) == 0:
             raise errors.NoStarsError(
                 f"{name}: no star usable for the PSF among {len(src)} "
@@ -510,6 +620,36 @@ def assess_extension(
         if psf.model is not None:
             flim = flux_limit(psf.model.area, background.rms, gain)
             metrics["MAGLIM_5SIG"] = zp_used - 2.5 * math.log10(flim)
+
+        begin("weights")
+        saturated = None
+        if saturation is not None:
+            saturated = pix >= config.saturation_margin * saturation
+        flagmap = flag_map(pix.shape, bad_flat=flat_bad, cosmic_ray=cosmic,
+                           saturated=saturated, user_mask=user_bad,
+                           no_data=nodata)
+        del saturated, pix
+        source = "flat" if flat_norm is not None else "rms"
+        weight = weight_map(flagmap, flat_norm,
+                            bkg.rms() if flat_norm is None else None)
+        del flat_norm
+        metrics.update(flag_counts(flagmap))
+        metrics["FRAC_W0"] = float(np.count_nonzero(weight == 0)
+                                   / weight.size)
+        metrics["W_MEAN"] = float(np.mean(weight, dtype=np.float64))
+        if source == "rms":
+            notes.append("no flat: the weight map is (median RMS / RMS)^2 "
+                         "of the background RMS map")
+        parts["preview"] = Preview(
+            image=preview, weight=bin_mean(weight, PREVIEW_BINNING),
+            binning=PREVIEW_BINNING, weight_source=source)
+        if maps is not None:
+            maps(PixelMaps(
+                weight=weight, flags=flagmap,
+                cosmic=(cosmic if cosmic is not None
+                        else np.zeros(weight.shape, bool)),
+                weight_source=source))
+        del weight, flagmap
 
         begin("metrics")
         flags = qa_flags(metrics, double_locus=psf.double_locus,
@@ -659,19 +799,24 @@ def _run_task(task: _Task,
         else:
             assert task.image is not None
             data = task.image
-        bad = None
+        bad = flat = None
         if task.mask is not None:
             values = _read_ref(task.mask[0], task.mask[1], ext, "mask")
             bad = mask_to_bad(
                 values, task.mask_convention,
                 name=f"{task.mask_label}, extension {task.mask[1].name}")
+            if bad.all():
+                raise errors.EmptyImageError(
+                    f"{ext.name}: every pixel is masked by "
+                    f"{task.mask_label}, extension {task.mask[1].name} "
+                    f"(convention: {task.mask_convention} is bad)")
         if task.flat is not None:
-            values = _read_ref(task.flat[0], task.flat[1], ext, "flat")
-            cfg = task.context.config
-            flat_bad, _ = flat_to_bad(
-                values, cfg.flat_min, cfg.flat_max,
-                name=f"{task.flat_label}, extension {task.flat[1].name}")
-            bad = flat_bad if bad is None else (bad | flat_bad)
+            flat = _read_ref(task.flat[0], task.flat[1], ext, "flat")
+            if not np.any(flat > 0):  # NaN compares False
+                raise errors.EmptyImageError(
+                    f"{task.flat_label}, extension {task.flat[1].name}: "
+                    "the flat has no positive pixel (all zero, negative "
+                    "or NaN)")
     except errors.QualityFitsError as exc:
         rep = ExtensionReport(
             index=ext.index, name=ext.name, shape=ext.data_shape,
@@ -684,6 +829,7 @@ def _run_task(task: _Task,
                   else (0, 0))
         rep = assess_extension(
             data, ext.header, name=ext.name, index=ext.index, bad=bad,
+            flat=flat, maps=_map_writer(task),
             zeropoint=task.context.zeropoint,
             pixscale=task.context.pixscale, config=task.context.config,
             step=post, origin=(x0, y0),
@@ -694,6 +840,21 @@ def _run_task(task: _Task,
     if post is not None:
         post("done" if rep.ok else "failed")
     return rep
+
+
+def _map_writer(task: _Task) -> Callable[[PixelMaps], None] | None:
+    """Where a worker writes the maps of its CCD (None: not wanted)."""
+    directory = task.context.maps_dir
+    if directory is None:
+        return None
+    ext = task.ext
+
+    def write(maps: PixelMaps) -> None:
+        write_map_pieces(maps, directory, ext.index, extname=ext.name,
+                         header=ext.header, shape=ext.shape,
+                         datasec=ext.datasec)
+
+    return write
 
 
 def _default_jobs() -> int:
@@ -766,6 +927,7 @@ def assess(
     jobs: int | None = None,
     progress: ProgressCallback | None = None,
     mask_convention: MaskConvention = "auto",
+    maps_dir: str | Path | None = None,
 ) -> QualityReport:
     """Assess the quality of a FITS image.
 
@@ -794,6 +956,10 @@ def assess(
         and when each extension finishes.
     mask_convention : {"auto", "zero", "nonzero"}
         Which mask values mark bad pixels; see `qualityfits.io.mask_to_bad`.
+    maps_dir : str or Path, optional
+        Where the workers write each CCD's weight, flag and cosmic-ray
+        maps (see `qualityfits.weights.write_map_pieces`); by default
+        the maps are measured but not written.
 
     Returns
     -------
@@ -821,7 +987,8 @@ def assess(
         raise errors.InvalidParameterError(
             f"mask convention must be auto, zero or nonzero, got "
             f"{mask_convention!r}")
-    context = _Context(zeropoint=zeropoint, pixscale=pixscale, config=config)
+    context = _Context(zeropoint=zeropoint, pixscale=pixscale, config=config,
+                       maps_dir=None if maps_dir is None else Path(maps_dir))
     name = _input_name(image)
     with ExitStack() as stack:
         src = stack.enter_context(ImageSource(image))
@@ -986,6 +1153,31 @@ def _result(future: Future[ExtensionReport], task: _Task,
     return rep
 
 
+def _native_threads() -> int:
+    """Threads of this process, native ones included (0 if unknown)."""
+    try:
+        return sum(1 for _ in Path("/proc/self/task").iterdir())
+    except OSError:  # not Linux
+        return 0
+
+
+#: Threads when the pipeline was loaded (numpy's BLAS starts its own,
+#: which are safe to fork: the library re-creates them in the child).
+_BASE_THREADS = _native_threads()
+
+
+def _single_threaded() -> bool:
+    """Say whether no thread was started since the pipeline was loaded.
+
+    Python's own count misses the threads of native libraries: an
+    OpenMP pool (astroscrappy's median filters start one when this
+    process assessed a CCD itself) whose lock a forked child inherits
+    held deadlocks the child.
+    """
+    return (threading.active_count() == 1
+            and _native_threads() <= _BASE_THREADS)
+
+
 def _pool_context() -> Any:
     """Pick how worker processes start.
 
@@ -995,7 +1187,7 @@ def _pool_context() -> Any:
     threads can deadlock (a lock held by one of them stays held in the
     child), so otherwise "forkserver", preloaded with the pipeline.
     """
-    if (threading.active_count() == 1
+    if (_single_threaded()
             and "fork" in mp.get_all_start_methods()):
         return mp.get_context("fork")
     ctx = mp.get_context("forkserver")
