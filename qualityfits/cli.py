@@ -1,9 +1,12 @@
 """Command line: ``qualityfits IMAGE [options]``.
 
 Assesses one FITS image, shows a progress bar on a terminal, prints a
-summary table and writes ``OUTDIR/<image stem>.summary.json``.  Exit
-status: 0 on success (some extensions may have failed: the table says
-which), 2 with a one-line message on bad input.
+summary table and writes the product set in ``OUTDIR`` (see
+`qualityfits.products`: maps, tables, pictures, ``index.html``,
+``manifest.json`` and a tar archive; only ``<image stem>.summary.json``
+with ``--summary-only``).  Exit status: 0 on success (some extensions
+may have failed: the table says which), 2 with a one-line message on
+bad input.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from qualityfits._version import __version__
 from qualityfits.config import QualityConfig
 from qualityfits.errors import InvalidParameterError, QualityFitsError
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
+from qualityfits.products import write_products
 from qualityfits.report import QualityReport
 
 _SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fts.gz", ".fits", ".fit",
@@ -67,8 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", "-j", type=int, metavar="N",
                    help="worker processes (default: all cores)")
     p.add_argument("-o", "--outdir", default=".", metavar="OUTDIR",
-                   help="where to write <image stem>.summary.json "
-                   "(default: current directory)")
+                   help="where to write the products (default: current "
+                   "directory)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="write only <image stem>.summary.json: no maps, "
+                   "tables, pictures or archive")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration value (repeatable), "
                    "e.g. --set detect_thresh=2")
@@ -228,11 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise QualityFitsError(
                 f"cannot create output directory {outdir}: {exc.strerror}"
             ) from None
+        stem = image_stem(args.image)
+        maps_dir = (None if args.summary_only
+                    else outdir / f".{stem}_maps.partial")
         report = assess(
             args.image, flat=args.flat, mask=args.mask,
             zeropoint=args.zeropoint, pixscale=args.pixscale,
             config=config, jobs=args.jobs, progress=progress,
-            mask_convention=args.mask_bad_value,
+            mask_convention=args.mask_bad_value, maps_dir=maps_dir,
         )
     except QualityFitsError as exc:
         if progress is not None:
@@ -246,11 +256,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if progress is not None:
         progress.close()
-    out = outdir / f"{image_stem(args.image)}.summary.json"
-    out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     print(summary_text(report))
-    print(f"summary written to {out}")
+    if args.summary_only:
+        out = outdir / f"{stem}.summary.json"
+        out.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        print(f"summary written to {out}")
+        return 0
+    try:
+        products = write_products(
+            report, outdir, stem, maps_dir=maps_dir,
+            image_header=_primary_header(args.image),
+            step=None if progress is None else (
+                lambda name: print(f"writing products: {name}",
+                                   file=sys.stderr)))
+    except OSError as exc:
+        print(f"qualityfits: error: cannot write the products in "
+              f"{outdir}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(products)} products written to {outdir}; open "
+          f"{outdir / 'index.html'} in a browser")
     return 0
+
+
+def _primary_header(image: str) -> Any:
+    """Read the image's primary header again (None if it cannot be)."""
+    from astropy.io import fits  # noqa: PLC0415 - already loaded by then
+
+    try:
+        return fits.getheader(image, 0)
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

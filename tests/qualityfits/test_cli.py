@@ -23,6 +23,7 @@ import qualityfits
 from qualityfits.cli import image_stem
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.metrics import METRICS
+from qualityfits.pipeline import STEPS
 
 SMALL = SimulationParams(
     shape=(512, 512), n_stars=150, n_galaxies=200, n_cr_hits=20,
@@ -85,9 +86,10 @@ class TestSuccess:
         # the rows hold numbers, one per column at least up to NGAL
         fields = rows["ccd01"].split()
         assert float(fields[1]) > 0  # SKY
-        assert f"summary written to {Path('out') / 'field.summary.json'}" in (
+        assert f"open {Path('out') / 'index.html'} in a browser" in (
             result.stdout)
         assert (out / "field.summary.json").is_file()
+        assert (out / "manifest.json").is_file()
 
     def test_json_is_the_report(self, success, mef):
         _, out = success
@@ -152,7 +154,7 @@ def test_compressed_input_writes_the_stem_json(tmp_path, single, suffix):
                                         compression_type="RICE_1")]
                      ).writeto(target)
     result = run_cli(target, "-o", tmp_path / "out", "--no-progress",
-                     cwd=tmp_path)
+                     "--summary-only", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "x.summary.json"]
@@ -238,5 +240,6 @@ def test_progress_bar_on_a_terminal(mef, tmp_path):
         os.close(master)
     shown = b"".join(chunks).decode(errors="replace")
     assert "field.fits:" in shown
-    assert f"{3 * 6}/{3 * 6} steps" in shown
+    assert f"{3 * len(STEPS)}/{3 * len(STEPS)} steps" in shown
+    assert "writing products: archive" in shown
     assert "3 CCD done" in shown

@@ -1,0 +1,178 @@
+"""``index.html``: the static report page of a product set.
+
+One self-contained page (inline style, no script, no external resource)
+that opens from the file system: the exposure's QA flags and notes, the
+pictures, the per-CCD summary table with its QA flags highlighted, and a
+link to every product with its size.  Built with lxml's HTML builder, so
+every value is escaped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+from lxml.html import builder as E  # noqa: N812 - lxml's own idiom
+
+from qualityfits.metrics import METRIC_BY_NAME, QA_FLAGS
+from qualityfits.report import QualityReport
+
+if TYPE_CHECKING:
+    from qualityfits.products import Product
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto;
+       max-width: 72em; padding: 0 1em; color: #1a1a1a; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; }
+th { background: #f0f0f0; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.flag { background: #ffe2b3; font-weight: bold; }
+.failed { background: #f8c8c8; }
+.ok { color: #176b1d; font-weight: bold; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; }
+.gallery figure { margin: 0; max-width: 22em; }
+.gallery img { width: 100%; height: auto; border: 1px solid #ddd; }
+.thumbs figure { max-width: 9em; }
+figcaption { font-size: 0.85em; color: #444; }
+.wide { overflow-x: auto; }
+"""
+
+#: Columns of the summary table: metric, heading, digits.
+_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("SKY_MEAN", "Sky", 1), ("SKY_RMS", "Sky RMS", 2),
+    ("FWHM_ARCSEC", "FWHM", 3), ("FWHM_PIX", "FWHM", 2),
+    ("ELLIPTICITY", "Ellip.", 3), ("NSTAR_FIT", "PSF stars", 0),
+    ("NSTAR", "Stars", 0), ("NGAL", "Galaxies", 0), ("NCR", "CRs", 0),
+    ("FRAC_W0", "Zero weight", 4), ("MAGLIM_5SIG", "Depth 5σ", 2),
+)
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _heading(metric: str, text: str) -> Any:
+    unit = METRIC_BY_NAME[metric].unit
+    label = f"{text} [{unit}]" if unit else text
+    return E.TH(label, title=f"{metric}: "
+                f"{METRIC_BY_NAME[metric].description}", scope="col")
+
+
+def _summary_table(report: QualityReport) -> Any:
+    cols = [c for c in _COLUMNS if any(
+        math.isfinite(e.metrics.get(c[0], math.nan))
+        for e in report.extensions)] or list(_COLUMNS[:1])
+    head = E.TR(E.TH("CCD", scope="col"),
+                *(_heading(m, t) for m, t, _ in cols),
+                E.TH("QA flags", scope="col"))
+    rows = []
+    for ext in report.extensions:
+        cells = [E.TD(ext.name)]
+        cells += [E.TD(_fmt(ext.metrics.get(m, math.nan), d),
+                       E.CLASS("num")) for m, _, d in cols]
+        if ext.ok:
+            flags = ", ".join(ext.flags)
+            cells.append(E.TD(flags or "none",
+                              E.CLASS("flag" if flags else "ok")))
+            rows.append(E.TR(*cells))
+        else:
+            message = ext.error.message if ext.error else "failed"
+            cells.append(E.TD("FAILED: " + message, E.CLASS("failed")))
+            rows.append(E.TR(*cells, E.CLASS("failed")))
+    if len(report.extensions) > 1:
+        agg = report.exposure.metrics
+        cells = [E.TD(E.B("median"))]
+        cells += [E.TD(E.B(_fmt(agg[m]["median"], d)), E.CLASS("num"))
+                  for m, _, d in cols]
+        flags = ", ".join(report.exposure.flags)
+        cells.append(E.TD(flags or "none",
+                          E.CLASS("flag" if flags else "ok")))
+        rows.append(E.TR(*cells))
+    return E.DIV(E.TABLE(E.THEAD(head), E.TBODY(*rows)), E.CLASS("wide"))
+
+
+def _figure(product: Product, *, lazy: bool = True) -> Any:
+    img = E.IMG(src=product.file, alt=product.description)
+    if lazy:
+        img.set("loading", "lazy")
+    return E.FIGURE(E.A(img, href=product.file),
+                    E.FIGCAPTION(product.description))
+
+
+def _products_table(products: Sequence[Product]) -> Any:
+    from qualityfits.products import human_size  # noqa: PLC0415 - cycle
+
+    rows = [E.TR(E.TD(E.A(p.file, href=p.file)), E.TD(p.description),
+                 E.TD(human_size(p.size), E.CLASS("num")), E.TD(p.mime))
+            for p in products]
+    return E.DIV(E.TABLE(
+        E.THEAD(E.TR(E.TH("File", scope="col"),
+                     E.TH("Content", scope="col"),
+                     E.TH("Size", scope="col"),
+                     E.TH("Type", scope="col"))),
+        E.TBODY(*rows)), E.CLASS("wide"))
+
+
+def write_report(report: QualityReport, path: Path, stem: str,
+                 products: Sequence[Product]) -> None:
+    """Write the report page ``path`` linking ``products``."""
+    flags = report.exposure.flags
+    meaning = {f.name: f.description for f in QA_FLAGS}
+    notes = sorted({n for e in report.extensions for n in e.notes})
+    pictures = [p for p in products if p.mime == "image/png"
+                and not p.id.startswith("preview_")]
+    previews = [p for p in products if p.id.startswith("preview_")]
+    params = {k: v for k, v in report.parameters.items() if v is not None}
+    body = [
+        E.H1(f"QualityFITS report: {report.image}"),
+        E.P(f"{len(report.extensions)} extension(s), "
+            f"{len(report.failed)} failed; qualityfits "
+            f"{report.versions.get('qualityfits', '?')}."),
+        E.H2("Quality flags"),
+        E.UL(*(E.LI(E.SPAN(f, E.CLASS("flag")), f": {meaning.get(f, '')}")
+               for f in flags)) if flags
+        else E.P(E.SPAN("No QA flag raised.", E.CLASS("ok"))),
+    ]
+    if notes:
+        body += [E.H2("Notes"), E.UL(*(E.LI(n) for n in notes))]
+    body += [
+        E.H2("Summary per CCD"), _summary_table(report),
+        E.P("Full statistics: ", E.A(f"{stem}_summary.vot",
+                                     href=f"{stem}_summary.vot"),
+            " (VOTable, for TOPCAT) and ",
+            E.A(f"{stem}_summary.fits", href=f"{stem}_summary.fits"), "."),
+    ]
+    if pictures:
+        body += [E.H2("Pictures"),
+                 E.DIV(*(_figure(p, lazy=i > 1)
+                         for i, p in enumerate(pictures)),
+                       E.CLASS("gallery"))]
+    if previews:
+        body += [E.H2("CCD previews"),
+                 E.DIV(*(_figure(p) for p in previews),
+                       E.CLASS("gallery thumbs"))]
+    body += [E.H2("Products"), _products_table(products)]
+    if params:
+        body += [E.H2("Parameters"),
+                 E.UL(*(E.LI(f"{k}: {v}") for k, v in params.items()))]
+    body.append(E.P("Software: " + ", ".join(
+        f"{k} {v}" for k, v in report.versions.items())))
+    page = E.HTML(
+        E.HEAD(E.META(charset="utf-8"),
+               E.META(name="viewport",
+                      content="width=device-width, initial-scale=1"),
+               E.TITLE(f"QualityFITS: {report.image}"),
+               E.STYLE(_STYLE)),
+        E.BODY(*body),
+        lang="en",
+    )
+    path.write_bytes(b"<!DOCTYPE html>\n" + etree.tostring(
+        page, method="html", encoding="utf-8", pretty_print=True))
