@@ -32,6 +32,15 @@ multiprocessing forkserver outlives its parent by a moment) are adopted
 and waited for here; ``getrusage(RUSAGE_CHILDREN)`` before and after then
 covers the whole tree, workers included.
 
+With ``--products``, the whole product set is timed instead (the
+products issue): a simulated master flat is built beside the exposure
+(cached too); ours is ``assess(image, flat=...)`` plus
+`qualityfits.products.write_products` (cosmic rays, weight/flag/CR maps,
+tables, pictures, report page, archive); the reference chain gets
+WeightWatcher first (weight and flag maps from the same flat and the
+image), then SExtractor + PSFEx as above.  Targets: <= 60 s wall and
+peak RSS <= 2 GB; the ratio is printed (no target).
+
 Run ``python benchmarks/bench_exposure.py --help`` for the options; see
 ``benchmarks/README.md``.
 """
@@ -66,6 +75,9 @@ TARGET_RSS_BYTES = 1.5e9  # 1.5 GB (decimal), compared with the VmRSS sum
 TARGET_CCDS = 36
 TARGET_SHAPE = (4612, 2048)
 TARGET_JOBS = 2
+#: Targets of the products issue (whole product set, same exposure).
+TARGET_PRODUCTS_WALL_S = 60.0
+TARGET_PRODUCTS_RSS_BYTES = 2.0e9
 
 #: Seed of the simulated exposure (the file depends on nothing else).
 SEED = 20_260_611
@@ -82,7 +94,8 @@ _MB = 1e6
 SUMMARY_METRICS = (
     "FWHM_PIX", "FWHM_ARCSEC", "FWHM_MOFFAT", "ELLIPTICITY", "PSF_BETA",
     "NSTAR_PSF", "NOBJ", "NSTAR", "NGAL", "NARTEFACT", "SKY_MEAN",
-    "SKY_RMS", "SKY_MAG", "MAGLIM_5SIG", "MAG_TURNOVER",
+    "SKY_RMS", "SKY_MAG", "MAGLIM_5SIG", "MAG_TURNOVER", "NCR",
+    "STAR_CR_FRAC", "FRAC_W0", "W_MEAN",
 )
 
 
@@ -185,6 +198,38 @@ def build_exposure(workdir: Path, *, dtype: str, quick: bool, n_ccds: int,
     return {"path": str(path), "size": size, "reused": False,
             "build_seconds": seconds, "params": recipe["params"],
             "n_ccds": n_ccds, "seed": SEED}
+
+
+def build_flat(image: Path, *, regenerate: bool) -> Path:
+    """A master flat for the exposure ``image`` (cached beside it).
+
+    Each CCD: 1 with 1 % pixel noise, a 4 % vignetting gradient, and a
+    few bad columns (0.3) and hot pixels (2.0) that the flat thresholds
+    must flag.
+    """
+    import numpy as np  # noqa: PLC0415
+    from astropy.io import fits  # noqa: PLC0415
+
+    path = image.with_name(image.stem + "-flat.fits")
+    if path.is_file() and not regenerate:
+        return path
+    rng = np.random.default_rng(SEED + 1)
+    partial = path.with_name(path.name + ".partial")
+    with fits.open(image) as hdul:
+        shapes = [(h.name, h.shape) for h in hdul if h.is_image and h.shape]
+    fits.PrimaryHDU().writeto(partial, overwrite=True)
+    for name, (ny, nx) in shapes:
+        y = np.linspace(-1.0, 1.0, ny, dtype=np.float32)[:, None]
+        flat = 1.0 + 0.01 * rng.standard_normal((ny, nx), dtype=np.float32)
+        flat += 0.02 * y
+        flat[:, rng.integers(0, nx, 3)] = 0.3
+        hot = rng.integers(0, ny * nx, 200)
+        flat.ravel()[hot] = 2.0
+        header = fits.Header()
+        header["EXTNAME"] = name
+        fits.append(partial, flat.astype(np.float32), header)
+    partial.replace(path)
+    return path
 
 
 def warm_cache(path: Path) -> float:
@@ -543,10 +588,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def child_ours(image: Path, jobs: int, result: Path) -> int:
-    """Assess the image; write what the parent prints to ``result``."""
+def child_ours(image: Path, jobs: int, result: Path,
+               flat: Path | None = None) -> int:
+    """Assess the image; write what the parent prints to ``result``.
+
+    With ``flat``, the whole product set is written (in a folder beside
+    ``result``) and timed too.
+    """
     t0 = time.perf_counter()
     import qualityfits  # noqa: PLC0415 - its import time is measured
+    from qualityfits.products import write_products  # noqa: PLC0415
 
     imported = time.perf_counter() - t0
     # What was measured: the tree may be edited between runs.
@@ -555,7 +606,34 @@ def child_ours(image: Path, jobs: int, result: Path) -> int:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    report = qualityfits.assess(image, jobs=jobs)
+    products: dict[str, Any] = {}
+    if flat is None:
+        report = qualityfits.assess(image, jobs=jobs)
+    else:
+        outdir = result.with_name("ours-products")
+        maps = outdir / ".maps.partial"
+        report = qualityfits.assess(image, jobs=jobs, flat=flat,
+                                    maps_dir=maps)
+        products["assess_seconds"] = time.perf_counter() - start
+        steps: dict[str, float] = {}
+        running: list[tuple[str, float]] = []
+
+        def step(name: str | None) -> None:
+            now = time.perf_counter()
+            if running:
+                last, since = running.pop()
+                steps[last] = now - since
+            if name is not None:
+                running.append((name, now))
+
+        written = write_products(report, outdir, image.stem,
+                                 maps_dir=maps, step=step)
+        step(None)
+        products.update(
+            steps=steps, count=len(written),
+            bytes=sum(p.size for p in written),
+            archive_bytes=next(p.size for p in written
+                               if p.id == "archive"))
     wall = time.perf_counter() - start
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     extensions = [{
@@ -584,18 +662,20 @@ def child_ours(image: Path, jobs: int, result: Path) -> int:
         "exposure_metrics": exposure,
         "exposure_flags": list(report.exposure.flags),
         "versions": dict(report.versions),
+        "products": products,
     }
     result.write_text(json.dumps(out))
     return 0
 
 
-def child_reference(image: Path, workdir: Path, result: Path) -> int:
+def child_reference(image: Path, workdir: Path, result: Path,
+                    flat: Path | None = None) -> int:
     """Run the TERAPIX chain; write its own timings to ``result``."""
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
     import terapix  # noqa: PLC0415 - needs benchmarks/ on sys.path
 
-    run = terapix.run_reference(image, workdir=workdir)
+    run = terapix.run_reference(image, workdir=workdir, flat=flat)
     exts = [{
         "name": e.name,
         "nsextracted": e.nsextracted,
@@ -696,6 +776,13 @@ def _print_ours(ours: dict[str, Any]) -> None:
     print(f"  main process CPU in assess() "
           f"{inside['main_cpu_seconds']:.2f} s, its peak RSS "
           f"{inside['main_hwm_bytes'] / _MB:.0f} MB")
+    prod = inside.get("products")
+    if prod:
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in prod["steps"].items())
+        print(f"  products: assess() {prod['assess_seconds']:.2f} s, then "
+              f"{parts}; {prod['count']} files, "
+              f"{prod['bytes'] / _MB:.0f} MB (archive "
+              f"{prod['archive_bytes'] / _MB:.0f} MB)")
     print("  exposure metrics (median [min, max] over the CCDs):")
     for name, stats in inside["exposure_metrics"].items():
         extra = f", total {stats['total']:.0f}" if "total" in stats else ""
@@ -764,7 +851,7 @@ def _mb(side: dict[str, Any] | None, key: str) -> str:
 
 def summarise(ours: dict[str, Any], ref: dict[str, Any] | None,
               rounds: list[dict[str, Any]], exposure: dict[str, Any],
-              jobs: int) -> dict[str, Any]:
+              jobs: int, *, products: bool = False) -> dict[str, Any]:
     """Ratios and targets; print the table."""
     ratios: dict[str, Any] = {
         # Headline: the reference programs alone against our whole child
@@ -816,16 +903,20 @@ def summarise(ours: dict[str, Any], ref: dict[str, Any] | None,
                 and tuple(exposure["params"]["shape"]) == TARGET_SHAPE
                 and jobs == TARGET_JOBS)
     rss = ours["peak_rss_tree_bytes"]
+    wall_target = TARGET_PRODUCTS_WALL_S if products else TARGET_WALL_S
+    rss_target = TARGET_PRODUCTS_RSS_BYTES if products else TARGET_RSS_BYTES
     targets: dict[str, Any] = {
         "applicable": standard,
-        "wall": {"target_seconds": TARGET_WALL_S,
+        "wall": {"target_seconds": wall_target,
                  "value": ours["wall_seconds"],
-                 "pass": ours["wall_seconds"] <= TARGET_WALL_S},
-        "speedup": {"target": TARGET_SPEEDUP, "value": ratios["wall"],
-                    "pass": None if ratios["wall"] is None
+                 "pass": ours["wall_seconds"] <= wall_target},
+        # No speed-ratio target for the product set: printed only.
+        "speedup": {"target": None if products else TARGET_SPEEDUP,
+                    "value": ratios["wall"],
+                    "pass": None if ratios["wall"] is None or products
                     else ratios["wall"] >= TARGET_SPEEDUP},
-        "peak_rss": {"target_bytes": TARGET_RSS_BYTES, "value": rss,
-                     "pass": rss <= TARGET_RSS_BYTES},
+        "peak_rss": {"target_bytes": rss_target, "value": rss,
+                     "pass": rss <= rss_target},
     }
     note = "" if standard else (
         f" (they are for {TARGET_CCDS} CCDs of {TARGET_SHAPE[1]}x"
@@ -835,13 +926,19 @@ def summarise(ours: dict[str, Any], ref: dict[str, Any] | None,
     def verdict(ok: bool | None) -> str:
         return "n/a " if ok is None else ("PASS" if ok else "FAIL")
 
-    print(f"  {verdict(targets['wall']['pass'])}  wall "
-          f"{ours['wall_seconds']:.1f} s <= {TARGET_WALL_S:.0f} s")
-    print(f"  {verdict(targets['speedup']['pass'])}  "
-          f"{_fmt(ratios['wall'])}x faster than SExtractor+PSFEx "
-          f">= {TARGET_SPEEDUP:.0f}x (CPU ratio {_fmt(ratios['cpu'])}x)")
+    what = "the product set" if products else "assess()"
+    print(f"  {verdict(targets['wall']['pass'])}  wall of {what} "
+          f"{ours['wall_seconds']:.1f} s <= {wall_target:.0f} s")
+    if products:
+        print(f"  info  {_fmt(ratios['wall'])}x the speed of WeightWatcher"
+              f"+SExtractor+PSFEx (CPU ratio {_fmt(ratios['cpu'])}x; they "
+              "make no cosmic-ray mask, pictures or tables)")
+    else:
+        print(f"  {verdict(targets['speedup']['pass'])}  "
+              f"{_fmt(ratios['wall'])}x faster than SExtractor+PSFEx "
+              f">= {TARGET_SPEEDUP:.0f}x (CPU ratio {_fmt(ratios['cpu'])}x)")
     print(f"  {verdict(targets['peak_rss']['pass'])}  peak RSS (tree sum) "
-          f"{rss / 1e9:.2f} GB <= {TARGET_RSS_BYTES / 1e9:.1f} GB")
+          f"{rss / 1e9:.2f} GB <= {rss_target / 1e9:.1f} GB")
     noisy = [r[side]["other_load_cores"] for r in rounds
              for side in ("ours", "reference") if r[side] is not None]
     if max(noisy) > 0.25:  # a quarter of a core
@@ -908,12 +1005,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--child", choices=("ours", "reference"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--flat", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--products", action="store_true",
+                        help="time the whole product set (with a "
+                        "simulated flat) against WeightWatcher + "
+                        "SExtractor + PSFEx")
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser
 
 
 def _run_rounds(args: argparse.Namespace, image: Path, jobs: int,
-                work: Path) -> list[dict[str, Any]]:
+                work: Path, flat: Path | None) -> list[dict[str, Any]]:
     """The timed rounds: ours, then the reference, ``--repeat`` times."""
     rounds: list[dict[str, Any]] = []
     script = str(Path(__file__).resolve())
@@ -924,9 +1026,10 @@ def _run_rounds(args: argparse.Namespace, image: Path, jobs: int,
         print(f"\n{label}timing qualityfits.assess(jobs={jobs}) "
               f"(file read in {warm:.1f} s to warm the page cache) ...",
               flush=True)
+        with_flat = [] if flat is None else ["--flat", str(flat)]
         ours = _run_side("ours", [
             python, script, "--child", "ours", "--image", str(image),
-            "--jobs", str(jobs)], work, args)
+            "--jobs", str(jobs), *with_flat], work, args)
         _print_ours(ours)
         ref = None
         if not args.skip_reference:
@@ -935,7 +1038,8 @@ def _run_rounds(args: argparse.Namespace, image: Path, jobs: int,
                   f"in {warm:.1f} s to warm the page cache) ...", flush=True)
             ref = _run_side("reference", [
                 python, script, "--child", "reference", "--image",
-                str(image), "--workdir", str(work / "reference")], work, args)
+                str(image), "--workdir", str(work / "reference"),
+                *with_flat], work, args)
             _print_reference(ref)
         rounds.append({"ours": ours, "reference": ref})
     return rounds
@@ -946,9 +1050,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
     if args.child == "ours":
-        return child_ours(args.image, args.jobs or cores, args.result)
+        return child_ours(args.image, args.jobs or cores, args.result,
+                          args.flat)
     if args.child == "reference":
-        return child_reference(args.image, args.workdir, args.result)
+        return child_reference(args.image, args.workdir, args.result,
+                               args.flat)
     for name in ("ccds", "jobs", "gen_jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -972,12 +1078,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exposure: {image} ({exposure['size'] / _MB:.0f} MB, "
           f"{n_ccds} CCDs of {p['shape'][1]}x{p['shape'][0]} {p['dtype']}, "
           f"{'reused' if exposure['reused'] else 'built'})")
+    flat = None
+    if args.products:
+        flat = build_flat(image, regenerate=args.regenerate)
+        print(f"master flat: {flat} (product-set mode)")
     subreaper = _become_subreaper()
     if not subreaper:
         print("warning: cannot become a child subreaper: the CPU time of "
               "descendants orphaned at exit may be missed")
     try:
-        rounds = _run_rounds(args, image, jobs, work)
+        rounds = _run_rounds(args, image, jobs, work, flat)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -985,7 +1095,8 @@ def main(argv: list[str] | None = None) -> int:
     best_ours = headline([r["ours"] for r in rounds])
     best_ref = None if args.skip_reference else headline(
         [r["reference"] for r in rounds])
-    summary = summarise(best_ours, best_ref, rounds, exposure, jobs)
+    summary = summarise(best_ours, best_ref, rounds, exposure, jobs,
+                        products=args.products)
     n_ok = min(sum(e["status"] == "ok" for e in r["ours"]["inside"][
         "extensions"]) for r in rounds)
     all_ok = n_ok == n_ccds
@@ -997,6 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"jobs": jobs, "n_ccds": n_ccds,
                          "dtype": args.dtype, "quick": args.quick,
                          "repeat": args.repeat,
+                         "products": args.products,
                          "sample_interval": args.sample_interval,
                          "subreaper": subreaper},
             "exposure": exposure,

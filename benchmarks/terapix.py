@@ -567,6 +567,7 @@ def run_reference(
     nthreads: int = 0,
     psfvar_nsnap: int | None = None,
     seeing_fwhm: float | None = None,
+    flat: Path | None = None,
 ) -> ReferenceRun:
     """Run SExtractor and PSFEx on a FITS file, TERAPIX-style.
 
@@ -603,6 +604,11 @@ def run_reference(
         ``SEEING_FWHM`` [arcsec] of the full catalogue (CLASS_STAR); by
         default the PSFEx Moffat FWHM times the pixel scale (3 pixels
         when PSFEx found no star).
+    flat : Path, optional
+        A master flat with the image's extensions: WeightWatcher first
+        makes the weight and flag maps from it and the image, as
+        QualityFITS's step 2 (flat outside 0.7-1.3 -> flag 1, image
+        outside 10 ADU - saturation -> flag 4, both weight 0).
 
     Returns
     -------
@@ -647,8 +653,12 @@ def run_reference(
         "sex": sex, "psfex": psfex, "nnw": nnw, "gain": gain,
         "saturation": saturation, "pixscale": pixscale,
         "degrees": psfvar_degrees, "nsnap": nsnap, "nthreads": nthreads,
-        "seeing_fwhm": seeing_fwhm,
+        "seeing_fwhm": seeing_fwhm, "flat": flat,
+        "weightwatcher": shutil.which("weightwatcher") if flat else None,
     }
+    if flat is not None and options["weightwatcher"] is None:
+        msg = "weightwatcher is missing (Debian package weightwatcher)"
+        raise RuntimeError(msg)
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="terapix-") as tmp:
             return _run_chain(image, Path(tmp), keep=False, **options)
@@ -661,7 +671,7 @@ def _run_chain(
     image: Path, work: Path, *, sex: str, psfex: str, nnw: Path,
     gain: float | None, saturation: float | None, pixscale: float | None,
     degrees: int, nsnap: int, nthreads: int, seeing_fwhm: float | None,
-    keep: bool,
+    keep: bool, flat: Path | None = None, weightwatcher: str | None = None,
 ) -> ReferenceRun:
     steps: dict[str, float] = {}
     wall0 = time.perf_counter()
@@ -676,6 +686,19 @@ def _run_chain(
         "-VERBOSE_TYPE", "QUIET",
         *_gain_args(gain), *_satur_args(saturation),
     ]
+
+    # 0. Weight and flag maps (QualityFITS step 2).
+    if flat is not None and weightwatcher is not None:
+        satur = saturation or 65000.0  # the 16-bit ceiling
+        weight, flags = work / "weight.fits", work / "flag.fits"
+        _run("weightwatcher", [
+            weightwatcher, "-WEIGHT_NAMES", f"{flat.resolve()},{source}",
+            "-WEIGHT_MIN", "0.7,10", "-WEIGHT_MAX", f"1.3,{satur:.6g}",
+            "-WEIGHT_OUTFLAGS", "1,4", "-FLAG_NAMES", "",
+            "-OUTWEIGHT_NAME", str(weight), "-OUTFLAG_NAME", str(flags),
+            "-WRITE_XML", "N", "-VERBOSE_TYPE", "QUIET",
+            "-NTHREADS", str(max(nthreads, 1)),
+        ], work, steps, (weight, flags))
 
     # 1. PSFEx feed.
     feed_cat, feed_xml = work / "psfex_feed.ldac", work / "psfex_feed.xml"
