@@ -8,7 +8,8 @@ What it does, in one command (``python benchmarks/bench_exposure.py``):
    `qualityfits.datasets.write_exposure`.  The file and the parameters it
    was made with (``<file>.json``) are kept in ``--workdir``
    (``build/bench/`` by default).
-2. Runs ``qualityfits.assess(path, jobs=N)`` in a child process and
+2. Runs ``qualityfits.assess(path, jobs=N)`` (cosmic-ray detection off:
+   the reference programs have none) in a child process and
    measures, from the outside, the wall time, the CPU time (user + system)
    of the whole process tree, and the peak resident memory of the tree
    (``VmRSS`` of the child and all its descendants - the pool workers,
@@ -608,7 +609,11 @@ def child_ours(image: Path, jobs: int, result: Path,
     start = time.perf_counter()
     products: dict[str, Any] = {}
     if flat is None:
-        report = qualityfits.assess(image, jobs=jobs)
+        # The measurement core, as SExtractor + PSFEx measure: no
+        # cosmic-ray detection (the product set, --products, has it).
+        report = qualityfits.assess(
+            image, jobs=jobs,
+            config=qualityfits.QualityConfig(cosmic_rays=False))
     else:
         outdir = result.with_name("ours-products")
         maps = outdir / ".maps.partial"
@@ -785,7 +790,8 @@ def _print_ours(ours: dict[str, Any]) -> None:
               f"{prod['archive_bytes'] / _MB:.0f} MB)")
     print("  exposure metrics (median [min, max] over the CCDs):")
     for name, stats in inside["exposure_metrics"].items():
-        extra = f", total {stats['total']:.0f}" if "total" in stats else ""
+        extra = (f", total {_fmt(stats['total'], '.0f')}" if "total" in stats
+                 else "")
         print(f"    {name:13s} {_fmt(stats['median'], '.4g'):>9s} "
               f"[{_fmt(stats['min'], '.4g')}, {_fmt(stats['max'], '.4g')}]"
               f"{extra}")

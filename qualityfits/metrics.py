@@ -121,7 +121,8 @@ METRICS: tuple[Metric, ...] = (
     _m("EXPTIME", "s", "time.duration;obs.exposure",
        "Exposure time (header EXPTIME)"),
     _m("NCR", "", "meta.number;phys.particle",
-       "Cosmic-ray events (connected groups of cosmic-ray pixels)",
+       "Cosmic-ray events (connected groups of cosmic-ray pixels with "
+       "one at 5.5 sigma or more in the Laplacian test)",
        integer=True),
     _m("CR_FRAC", "", "stat.filling;phys.particle",
        "Fraction of the data-section pixels hit by cosmic rays"),

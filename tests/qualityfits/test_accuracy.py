@@ -298,7 +298,10 @@ def test_counts_and_flags(cases):
         peak = int(np.argmax(smooth))
         true_turn = 0.5 * (counts.mag_edges[peak]
                            + counts.mag_edges[peak + 1])
-        assert m["MAG_TURNOVER"] == pytest.approx(true_turn, abs=0.75), (
+        # Within two 0.5-mag bins: near the peak the smoothed counts
+        # are flat to within their Poisson noise (~50 +- 7 galaxies per
+        # bin here), so the peak bin moves with a few sources.
+        assert m["MAG_TURNOVER"] == pytest.approx(true_turn, abs=1.0), (
             case.label)
         assert m["MAG_TURNOVER"] < m["MAGLIM_5SIG"]
         area = np.prod(SHAPE) * (case.sim.params.pixscale / 3600) ** 2

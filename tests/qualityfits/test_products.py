@@ -162,9 +162,12 @@ def test_cosmic_ray_mask_finds_the_simulated_hits(products, inputs):
         truth = sim.cr_mask
         assert np.count_nonzero(found[truth]) / truth.sum() > 0.9
         # Flags away from every cosmic ray (more than 2 px: growing into
-        # the faint wings is L.A.Cosmic's way) are rare.
+        # the faint wings is L.A.Cosmic's way) are rare: the noise peaks
+        # that pass its 4.5-sigma test, ~17 per million pixels.
         near = ndimage.binary_dilation(truth, iterations=2)
-        assert np.count_nonzero(found & ~near) < 0.05 * truth.sum()
+        far = np.count_nonzero(found & ~near)
+        assert far < 0.1 * truth.sum()
+        assert far < 60e-6 * truth.size
 
 
 def test_metrics_agree_with_the_maps(products):
