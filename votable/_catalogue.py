@@ -5,8 +5,10 @@ The rows are the ``sources`` tables of the extensions, in file order
 if any), preceded by ``EXTNAME`` and ``HDU`` columns.  Columns are those
 of the pipeline's tables (SExtractor names, ``docs/metrics.md``), their
 union over the extensions: a column some extension lacks (``ALPHA_J2000``
-without a WCS) is null there.  Three columns are added:
+without a WCS) is null there.  Four columns are added:
 
+* ``FWHM_RH``: 2 x FLUX_RADIUS, the FWHM of every source as PSFEx's
+  ``FWHM_FromFluxRadius`` (exact for a Gaussian profile);
 * ``ELLIP_ISO``: (A_IMAGE - B_IMAGE) / (A_IMAGE + B_IMAGE), the
   isophotal ellipticity of every source in the project's convention;
 * ``FWHM_FIT`` and ``ELLIP_FIT``: the pixel-free Moffat FWHM and
@@ -76,6 +78,9 @@ SOURCE_COLUMNS: Final[Mapping[str, tuple[str, str]]] = {
     "DELTA_J2000": ("pos.eq.dec;meta.main",
                     ("Declination from the image WCS; null without a "
                     "celestial WCS")),
+    "FWHM_RH": ("phys.size;instr.det",
+                ("2 x FLUX_RADIUS: full width at half maximum of a "
+                 "Gaussian source with this half-light radius")),
     "ELLIP_ISO": ("src.ellipticity",
                   ("(A_IMAGE - B_IMAGE) / (A_IMAGE + B_IMAGE): isophotal "
                   "ellipticity")),
@@ -96,9 +101,13 @@ def _unit(column: TableColumn) -> str:
 
 
 def _with_derived(ext: ExtensionReport, sources: Table) -> Table:
-    """Add ELLIP_ISO and the PSF-star fit columns to a sources table."""
+    """Add FWHM_RH, ELLIP_ISO and the PSF-star fit columns to a table."""
     table = Table(sources, copy=False)
     names = set(table.colnames)
+    if "FLUX_RADIUS" in names and "FWHM_RH" not in names:
+        table["FWHM_RH"] = 2.0 * np.asarray(table["FLUX_RADIUS"],
+                                            dtype=np.float64)
+        table["FWHM_RH"].unit = "pix"
     if {"A_IMAGE", "B_IMAGE"} <= names and "ELLIP_ISO" not in names:
         a = np.asarray(table["A_IMAGE"], dtype=np.float64)
         b = np.asarray(table["B_IMAGE"], dtype=np.float64)
