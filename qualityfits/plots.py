@@ -818,6 +818,22 @@ def _map_ccds(fig: Figure, axes: _MosaicAxes, rep: _Report,
     bar.set_label(label, fontsize=11)
 
 
+def _show_grids(fig: Figure, axes: _MosaicAxes, rep: _Report,
+                grids: Sequence[tuple[CcdPlace, FloatArray, float, float]],
+                *, empty: str, percentiles: tuple[float, float], cmap: str,
+                label: str) -> None:
+    """Per-CCD maps on one colour scale (their percentiles), or ``empty``."""
+    from matplotlib.colors import Normalize  # noqa: PLC0415
+
+    if not grids:
+        _no_data(axes.ax, empty)
+    else:
+        lo, hi = _robust_range(np.concatenate(
+            [g.ravel() for _, g, _, _ in grids]), *percentiles)
+        _map_ccds(fig, axes, rep, grids, Normalize(lo, hi), cmap, label)
+    _outline_ccds(axes.ax, rep, names=True)
+
+
 def _robust_range(values: FloatArray, lo: float = 1.0, hi: float = 99.0
                   ) -> tuple[float, float]:
     finite = values[np.isfinite(values)]
@@ -941,7 +957,6 @@ def _plot_bkg_histo(fig: Figure, rep: _Report) -> None:
 
 
 def _plot_bkg_m(fig: Figure, rep: _Report) -> None:
-    from matplotlib.colors import Normalize  # noqa: PLC0415
 
     axes = _mosaic_axes(fig, rep, "sky background map", colorbar=True)
     grids = []
@@ -955,14 +970,9 @@ def _plot_bkg_m(fig: Figure, rep: _Report) -> None:
         step_y = (float(bkg.mesh_y[1] - bkg.mesh_y[0])
                   if len(bkg.mesh_y) > 1 else float(place.ny))
         grids.append((place, mesh, step_x, step_y))
-    if not grids:
-        _no_data(axes.ax, "no background map")
-    else:
-        lo, hi = _robust_range(np.concatenate(
-            [g.ravel() for _, g, _, _ in grids]), 0.5, 99.5)
-        _map_ccds(fig, axes, rep, grids, Normalize(lo, hi), "viridis",
-                  "Sky background [ADU]")
-    _outline_ccds(axes.ax, rep, names=True)
+    _show_grids(fig, axes, rep, grids, empty="no background map",
+                percentiles=(0.5, 99.5), cmap="viridis",
+                label="Sky background [ADU]")
 
 
 def _fwhm_unit(rep: _Report) -> tuple[str, float]:
@@ -1027,7 +1037,6 @@ def _plot_fwhm_histo(fig: Figure, rep: _Report) -> None:
 
 
 def _plot_psf_m(fig: Figure, rep: _Report) -> None:
-    from matplotlib.colors import Normalize  # noqa: PLC0415
 
     unit, _ = _fwhm_unit(rep)
     axes = _mosaic_axes(fig, rep, "PSF FWHM map (pixel-free)",
@@ -1044,14 +1053,9 @@ def _plot_psf_m(fig: Figure, rep: _Report) -> None:
             continue
         grids.append((place, fwhm, place.nx / fwhm.shape[1],
                       place.ny / fwhm.shape[0]))
-    if not grids:
-        _no_data(axes.ax, "no PSF map")
-    else:
-        lo, hi = _robust_range(np.concatenate(
-            [g.ravel() for _, g, _, _ in grids]), 0.0, 100.0)
-        _map_ccds(fig, axes, rep, grids, Normalize(lo, hi), "plasma",
-                  f"PSF FWHM [{unit}]")
-    _outline_ccds(axes.ax, rep, names=True)
+    _show_grids(fig, axes, rep, grids, empty="no PSF map",
+                percentiles=(0.0, 100.0), cmap="plasma",
+                label=f"PSF FWHM [{unit}]")
 
 
 def _whisker_scale(x: FloatArray, y: FloatArray, e: FloatArray,
