@@ -26,7 +26,15 @@ from astropy.table import Table
 from numpy.typing import NDArray
 
 from qualityfits.report import ExtensionReport, QualityReport
-from votable._model import Column, Group, Param, Product, TableSpec, vounit
+from votable._model import (
+    Column,
+    Group,
+    Product,
+    TableSpec,
+    image_param,
+    report_product,
+    vounit,
+)
 
 #: Source column -> (UCD, description).
 SOURCE_COLUMNS: Final[Mapping[str, tuple[str, str]]] = {
@@ -165,18 +173,7 @@ def _concatenate(name: str,
 
 
 def sources_table(report: QualityReport) -> TableSpec:
-    """Every source of every extension, with its extension's name.
-
-    Parameters
-    ----------
-    report : QualityReport
-        The assessment.
-
-    Returns
-    -------
-    TableSpec
-        The ``sources`` table.
-    """
+    """Build the ``sources`` table: every source of every extension."""
     pairs = [(e, e.sources) for e in report.extensions
              if e.sources is not None]
     exts = [e for e, _ in pairs]
@@ -214,24 +211,8 @@ def sources_table(report: QualityReport) -> TableSpec:
 
 
 def catalogue_product(report: QualityReport) -> Product:
-    """Collect the source catalogue of a report, for either format.
-
-    Parameters
-    ----------
-    report : QualityReport
-        The assessment.
-
-    Returns
-    -------
-    Product
-        Versions, the image name and the ``sources`` table.
-    """
-    image = Param("IMAGE", "IMAGE", report.image, "char",
-                  ucd="meta.id;meta.file",
-                  description="Input image (file name)")
-    return Product(
-        description=f"QualityFITS source catalogue of {report.image}",
-        versions=dict(report.versions),
-        groups=(Group("input", "The input image", (image,)),),
-        tables=(sources_table(report),),
-    )
+    """Collect the source catalogue of a report, for either format."""
+    return report_product(
+        report, "source catalogue",
+        groups=(Group("input", "The input image", (image_param(report),)),),
+        tables=(sources_table(report),))

@@ -22,6 +22,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from qualityfits.report import QualityReport
+
 #: Unit spellings used in `qualityfits.metrics` that are not VOUnit
 #: (FITS-style exponents), and their VOUnit spelling.
 VOUNIT_SPELLINGS: Final[Mapping[str, str]] = {
@@ -259,3 +261,25 @@ def param_datatype(value: Any) -> str:
     if isinstance(value, str):
         return "char"
     raise ValueError(f"no VOTable datatype for {value!r}")
+
+
+def image_param(report: QualityReport) -> Param:
+    """Return the ``IMAGE`` parameter: the input file of a report."""
+    return Param("IMAGE", "IMAGE", report.image, "char",
+                 ucd="meta.id;meta.file",
+                 description="Input image (file name)")
+
+
+def report_product(report: QualityReport, what: str,
+                   groups: tuple[Group, ...],
+                   tables: tuple[TableSpec, ...]) -> Product:
+    """Collect a report's versions with the groups and tables given.
+
+    The description reads "QualityFITS <what> of <image>".
+    """
+    return Product(
+        description=f"QualityFITS {what} of {report.image}",
+        versions=dict(report.versions),
+        groups=groups,
+        tables=tables,
+    )

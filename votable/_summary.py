@@ -25,8 +25,10 @@ from votable._model import (
     Param,
     Product,
     TableSpec,
+    image_param,
     metric_ucd,
     param_datatype,
+    report_product,
     ucd_with,
     vounit,
 )
@@ -53,9 +55,7 @@ _INPUTS: Final[Mapping[str, tuple[str, str, str, str, str]]] = {
 
 
 def _input_group(report: QualityReport) -> Group:
-    params = [Param("IMAGE", "IMAGE", report.image, "char",
-                    ucd="meta.id;meta.file",
-                    description="Input image (file name)")]
+    params = [image_param(report)]
     for key, value in report.parameters.items():
         name, datatype, unit, ucd, description = _INPUTS.get(
             key, (key.upper(), "", "", "", f"Input parameter {key}"))
@@ -101,18 +101,7 @@ def _text(name: str, values: Sequence[str], ucd: str,
 
 
 def extensions_table(report: QualityReport) -> TableSpec:
-    """One row per extension: identification, metrics, flags, error.
-
-    Parameters
-    ----------
-    report : QualityReport
-        The assessment.
-
-    Returns
-    -------
-    TableSpec
-        The ``extensions`` table.
-    """
+    """Build ``extensions``: one row per CCD, metrics, flags, error."""
     exts = report.extensions
     columns = [
         _text("EXTNAME", [e.name for e in exts], "meta.id;instr.det",
@@ -173,22 +162,12 @@ _AGGREGATES: Final = (
 
 
 def exposure_table(report: QualityReport) -> TableSpec:
-    """One row: every metric's median, minimum, maximum (and total).
+    """Build ``exposure``: every metric's median, minimum, maximum, total.
 
     Medians are floating point (the median of an even number of counts
     may end in .5); minima, maxima and totals of integer metrics are
     integers.  ``_TOTAL`` columns exist for the metrics the aggregate
     sums (the counts).
-
-    Parameters
-    ----------
-    report : QualityReport
-        The assessment.
-
-    Returns
-    -------
-    TableSpec
-        The ``exposure`` table.
     """
     n_failed = len(report.failed)
     columns = [
@@ -225,22 +204,8 @@ def exposure_table(report: QualityReport) -> TableSpec:
 
 
 def summary_product(report: QualityReport) -> Product:
-    """Collect the statistics of a report, for either format.
-
-    Parameters
-    ----------
-    report : QualityReport
-        The assessment.
-
-    Returns
-    -------
-    Product
-        Versions, input and configuration groups, the ``extensions`` and
-        ``exposure`` tables.
-    """
-    return Product(
-        description=f"QualityFITS statistics of {report.image}",
-        versions=dict(report.versions),
+    """Collect the statistics of a report, for either format."""
+    return report_product(
+        report, "statistics",
         groups=(_input_group(report), _config_group(report)),
-        tables=(extensions_table(report), exposure_table(report)),
-    )
+        tables=(extensions_table(report), exposure_table(report)))

@@ -18,14 +18,15 @@ from votable_fixtures import (
     big_report,
     check_ucd1p,
     check_vounit,
+    failed_report_fixture,  # noqa: F401 (fixture failed_report)
     fits_column_meta,
-    make_failed_report,
-    make_report,
     parse_xml,
     read_fits_table,
+    report_fixture,  # noqa: F401 (fixture report)
     schema,
     votable_field_meta,
     votlint,
+    written_fixture,  # noqa: F401 (fixture written)
 )
 
 import votable
@@ -33,23 +34,10 @@ from votable._catalogue import SOURCE_COLUMNS
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    return make_report(tmp_path_factory.mktemp("sample"))
-
-
-@pytest.fixture(scope="module")
-def failed_report(tmp_path_factory):
-    return make_failed_report(tmp_path_factory.mktemp("failed"))
-
-
-@pytest.fixture(scope="module", params=("report", "failed_report"))
-def written(request, tmp_path_factory):
-    """(report, VOTable path, FITS path) for each report."""
-    rep = request.getfixturevalue(request.param)
-    out = tmp_path_factory.mktemp(f"{request.param}-catalogue")
-    vot = votable.write_catalogue_votable(rep, out / "sources.vot")
-    fit = votable.write_catalogue_fits(rep, out / "sources.fits")
-    return rep, vot, fit
+def product():
+    """What ``written`` writes: file stem, VOTable and FITS writers."""
+    return ("sources", votable.write_catalogue_votable,
+            votable.write_catalogue_fits)
 
 
 def _sources(rep):

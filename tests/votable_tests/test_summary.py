@@ -21,43 +21,28 @@ from votable_fixtures import (
     as_float,
     check_ucd1p,
     check_vounit,
+    failed_report_fixture,  # noqa: F401 (fixture failed_report)
     fits_column_meta,
-    make_failed_report,
-    make_report,
     nan_equal,
     parse_xml,
     read_fits_table,
+    report_fixture,  # noqa: F401 (fixture report)
     require_tool,
     schema,
     votable_field_meta,
     votlint,
+    written_fixture,  # noqa: F401 (fixture written)
 )
 
 import votable
 from qualityfits.metrics import METRICS
 from votable._model import METRIC_UCD_FIXES, VOUNIT_SPELLINGS
 
-REPORTS = ("report", "failed_report")
-
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    return make_report(tmp_path_factory.mktemp("sample"))
-
-
-@pytest.fixture(scope="module")
-def failed_report(tmp_path_factory):
-    return make_failed_report(tmp_path_factory.mktemp("failed"))
-
-
-@pytest.fixture(scope="module", params=REPORTS)
-def written(request, tmp_path_factory):
-    """(report, VOTable path, FITS path) for each report."""
-    rep = request.getfixturevalue(request.param)
-    out = tmp_path_factory.mktemp(f"{request.param}-summary")
-    vot = votable.write_summary_votable(rep, out / "summary.vot")
-    fit = votable.write_summary_fits(rep, out / "summary.fits")
-    return rep, vot, fit
+def product():
+    """What ``written`` writes: file stem, VOTable and FITS writers."""
+    return "summary", votable.write_summary_votable, votable.write_summary_fits
 
 
 def _table(path, name):

@@ -5,7 +5,10 @@ sample (every extension assessed), ``make_failed_report`` a three-CCD
 exposure whose middle CCD is constant (a failed extension, NaN metrics,
 no sources) under a non-ASCII file name, with a zero point given.
 ``big_report`` makes a MegaCam-sized report (36 CCDs, ~100 000 sources)
-out of a real one, for the speed test.
+out of a real one, for the speed test.  The fixtures ``report`` and
+``failed_report`` hold the first two, and ``written`` a product of
+either in both formats (a test module imports them, ``*_fixture``, and
+names its product with a ``product`` fixture).
 
 This directory has no ``__init__.py`` and is named ``votable_tests``,
 not ``votable``: a ``tests/votable`` directory would be importable as a
@@ -17,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import astropy.units as u
@@ -58,6 +62,43 @@ def make_failed_report(directory: Path) -> QualityReport:
         hdus.append(hdu)
     fits.HDUList(hdus).writeto(path)
     return qualityfits.assess(path, jobs=1, zeropoint=30.0)
+
+
+#: The report fixtures the products are written from.
+REPORTS = ("report", "failed_report")
+
+#: A public writer of the votable package: (report, path) -> path.
+Writer = Callable[[QualityReport, Path], Path]
+
+
+@pytest.fixture(scope="module", name="report")
+def report_fixture(tmp_path_factory: pytest.TempPathFactory) -> QualityReport:
+    """The two-CCD sample, assessed once per test module."""
+    return make_report(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.fixture(scope="module", name="failed_report")
+def failed_report_fixture(
+        tmp_path_factory: pytest.TempPathFactory) -> QualityReport:
+    """The exposure with a failed CCD, assessed once per test module."""
+    return make_failed_report(tmp_path_factory.mktemp("failed"))
+
+
+@pytest.fixture(scope="module", params=REPORTS, name="written")
+def written_fixture(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory,
+                    product: tuple[str, Writer, Writer],
+                    ) -> tuple[QualityReport, Path, Path]:
+    """(report, VOTable path, FITS path) for each report.
+
+    The test module names the product with a ``product`` fixture: the
+    file stem, the VOTable writer and the FITS writer.
+    """
+    stem, to_votable, to_fits = product
+    rep = request.getfixturevalue(request.param)
+    out = tmp_path_factory.mktemp(f"{request.param}-{stem}")
+    return (rep, to_votable(rep, out / f"{stem}.vot"),
+            to_fits(rep, out / f"{stem}.fits"))
 
 
 def big_report(report: QualityReport, n_ccds: int = 36,
