@@ -257,7 +257,14 @@ def run_both(image: Path, *, jobs: int | None = None,
         # Old headers (MIDAS ESO-LOG cards, dd/mm/yy dates) are harmless.
         warnings.simplefilter("ignore", AstropyWarning)
         start = time.perf_counter()
-        ours = qualityfits.assess(image, jobs=jobs)
+        # The estimators compared on the same pixels: SExtractor and
+        # PSFEx see the cosmic rays, so ours are not masked here.  (With
+        # them masked, the PSFEx-rule sample of the NTT image gains five
+        # sharp central stars and loses three broad edge ones: FWHM_RH
+        # -2.0 %, FWHM_PIX -1.9 % against the unmasked run.)
+        ours = qualityfits.assess(
+            image, jobs=jobs,
+            config=qualityfits.QualityConfig(cosmic_rays=False))
         ours_seconds = time.perf_counter() - start
     start = time.perf_counter()
     ref = terapix.run_reference(image, workdir=workdir)

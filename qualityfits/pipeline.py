@@ -297,6 +297,8 @@ def _cosmic_rays(sub: NDArray[np.float32], rms: NDArray[np.float32],
                  sky: float, metrics: dict[str, float],
                  ) -> NDArray[np.bool_]:
     """Find the cosmic rays of a CCD; fill NCR and CR_FRAC."""
+    global _OPENMP_USED  # noqa: PLW0603 - a fact about this process
+    _OPENMP_USED = True
     found = find_cosmic_rays(
         sub, rms, bad, gain=gain, read_noise=read_noise,
         saturation=None if saturation is None else saturation - sky)
@@ -1172,6 +1174,11 @@ def _native_threads() -> int:
 _BASE_THREADS = _native_threads()
 
 
+#: True once this process has run astroscrappy's OpenMP code (a CCD
+#: assessed here, not in a worker): its thread pool is then alive.
+_OPENMP_USED = False
+
+
 def _single_threaded() -> bool:
     """Say whether no thread was started since the pipeline was loaded.
 
@@ -1180,7 +1187,7 @@ def _single_threaded() -> bool:
     process assessed a CCD itself) whose lock a forked child inherits
     held deadlocks the child.
     """
-    return (threading.active_count() == 1
+    return (threading.active_count() == 1 and not _OPENMP_USED
             and _native_threads() <= _BASE_THREADS)
 
 

@@ -22,9 +22,12 @@ from lxml import html as lxml_html
 from scipy import ndimage
 
 import qualityfits
-import qualityfits.datasets
 from qualityfits.cli import main
-from qualityfits.datasets import SimulationParams, simulate_exposure
+from qualityfits.datasets import (
+    SimulationParams,
+    simulate_exposure,
+    simulate_image,
+)
 from qualityfits.products import read_manifest
 from qualityfits.weights import (
     PixelFlag,
@@ -321,12 +324,21 @@ def test_flat_with_another_extension_count(inputs, tmp_path, capsys):
 @pytest.mark.realdata
 def test_real_megacam_mask_on_a_36_ccd_exposure(tmp_path):
     mask = shared_file("megacam_elixir_badpix_2004B.mask.0.36.01.fits.gz")
+    # The mask has MegaCam's raw geometry (4644 x 2112 with pre- and
+    # overscan, no DATASEC card): so has the image, its data section
+    # [33:2080,1:4612] simulated CCD by CCD.
     params = SimulationParams(shape=(4612, 2048), n_stars=120,
-                              n_galaxies=60, n_cr_hits=30, n_cr_tracks=3,
-                              dtype="int16")
+                              n_galaxies=60, n_cr_hits=30, n_cr_tracks=3)
     image = tmp_path / "mosaic.fits"
-    qualityfits.datasets.write_exposure(image, params, n_ccds=36, seed=3,
-                                        jobs=2)
+    fits.PrimaryHDU().writeto(image)
+    for k in range(36):
+        sim = simulate_image(params, seed=300 + k)
+        raw = np.full((4644, 2112), 1000, np.int16)
+        raw[:4612, 32:2080] = np.clip(sim.data, -32768, 32767)
+        head = sim.header.copy()
+        head["EXTNAME"] = f"ccd{k:02d}"
+        head["DATASEC"] = "[33:2080,1:4612]"
+        fits.append(image, raw, head)
     report = qualityfits.assess(image, mask=mask, jobs=2)
     assert report.parameters["mask_convention"] == "zero"
     with fits.open(mask) as hdul:
