@@ -72,7 +72,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import tracemalloc
@@ -95,7 +94,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_exposure import exposure_params  # noqa: E402
+from bench_exposure import exposure_params, machine_info  # noqa: E402
 
 from qualityfits.background import sep_background  # noqa: E402
 from qualityfits.config import QualityConfig  # noqa: E402
@@ -148,18 +147,7 @@ EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": len(os.sched_getaffinity(0)), "cpu_model": model,
-            "python": platform.python_version(),
-            "loadavg": os.getloadavg(),
-            "astroscrappy": astroscrappy.__version__,
+    return {**machine_info(), "astroscrappy": astroscrappy.__version__,
             "sep": sep.__version__, "numpy": np.__version__}
 
 

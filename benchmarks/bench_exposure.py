@@ -953,7 +953,8 @@ def summarise(ours: dict[str, Any], ref: dict[str, Any] | None,
     return {"ratios": ratios, "targets": targets}
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """The machine and its load, for the record."""
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1072,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
     n_ccds = args.ccds or (4 if args.quick else TARGET_CCDS)
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    machine = _machine()
+    machine = machine_info()
     print(f"machine: {machine['cpus']} cores ({machine['cpu_model']}), "
           f"{machine['memory_bytes'] / 1e9:.0f} GB, load "
           f"{' '.join(f'{x:.2f}' for x in machine['loadavg'])}")
