@@ -107,9 +107,18 @@ def _figure(product: Product, *, lazy: bool = True) -> Any:
                     E.FIGCAPTION(product.description))
 
 
-def _products_table(products: Sequence[Product]) -> Any:
-    from qualityfits.products import human_size  # noqa: PLC0415 - cycle
+def human_size(size: float) -> str:
+    """Size in bytes as a short readable string (``12.3 MB``)."""
+    units = ("B", "kB", "MB", "GB")
+    power = 0
+    while size >= 1000 and power < len(units) - 1:
+        size /= 1000.0
+        power += 1
+    return (f"{size:.0f} {units[power]}" if power == 0 or size >= 100
+            else f"{size:.1f} {units[power]}")
 
+
+def _products_table(products: Sequence[Product]) -> Any:
     rows = [E.TR(E.TD(E.A(p.file, href=p.file)), E.TD(p.description),
                  E.TD(human_size(p.size), E.CLASS("num")), E.TD(p.mime))
             for p in products]

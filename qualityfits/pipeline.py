@@ -309,6 +309,14 @@ def _cosmic_rays(sub: NDArray[np.float32], rms: NDArray[np.float32],
     return found.mask
 
 
+def _require_noise(name: str, rms: float) -> None:
+    """Raise `EmptyImageError` unless the sky has some noise."""
+    if not rms > 0:
+        raise errors.EmptyImageError(
+            f"{name}: no noise in the sky (background RMS is {rms:g}): a "
+            "synthetic or constant image?")
+
+
 def _core_hit(cosmic: NDArray[np.bool_], x: NDArray[np.float64],
               y: NDArray[np.float64]) -> NDArray[np.bool_]:
     """Whether a cosmic-ray pixel lies in the 3x3 core about each (x, y)."""
@@ -481,11 +489,7 @@ def assess_extension(
         sub = pix.copy()
         bkg.subfrom(sub)
         rms = bkg.rms()
-        if not bkg.globalrms > 0:
-            raise errors.EmptyImageError(
-                f"{name}: no noise in the sky (background RMS is "
-                f"{bkg.globalrms:g}): a synthetic or constant image?"
-            )
+        _require_noise(name, bkg.globalrms)
         # Exactly 0 where the sky is far above 0: a blank pixel.
         nodata = nonfinite
         del nonfinite
@@ -528,11 +532,7 @@ def assess_extension(
         if zp is not None and scale and background.mean > 0:
             metrics["SKY_MAG"] = zp - 2.5 * math.log10(
                 background.mean / scale**2)
-        if not background.rms > 0:
-            raise errors.EmptyImageError(
-                f"{name}: no noise in the sky (background RMS is "
-                f"{background.rms:g}): a synthetic or constant image?"
-            )
+        _require_noise(name, background.rms)
         src = measure(sub, pix, rms, badmask, objects, segmap, gain=gain,
                       saturation=saturation, config=config)
         del objects

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import queue
 import shutil
 import tarfile
@@ -138,7 +137,7 @@ def write_products(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     say = step or (lambda _name: None)
-    items: list[tuple[str, str, str]] = []  # id, file, description
+    map_items: list[tuple[str, str, str]] = []  # id, file, description
 
     archive = f"{stem}_qf.tar.gz"
     with _Archive(out / archive, f"{stem}_qf") as tar:
@@ -148,7 +147,7 @@ def write_products(
                 name = f"{stem}_{suffix}.fits.fz"
                 if assemble_maps(Path(maps_dir), kind, out / name,
                                  _primary(image_header, kind, report)):
-                    items.append((suffix, name, text))
+                    map_items.append((suffix, name, text))
                     tar.add(out / name)
             shutil.rmtree(maps_dir, ignore_errors=True)
 
@@ -164,7 +163,7 @@ def write_products(
             json.dumps(report.to_dict(), indent=1) + "\n")
         tar.add(out / json_name)
         # The summary VOTable comes first: the UWS result a client takes.
-        items = [*table_items, *items,
+        items = [*table_items, *map_items,
                  ("summary_json", json_name,
                   "Everything measured, for scripts (JSON)")]
 
@@ -302,11 +301,6 @@ class _Archive:
             self.close()
 
 
-def _safe(name: str) -> str:
-    """Make a CCD name usable in file names and product ids."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-
-
 def _product(out: Path, pid: str, name: str, description: str) -> Product:
     path = out / name
     suffix = path.suffix.lower()
@@ -333,13 +327,3 @@ def read_manifest(outdir: str | Path) -> list[Product]:
     """Read ``OUTDIR/manifest.json`` back."""
     doc = json.loads((Path(outdir) / "manifest.json").read_text())
     return [Product(**p) for p in doc["products"]]
-
-
-def human_size(size: float) -> str:
-    """Size in bytes as a short readable string (``12.3 MB``)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return (f"{size:.0f} {unit}" if unit == "B" or size >= 100
-                    else f"{size:.1f} {unit}")
-        size /= 1000.0
-    return f"{math.nan}"  # pragma: no cover
