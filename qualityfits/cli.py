@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -222,6 +223,19 @@ def summary_text(report: QualityReport) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    stem = image_stem(args.image)
+    # Where the workers write each CCD's maps until they are joined;
+    # removed whatever happens (a failed run leaves no pieces behind).
+    maps_dir = (None if args.summary_only
+                else Path(args.outdir) / f".{stem}_maps.partial")
+    try:
+        return _run(args, stem, maps_dir)
+    finally:
+        if maps_dir is not None:
+            shutil.rmtree(maps_dir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
     warnings.simplefilter("ignore")  # astropy header chatter
     progress = None
     if not args.no_progress and sys.stderr.isatty():
@@ -235,9 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise QualityFitsError(
                 f"cannot create output directory {outdir}: {exc.strerror}"
             ) from None
-        stem = image_stem(args.image)
-        maps_dir = (None if args.summary_only
-                    else outdir / f".{stem}_maps.partial")
         report = assess(
             args.image, flat=args.flat, mask=args.mask,
             zeropoint=args.zeropoint, pixscale=args.pixscale,

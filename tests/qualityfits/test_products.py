@@ -22,6 +22,7 @@ from lxml import html as lxml_html
 from scipy import ndimage
 
 import qualityfits
+import qualityfits.cli
 from qualityfits.cli import main
 from qualityfits.datasets import (
     SimulationParams,
@@ -317,6 +318,21 @@ def test_flat_with_another_extension_count(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "one.fits has 1 image extension(s)" in err
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_a_failed_run_leaves_no_map_pieces(inputs, tmp_path, capsys,
+                                           monkeypatch):
+    # The disk fills up once the workers have written their maps.
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(qualityfits.cli, "write_products", full)
+    out = tmp_path / "o"
+    status = main([str(inputs["paths"]["image"]), "-o", str(out),
+                   "--no-progress", "--jobs", "1"])
+    assert status == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
 
 
 # -- the real Elixir mask --
