@@ -1,0 +1,66 @@
+"""Database fixtures for the UWS store: SQLite and a real PostgreSQL.
+
+Import the fixture into a test module to run its tests on both::
+
+    from dbfixtures import database_url  # noqa: F401
+
+PostgreSQL is the server of ``QFITS_TEST_POSTGRES_URL``, which
+scripts/test starts (scripts/pg-start); each test gets a fresh database
+there, dropped afterwards. Without the variable the PostgreSQL tests are
+skipped, or fail in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+POSTGRES_URL_VARIABLE = "QFITS_TEST_POSTGRES_URL"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def postgres_server_url() -> sa.URL:
+    """URL of the test PostgreSQL server; skip without it, fail in CI."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        message = (f"PostgreSQL not running: scripts/test starts one "
+                   f"({POSTGRES_URL_VARIABLE} is not set)")
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return sa.make_url(url)
+
+
+def _admin_engine(server: sa.URL) -> sa.Engine:
+    return sa.create_engine(server, isolation_level="AUTOCOMMIT",
+                            poolclass=sa.NullPool)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"],
+                ids=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest,
+                 tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of an empty database, once per back end."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/jobs.sqlite"
+        return
+    server = postgres_server_url()
+    name = f"qfits_test_{uuid.uuid4().hex}"
+    admin = _admin_engine(server)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.set(database=name).render_as_string(
+                hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(
+                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()

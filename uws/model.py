@@ -1,0 +1,114 @@
+"""Plain objects the job store returns and the XML writer reads.
+
+No ORM rows leave `uws.store`: a `Job` is an inert frozen dataclass.
+Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from uws.phases import Phase
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One job parameter as ``<uws:parameter>`` shows it.
+
+    ``by_reference`` values are URLs: an uploaded file is served at
+    ``{job}/parameters/{name}``, a by-URL input keeps its URL.
+    """
+
+    name: str
+    value: str
+    by_reference: bool = False
+    is_post: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """One product of a job (``<uws:result>``).
+
+    ``path`` is relative to the job directory; the service serves it at
+    ``{job}/results/{id}``.
+    """
+
+    id: str
+    path: str
+    mime: str
+    size: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """Why a job failed or was aborted by the system."""
+
+    type: str  # "fatal" or "transient" (UWS errorSummary type)
+    message: str
+    has_detail: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """One processing step shown in ``jobInfo``."""
+
+    name: str
+    state: str
+    start: str = ""
+    end: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What the original status and progress pages showed."""
+
+    steps: tuple[Step, ...] = ()
+    host: str = ""
+    queue: str = ""
+    backend_id: str = ""
+    max_rss_kb: int | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job as the job list shows it (``<uws:jobref>``)."""
+
+    job_id: str
+    phase: Phase
+    run_id: str | None
+    owner: str | None
+    creation_time: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    """A UWS job with everything ``<uws:job>`` carries."""
+
+    job_id: str
+    phase: Phase
+    owner: str | None
+    run_id: str | None
+    creation_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    execution_duration: int
+    destruction: datetime
+    quote: datetime | None = None
+    parameters: tuple[Parameter, ...] = ()
+    results: tuple[Result, ...] = ()
+    error: ErrorSummary | None = None
+    info: JobInfo = field(default_factory=JobInfo)
+    #: Backend bookkeeping (not shown as such): batch id or pid.
+    backend_id: str = ""
+    #: Expected run time [s] from the image size (for the quote).
+    estimate_s: float = 0.0
