@@ -1,0 +1,76 @@
+"""The Pyramid application factory (``paste.app_factory`` ``main``).
+
+`main` builds the one `uws.settings.Settings` from the ``[app:main]``
+keys, the store, the runner and the job service, registers the routes
+of the UWS resources and VOSI, recovers the jobs a previous process
+left active, and starts the poller and reaper threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyramid.config import Configurator
+
+from uws.auth import Authenticator
+from uws.runner import load_runner
+from uws.service import JobService
+from uws.settings import Settings
+from uws.store import JobStore
+
+log = logging.getLogger(__name__)
+
+#: Route name -> pattern.  The job list is the service's UWS endpoint.
+ROUTES = (
+    ("home", "/"),
+    ("availability", "/availability"),
+    ("capabilities", "/capabilities"),
+    ("jobs", "/jobs"),
+    ("job", "/jobs/{job_id}"),
+    ("job_phase", "/jobs/{job_id}/phase"),
+    ("job_executionduration", "/jobs/{job_id}/executionduration"),
+    ("job_destruction", "/jobs/{job_id}/destruction"),
+    ("job_error", "/jobs/{job_id}/error"),
+    ("job_results", "/jobs/{job_id}/results"),
+    ("job_result", "/jobs/{job_id}/results/{result_id}"),
+    ("job_parameters", "/jobs/{job_id}/parameters"),
+    ("job_parameter", "/jobs/{job_id}/parameters/{name}"),
+    ("job_attribute", "/jobs/{job_id}/{name}"),
+)
+
+
+def build_service(settings: Settings) -> JobService:
+    """Create the store, the runner and the job service (not started)."""
+    store = JobStore(settings.database_url)
+    runner = load_runner(settings, settings.job_dir)
+    return JobService(settings, store, runner)
+
+
+def make_app(settings: Settings, service: JobService | None = None) -> Any:
+    """Return the WSGI application for these settings.
+
+    The service's threads are started here; ``app.registry.job_service``
+    gives access to it (``close()`` it to stop them).
+    """
+    if service is None:
+        service = build_service(settings)
+    config = Configurator(settings={})
+    config.registry.job_service = service
+    config.registry.authenticator = (
+        Authenticator(settings))
+    for name, pattern in ROUTES:
+        config.add_route(name, pattern)
+    config.scan("uws.views")
+    app = config.make_wsgi_app()
+    service.recover()
+    service.start()
+    log.info("QualityFITS-UWS ready: %s jobs, runner %s, job folder %s",
+             service.store.count(), service.runner.name, settings.job_dir)
+    return app
+
+
+def main(global_config: dict[str, Any], **settings: Any) -> Any:
+    """Paste entry point: ``[app:main] use = egg:qualityfits-uws``."""
+    del global_config
+    return make_app(Settings.from_ini(settings))

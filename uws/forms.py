@@ -1,0 +1,192 @@
+"""Read a request's parameters: query string and both body encodings.
+
+Parameter names are case-insensitive (DALI): every name is lower-cased
+here, once, for the query string, ``application/x-www-form-urlencoded``
+and ``multipart/form-data`` bodies alike.  File parts of a multipart
+body stream straight to files in a staging folder, in 1 MB chunks, so
+memory does not grow with the upload; the size limit is enforced while
+reading.  Client file names are kept only as labels, never as paths.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import multipart
+
+from uws.errors import UploadTooLargeError, UsageError
+from uws.settings import human_bytes
+
+#: Largest urlencoded body or multipart text field [bytes].
+FORM_LIMIT = 1 << 20
+#: Room for the multipart envelope and text fields beside the files.
+ENVELOPE = 1 << 20
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file part of a multipart body, saved in the staging folder."""
+
+    name: str
+    path: Path
+    size: int
+    filename: str
+
+
+@dataclass
+class Form:
+    """Parameters of one request, names lower-cased."""
+
+    values: dict[str, list[str]] = field(default_factory=dict)
+    uploads: dict[str, Upload] = field(default_factory=dict)
+    staging: Path | None = None
+
+    def add(self, name: str, value: str) -> None:
+        """Append a value (repeated names keep every value)."""
+        self.values.setdefault(name.lower(), []).append(value)
+
+    def names(self) -> set[str]:
+        """Every parameter name given, values and files."""
+        return set(self.values) | set(self.uploads)
+
+    def single(self, name: str) -> str | None:
+        """Return the one value of ``name``; 400 if given twice."""
+        values = self.values.get(name, [])
+        if len(values) + (name in self.uploads) > 1:
+            raise UsageError(f"{name.upper()} given more than once")
+        return values[0] if values else None
+
+    def discard(self) -> None:
+        """Remove the staged uploads (those not moved into a job)."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+
+
+def read_form(request: Any, *, staging_root: Path, upload_limit: int,
+              with_body: bool = True) -> Form:
+    """Return the parameters of a WebOb request.
+
+    Parameters
+    ----------
+    request : webob.Request
+    staging_root : Path
+        File parts are saved in a new folder below this one.
+    upload_limit : int
+        Largest file part [bytes]; 413 beyond it.
+    with_body : bool
+        Read the body too (POST), not only the query string.
+    """
+    form = Form()
+    for name, value in request.GET.items():
+        form.add(name, value)
+    if not with_body or request.method not in {"POST", "PUT"}:
+        return form
+    ctype = (request.content_type or "").lower()
+    length = request.content_length
+    if ctype == "multipart/form-data":
+        limit = upload_limit + ENVELOPE
+        if length is not None and length > limit:
+            raise UploadTooLargeError(
+                f"upload too large ({human_bytes(length)}): the limit is "
+                f"{human_bytes(upload_limit)} per file")
+        _read_multipart(request, form, staging_root, upload_limit)
+    elif ctype in {"application/x-www-form-urlencoded", ""}:
+        if length is not None and length > FORM_LIMIT:
+            raise UploadTooLargeError(
+                f"form too large ({human_bytes(length)}): the limit for "
+                f"a urlencoded body is {human_bytes(FORM_LIMIT)}; send "
+                "files as multipart/form-data")
+        for name, value in request.POST.items():
+            form.add(name, value)
+    else:
+        raise UsageError(
+            f"unsupported request body {ctype}: use "
+            "application/x-www-form-urlencoded or multipart/form-data")
+    return form
+
+
+def _read_multipart(request: Any, form: Form, staging_root: Path,
+                    upload_limit: int) -> None:
+    _, options = multipart.parse_options_header(
+        request.headers.get("Content-Type", ""))
+    boundary = options.get("boundary")
+    if not boundary:
+        raise UsageError("multipart/form-data without a boundary")
+    staging_root.mkdir(parents=True, exist_ok=True)
+    form.staging = Path(tempfile.mkdtemp(prefix="upload-", dir=staging_root))
+    stream: BinaryIO = request.body_file_raw
+    parser = multipart.PushMultipartParser(
+        boundary, content_length=request.content_length or -1,
+        max_segment_count=64)
+    part: Any = None
+    sink: BinaryIO | None = None
+    text = bytearray()
+    try:
+        for event in parser.parse_blocking(stream.read, CHUNK):
+            if isinstance(event, multipart.MultipartSegment):
+                part, text = event, bytearray()
+                if part.filename is not None:
+                    sink = _open_sink(form, part)
+            elif event is None:
+                if sink is not None:
+                    sink.close()
+                    sink = None
+                    _record_upload(form, part)
+                else:
+                    form.add(part.name or "",
+                             text.decode(part.charset or "utf-8",
+                                         errors="replace"))
+            elif sink is not None:
+                _check_size(part, part.bytes_received, upload_limit)
+                sink.write(event)
+            else:
+                text += event
+                _check_size(part, len(text), FORM_LIMIT, field=True)
+    except multipart.MultipartError as exc:
+        form.discard()
+        raise UsageError(f"malformed multipart/form-data body: {exc}"
+                         ) from None
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        form.discard()
+        raise
+
+
+def _check_size(part: Any, size: int, limit: int, *,
+                field: bool = False) -> None:
+    if size <= limit:
+        return
+    if field:
+        raise UploadTooLargeError(
+            f"form field {part.name!r} longer than {human_bytes(limit)}")
+    raise UploadTooLargeError(
+        f"upload {part.name!r} too large: the limit is "
+        f"{human_bytes(limit)} per file")
+
+
+def _open_sink(form: Form, part: Any) -> BinaryIO:
+    name = (part.name or "").lower()
+    if not name or not name.replace("_", "").isalnum():
+        raise UsageError(f"file part with an unusable name {part.name!r}")
+    if name in form.uploads:
+        raise UsageError(f"{name.upper()} given more than once")
+    assert form.staging is not None
+    return (form.staging / name).open("wb")
+
+
+def _record_upload(form: Form, part: Any) -> None:
+    name = part.name.lower()
+    assert form.staging is not None
+    if part.size == 0 and not part.filename:
+        # A browser form's file input left empty.
+        (form.staging / name).unlink(missing_ok=True)
+        return
+    form.uploads[name] = Upload(name, form.staging / name, part.size,
+                                part.filename or "")

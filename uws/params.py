@@ -1,0 +1,272 @@
+"""The job parameters: checked once, at the edge, into plain values.
+
+Three shapes (style guide lesson 4): the request's `uws.forms.Form`
+→ `JobParameters` (checked here) → the worker's
+`pbs_bridge.contract.WorkerSpec` and the ``<uws:parameters>`` element.
+
+Science parameters: ``image`` (required before the job runs), ``flat``
+and ``mask`` — each an uploaded file or an http(s) URL fetched by the
+worker — ``zeropoint`` [mag], ``pixscale`` [arcsec/pixel] and
+``email``.  Job-control parameters accepted at creation: ``phase=RUN``,
+``runid``, ``executionduration``, ``destruction``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from uws.errors import UsageError
+from uws.forms import Form, Upload
+from uws.model import Parameter
+
+FILE_PARAMETERS = ("image", "flat", "mask")
+VALUE_PARAMETERS = ("zeropoint", "pixscale", "email")
+SCIENCE_PARAMETERS = FILE_PARAMETERS + VALUE_PARAMETERS
+CONTROL_PARAMETERS = ("phase", "runid", "executionduration", "destruction")
+
+_EMAIL = re.compile(r"^[^@\s<>\"',;]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_RUNID_MAX = 64
+_FITS_BLOCK = 2880
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """An input file: an upload (staged ``path``) or a URL."""
+
+    name: str
+    upload: Upload | None = None
+    url: str | None = None
+    #: Pixels of the image extensions [Mpx] (uploads), for the quote.
+    mpix: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobParameters:
+    """Checked science parameters of a request (only those given)."""
+
+    files: dict[str, FileInput] = field(default_factory=dict)
+    zeropoint: float | None = None
+    pixscale: float | None = None
+    email: str | None = None
+
+    def given(self) -> set[str]:
+        """Names of the parameters this request sets."""
+        names = set(self.files)
+        names |= {n for n in VALUE_PARAMETERS if getattr(self, n) is not None}
+        return names
+
+
+def allowed_message(at_creation: bool) -> str:
+    """Say which parameter names the service accepts."""
+    names = ", ".join(n.upper() for n in SCIENCE_PARAMETERS)
+    if at_creation:
+        return (f"the service accepts {names}, and RUNID, PHASE=RUN, "
+                "EXECUTIONDURATION and DESTRUCTION at job creation")
+    return f"the service accepts {names}"
+
+
+def check_names(form: Form, allowed: tuple[str, ...], *,
+                at_creation: bool) -> None:
+    """Refuse unknown parameter names (400)."""
+    unknown = sorted(form.names() - set(allowed))
+    if unknown:
+        raise UsageError(
+            f"unknown parameter {', '.join(u.upper() for u in unknown)}: "
+            + allowed_message(at_creation))
+
+
+def parse_job_parameters(form: Form) -> JobParameters:
+    """Check the science parameters of ``form`` (400 on a bad value)."""
+    files: dict[str, FileInput] = {}
+    for name in FILE_PARAMETERS:
+        upload = form.uploads.get(name)
+        value = form.single(name)
+        if upload is not None:
+            files[name] = FileInput(name, upload=upload,
+                                    mpix=check_fits(name, upload.path))
+        elif value is not None and value.strip():
+            files[name] = FileInput(name, url=check_url(name, value))
+    zeropoint = _number(form, "zeropoint", 0.0, 50.0)
+    pixscale = _number(form, "pixscale", 0.0, 100.0)
+    email = form.single("email")
+    if email is not None:
+        email = email.strip() or None
+    if email is not None and (len(email) > 254
+                              or _EMAIL.match(email) is None):
+        raise UsageError(f"EMAIL: {email!r} is not an email address")
+    return JobParameters(files=files, zeropoint=zeropoint,
+                         pixscale=pixscale, email=email)
+
+
+def _number(form: Form, name: str, low: float, high: float) -> float | None:
+    text = form.single(name)
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{name.upper()}: {text!r} is not a number"
+                         ) from None
+    if not math.isfinite(value) or not low < value <= high:
+        raise UsageError(
+            f"{name.upper()}: {value:g} is outside ({low:g}, {high:g}]")
+    return value
+
+
+def check_url(name: str, value: str) -> str:
+    """Accept an http(s) URL (the worker fetches it); 400 otherwise."""
+    url = value.strip()
+    if not re.match(r"^https?://[^\s/]+", url, re.IGNORECASE) or any(
+            c.isspace() for c in url):
+        raise UsageError(
+            f"{name.upper()}: {value!r} is neither an uploaded file nor "
+            "an http(s) URL")
+    return url
+
+
+def check_fits(name: str, path: Path) -> float:
+    """Check that an upload is a complete FITS file; return its Mpx.
+
+    Reads headers only.  Gzip-compressed files are accepted as they are
+    (the pipeline decompresses them) after a look at their first block.
+    """
+    with path.open("rb") as fh:
+        head = fh.read(_FITS_BLOCK)
+    if head[:2] == _GZIP_MAGIC:
+        import gzip  # noqa: PLC0415 - rare path
+
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(_FITS_BLOCK)
+        except (OSError, EOFError) as exc:
+            raise UsageError(f"{name.upper()}: not a readable gzip file "
+                             f"({exc})") from None
+        _check_primary_card(name, head)
+        return 0.0
+    _check_primary_card(name, head)
+    return _fits_mpix(name, path)
+
+
+def _check_primary_card(name: str, head: bytes) -> None:
+    if len(head) < _FITS_BLOCK or not head.startswith(b"SIMPLE  ="):
+        raise UsageError(
+            f"{name.upper()}: not a FITS file (it must start with a "
+            "2880-byte header whose first card is SIMPLE = T)")
+    if head[10:30].strip() != b"T":
+        raise UsageError(f"{name.upper()}: SIMPLE is not T: not a "
+                         "standard FITS file")
+
+
+def _fits_mpix(name: str, path: Path) -> float:
+    import warnings  # noqa: PLC0415
+
+    from astropy.io import fits  # noqa: PLC0415 - the web needs it here only
+
+    size = path.stat().st_size
+    mpix = 0.0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+                end = 0
+                for index, hdu in enumerate(hdul):
+                    info = hdul.fileinfo(index)
+                    end = max(end, info["datLoc"] + info["datSpan"])
+                    header = hdu.header
+                    keys = (("ZNAXIS1", "ZNAXIS2") if "ZNAXIS1" in header
+                            else ("NAXIS1", "NAXIS2"))
+                    nx, ny = (header.get(k, 0) or 0 for k in keys)
+                    if isinstance(nx, int) and isinstance(ny, int):
+                        mpix += nx * ny / 1e6
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise UsageError(f"{name.upper()}: not a readable FITS file ({exc})"
+                         ) from None
+    if end > size:
+        raise UsageError(
+            f"{name.upper()}: truncated FITS file ({size} bytes, the "
+            f"headers announce {end})")
+    return mpix
+
+
+def control_values(form: Form) -> tuple[bool, str | None, str | None,
+                                        str | None]:
+    """Return (run, runid, executionduration, destruction) of a creation.
+
+    ``phase`` may only be RUN at creation; ``runid`` at most 64
+    printable characters.
+    """
+    phase = form.single("phase")
+    run = False
+    if phase is not None:
+        if phase.strip().upper() != "RUN":
+            raise UsageError(
+                f"PHASE={phase!r} at job creation: only PHASE=RUN (start "
+                "at once) is allowed")
+        run = True
+    runid = form.single("runid")
+    if runid is not None and (len(runid) > _RUNID_MAX
+                              or not runid.isprintable()):
+        raise UsageError(
+            f"RUNID: at most {_RUNID_MAX} printable characters")
+    return (run, runid, form.single("executionduration"),
+            form.single("destruction"))
+
+
+def parse_instant(text: str, name: str) -> datetime:
+    """Parse an ISO 8601 instant; naive means UTC (400 if unparsable)."""
+    from datetime import UTC  # noqa: PLC0415
+
+    value = text.strip()
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise UsageError(
+            f"{name}: {text!r} is not an ISO 8601 instant (e.g. "
+            "2026-01-02T03:04:05Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_int(text: str, name: str) -> int:
+    """Parse an integer parameter (400 otherwise)."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise UsageError(f"{name}: {text!r} is not an integer") from None
+
+
+def install_inputs(params: JobParameters, job_dir: Path,
+                   inputs_dir: str) -> list[Parameter]:
+    """Move staged uploads into the job folder; return stored parameters.
+
+    Uploads become ``inputs/<name>.fits`` (referenced, served at
+    ``{job}/parameters/<name>``); URLs are kept as references; values
+    are plain.
+    """
+    out: list[Parameter] = []
+    target = job_dir / inputs_dir
+    for name, item in params.files.items():
+        if item.upload is not None:
+            target.mkdir(parents=True, exist_ok=True)
+            suffix = ".fits.gz" if item.upload.filename.endswith(".gz") \
+                else ".fits"
+            dest = target / f"{name}{suffix}"
+            shutil.move(item.upload.path, dest)
+            out.append(Parameter(name, f"{inputs_dir}/{dest.name}",
+                                 by_reference=True, is_post=True))
+        elif item.url is not None:
+            out.append(Parameter(name, item.url, by_reference=True))
+    for name in ("zeropoint", "pixscale"):
+        value = getattr(params, name)
+        if value is not None:
+            out.append(Parameter(name, repr(value)))
+    if params.email is not None:
+        out.append(Parameter("email", params.email))
+    return out

@@ -1,0 +1,741 @@
+"""The job service: every UWS verb, the phase rules, the background work.
+
+Views call these verbs and translate the results to HTTP; the store
+persists; the runner executes.  Every phase change goes through
+`uws.phases` and a compare-and-set in the store, then wakes the
+requests blocked in WAIT.  Two daemon threads do the background work:
+the poller (one runner poll per cycle for all active jobs, execution
+duration enforcement, outcomes) and the reaper (destruction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pbs_bridge.contract import (
+    ERROR_FILE,
+    INPUTS_DIR,
+    LOG_FILE,
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    RESULTS_DIR,
+    SPEC_FILE,
+    ContractError,
+    Progress,
+    WorkerError,
+    WorkerSpec,
+    write_atomic,
+)
+from uws import phases
+from uws.errors import (
+    InvalidPhaseError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+    UnknownJobError,
+    UsageError,
+)
+from uws.forms import Form
+from uws.model import ErrorSummary, Job, JobInfo, JobRef, Result, Step, utcnow
+from uws.params import (
+    CONTROL_PARAMETERS,
+    SCIENCE_PARAMETERS,
+    JobParameters,
+    check_names,
+    control_values,
+    install_inputs,
+    parse_instant,
+    parse_int,
+    parse_job_parameters,
+)
+from uws.phases import Phase
+from uws.runner import BackendStatus, JobRunner, RunnerError
+from uws.settings import Settings
+from uws.store import ANY_OWNER, ActiveJob, JobStore, NewJob, StoreError
+
+log = logging.getLogger(__name__)
+
+#: Phases the poller asks the runner about.
+OBSERVED = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED,
+            Phase.UNKNOWN)
+#: Lines of the worker log quoted in an error detail.
+LOG_TAIL = 40
+
+Identity = str | None
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A result or an uploaded parameter to serve."""
+
+    path: Path
+    mime: str
+
+
+class _Changes:
+    """Wake WAIT requests when a job's phase changes (this process)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._version: dict[str, int] = {}
+        self.waiting = 0
+
+    def version(self, job_id: str) -> int:
+        with self._cond:
+            return self._version.get(job_id, 0)
+
+    def notify(self, job_id: str) -> None:
+        with self._cond:
+            self._version[job_id] = self._version.get(job_id, 0) + 1
+            self._cond.notify_all()
+
+    def forget(self, job_id: str) -> None:
+        with self._cond:
+            self._version.pop(job_id, None)
+            self._cond.notify_all()
+
+    def wait(self, job_id: str, seen: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._version.get(job_id, -1) != seen, timeout)
+
+
+class JobService:
+    """The UWS verbs over a store and a runner.
+
+    ``owner`` arguments are the caller's identity: None in anonymous
+    mode (everybody sees every job), else the authenticated user, who
+    sees and touches only their own jobs.
+    """
+
+    def __init__(self, settings: Settings, store: JobStore,
+                 runner: JobRunner, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.store = store
+        self.runner = runner
+        self.clock = clock
+        self.job_root = settings.job_dir
+        self.staging_root = settings.job_dir / ".uploads"
+        self.up_since = clock()
+        self._changes = _Changes()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._poll_lock = threading.Lock()
+        self.runner_health: str | None = None
+        self.job_root.mkdir(parents=True, exist_ok=True)
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        """Start the poller and the reaper threads."""
+        for name, target in (("uws-poller", self._poller),
+                             ("uws-reaper", self._reaper)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop the threads; running workers go on (a restart adopts them)."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.runner.close()
+        self.store.close()
+
+    # -- creation and parameters ----------------------------------------
+    def create(self, owner: Identity, form: Form) -> str:
+        """Create a job from a creation request; return its id.
+
+        Raises `UsageError` (400) for a bad parameter; the uploads of a
+        refused request are removed.
+        """
+        try:
+            check_names(form, SCIENCE_PARAMETERS + CONTROL_PARAMETERS,
+                        at_creation=True)
+            run, run_id, duration, destruction = control_values(form)
+            params = parse_job_parameters(form)
+            now = self.clock()
+            execution = self._execution_duration(duration)
+            destroy = self._destruction(destruction, now)
+            if run and "image" not in params.files:
+                raise UsageError(
+                    "PHASE=RUN: the job has no IMAGE (upload a FITS file "
+                    "or give its http(s) URL)")
+            job_id = self._new_id()
+            job_dir = self.job_root / job_id
+            try:
+                job_dir.mkdir(parents=True)
+                stored = install_inputs(params, job_dir, INPUTS_DIR)
+            except OSError as exc:
+                shutil.rmtree(job_dir, ignore_errors=True)
+                raise ServiceUnavailableError(
+                    f"cannot write the job folder: {exc.strerror}") from exc
+            self.store.create(NewJob(
+                job_id=job_id, owner=owner, run_id=run_id,
+                creation_time=now, execution_duration=execution,
+                destruction=destroy, parameters=tuple(stored),
+                email=params.email, estimate_s=self._estimate(params)))
+        finally:
+            form.discard()
+        log.info("job %s created (owner %s, run id %s)", job_id, owner,
+                 run_id)
+        if run:
+            self.run(job_id, owner)
+        return job_id
+
+    def set_parameters(self, job_id: str, owner: Identity,
+                       form: Form) -> None:
+        """Add or change parameters of a PENDING job."""
+        try:
+            job = self._job(job_id, owner)
+            check_names(form, SCIENCE_PARAMETERS, at_creation=False)
+            if not phases.parameters_editable(job.phase):
+                raise InvalidPhaseError(
+                    f"parameters can change only while the job is PENDING "
+                    f"(it is {job.phase})")
+            params = parse_job_parameters(form)
+            try:
+                stored = install_inputs(params, self.job_root / job_id,
+                                        INPUTS_DIR)
+            except OSError as exc:
+                raise ServiceUnavailableError(
+                    f"cannot write the job folder: {exc.strerror}") from exc
+            estimate = (self._estimate(params) if "image" in params.files
+                        else None)
+            if not self.store.set_parameters(job_id, stored,
+                                             only_in=Phase.PENDING,
+                                             estimate_s=estimate):
+                raise InvalidPhaseError(
+                    "parameters can change only while the job is PENDING")
+            if params.email is not None:
+                self.store.update(job_id, email=params.email)
+        finally:
+            form.discard()
+
+    def set_execution_duration(self, job_id: str, owner: Identity,
+                               value: str) -> None:
+        """Change the execution duration of a PENDING job."""
+        job = self._job(job_id, owner)
+        if not phases.parameters_editable(job.phase):
+            raise InvalidPhaseError(
+                "EXECUTIONDURATION can change only while the job is "
+                f"PENDING (it is {job.phase})")
+        duration = self._execution_duration(value)
+        if not self.store.transition(job_id, [Phase.PENDING], None,
+                                     execution_duration=duration):
+            raise InvalidPhaseError("the job is no longer PENDING")
+
+    def set_destruction(self, job_id: str, owner: Identity,
+                        value: str) -> None:
+        """Change the destruction time (the service may shorten it)."""
+        job = self._job(job_id, owner)
+        when = self._destruction(value, job.creation_time)
+        self.store.update(job_id, destruction=when)
+
+    def _execution_duration(self, value: str | None) -> int:
+        settings = self.settings
+        if value is None or not value.strip():
+            return settings.execution_duration
+        seconds = parse_int(value, "EXECUTIONDURATION")
+        if seconds < 0:
+            raise UsageError(f"EXECUTIONDURATION: {seconds} is negative")
+        limit = settings.execution_duration_max
+        if limit and (seconds == 0 or seconds > limit):
+            return limit  # the server may substitute its maximum
+        return seconds
+
+    def _destruction(self, value: str | None, created: datetime) -> datetime:
+        settings = self.settings
+        latest = created + timedelta(seconds=settings.destruction_max)
+        if value is None or not value.strip():
+            return created + timedelta(seconds=settings.destruction)
+        when = parse_instant(value, "DESTRUCTION")
+        return min(when, latest)
+
+    def _estimate(self, params: JobParameters) -> float:
+        image = params.files.get("image")
+        mpix = image.mpix if image is not None else 0.0
+        return (self.settings.quote_overhead_s
+                + mpix * self.settings.quote_s_per_mpix)
+
+    def _new_id(self) -> str:
+        return secrets.token_hex(8)
+
+    # -- reading -----------------------------------------------------------
+    def get(self, job_id: str, owner: Identity) -> Job:
+        """Return the job with its progress and quote (403/404 checked)."""
+        job = self._job(job_id, owner)
+        info = job.info
+        if job.phase not in (Phase.PENDING, Phase.ARCHIVED):
+            info = _with_progress(info, self.job_root / job_id, job)
+        return replace(job, info=info, quote=self._quote(job))
+
+    def list_jobs(self, owner: Identity, *, phases_: Sequence[Phase] = (),
+             after: datetime | None = None,
+             last: int | None = None) -> list[JobRef]:
+        """List the caller's jobs (every job in anonymous mode)."""
+        who: object = ANY_OWNER if self.settings.auth == "anonymous" \
+            else owner
+        return self.store.list_jobs(owner=who, phases=phases_, after=after,
+                               last=last)
+
+    def _job(self, job_id: str, owner: Identity) -> Job:
+        try:
+            job = self.store.get(job_id)
+        except StoreError as exc:
+            raise ServiceUnavailableError(str(exc)) from exc
+        if job is None:
+            raise UnknownJobError(f"no job {job_id}")
+        if self.settings.auth != "anonymous" and job.owner != owner:
+            raise PermissionDeniedError(f"job {job_id} is not yours")
+        return job
+
+    def _quote(self, job: Job) -> datetime | None:
+        if job.phase in phases.FINAL or job.estimate_s <= 0:
+            return None
+        now = self.clock()
+        if job.phase is Phase.EXECUTING and job.start_time is not None:
+            return max(now, job.start_time
+                       + timedelta(seconds=job.estimate_s))
+        ahead = 0.0
+        if job.phase is Phase.QUEUED:
+            for other, estimate in self.store.queued_estimates():
+                if other == job.job_id:
+                    break
+                ahead += estimate
+        slots = max(1, self.settings.max_running)
+        return now + timedelta(seconds=ahead / slots + job.estimate_s)
+
+    def error_detail(self, job_id: str, owner: Identity) -> str:
+        """Return the error document of a failed job (404 otherwise)."""
+        job = self._job(job_id, owner)
+        if job.error is None:
+            raise UnknownJobError(f"job {job_id} has no error")
+        lines = [f"{job.error.type}: {job.error.message}"]
+        path = self.job_root / job_id / ERROR_FILE
+        with contextlib.suppress(OSError, ContractError):
+            detail = WorkerError.from_json(path.read_text()).detail
+            if detail:
+                lines += ["", detail.rstrip()]
+        tail = _log_tail(self.job_root / job_id / LOG_FILE)
+        if tail:
+            lines += ["", f"Last lines of {LOG_FILE}:", tail]
+        return "\n".join(lines) + "\n"
+
+    def result_file(self, job_id: str, owner: Identity,
+                    result_id: str) -> ResultFile:
+        """Return the file of a result (404 if unknown)."""
+        job = self._job(job_id, owner)
+        for result in job.results:
+            if result.id == result_id:
+                return ResultFile(self.job_root / job_id / result.path,
+                                  result.mime)
+        raise UnknownJobError(f"job {job_id} has no result {result_id!r}")
+
+    def parameter_value(self, job_id: str, owner: Identity,
+                        name: str) -> ResultFile | str:
+        """Return an uploaded file, or the text of a parameter (404)."""
+        job = self._job(job_id, owner)
+        for param in job.parameters:
+            if param.name == name.lower():
+                if param.is_post:
+                    return ResultFile(self.job_root / job_id / param.value,
+                                      "application/fits")
+                return param.value
+        raise UnknownJobError(f"job {job_id} has no parameter {name!r}")
+
+    # -- phase changes requested by the client ------------------------------
+    def run(self, job_id: str, owner: Identity) -> None:
+        """PHASE=RUN: queue a PENDING (or HELD) job."""
+        job = self._job(job_id, owner)
+        try:
+            target = phases.on_run(job.phase)
+        except phases.IllegalPhaseError as exc:
+            raise InvalidPhaseError(str(exc)) from None
+        if target is None:
+            return
+        if not any(p.name == "image" for p in job.parameters):
+            raise UsageError(
+                "PHASE=RUN: the job has no IMAGE parameter yet (POST it "
+                f"to {job_id}/parameters)")
+        self._write_spec(job)
+        if not self.store.transition(job_id, [job.phase], Phase.QUEUED,
+                                     queued_time=self.clock()):
+            raise InvalidPhaseError(
+                f"the job changed phase meanwhile (it was {job.phase})")
+        self._changes.notify(job_id)
+        try:
+            backend_id = self.runner.submit(job_id, self.job_root / job_id)
+        except RunnerError as exc:
+            self._finish(job_id, [Phase.QUEUED], Phase.ERROR,
+                         ErrorSummary("transient", f"the batch system "
+                                      f"refused the job: {exc}"))
+            return
+        if backend_id:
+            self.store.update(job_id, backend_id=backend_id)
+        self._wake.set()
+
+    def abort(self, job_id: str, owner: Identity) -> None:
+        """PHASE=ABORT."""
+        job = self._job(job_id, owner)
+        try:
+            target = phases.on_abort(job.phase)
+        except phases.IllegalPhaseError as exc:
+            raise InvalidPhaseError(str(exc)) from None
+        if target is None:
+            return
+        self._abort(job, None)
+
+    def _abort(self, job: Job | ActiveJob, reason: str | None) -> bool:
+        error = None if reason is None else ErrorSummary("fatal", reason,
+                                                         has_detail=True)
+        sources = [p for p in Phase if phases.can_move(p, Phase.ABORTED)]
+        moved = self._finish(job.job_id, sources, Phase.ABORTED, error)
+        if moved and job.phase in OBSERVED:
+            with contextlib.suppress(RunnerError):
+                self.runner.cancel(job.job_id, job.backend_id)
+            self._wake.set()
+        return moved
+
+    def delete(self, job_id: str, owner: Identity) -> None:
+        """DELETE: abort if needed, remove the files, forget the job."""
+        job = self._job(job_id, owner)
+        self._destroy(job_id, job.phase, job.backend_id)
+
+    def _destroy(self, job_id: str, phase: Phase, backend_id: str) -> None:
+        if phase in OBSERVED:
+            with contextlib.suppress(RunnerError):
+                self.runner.cancel(job_id, backend_id)
+        self.store.delete(job_id)
+        shutil.rmtree(self.job_root / job_id, ignore_errors=True)
+        self._changes.forget(job_id)
+        log.info("job %s destroyed", job_id)
+
+    # -- WAIT --------------------------------------------------------------
+    def wait(self, job_id: str, owner: Identity, seconds: int,
+             phase: Phase | None) -> Job:
+        """Block while the job is active and unchanged (UWS §2.2.1.1).
+
+        Returns at once when the job is not in PENDING, QUEUED or
+        EXECUTING, or not in ``phase`` when one is given; else when its
+        phase changes or after ``seconds`` (-1: the cap), at most the
+        configured cap.  Beyond ``wait_clients`` blocked requests, it
+        answers at once (clients poll again).
+        """
+        job = self._job(job_id, owner)
+        cap = self.settings.wait_max
+        limit = cap if seconds < 0 else min(seconds, cap)
+        if (limit <= 0 or job.phase not in phases.ACTIVE
+                or (phase is not None and job.phase is not phase)):
+            return self.get(job_id, owner)
+        changes = self._changes
+        with changes._cond:  # noqa: SLF001 - the counter is ours
+            if changes.waiting >= self.settings.wait_clients:
+                return self.get(job_id, owner)
+            changes.waiting += 1
+        try:
+            deadline = time.monotonic() + limit
+            start_phase = job.phase
+            while True:
+                seen = changes.version(job_id)
+                current = self.store.phase_of(job_id)
+                left = deadline - time.monotonic()
+                if current != start_phase or left <= 0:
+                    break
+                # The in-process event wakes us at once; the re-check
+                # every few seconds covers another process's changes.
+                changes.wait(job_id, seen, min(left, 5.0))
+        finally:
+            with changes._cond:  # noqa: SLF001
+                changes.waiting -= 1
+        return self.get(job_id, owner)
+
+    # -- background work ---------------------------------------------------
+    def _poller(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("runner poll failed")
+            self._wake.wait(self.settings.poll_interval)
+            self._wake.clear()
+
+    def _reaper(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval):
+            try:
+                self.reap_expired()
+            except Exception:
+                log.exception("reaper failed")
+
+    def poll_once(self) -> None:
+        """One poller cycle: runner states, outcomes, duration limits."""
+        with self._poll_lock:
+            active = self.store.active(OBSERVED)
+            if not active:
+                return
+            try:
+                states = self.runner.poll(active)
+                self.runner_health = self.runner.health()
+            except RunnerError as exc:
+                self.runner_health = str(exc)
+                log.warning("runner poll failed: %s", exc)
+                states = {}
+            now = self.clock()
+            for job in active:
+                status = states.get(job.job_id)
+                if status is not None:
+                    self._apply(job, status)
+                elif job.phase is Phase.EXECUTING:
+                    self._check_duration(job, now)
+
+    def _apply(self, job: ActiveJob, status: BackendStatus) -> None:
+        if status.ended:
+            self._conclude(job, status)
+            return
+        if status.phase is job.phase:
+            self._check_duration(job, self.clock())
+            return
+        values: dict[str, object] = {}
+        if status.backend_id:
+            values["backend_id"] = status.backend_id
+        if status.host:
+            values["host"] = status.host
+        if status.queue:
+            values["queue"] = status.queue
+        if status.phase is Phase.EXECUTING and job.start_time is None:
+            values["start_time"] = status.start_time or self.clock()
+        if not phases.can_move(job.phase, status.phase):
+            log.warning("job %s: runner reports %s after %s (ignored)",
+                        job.job_id, status.phase, job.phase)
+            return
+        if self.store.transition(job.job_id, [job.phase], status.phase,
+                                 **values):
+            self._changes.notify(job.job_id)
+        elif status.phase is Phase.EXECUTING:
+            # Aborted or deleted meanwhile: the worker must not run.
+            with contextlib.suppress(RunnerError):
+                self.runner.cancel(job.job_id, status.backend_id)
+
+    def _check_duration(self, job: ActiveJob, now: datetime) -> None:
+        if (job.phase is not Phase.EXECUTING or job.start_time is None
+                or job.execution_duration <= 0):
+            return
+        if now - job.start_time > timedelta(seconds=job.execution_duration):
+            self._abort(job, f"execution duration of "
+                        f"{job.execution_duration} s exceeded: the job "
+                        "was stopped")
+
+    def _conclude(self, job: ActiveJob, status: BackendStatus) -> None:
+        """Read a finished worker's outcome from its job folder."""
+        job_dir = self.job_root / job.job_id
+        manifest = job_dir / RESULTS_DIR / MANIFEST_FILE
+        usage = _usage(job_dir, job.start_time, self.clock())
+        if manifest.exists() and not (job_dir / ERROR_FILE).exists():
+            try:
+                results = _results(job_dir)
+            except (OSError, ValueError) as exc:
+                self._finish(job.job_id, [job.phase], Phase.ERROR,
+                             ErrorSummary("fatal", f"unreadable results "
+                                          f"manifest: {exc}", has_detail=True),
+                             **usage)
+                return
+            self.store.set_results(job.job_id, results)
+            self._finish(job.job_id, [job.phase], Phase.COMPLETED, None,
+                         **usage)
+            return
+        error = _worker_error(job_dir, status)
+        self.store.set_results(job.job_id, _log_result(job_dir))
+        self._finish(job.job_id, [job.phase], Phase.ERROR, error, **usage)
+
+    def _finish(self, job_id: str, sources: Sequence[Phase], target: Phase,
+                error: ErrorSummary | None, **values: object) -> bool:
+        if error is not None:
+            values.update(error_type=error.type,
+                          error_message=error.message,
+                          error_detail=error.has_detail)
+        values.setdefault("end_time", self.clock())
+        moved = self.store.transition(job_id, sources, target, **values)
+        if moved:
+            log.info("job %s: %s%s", job_id, target,
+                     f" ({error.message})" if error else "")
+            self._changes.notify(job_id)
+        return moved
+
+    def reap_expired(self) -> int:
+        """Destroy the jobs whose destruction time has passed."""
+        count = 0
+        for job_id in self.store.expired(self.clock()):
+            job = self.store.get(job_id)
+            if job is not None:
+                self._destroy(job_id, job.phase, job.backend_id)
+                count += 1
+        return count
+
+    def recover(self) -> None:
+        """At start: check the jobs a previous process left active.
+
+        Queued jobs are handed to the runner again (in queue order);
+        executing ones are re-attached or concluded by the next poll.
+        """
+        for job in self.store.active([Phase.QUEUED]):
+            spec = self.job_root / job.job_id / SPEC_FILE
+            if not spec.exists():
+                self._finish(job.job_id, [Phase.QUEUED], Phase.ERROR,
+                             ErrorSummary("fatal", "the job folder was lost "
+                                          "while the service was down"))
+                continue
+            with contextlib.suppress(RunnerError):
+                if not job.backend_id:
+                    backend_id = self.runner.submit(
+                        job.job_id, self.job_root / job.job_id)
+                    if backend_id:
+                        self.store.update(job.job_id, backend_id=backend_id)
+        self._wake.set()
+
+    # -- availability ------------------------------------------------------
+    def availability(self) -> tuple[bool, list[str]]:
+        """Whether the service can take jobs, with notes."""
+        notes: list[str] = []
+        ok = True
+        try:
+            self.store.ping()
+        except StoreError as exc:
+            ok = False
+            notes.append(str(exc))
+        if self.runner_health:
+            notes.append(f"degraded: {self.runner_health}")
+        probe = self.job_root / ".probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            ok = False
+            notes.append(f"the job folder is not writable: {exc.strerror}")
+        if ok and not notes:
+            notes.append("accepting jobs")
+        return ok, notes
+
+    # -- worker spec ---------------------------------------------------------
+    def _write_spec(self, job: Job) -> None:
+        values = {p.name: p.value for p in job.parameters}
+        spec = WorkerSpec(
+            job_id=job.job_id, image=values["image"],
+            flat=values.get("flat"), mask=values.get("mask"),
+            zeropoint=(float(values["zeropoint"])
+                       if "zeropoint" in values else None),
+            pixscale=(float(values["pixscale"])
+                      if "pixscale" in values else None),
+            ccd_jobs=self.settings.ccd_jobs,
+            fetch_limit=self.settings.upload_limit,
+            fetch_timeout=self.settings.fetch_timeout,
+            run_id=job.run_id)
+        try:
+            write_atomic(self.job_root / job.job_id / SPEC_FILE,
+                         spec.to_json())
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"cannot write the job spec: {exc.strerror}") from exc
+
+
+def _results(job_dir: Path) -> list[Result]:
+    import json  # noqa: PLC0415
+
+    manifest = json.loads((job_dir / RESULTS_DIR / MANIFEST_FILE)
+                          .read_text())
+    entries = manifest["products"] if isinstance(manifest, dict) \
+        else manifest
+    results = [Result(id=str(e["id"]), path=f"{RESULTS_DIR}/{e['file']}",
+                      mime=str(e["mime"]), size=int(e["size"]),
+                      description=str(e.get("description", "")))
+               for e in entries]
+    return results + _log_result(job_dir)
+
+
+def _log_result(job_dir: Path) -> list[Result]:
+    path = job_dir / LOG_FILE
+    if not path.exists():
+        return []
+    return [Result("log", LOG_FILE, "text/plain", path.stat().st_size,
+                   "the worker's log")]
+
+
+def _worker_error(job_dir: Path, status: BackendStatus) -> ErrorSummary:
+    path = job_dir / ERROR_FILE
+    if path.exists():
+        try:
+            error = WorkerError.from_json(path.read_text())
+        except (OSError, ContractError) as exc:
+            return ErrorSummary("fatal", f"unreadable error document: {exc}",
+                                has_detail=True)
+        kind = "transient" if error.type == "transient" else "fatal"
+        return ErrorSummary(kind, error.message, has_detail=True)
+    if status.message:
+        return ErrorSummary("fatal", status.message, has_detail=True)
+    how = ""
+    if status.signal is not None:
+        import signal as _signal  # noqa: PLC0415
+
+        with contextlib.suppress(ValueError):
+            how = f" (killed by {_signal.Signals(status.signal).name})"
+    elif status.exit_status is not None:
+        how = f" (exit status {status.exit_status})"
+    return ErrorSummary(
+        "fatal", f"the worker ended without a result{how}; see the log",
+        has_detail=True)
+
+
+def _usage(job_dir: Path, start: datetime | None,
+           now: datetime) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if start is not None:
+        values["wall_s"] = round((now - start).total_seconds(), 3)
+    with contextlib.suppress(OSError, ContractError):
+        progress = Progress.from_json((job_dir / PROGRESS_FILE).read_text())
+        if progress.max_rss_kb:
+            values["max_rss_kb"] = progress.max_rss_kb
+        if progress.cpu_s:
+            values["cpu_s"] = round(progress.cpu_s, 3)
+        if progress.host:
+            values["host"] = progress.host
+    return values
+
+
+def _with_progress(info: JobInfo, job_dir: Path, job: Job) -> JobInfo:
+    try:
+        progress = Progress.from_json((job_dir / PROGRESS_FILE).read_text())
+    except (OSError, ContractError):
+        return info
+    steps = tuple(Step(s.name, s.state, s.start, s.end, s.detail)
+                  for s in progress.steps)
+    changes: dict[str, object] = {"steps": steps}
+    if job.phase is Phase.EXECUTING:
+        changes["max_rss_kb"] = progress.max_rss_kb or None
+        changes["cpu_s"] = progress.cpu_s or None
+        if job.start_time is not None:
+            changes["wall_s"] = round(
+                (utcnow() - job.start_time).total_seconds(), 1)
+        if progress.host:
+            changes["host"] = progress.host
+    return replace(info, **changes)  # type: ignore[arg-type]
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-LOG_TAIL:])

@@ -1,0 +1,216 @@
+"""The one settings object of the service, built from the ``.ini``.
+
+`Settings.from_ini` reads the ``qfits.*`` keys of ``[app:main]`` once,
+in the app factory; nothing below the app reads the ini or the
+environment.  Unknown ``qfits.*`` keys and bad values are refused with
+a message naming the key (a typo must not silently keep a default).
+Every key is documented in ``docs/service.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "qfits."
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9,
+              "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30,
+              "ti": 2**40}
+
+AUTH_MODES = ("anonymous", "basic", "header")
+
+
+class SettingsError(ValueError):
+    """A bad or unknown setting."""
+
+
+def parse_duration(value: str, key: str = "duration") -> int:
+    """Parse ``3600``, ``90s``, ``30m``, ``2h`` or ``7d`` into seconds."""
+    match = _DURATION.match(str(value))
+    if match is None:
+        raise SettingsError(
+            f"{key}: {value!r} is not a duration (e.g. 3600, 90m, 2h, 7d)")
+    return round(float(match.group(1)) * _DURATION_UNIT[match.group(2)])
+
+
+def parse_size(value: str, key: str = "size") -> int:
+    """Parse ``800MB``, ``1GiB`` or a number of bytes."""
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise SettingsError(
+            f"{key}: {value!r} is not a size (e.g. 800MB, 1GiB, 1000000)")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return round(float(match.group(1)) * _SIZE_UNIT[unit])
+
+
+def human_bytes(size: int) -> str:
+    """Write a byte count the way the limits are stated (800 MB)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
+
+
+def _bool(value: Any, key: str) -> bool:
+    text = str(value).strip().lower()
+    if text in {"true", "yes", "on", "1"}:
+        return True
+    if text in {"false", "no", "off", "0"}:
+        return False
+    raise SettingsError(f"{key}: {value!r} is not true or false")
+
+
+def _int(value: Any, key: str, minimum: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{key}: {value!r} is not an integer") from None
+    if number < minimum:
+        raise SettingsError(f"{key}: {number} is below {minimum}")
+    return number
+
+
+def _float(value: Any, key: str, minimum: float) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{key}: {value!r} is not a number") from None
+    if not number >= minimum:
+        raise SettingsError(f"{key}: {number} is below {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with (``docs/service.md``)."""
+
+    #: SQLAlchemy URL of the job database.
+    database_url: str
+    #: One directory per job is created below this one.
+    job_dir: Path
+    #: Public base URL (scheme, host, port, path prefix) for Locations
+    #: and hrefs; empty: taken from each request.
+    base_url: str = ""
+    #: ``local``, ``pbs`` or a dotted ``module:Class`` name.
+    runner: str = "local"
+    #: Local runner: jobs executing at once; the rest stay QUEUED.
+    max_running: int = 1
+    #: CCD worker processes of one job (0: the pipeline's default).
+    ccd_jobs: int = 0
+    #: Seconds between runner polls (the local runner is also woken at
+    #: once when a job is queued or a worker ends).
+    poll_interval: float = 1.0
+    #: Execution duration given to a new job, and the most a client may
+    #: ask for [s] (0 = unlimited is refused when a maximum is set).
+    execution_duration: int = 3600
+    execution_duration_max: int = 4 * 3600
+    #: Time from creation to destruction of a new job, and the most a
+    #: client may ask for [s].
+    destruction: int = 7 * 86400
+    destruction_max: int = 30 * 86400
+    #: Seconds between two runs of the reaper (destruction).
+    reaper_interval: float = 600.0
+    #: Largest upload or fetched file [bytes].
+    upload_limit: int = 800 * 10**6
+    #: Cap of a blocking WAIT [s], and WAITs blocked at once (beyond it,
+    #: WAIT answers at once: keep it below the server's thread count).
+    wait_max: int = 60
+    wait_clients: int = 100
+    #: ``anonymous``, ``basic`` (user file) or ``header`` (trusted proxy).
+    auth: str = "anonymous"
+    auth_user_file: Path | None = None
+    auth_header: str = "X-Remote-User"
+    auth_realm: str = "QualityFITS-UWS"
+    #: Seconds a worker waits on a URL given as an input.
+    fetch_timeout: float = 60.0
+    #: Expected processing rate for the quote [s per megapixel], and the
+    #: fixed cost of a job [s] (measured: benchmarks/README.md).
+    quote_s_per_mpix: float = 0.11
+    quote_overhead_s: float = 5.0
+    #: Command that runs one job (argument list; the job directory is
+    #: appended).  Empty: this Python's ``-m pbs_bridge.worker``.
+    worker_command: tuple[str, ...] = ()
+
+    @classmethod
+    def from_ini(cls, settings: dict[str, Any]) -> Settings:
+        """Build the settings from the app's ``[app:main]`` keys.
+
+        Keys without the ``qfits.`` prefix (Pyramid's own) are ignored.
+        """
+        known = {f.name for f in fields(cls)}
+        values = {k.removeprefix(PREFIX): v for k, v in settings.items()
+                  if k.startswith(PREFIX)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SettingsError(
+                "unknown settings: "
+                + ", ".join(PREFIX + k for k in unknown))
+        for required in ("database_url", "job_dir"):
+            if not str(values.get(required, "")).strip():
+                raise SettingsError(f"{PREFIX}{required} is required")
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            name = PREFIX + key
+            kwargs[key] = _convert(key, name, raw)
+        made = cls(**kwargs)
+        made.check()
+        return made
+
+    def check(self) -> None:
+        """Refuse inconsistent settings."""
+        if self.auth not in AUTH_MODES:
+            raise SettingsError(
+                f"{PREFIX}auth: {self.auth!r} is not one of "
+                + ", ".join(AUTH_MODES))
+        if self.auth == "basic" and self.auth_user_file is None:
+            raise SettingsError(
+                f"{PREFIX}auth = basic needs {PREFIX}auth_user_file")
+        if self.execution_duration_max and (
+                self.execution_duration == 0
+                or self.execution_duration > self.execution_duration_max):
+            raise SettingsError(
+                f"{PREFIX}execution_duration must be between 1 and "
+                f"{PREFIX}execution_duration_max")
+        if self.destruction > self.destruction_max:
+            raise SettingsError(
+                f"{PREFIX}destruction must not exceed "
+                f"{PREFIX}destruction_max")
+        if self.base_url and not re.match(r"^https?://[^/]+", self.base_url):
+            raise SettingsError(
+                f"{PREFIX}base_url: {self.base_url!r} is not an http(s) "
+                "URL")
+
+
+def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
+    text = str(raw).strip()
+    if key in {"database_url", "runner", "auth", "auth_header",
+               "auth_realm"}:
+        return text
+    if key == "base_url":
+        return text.rstrip("/")
+    if key == "job_dir":
+        return Path(text)
+    if key == "auth_user_file":
+        return Path(text) if text else None
+    if key == "worker_command":
+        return tuple(text.split())
+    if key in {"execution_duration", "execution_duration_max",
+               "destruction", "destruction_max"}:
+        return parse_duration(text, name)
+    if key == "upload_limit":
+        return parse_size(text, name)
+    if key in {"max_running", "wait_clients"}:
+        return _int(text, name, 1)
+    if key in {"ccd_jobs", "wait_max"}:
+        return _int(text, name, 0)
+    if key in {"poll_interval", "reaper_interval"}:
+        return _float(text, name, 0.01)
+    if key in {"fetch_timeout", "quote_s_per_mpix", "quote_overhead_s"}:
+        return _float(text, name, 0.0)
+    raise AssertionError(key)  # pragma: no cover - every field is listed

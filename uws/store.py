@@ -1,0 +1,428 @@
+"""Persistence of jobs: SQLAlchemy Core over SQLite or PostgreSQL.
+
+The store owns every SQL statement of the service and returns plain
+`uws.model` objects, never rows.  It knows no phase rule: the job
+service decides, and asks the store for compare-and-set updates
+(`JobStore.transition`) so that two threads never both move a job.
+
+Times are stored as naive UTC timestamps (microseconds kept) and come
+back timezone-aware.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from uws.model import ErrorSummary, Job, JobInfo, JobRef, Parameter, Result
+from uws.phases import Phase
+
+metadata = sa.MetaData()
+
+jobs_table = sa.Table(
+    "jobs", metadata,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("creation_time", sa.DateTime(), nullable=False),
+    sa.Column("queued_time", sa.DateTime(), nullable=True),
+    sa.Column("start_time", sa.DateTime(), nullable=True),
+    sa.Column("end_time", sa.DateTime(), nullable=True),
+    sa.Column("execution_duration", sa.Integer(), nullable=False),
+    sa.Column("destruction", sa.DateTime(), nullable=False),
+    sa.Column("estimate_s", sa.Float(), nullable=False, default=0.0),
+    sa.Column("email", sa.String(255), nullable=True),
+    sa.Column("error_type", sa.String(16), nullable=True),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("error_detail", sa.Boolean(), nullable=False, default=False),
+    sa.Column("backend_id", sa.String(64), nullable=False, default=""),
+    sa.Column("host", sa.String(255), nullable=False, default=""),
+    sa.Column("queue", sa.String(64), nullable=False, default=""),
+    sa.Column("max_rss_kb", sa.BigInteger(), nullable=True),
+    sa.Column("wall_s", sa.Float(), nullable=True),
+    sa.Column("cpu_s", sa.Float(), nullable=True),
+    sa.Index("ix_jobs_owner_phase_creation", "owner", "phase",
+             "creation_time"),
+    sa.Index("ix_jobs_creation", "creation_time"),
+    sa.Index("ix_jobs_phase", "phase"),
+    sa.Index("ix_jobs_destruction", "destruction"),
+)
+
+parameters_table = sa.Table(
+    "parameters", metadata,
+    sa.Column("job_id", sa.String(40),
+              sa.ForeignKey("jobs.job_id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text(), nullable=False),
+    sa.Column("by_reference", sa.Boolean(), nullable=False),
+    sa.Column("is_post", sa.Boolean(), nullable=False),
+    sa.Column("position", sa.Integer(), nullable=False),
+)
+
+results_table = sa.Table(
+    "results", metadata,
+    sa.Column("job_id", sa.String(40),
+              sa.ForeignKey("jobs.job_id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("result_id", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("mime", sa.String(128), nullable=False),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("position", sa.Integer(), nullable=False),
+)
+
+#: Columns a caller may set with `JobStore.update` / `transition`.
+UPDATABLE = frozenset({
+    "run_id", "queued_time", "start_time", "end_time",
+    "execution_duration", "destruction", "estimate_s", "error_type",
+    "error_message", "error_detail", "backend_id", "host", "queue",
+    "max_rss_kb", "wall_s", "cpu_s", "email",
+})
+
+#: Sentinel: list every owner's jobs (the reaper, the poller).
+ANY_OWNER = object()
+
+
+class StoreError(RuntimeError):
+    """The database cannot be reached or refused a statement."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What the service inserts when a job is created."""
+
+    job_id: str
+    owner: str | None
+    run_id: str | None
+    creation_time: datetime
+    execution_duration: int
+    destruction: datetime
+    parameters: tuple[Parameter, ...]
+    email: str | None = None
+    estimate_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    """What the poller needs of a job that is queued or running."""
+
+    job_id: str
+    phase: Phase
+    backend_id: str
+    start_time: datetime | None
+    execution_duration: int
+    queued_time: datetime | None
+
+
+def _naive(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _aware_required(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine; SQLite gets WAL mode and a busy timeout."""
+    if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=20, max_overflow=20)
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_size=20, max_overflow=20,
+                            pool_pre_ping=True)
+
+
+class JobStore:
+    """Jobs, their parameters and results in a SQL database.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy database URL (``sqlite:///path``,
+        ``postgresql+psycopg://...``).  Tables are created if missing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = make_engine(url)
+            metadata.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the job database: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise `StoreError` unless the database answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"the job database does not answer: {exc}"
+                             ) from exc
+
+    # -- writing -----------------------------------------------------------
+    def create(self, job: NewJob) -> None:
+        """Insert a PENDING job and its parameters."""
+        with self.engine.begin() as conn:
+            conn.execute(jobs_table.insert().values(
+                job_id=job.job_id, owner=job.owner, run_id=job.run_id,
+                phase=Phase.PENDING.value,
+                creation_time=_naive(job.creation_time),
+                execution_duration=job.execution_duration,
+                destruction=_naive(job.destruction),
+                estimate_s=job.estimate_s, email=job.email,
+                error_detail=False, backend_id="", host="", queue=""))
+            self._insert_parameters(conn, job.job_id, job.parameters, 0)
+
+    @staticmethod
+    def _insert_parameters(conn: Connection, job_id: str,
+                           params: Iterable[Parameter], start: int) -> None:
+        rows = [{"job_id": job_id, "name": p.name, "value": p.value,
+                 "by_reference": p.by_reference, "is_post": p.is_post,
+                 "position": start + i} for i, p in enumerate(params)]
+        if rows:
+            conn.execute(parameters_table.insert(), rows)
+
+    def set_parameters(self, job_id: str, params: Sequence[Parameter],
+                       *, only_in: Phase, estimate_s: float | None = None,
+                       ) -> bool:
+        """Add or replace parameters while the job is in ``only_in``.
+
+        Returns False (and changes nothing) when the job has left that
+        phase meanwhile.
+        """
+        with self.engine.begin() as conn:
+            phase = conn.execute(
+                sa.select(jobs_table.c.phase)
+                .where(jobs_table.c.job_id == job_id)
+                .with_for_update()).scalar()
+            if phase != only_in.value:
+                return False
+            names = [p.name for p in params]
+            conn.execute(parameters_table.delete().where(
+                parameters_table.c.job_id == job_id,
+                parameters_table.c.name.in_(names)))
+            top = conn.execute(
+                sa.select(sa.func.max(parameters_table.c.position))
+                .where(parameters_table.c.job_id == job_id)).scalar()
+            self._insert_parameters(conn, job_id, params,
+                                    (top if top is not None else -1) + 1)
+            if estimate_s is not None:
+                conn.execute(jobs_table.update()
+                             .where(jobs_table.c.job_id == job_id)
+                             .values(estimate_s=estimate_s))
+        return True
+
+    def update(self, job_id: str, **values: Any) -> bool:
+        """Set columns of `UPDATABLE`; return whether the job exists."""
+        return self.transition(job_id, None, None, **values)
+
+    def transition(self, job_id: str, sources: Iterable[Phase] | None,
+                   target: Phase | None, **values: Any) -> bool:
+        """Move a job to ``target`` if its phase is one of ``sources``.
+
+        A compare-and-set: returns False when the job is gone or its
+        phase is not (any more) in ``sources``.  ``values`` are set in
+        the same statement.
+        """
+        bad = set(values) - UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        values = {k: _naive(v) if isinstance(v, datetime) else v
+                  for k, v in values.items()}
+        if target is not None:
+            values["phase"] = target.value
+        stmt = jobs_table.update().where(jobs_table.c.job_id == job_id)
+        if sources is not None:
+            stmt = stmt.where(
+                jobs_table.c.phase.in_([p.value for p in sources]))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.values(**values)).rowcount == 1
+
+    def set_results(self, job_id: str, results: Sequence[Result]) -> None:
+        """Replace the job's results."""
+        with self.engine.begin() as conn:
+            conn.execute(results_table.delete().where(
+                results_table.c.job_id == job_id))
+            if results:
+                conn.execute(results_table.insert(), [
+                    {"job_id": job_id, "result_id": r.id, "path": r.path,
+                     "mime": r.mime, "size": r.size,
+                     "description": r.description, "position": i}
+                    for i, r in enumerate(results)])
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a job with its parameters and results."""
+        with self.engine.begin() as conn:
+            for table in (results_table, parameters_table):
+                conn.execute(table.delete().where(
+                    table.c.job_id == job_id))
+            return conn.execute(jobs_table.delete().where(
+                jobs_table.c.job_id == job_id)).rowcount == 1
+
+    # -- reading -----------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        """Return the job with its parameters and results, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(jobs_table).where(
+                jobs_table.c.job_id == job_id)).first()
+            if row is None:
+                return None
+            params = conn.execute(
+                sa.select(parameters_table.c.name, parameters_table.c.value,
+                          parameters_table.c.by_reference,
+                          parameters_table.c.is_post)
+                .where(parameters_table.c.job_id == job_id)
+                .order_by(parameters_table.c.position)).all()
+            results = conn.execute(
+                sa.select(results_table.c.result_id, results_table.c.path,
+                          results_table.c.mime, results_table.c.size,
+                          results_table.c.description)
+                .where(results_table.c.job_id == job_id)
+                .order_by(results_table.c.position)).all()
+        return _job(row, params, results)
+
+    def phase_of(self, job_id: str) -> Phase | None:
+        """Return the job's phase (one cheap query), or None."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(jobs_table.c.phase).where(
+                jobs_table.c.job_id == job_id)).scalar()
+        return None if value is None else Phase(value)
+
+    def owner_and_email(self, job_id: str) -> tuple[str | None, str | None]:
+        """Return the job's owner and notification email."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(jobs_table.c.owner, jobs_table.c.email)
+                .where(jobs_table.c.job_id == job_id)).first()
+        return (None, None) if row is None else (row.owner, row.email)
+
+    def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
+             after: datetime | None = None,
+             last: int | None = None) -> list[JobRef]:
+        """List jobs, newest first.
+
+        Parameters
+        ----------
+        owner : str, None or ANY_OWNER
+            Only this owner's jobs (None: anonymous jobs); `ANY_OWNER`:
+            everybody's.
+        phases : sequence of Phase
+            Union of phases; empty: every phase but ARCHIVED.
+        after : datetime, optional
+            Only jobs created strictly after this instant.
+        last : int, optional
+            Only the ``last`` most recent of those.
+        """
+        c = jobs_table.c
+        stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner,
+                         c.creation_time)
+        if owner is not ANY_OWNER:
+            stmt = stmt.where(c.owner.is_(None) if owner is None
+                              else c.owner == owner)
+        if phases:
+            stmt = stmt.where(c.phase.in_([p.value for p in phases]))
+        else:
+            stmt = stmt.where(c.phase != Phase.ARCHIVED.value)
+        if after is not None:
+            stmt = stmt.where(c.creation_time > _naive(after))
+        stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
+        if last is not None:
+            stmt = stmt.limit(last)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [JobRef(r.job_id, Phase(r.phase), r.run_id, r.owner,
+                       _aware_required(r.creation_time)) for r in rows]
+
+    def active(self, phases: Iterable[Phase]) -> list[ActiveJob]:
+        """Jobs in these phases, in the order they were queued."""
+        c = jobs_table.c
+        stmt = (sa.select(c.job_id, c.phase, c.backend_id, c.start_time,
+                          c.execution_duration, c.queued_time)
+                .where(c.phase.in_([p.value for p in phases]))
+                .order_by(c.queued_time, c.creation_time, c.job_id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [ActiveJob(r.job_id, Phase(r.phase), r.backend_id,
+                          _aware(r.start_time), r.execution_duration,
+                          _aware(r.queued_time)) for r in rows]
+
+    def queued_estimates(self) -> list[tuple[str, float]]:
+        """(job id, estimate) of QUEUED jobs in queue order."""
+        c = jobs_table.c
+        stmt = (sa.select(c.job_id, c.estimate_s)
+                .where(c.phase == Phase.QUEUED.value)
+                .order_by(c.queued_time, c.creation_time, c.job_id))
+        with self.engine.connect() as conn:
+            return [(r.job_id, r.estimate_s) for r in conn.execute(stmt)]
+
+    def expired(self, now: datetime) -> list[str]:
+        """Ids of jobs whose destruction time has passed."""
+        stmt = sa.select(jobs_table.c.job_id).where(
+            jobs_table.c.destruction <= _naive(now))
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
+    def count(self) -> int:
+        """Return the number of jobs (every phase, every owner)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(jobs_table)
+            ).scalar() or 0)
+
+
+def _job(row: Any, params: Sequence[Any], results: Sequence[Any]) -> Job:
+    error = None
+    if row.error_type:
+        error = ErrorSummary(row.error_type, row.error_message or "",
+                             bool(row.error_detail))
+    info = JobInfo(host=row.host, queue=row.queue,
+                   backend_id=row.backend_id, max_rss_kb=row.max_rss_kb,
+                   wall_s=row.wall_s, cpu_s=row.cpu_s)
+    return Job(
+        job_id=row.job_id, phase=Phase(row.phase), owner=row.owner,
+        run_id=row.run_id,
+        creation_time=_aware_required(row.creation_time),
+        start_time=_aware(row.start_time), end_time=_aware(row.end_time),
+        execution_duration=row.execution_duration,
+        destruction=_aware_required(row.destruction),
+        parameters=tuple(Parameter(p.name, p.value, p.by_reference,
+                                   p.is_post) for p in params),
+        results=tuple(Result(r.result_id, r.path, r.mime, r.size,
+                             r.description) for r in results),
+        error=error, info=info, backend_id=row.backend_id,
+        estimate_s=row.estimate_s,
+    )

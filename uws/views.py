@@ -1,0 +1,480 @@
+"""HTTP ⇄ job service: the UWS 1.1 resources and VOSI.
+
+Views only translate: read the request (parameter names lower-cased
+by `uws.forms`), call one `uws.service.JobService` verb, answer with a
+document from `uws.xml`, ``text/plain``, a file, or a 303 whose
+Location is built from the public base URL.  Errors are `uws.errors`
+exceptions rendered by one exception view.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pyramid.httpexceptions import HTTPMethodNotAllowed, HTTPNotFound
+from pyramid.response import Response
+from pyramid.view import exception_view_config, view_config
+
+from uws import xml
+from uws.errors import (
+    InvalidPhaseError,
+    UnknownJobError,
+    UsageError,
+    UWSError,
+)
+from uws.forms import Form, read_form
+from uws.model import Job, Parameter
+from uws.params import parse_instant, parse_int
+from uws.phases import Phase
+from uws.service import JobService, ResultFile
+
+log = logging.getLogger(__name__)
+
+XML_TYPE = "text/xml"
+TEXT_TYPE = "text/plain"
+BLOCK = 1 << 20
+
+
+# -- helpers ----------------------------------------------------------------
+def _service(request: Any) -> JobService:
+    service: JobService = request.registry.job_service
+    return service
+
+
+def _owner(request: Any) -> str | None:
+    owner: str | None = request.registry.authenticator.identify(request)
+    return owner
+
+
+def base_url(request: Any) -> str:
+    """Return the public base URL (setting, else the request's own)."""
+    configured: str = _service(request).settings.base_url
+    return configured or str(request.application_url).rstrip("/")
+
+
+def jobs_url(request: Any) -> str:
+    """Return the absolute URL of the job list."""
+    return f"{base_url(request)}/jobs"
+
+
+def job_url(request: Any, job_id: str) -> str:
+    """Return the absolute URL of a job."""
+    return f"{jobs_url(request)}/{job_id}"
+
+
+def _see_other(location: str) -> Response:
+    response = Response(status=303, content_type=TEXT_TYPE,
+                        charset="utf-8", body=f"See {location}\n".encode())
+    response.location = location
+    return response
+
+
+def _xml(body: bytes) -> Response:
+    return Response(body=body, content_type=XML_TYPE, charset="utf-8")
+
+
+def _text(text: str) -> Response:
+    return Response(body=text.encode(), content_type=TEXT_TYPE,
+                    charset="utf-8")
+
+
+def _form(request: Any, *, body: bool = True) -> Form:
+    settings = _service(request).settings
+    return read_form(request, staging_root=_service(request).staging_root,
+                     upload_limit=settings.upload_limit, with_body=body)
+
+
+def _job_id(request: Any) -> str:
+    job_id: str = request.matchdict["job_id"]
+    return job_id
+
+
+def _mask_email(value: str) -> str:
+    user, _, domain = value.partition("@")
+    return f"{user[:1]}***@{domain}"
+
+
+def public_job(job: Job, url: str) -> Job:
+    """Return the job as clients see it: upload URLs, masked email."""
+    params = []
+    for p in job.parameters:
+        if p.is_post:
+            params.append(Parameter(p.name, f"{url}/parameters/{p.name}",
+                                    by_reference=True, is_post=True))
+        elif p.name == "email":
+            params.append(replace(p, value=_mask_email(p.value)))
+        else:
+            params.append(p)
+    return replace(job, parameters=tuple(params))
+
+
+def _methods(request: Any, *allowed: str) -> None:
+    if request.method not in allowed:
+        raise HTTPMethodNotAllowed(
+            f"{request.method} is not allowed here (use "
+            f"{', '.join(allowed)})",
+            headers={"Allow": ", ".join(allowed)})
+
+
+# -- the job list -------------------------------------------------------------
+@view_config(route_name="jobs")
+def jobs_view(request: Any) -> Response:
+    """GET the job list (PHASE, AFTER, LAST); POST creates a job."""
+    _methods(request, "GET", "HEAD", "POST")
+    service = _service(request)
+    owner = _owner(request)
+    if request.method == "POST":
+        form = _form(request)
+        job_id = service.create(owner, form)
+        return _see_other(job_url(request, job_id))
+    query = _form(request, body=False)
+    unknown = query.names() - {"phase", "after", "last"}
+    if unknown:
+        raise UsageError(
+            f"unknown job-list filter {', '.join(sorted(unknown)).upper()}"
+            ": the filters are PHASE (repeatable), AFTER and LAST")
+    wanted = []
+    for value in query.values.get("phase", []):
+        try:
+            wanted.append(Phase(value.strip().upper()))
+        except ValueError:
+            raise UsageError(
+                f"PHASE: {value!r} is not a UWS phase ("
+                + ", ".join(p.value for p in Phase) + ")") from None
+    after = query.single("after")
+    last = query.single("last")
+    last_n = None
+    if last is not None:
+        last_n = parse_int(last, "LAST")
+        if last_n <= 0:
+            raise UsageError(f"LAST: {last_n} must be a positive integer")
+    refs = service.list_jobs(owner, phases_=wanted,
+                        after=None if after is None
+                        else parse_instant(after, "AFTER"),
+                        last=last_n)
+    return _xml(xml.job_list_document(refs, jobs_url(request)))
+
+
+# -- one job -----------------------------------------------------------------
+@view_config(route_name="job")
+def job_view(request: Any) -> Response:
+    """GET the job (WAIT, PHASE); DELETE or POST ACTION=DELETE."""
+    _methods(request, "GET", "HEAD", "POST", "DELETE")
+    service = _service(request)
+    owner = _owner(request)
+    job_id = _job_id(request)
+    if request.method == "DELETE":
+        service.delete(job_id, owner)
+        return _see_other(jobs_url(request))
+    if request.method == "POST":
+        form = _form(request)
+        form.discard()
+        action = form.single("action")
+        if action is None or action.strip().upper() != "DELETE" or \
+                form.names() - {"action"}:
+            raise UsageError(
+                "POST to a job accepts only ACTION=DELETE; send PHASE=RUN "
+                f"or PHASE=ABORT to {job_url(request, job_id)}/phase and "
+                f"parameters to {job_url(request, job_id)}/parameters")
+        service.delete(job_id, owner)
+        return _see_other(jobs_url(request))
+    query = _form(request, body=False)
+    wait = query.single("wait")
+    if wait is not None:
+        seconds = parse_int(wait, "WAIT")
+        if seconds < -1:
+            raise UsageError(f"WAIT: {seconds} (use -1, 0 or a positive "
+                             "number of seconds)")
+        phase = query.single("phase")
+        target = None
+        if phase is not None:
+            try:
+                target = Phase(phase.strip().upper())
+            except ValueError:
+                raise UsageError(f"PHASE: {phase!r} is not a UWS phase"
+                                 ) from None
+        job = service.wait(job_id, owner, seconds, target)
+    else:
+        job = service.get(job_id, owner)
+    url = job_url(request, job_id)
+    return _xml(xml.job_document(public_job(job, url), url))
+
+
+@view_config(route_name="job_phase")
+def phase_view(request: Any) -> Response:
+    """GET the phase; POST PHASE=RUN or PHASE=ABORT."""
+    _methods(request, "GET", "HEAD", "POST")
+    service = _service(request)
+    owner = _owner(request)
+    job_id = _job_id(request)
+    if request.method == "POST":
+        form = _form(request)
+        form.discard()
+        value = (form.single("phase") or "").strip().upper()
+        if form.names() - {"phase"}:
+            raise UsageError("POST to phase accepts only PHASE=RUN or "
+                             "PHASE=ABORT")
+        if value == "RUN":
+            service.run(job_id, owner)
+        elif value == "ABORT":
+            service.abort(job_id, owner)
+        else:
+            raise UsageError(
+                f"PHASE={form.single('phase') or ''!r}: use PHASE=RUN or "
+                "PHASE=ABORT")
+        return _see_other(job_url(request, job_id))
+    return _text(service.get(job_id, owner).phase.value)
+
+
+@view_config(route_name="job_executionduration")
+def executionduration_view(request: Any) -> Response:
+    """GET or POST EXECUTIONDURATION (seconds, 0 = unlimited)."""
+    _methods(request, "GET", "HEAD", "POST")
+    service = _service(request)
+    owner = _owner(request)
+    job_id = _job_id(request)
+    if request.method == "POST":
+        form = _form(request)
+        form.discard()
+        value = form.single("executionduration")
+        if value is None or form.names() - {"executionduration"}:
+            raise UsageError("POST EXECUTIONDURATION=<seconds>")
+        service.set_execution_duration(job_id, owner, value)
+        return _see_other(job_url(request, job_id))
+    return _text(str(service.get(job_id, owner).execution_duration))
+
+
+@view_config(route_name="job_destruction")
+def destruction_view(request: Any) -> Response:
+    """GET or POST DESTRUCTION (an ISO 8601 instant)."""
+    _methods(request, "GET", "HEAD", "POST")
+    service = _service(request)
+    owner = _owner(request)
+    job_id = _job_id(request)
+    if request.method == "POST":
+        form = _form(request)
+        form.discard()
+        value = form.single("destruction")
+        if value is None or form.names() - {"destruction"}:
+            raise UsageError("POST DESTRUCTION=<ISO 8601 instant>")
+        service.set_destruction(job_id, owner, value)
+        return _see_other(job_url(request, job_id))
+    return _text(xml.iso(service.get(job_id, owner).destruction))
+
+
+@view_config(route_name="job_attribute")
+def attribute_view(request: Any) -> Response:
+    """GET quote, owner, runId, creationTime, startTime, endTime, jobId."""
+    _methods(request, "GET", "HEAD")
+    job = _service(request).get(_job_id(request), _owner(request))
+    name = request.matchdict["name"].lower()
+    values: dict[str, str] = {
+        "quote": xml.iso(job.quote) if job.quote else "",
+        "owner": job.owner or "",
+        "runid": job.run_id or "",
+        "creationtime": xml.iso(job.creation_time),
+        "starttime": xml.iso(job.start_time) if job.start_time else "",
+        "endtime": xml.iso(job.end_time) if job.end_time else "",
+        "jobid": job.job_id,
+    }
+    if name not in values:
+        raise UnknownJobError(f"no job resource {request.matchdict['name']}")
+    return _text(values[name])
+
+
+@view_config(route_name="job_error")
+def error_view(request: Any) -> Response:
+    """GET the error document of a failed job (404 if none)."""
+    _methods(request, "GET", "HEAD")
+    text = _service(request).error_detail(_job_id(request),
+                                          _owner(request))
+    return _text(text)
+
+
+@view_config(route_name="job_results")
+def results_view(request: Any) -> Response:
+    """GET the results list."""
+    _methods(request, "GET", "HEAD")
+    job_id = _job_id(request)
+    job = _service(request).get(job_id, _owner(request))
+    return _xml(xml.results_document(job, job_url(request, job_id)))
+
+
+@view_config(route_name="job_result")
+def result_view(request: Any) -> Response:
+    """GET one result file (HTTP range requests supported)."""
+    _methods(request, "GET", "HEAD")
+    found = _service(request).result_file(
+        _job_id(request), _owner(request), request.matchdict["result_id"])
+    return _file(found)
+
+
+@view_config(route_name="job_parameters")
+def parameters_view(request: Any) -> Response:
+    """GET the parameters; POST adds or changes them while PENDING."""
+    _methods(request, "GET", "HEAD", "POST")
+    service = _service(request)
+    owner = _owner(request)
+    job_id = _job_id(request)
+    url = job_url(request, job_id)
+    if request.method == "POST":
+        service.set_parameters(job_id, owner, _form(request))
+        return _see_other(url)
+    job = service.get(job_id, owner)
+    return _xml(xml.parameters_document(public_job(job, url), url))
+
+
+@view_config(route_name="job_parameter")
+def parameter_view(request: Any) -> Response:
+    """GET one parameter: the uploaded file, or the value as text."""
+    _methods(request, "GET", "HEAD")
+    found = _service(request).parameter_value(
+        _job_id(request), _owner(request), request.matchdict["name"])
+    if isinstance(found, ResultFile):
+        return _file(found)
+    if request.matchdict["name"].lower() == "email":
+        found = _mask_email(found)
+    return _text(found)
+
+
+# -- VOSI --------------------------------------------------------------
+@view_config(route_name="availability")
+def availability_view(request: Any) -> Response:
+    """VOSI availability (200 whether or not available)."""
+    _methods(request, "GET", "HEAD")
+    service = _service(request)
+    available, notes = service.availability()
+    return _xml(xml.availability_document(available, notes,
+                                          service.up_since))
+
+
+@view_config(route_name="capabilities")
+def capabilities_view(request: Any) -> Response:
+    """VOSI capabilities."""
+    _methods(request, "GET", "HEAD")
+    return _xml(xml.capabilities_document(base_url(request)))
+
+
+@view_config(route_name="home")
+def home_view(request: Any) -> Response:
+    """Show a short page naming the service's endpoints."""
+    _methods(request, "GET", "HEAD")
+    base = base_url(request)
+    body = _HOME.format(base=base).encode()
+    return Response(body=body, content_type="text/html", charset="utf-8")
+
+
+_HOME = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>QualityFITS-UWS</title></head>
+<body><h1>QualityFITS-UWS</h1>
+<p>Image-quality assessment of FITS images as an IVOA UWS 1.1 service.</p>
+<ul>
+<li>Job list (UWS 1.1): <a href="{base}/jobs">{base}/jobs</a></li>
+<li>VOSI availability: <a href="{base}/availability">{base}/availability</a>
+</li>
+<li>VOSI capabilities: <a href="{base}/capabilities">{base}/capabilities</a>
+</li>
+</ul>
+<p>Create a job: <code>curl -F image=@exposure.fits -F PHASE=RUN
+{base}/jobs</code></p>
+</body></html>
+"""
+
+
+# -- files -------------------------------------------------------------
+class _RangeFile:
+    """An app_iter over a file that WebOb can ask for a byte range."""
+
+    def __init__(self, path: Path) -> None:
+        self.file: BinaryIO = path.open("rb")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.app_iter_range(0, None)
+
+    def app_iter_range(self, start: int, stop: int | None) -> Iterator[bytes]:
+        """Yield bytes ``start`` to ``stop`` (exclusive)."""
+        self.file.seek(start)
+        left = None if stop is None else stop - start
+        while left is None or left > 0:
+            chunk = self.file.read(BLOCK if left is None
+                                   else min(BLOCK, left))
+            if not chunk:
+                break
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+
+def _file(found: ResultFile) -> Response:
+    path = found.path
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise UnknownJobError(f"{path.name} is no longer available"
+                              ) from None
+    mime = found.mime or mimetypes.guess_type(path.name)[0] or \
+        "application/octet-stream"
+    charset = "utf-8" if mime.startswith("text/") else None
+    response = Response(content_type=mime, charset=charset,
+                        conditional_response=True)
+    response.app_iter = _RangeFile(path)
+    response.content_length = size
+    response.accept_ranges = "bytes"
+    response.last_modified = path.stat().st_mtime
+    response.etag = f"{int(path.stat().st_mtime_ns)}-{size}"
+    response.content_disposition = f'inline; filename="{path.name}"'
+    return response
+
+
+# -- errors ------------------------------------------------------------
+@exception_view_config(UWSError)
+def uws_error_view(exc: UWSError, request: Any) -> Response:
+    """Render a protocol error as ``text/plain`` with its status."""
+    response = _text(f"{exc.code}: {exc.message}\n")
+    response.status_int = exc.status
+    if exc.status == 401:
+        response.headers.update(request.registry.authenticator.challenge())
+    return response
+
+
+@exception_view_config(HTTPNotFound)
+def not_found_view(exc: HTTPNotFound, request: Any) -> Response:
+    """Unknown URL: 404 in plain text."""
+    del exc
+    response = _text(f"NotFound: no resource at {request.path}\n")
+    response.status_int = 404
+    return response
+
+
+@exception_view_config(HTTPMethodNotAllowed)
+def method_view(exc: HTTPMethodNotAllowed, request: Any) -> Response:
+    """Wrong method: 405 with Allow."""
+    del request
+    response = _text(f"MethodNotAllowed: {exc.detail}\n")
+    response.status_int = 405
+    response.headers["Allow"] = exc.headers.get("Allow", "")
+    return response
+
+
+@exception_view_config(Exception)
+def internal_error_view(exc: Exception, request: Any) -> Response:
+    """Anything else: 500 in plain text, logged with the job id."""
+    log.error("internal error on %s %s (job %s)", request.method,
+              request.path, request.matchdict.get("job_id", "-")
+              if request.matchdict else "-", exc_info=exc)
+    response = _text(f"InternalError: {type(exc).__name__}: {exc}\n")
+    response.status_int = 500
+    return response
+
+
+__all__ = ["InvalidPhaseError"]
