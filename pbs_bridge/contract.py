@@ -183,6 +183,8 @@ def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers never see half of it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        # Readable by the service when a batch job runs as another user.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         Path(tmp).replace(path)

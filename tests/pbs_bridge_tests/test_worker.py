@@ -1,0 +1,441 @@
+"""The job body ``uws-worker JOBDIR`` on real, simulated images.
+
+Success: exit 0, ``results/manifest.json`` listing the products, every
+step of ``progress.json`` done, no ``error.json``.  Bad input: exit 2
+and ``error.json`` of type usage naming the fault, the step at fault
+failed.  Inputs given by URL are served by a real local HTTP server.
+SIGTERM ends the job at once, without ``error.json`` or stray processes.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from pbs_bridge.contract import Progress, WorkerError, WorkerSpec
+from pbs_bridge.worker import STEP_NAMES, main
+from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.pipeline import STEPS
+from qualityfits.products import PRODUCT_STEPS
+
+SMALL = SimulationParams(
+    shape=(512, 512), n_stars=150, n_galaxies=200, n_cr_hits=20,
+    n_cr_tracks=2,
+)
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    """One simulated 512 x 512 CCD."""
+    sim = simulate_image(SMALL, seed=700)
+    path = tmp_path_factory.mktemp("sim") / "field.fits"
+    fits.PrimaryHDU(sim.data, sim.header).writeto(path)
+    return path
+
+
+def make_job(root, upload=None, **spec):
+    """A job directory with ``upload`` as inputs/image.fits."""
+    job = root / "job"
+    (job / "inputs").mkdir(parents=True)
+    if isinstance(upload, bytes):
+        (job / "inputs" / "image.fits").write_bytes(upload)
+    elif upload is not None:
+        shutil.copyfile(upload, job / "inputs" / "image.fits")
+    spec.setdefault("image", "inputs/image.fits")
+    (job / "spec.json").write_text(WorkerSpec(job_id="j1", **spec).to_json())
+    return job
+
+
+def run_worker(job):
+    return subprocess.run(
+        [sys.executable, "-m", "pbs_bridge.worker", str(job)],
+        capture_output=True, text=True, timeout=300, check=False)
+
+
+def progress(job):
+    return Progress.from_json((job / "progress.json").read_text())
+
+
+def states(job):
+    return {s.name: s.state for s in progress(job).steps}
+
+
+def error(job):
+    return WorkerError.from_json((job / "error.json").read_text())
+
+
+def leftovers(job):
+    """Hidden files (partial maps, temporary documents) in the job."""
+    return sorted(str(p.relative_to(job)) for p in job.rglob(".*"))
+
+
+# -- a good job ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good(image_file, tmp_path_factory):
+    job = make_job(tmp_path_factory.mktemp("good"), image_file)
+    return job, run_worker(job)
+
+
+class TestGoodJob:
+    def test_exit_status_and_log(self, good):
+        _, result = good
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert result.stderr == ""
+        assert "job j1: image inputs/image.fits" in result.stdout
+        assert "step psf: done (1/1 CCDs)" in result.stdout
+        assert "job j1 completed" in result.stdout
+        assert "exit status 0 after" in result.stdout.splitlines()[-1]
+
+    def test_manifest_lists_the_products(self, good):
+        job, _ = good
+        doc = json.loads((job / "results" / "manifest.json").read_text())
+        products = {p["id"]: p for p in doc["products"]}
+        for pid in ("summary", "catalogue", "weight", "flag", "report",
+                    "archive"):
+            assert pid in products
+        assert doc["products"][0]["id"] == "summary"
+        for product in doc["products"]:
+            path = job / "results" / product["file"]
+            assert path.stat().st_size == product["size"]
+        assert doc["failed_extensions"] == []
+
+    def test_every_step_done(self, good):
+        job, _ = good
+        doc = progress(job)
+        assert tuple(s.name for s in doc.steps) == STEP_NAMES == (
+            "fetch", "check", *STEPS, *PRODUCT_STEPS)
+        steps = {s.name: s for s in doc.steps}
+        assert steps["fetch"].state == "skipped"  # an upload
+        for step in doc.steps[1:]:
+            assert step.state == "done", step
+            assert step.start.endswith("Z")
+            assert step.end.endswith("Z")
+            assert step.start <= step.end
+        for earlier, later in zip(doc.steps[1:], doc.steps[2:],
+                                  strict=False):
+            assert earlier.start <= later.start
+        assert steps["check"].detail == "1 CCD"
+        for name in STEPS:
+            assert steps[name].detail == "1/1 CCDs"
+
+    def test_host_and_usage(self, good):
+        job, _ = good
+        doc = progress(job)
+        assert doc.host == socket.gethostname()
+        assert doc.pid > 0
+        assert doc.max_rss_kb > 10_000
+        assert doc.cpu_s > 0
+        assert doc.started <= doc.updated
+        assert doc.extra == {"job_id": "j1", "ccds": 1}
+
+    def test_nothing_left_behind(self, good):
+        job, _ = good
+        assert not (job / "error.json").exists()
+        assert leftovers(job) == []
+
+
+# -- bad input -------------------------------------------------------------
+
+
+class TestBadInput:
+    def test_not_fits(self, tmp_path, capsys):
+        job = make_job(tmp_path, b"this is not an image\n" * 200)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert "image image.fits: not a FITS file" in err.message
+        assert err.detail == ""
+        got = states(job)
+        assert got["fetch"] == "skipped"
+        assert got["check"] == "failed"
+        assert {got[name] for name in (*STEPS, *PRODUCT_STEPS)} == {
+            "pending"}
+        assert not (job / "results" / "manifest.json").exists()
+        assert leftovers(job) == []
+        assert "job failed (usage): image image.fits: not a FITS" in (
+            capsys.readouterr().out)
+
+    def test_flat_of_another_shape(self, tmp_path, image_file):
+        job = make_job(tmp_path, image_file, flat="inputs/flat.fits")
+        fits.PrimaryHDU(np.ones((64, 64), np.float32)).writeto(
+            job / "inputs" / "flat.fits")
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert "flat flat.fits" in err.message
+        assert "shape 64x64" in err.message
+        assert states(job)["check"] == "failed"
+
+    def test_missing_upload(self, tmp_path):
+        job = make_job(tmp_path)
+        assert main([str(job)]) == 2
+        assert error(job).message == "image image.fits: no such file"
+
+    def test_results_not_writable(self, tmp_path, image_file):
+        job = make_job(tmp_path, image_file)
+        (job / "results").write_text("a file where the folder goes")
+        assert main([str(job)]) == 1
+        err = error(job)
+        assert err.type == "fatal"
+        assert err.message.startswith("cannot write the products in ")
+        assert states(job)["check"] == "failed"
+
+
+# -- inputs by URL ---------------------------------------------------------
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Files of the served folder; under /stream/ without a length."""
+
+    def do_GET(self):
+        if self.path.startswith("/stream/"):
+            body = (Path(self.directory) / self.path[8:]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fits")
+            self.end_headers()  # HTTP/1.0: the body ends with the socket
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def no_proxy():
+    """Local URLs reached directly whatever the environment says."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY",
+                     "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+            patch.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(image_file, no_proxy):
+    del no_proxy
+    directory = str(image_file.parent)
+
+    def handler(*args, **kwargs):
+        return _Handler(*args, directory=directory, **kwargs)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+class TestUrlInput:
+    def test_fetched_job_completes(self, tmp_path, server, image_file):
+        job = make_job(tmp_path, image=f"{server}/field.fits")
+        assert main([str(job)]) == 0
+        assert not (job / "error.json").exists()
+        fetched = job / "inputs" / "image.fits"
+        assert fetched.read_bytes() == image_file.read_bytes()
+        steps = {s.name: s for s in progress(job).steps}
+        assert steps["fetch"].state == "done"
+        assert steps["fetch"].start <= steps["fetch"].end
+        assert steps["fetch"].detail.startswith("image ")
+        assert {s.state for s in progress(job).steps} == {"done"}
+        assert (job / "results" / "manifest.json").is_file()
+        assert leftovers(job) == []
+
+    def test_not_found(self, tmp_path, server):
+        url = f"{server}/nothing.fits"
+        job = make_job(tmp_path, image=url)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message == (
+            f"image: cannot fetch {url}: HTTP 404 File not found")
+        got = states(job)
+        assert got["fetch"] == "failed"
+        assert got["check"] == "pending"
+
+    @pytest.mark.parametrize("path", ["field.fits", "stream/field.fits"],
+                             ids=["content-length", "no-length"])
+    def test_over_the_fetch_limit(self, tmp_path, server, path):
+        url = f"{server}/{path}"
+        job = make_job(tmp_path, image=url, fetch_limit=100_000)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message == (
+            f"image: {url} is larger than the fetch limit of 100000 bytes")
+        assert states(job)["fetch"] == "failed"
+        assert list((job / "inputs").iterdir()) == []
+
+    def test_flat_by_url_without_length(self, tmp_path, server, image_file):
+        job = make_job(tmp_path, image_file,
+                       flat=f"{server}/stream/field.fits")
+        # Only the fetch and check are wanted here: a zero point that
+        # `assess` refuses before it starts.
+        job_spec = json.loads((job / "spec.json").read_text())
+        job_spec["zeropoint"] = -1.0
+        (job / "spec.json").write_text(json.dumps(job_spec))
+        assert main([str(job)]) == 2
+        assert (job / "inputs" / "flat.fits").read_bytes() == (
+            image_file.read_bytes())
+        got = states(job)
+        assert got["fetch"] == "done"
+        assert got["check"] == "done"
+        assert got["read"] == "failed"  # assess refused the zero point
+        assert "zeropoint" in error(job).message
+
+    @pytest.mark.parametrize("url", [
+        "ftp://127.0.0.1/field.fits", "file:///etc/passwd",
+    ])
+    def test_other_schemes_refused(self, tmp_path, url):
+        job = make_job(tmp_path, image=url)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        scheme = url.split(":", 1)[0]
+        assert err.message == (
+            f"image: cannot fetch {url}: the {scheme} scheme is not "
+            "supported (http or https only)")
+        assert states(job)["fetch"] == "failed"
+
+    @pytest.mark.usefixtures("no_proxy")
+    def test_network_failure_is_transient(self, tmp_path):
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/field.fits"
+        job = make_job(tmp_path, image=url)
+        assert main([str(job)]) == 1
+        err = error(job)
+        assert err.type == "transient"
+        assert err.message.startswith(f"image: cannot fetch {url}: ")
+        assert "refused" in err.message
+
+
+# -- the job directory itself ------------------------------------------------
+
+
+class TestSpec:
+    @pytest.mark.parametrize(("text", "words"), [
+        (None, "cannot read spec.json"),
+        ("{not json", "spec.json: not JSON"),
+        ('{"version": 2, "job_id": "j", "image": "x"}', "version 2"),
+        ('{"version": 1, "job_id": "j", "image": "x", "colour": 1}',
+         "unknown keys ['colour']"),
+        ('{"version": 1, "job_id": "j", "image": 12}',
+         "image must be a non-empty string"),
+        ('{"version": 1, "job_id": "j", "image": "../../etc/passwd"}',
+         "is not a path inside the job directory"),
+    ], ids=["missing", "not-json", "version", "unknown-key", "type",
+            "outside"])
+    def test_unreadable_spec(self, tmp_path, text, words):
+        job = tmp_path / "job"
+        job.mkdir()
+        if text is not None:
+            (job / "spec.json").write_text(text)
+        assert main([str(job)]) == 1
+        err = error(job)
+        assert err.type == "fatal"
+        assert "spec.json" in err.message
+        assert words in err.message
+        assert progress(job).host == socket.gethostname()
+
+    def test_command_line(self, tmp_path, capsys):
+        assert main([]) == 2
+        assert main([str(tmp_path / "absent")]) == 2
+        assert main([str(tmp_path), "extra"]) == 2
+        err = capsys.readouterr().err
+        assert "usage: uws-worker JOBDIR" in err
+        assert "absent: not a directory" in err
+
+
+# -- SIGTERM -----------------------------------------------------------------
+
+
+def _group_alive(pgid):
+    """Processes of the group that are neither gone nor zombies."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def test_sigterm_ends_the_job_at_once(tmp_path):
+    # 8 CCDs of 2048 x 2048 over 2 worker processes: a few seconds of
+    # pipeline to interrupt.
+    sim = simulate_image(SimulationParams(
+        shape=(2048, 2048), n_stars=300, n_galaxies=300), seed=710)
+    path = tmp_path / "mosaic.fits"
+    fits.HDUList([fits.PrimaryHDU()] + [
+        fits.ImageHDU(sim.data, sim.header, name=f"ccd{k}")
+        for k in range(8)]).writeto(path)
+    job = make_job(tmp_path, path, ccd_jobs=2)
+    path.unlink()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pbs_bridge.worker", str(job)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        running = set()
+        while not running & set(STEPS):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+            if (job / "progress.json").exists():
+                running = {s.name for s in progress(job).steps
+                           if s.state == "running"}
+        start = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert took < 5
+    assert "stopped by SIGTERM, exit status 143" in out
+    assert not (job / "error.json").exists()
+    assert not (job / "results" / "manifest.json").exists()
+    assert leftovers(job) == []
+    deadline = time.monotonic() + 5
+    while _group_alive(proc.pid):
+        assert time.monotonic() < deadline, _group_alive(proc.pid)
+        time.sleep(0.05)
+
+
+# -- import boundary ---------------------------------------------------------
+
+
+def test_worker_does_not_import_the_web_stack():
+    code = ("import sys, pbs_bridge.worker; print(sorted({'pyramid', "
+            "'sqlalchemy', 'uws', 'webob', 'waitress'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
