@@ -1,0 +1,93 @@
+"""The settings object: every key parsed, documented, checked."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from paste.deploy.loadwsgi import appconfig
+
+from uws.settings import (
+    Settings,
+    SettingsError,
+    parse_duration,
+    parse_size,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _ini(**values: str) -> dict[str, str]:
+    base = {"qfits.database_url": "sqlite:///x.sqlite",
+            "qfits.job_dir": "/tmp/jobs"}
+    base.update({f"qfits.{k}": v for k, v in values.items()})
+    return base
+
+
+def test_development_ini_gives_the_embedded_defaults():
+    conf = appconfig(f"config:{ROOT / 'development.ini'}")
+    settings = Settings.from_ini(dict(conf))
+    assert settings.database_url == f"sqlite:///{ROOT}/var/jobs.sqlite"
+    assert settings.runner == "local"
+    assert settings.auth == "anonymous"
+    assert settings.upload_limit == 800 * 10**6
+    assert settings.base_url == "http://127.0.0.1:6543"
+    assert settings.execution_duration == 3600
+    assert settings.destruction == 7 * 86400
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("3600", 3600), ("90s", 90), ("30m", 1800), ("2h", 7200),
+    ("7d", 604800), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("800MB", 800 * 10**6), ("1GiB", 2**30), ("1000", 1000),
+    ("1 MB", 10**6), ("512KiB", 512 * 1024)])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"wait_maxx": "3"}, "unknown settings: qfits.wait_maxx"),
+    ({"upload_limit": "lots"}, "qfits.upload_limit: 'lots' is not a size"),
+    ({"execution_duration": "soon"},
+     "qfits.execution_duration: 'soon' is not a duration"),
+    ({"max_running": "0"}, "qfits.max_running: 0 is below 1"),
+    ({"auth": "kerberos"}, "qfits.auth: 'kerberos' is not one of"),
+    ({"auth": "basic"}, "qfits.auth = basic needs qfits.auth_user_file"),
+    ({"execution_duration": "5h"}, "qfits.execution_duration must be"),
+    ({"destruction": "60d"}, "qfits.destruction must not exceed"),
+    ({"base_url": "example.org"}, "is not an http(s) URL"),
+    ({"poll_interval": "x"}, "qfits.poll_interval: 'x' is not a number"),
+])
+def test_bad_settings_are_refused_naming_the_key(values, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_ini(_ini(**values))
+
+
+def test_required_settings():
+    with pytest.raises(SettingsError, match="qfits.job_dir is required"):
+        Settings.from_ini({"qfits.database_url": "sqlite://"})
+
+
+def test_every_setting_is_documented():
+    doc = (ROOT / "docs" / "service.md").read_text()
+    for field in fields(Settings):
+        assert f"`qfits.{field.name}`" in doc, field.name
+
+
+def test_science_packages_do_not_import_the_service():
+    code = ("import sys, qualityfits, votable, pbs_bridge.worker, "
+            "pbs_bridge.contract; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in {'uws', 'pyramid', 'sqlalchemy', "
+            "'waitress'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
