@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _ini(**values: str) -> dict[str, str]:
     base = {"qfits.database_url": "sqlite:///x.sqlite",
-            "qfits.job_dir": "/tmp/jobs"}
+            "qfits.job_dir": "var/jobs"}
     base.update({f"qfits.{k}": v for k, v in values.items()})
     return base
 
@@ -73,7 +73,7 @@ def test_bad_settings_are_refused_naming_the_key(values, message):
 
 
 def test_required_settings():
-    with pytest.raises(SettingsError, match="qfits.job_dir is required"):
+    with pytest.raises(SettingsError, match=re.escape("qfits.job_dir is required")):
         Settings.from_ini({"qfits.database_url": "sqlite://"})
 
 
