@@ -73,7 +73,8 @@ def test_bad_settings_are_refused_naming_the_key(values, message):
 
 
 def test_required_settings():
-    with pytest.raises(SettingsError, match=re.escape("qfits.job_dir is required")):
+    with pytest.raises(SettingsError,
+                       match=re.escape("qfits.job_dir is required")):
         Settings.from_ini({"qfits.database_url": "sqlite://"})
 
 
