@@ -94,18 +94,26 @@ class _Changes:
 
     def notify(self, job_id: str) -> None:
         with self._cond:
+            if self.waiting == 0:
+                # Nobody holds a version to compare with: a later waiter
+                # reads the new phase from the database first.
+                self._version.clear()
+                return
             self._version[job_id] = self._version.get(job_id, 0) + 1
             self._cond.notify_all()
 
     def forget(self, job_id: str) -> None:
+        """Wake the waiters of a deleted job; drop its counter if none."""
         with self._cond:
-            self._version.pop(job_id, None)
+            self._version[job_id] = self._version.get(job_id, 0) + 1
             self._cond.notify_all()
+            if self.waiting == 0:
+                self._version.clear()
 
     def wait(self, job_id: str, seen: int, timeout: float) -> None:
         with self._cond:
             self._cond.wait_for(
-                lambda: self._version.get(job_id, -1) != seen, timeout)
+                lambda: self._version.get(job_id, 0) != seen, timeout)
 
 
 class JobService:
