@@ -18,7 +18,11 @@ from typing import Any, BinaryIO
 
 import multipart
 
-from uws.errors import UploadTooLargeError, UsageError
+from uws.errors import (
+    ServiceUnavailableError,
+    UploadTooLargeError,
+    UsageError,
+)
 from uws.settings import human_bytes
 
 #: Largest urlencoded body or multipart text field [bytes].
@@ -118,8 +122,13 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
     boundary = options.get("boundary")
     if not boundary:
         raise UsageError("multipart/form-data without a boundary")
-    staging_root.mkdir(parents=True, exist_ok=True)
-    form.staging = Path(tempfile.mkdtemp(prefix="upload-", dir=staging_root))
+    try:
+        staging_root.mkdir(parents=True, exist_ok=True)
+        form.staging = Path(tempfile.mkdtemp(prefix="upload-",
+                                             dir=staging_root))
+    except OSError as exc:
+        raise ServiceUnavailableError(
+            f"cannot stage the upload: {exc.strerror}") from exc
     stream: BinaryIO = request.body_file_raw
     parser = multipart.PushMultipartParser(
         boundary, content_length=request.content_length or -1,

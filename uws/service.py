@@ -172,7 +172,11 @@ class JobService:
                         at_creation=True)
             run, run_id, duration, destruction = control_values(form)
             params = parse_job_parameters(form)
+            # Kept at the precision the job shows (milliseconds): AFTER
+            # compares with the stored instant, clients with the shown
+            # one; AFTER=<a job's creationTime> must exclude that job.
             now = self.clock()
+            now = now.replace(microsecond=now.microsecond // 1000 * 1000)
             execution = self._execution_duration(duration)
             destroy = self._destruction(destruction, now)
             if run and "image" not in params.files:
@@ -188,11 +192,16 @@ class JobService:
                 shutil.rmtree(job_dir, ignore_errors=True)
                 raise ServiceUnavailableError(
                     f"cannot write the job folder: {exc.strerror}") from exc
-            self.store.create(NewJob(
-                job_id=job_id, owner=owner, run_id=run_id,
-                creation_time=now, execution_duration=execution,
-                destruction=destroy, parameters=tuple(stored),
-                email=params.email, estimate_s=self._estimate(params)))
+            try:
+                self.store.create(NewJob(
+                    job_id=job_id, owner=owner, run_id=run_id,
+                    creation_time=now, execution_duration=execution,
+                    destruction=destroy, parameters=tuple(stored),
+                    email=params.email, estimate_s=self._estimate(params)))
+            except BaseException:
+                # No row, no folder: nothing would ever reap it.
+                shutil.rmtree(job_dir, ignore_errors=True)
+                raise
         finally:
             form.discard()
         log.info("job %s created (owner %s, run id %s)", job_id, owner,

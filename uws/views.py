@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import sqlalchemy.exc
 from pyramid.httpexceptions import HTTPMethodNotAllowed, HTTPNotFound
 from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
@@ -393,12 +394,20 @@ class _RangeFile:
 
     def __init__(self, path: Path) -> None:
         self.file: BinaryIO = path.open("rb")
+        self.start = 0
+        self.stop: int | None = None
+
+    def app_iter_range(self, start: int, stop: int | None) -> _RangeFile:
+        """Serve bytes ``start`` to ``stop`` (exclusive) only.
+
+        Returns this object, not a new iterator: the server closes the
+        app_iter WebOb hands it, and that must close the file.
+        """
+        self.start, self.stop = start, stop
+        return self
 
     def __iter__(self) -> Iterator[bytes]:
-        return self.app_iter_range(0, None)
-
-    def app_iter_range(self, start: int, stop: int | None) -> Iterator[bytes]:
-        """Yield bytes ``start`` to ``stop`` (exclusive)."""
+        start, stop = self.start, self.stop
         self.file.seek(start)
         left = None if stop is None else stop - start
         while left is None or left > 0:
@@ -463,6 +472,20 @@ def method_view(exc: HTTPMethodNotAllowed, request: Any) -> Response:
     response = _text(f"MethodNotAllowed: {exc.detail}\n")
     response.status_int = 405
     response.headers["Allow"] = exc.headers.get("Allow", "")
+    return response
+
+
+@exception_view_config(sqlalchemy.exc.OperationalError)
+@exception_view_config(sqlalchemy.exc.TimeoutError)
+def database_error_view(exc: Exception, request: Any) -> Response:
+    """Answer 503 when the database is unreachable, gone or saturated."""
+    reason = getattr(exc, "orig", None) or exc
+    first = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+    log.warning("job database error on %s %s: %s", request.method,
+                request.path, first)
+    response = _text(
+        f"ServiceUnavailable: the job database does not answer: {first}\n")
+    response.status_int = 503
     return response
 
 

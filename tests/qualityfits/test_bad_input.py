@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import shared_file
+from testkit import shared_file
 
 import qualityfits
 from qualityfits import cli

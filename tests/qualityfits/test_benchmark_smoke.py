@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from testkit import require_tool
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / (
     "bench_exposure.py")

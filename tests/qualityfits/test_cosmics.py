@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import sep
 from astropy.io import fits
-from conftest import shared_file
 from scipy import ndimage
+from testkit import shared_file
 
 from qualityfits.background import sep_background
 from qualityfits.config import QualityConfig

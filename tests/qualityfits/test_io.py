@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import shared_file
 from numpy.testing import assert_allclose, assert_array_equal
+from testkit import shared_file
 
 import qualityfits
 from qualityfits.datasets import SimulationParams, simulate_image

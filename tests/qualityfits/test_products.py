@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import shared_file
 from lxml import html as lxml_html
 from scipy import ndimage
+from testkit import shared_file
 
 import qualityfits
 import qualityfits.cli

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import LiveService
+from uwskit import LiveService
 
 
 def test_upload_run_complete(live_db: LiveService, sample_image: Path):

@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from lxml import etree
 from lxml.builder import ElementMaker
 from pyvo.io.uws import parse_job, parse_job_list
+from testkit import require_tool
 
 from uws.model import (
     ErrorSummary,

@@ -29,8 +29,8 @@ import pytest
 from astropy.io import fits
 from astropy.io.votable.ucd import check_ucd
 from astropy.table import Table
-from conftest import SHARED_DATA, require_tool
 from lxml import etree
+from testkit import SHARED_DATA, require_tool
 
 import qualityfits
 from qualityfits.datasets import SimulationParams, simulate_image, write_sample
