@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from uws.errors import NotAuthenticatedError
+from uws.errors import NotAuthenticatedError, ServiceUnavailableError
 from uws.settings import Settings
 
 ITERATIONS = 200_000
@@ -118,7 +118,7 @@ class Authenticator:
         try:
             mtime = self.user_file.stat().st_mtime
         except OSError as exc:
-            raise NotAuthenticatedError(
+            raise ServiceUnavailableError(
                 f"the user file cannot be read: {exc.strerror}") from None
         if mtime == self._mtime:
             return

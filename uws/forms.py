@@ -161,6 +161,13 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
         form.discard()
         raise UsageError(f"malformed multipart/form-data body: {exc}"
                          ) from None
+    except OSError as exc:
+        # A full or failing disk: the service's fault, not the client's.
+        if sink is not None:
+            sink.close()
+        form.discard()
+        raise ServiceUnavailableError(
+            f"cannot store the upload: {exc.strerror}") from exc
     except BaseException:
         if sink is not None:
             sink.close()

@@ -60,6 +60,8 @@ class BackendStatus:
     host: str = ""
     queue: str = ""
     start_time: datetime | None = None
+    #: When the backend saw the job end (the end time of the job).
+    end_time: datetime | None = None
     message: str = ""
 
 
@@ -235,11 +237,11 @@ class LocalRunner:
             return BackendStatus(
                 Phase.EXECUTING, ended=True,
                 exit_status=code if code >= 0 else None,
-                signal=-code if code < 0 else None)
+                signal=-code if code < 0 else None, end_time=utcnow())
         if _alive(child.pid):
             return None
         del self._children[job.job_id]
-        return BackendStatus(Phase.EXECUTING, ended=True)
+        return BackendStatus(Phase.EXECUTING, ended=True, end_time=utcnow())
 
     def _reap_forgotten(self, active: Mapping[str, ActiveJob]) -> None:
         """Drop children of jobs that are no longer active (aborted)."""

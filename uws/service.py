@@ -556,7 +556,9 @@ class JobService:
         """Read a finished worker's outcome from its job folder."""
         job_dir = self.job_root / job.job_id
         manifest = job_dir / RESULTS_DIR / MANIFEST_FILE
-        usage = _usage(job_dir, job.start_time, self.clock())
+        ended = status.end_time or self.clock()
+        usage: dict[str, object] = {
+            "end_time": ended, **_usage(job_dir, job.start_time, ended)}
         if manifest.exists() and not (job_dir / ERROR_FILE).exists():
             try:
                 results = _results(job_dir)
