@@ -16,6 +16,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -68,6 +69,8 @@ OBSERVED = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED,
             Phase.UNKNOWN)
 #: Lines of the worker log quoted in an error detail.
 LOG_TAIL = 40
+#: Finished jobs kept in memory for reads.
+CACHE_SIZE = 4096
 
 Identity = str | None
 
@@ -139,6 +142,8 @@ class JobService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._poll_lock = threading.Lock()
+        self._cache: OrderedDict[str, Job] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self.runner_health: str | None = None
         self.job_root.mkdir(parents=True, exist_ok=True)
 
@@ -258,6 +263,7 @@ class JobService:
         job = self._job(job_id, owner)
         when = self._destruction(value, job.creation_time)
         self.store.update(job_id, destruction=when)
+        self._uncache(job_id)
 
     def _execution_duration(self, value: str | None) -> int:
         settings = self.settings
@@ -290,12 +296,34 @@ class JobService:
 
     # -- reading -----------------------------------------------------------
     def get(self, job_id: str, owner: Identity) -> Job:
-        """Return the job with its progress and quote (403/404 checked)."""
+        """Return the job with its progress and quote (403/404 checked).
+
+        A job that has ended changes only by its destruction time or
+        its deletion, both made here: it is served from a small cache
+        (most reads are of finished jobs; no SQL, no progress file).
+        """
+        with self._cache_lock:
+            cached = self._cache.get(job_id)
+            if cached is not None:
+                self._cache.move_to_end(job_id)
+        if cached is not None:
+            self._check_owner(cached, owner)
+            return cached
         job = self._job(job_id, owner)
         info = job.info
         if job.phase not in (Phase.PENDING, Phase.ARCHIVED):
             info = _with_progress(info, self.job_root / job_id, job)
-        return replace(job, info=info, quote=self._quote(job))
+        job = replace(job, info=info, quote=self._quote(job))
+        if job.phase in phases.FINAL:
+            with self._cache_lock:
+                self._cache[job_id] = job
+                if len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return job
+
+    def _uncache(self, job_id: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(job_id, None)
 
     def list_jobs(self, owner: Identity, *, phases_: Sequence[Phase] = (),
              after: datetime | None = None,
@@ -313,9 +341,12 @@ class JobService:
             raise ServiceUnavailableError(str(exc)) from exc
         if job is None:
             raise UnknownJobError(f"no job {job_id}")
-        if self.settings.auth != "anonymous" and job.owner != owner:
-            raise PermissionDeniedError(f"job {job_id} is not yours")
+        self._check_owner(job, owner)
         return job
+
+    def _check_owner(self, job: Job, owner: Identity) -> None:
+        if self.settings.auth != "anonymous" and job.owner != owner:
+            raise PermissionDeniedError(f"job {job.job_id} is not yours")
 
     def _quote(self, job: Job) -> datetime | None:
         if job.phase in phases.FINAL or job.estimate_s <= 0:
@@ -434,6 +465,7 @@ class JobService:
             with contextlib.suppress(RunnerError):
                 self.runner.cancel(job_id, backend_id)
         self.store.delete(job_id)
+        self._uncache(job_id)
         shutil.rmtree(self.job_root / job_id, ignore_errors=True)
         self._changes.forget(job_id)
         log.info("job %s destroyed", job_id)
