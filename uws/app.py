@@ -9,6 +9,7 @@ left active, and starts the poller and reaper threads.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from pyramid.config import Configurator
@@ -73,4 +74,8 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
 def main(global_config: dict[str, Any], **settings: Any) -> Any:
     """Paste entry point: ``[app:main] use = egg:qualityfits-uws``."""
     del global_config
-    return make_app(Settings.from_ini(settings))
+    made = Settings.from_ini(settings)
+    if made.switch_interval > 0:
+        # The served process only (tests build apps with make_app).
+        sys.setswitchinterval(made.switch_interval)
+    return make_app(made)

@@ -133,6 +133,11 @@ class Settings:
     #: fixed cost of a job [s] (measured: benchmarks/README.md).
     quote_s_per_mpix: float = 0.11
     quote_overhead_s: float = 5.0
+    #: Python's thread switch interval in the served process [s] (0:
+    #: Python's default, 0.005).  Short, so that waitress's I/O loop,
+    #: when it spins, cannot starve the request threads of the GIL
+    #: (benchmarks/README.md: 100 WAIT clients slowed the others).
+    switch_interval: float = 0.0005
     #: Command that runs one job (argument list; the job directory is
     #: appended).  Empty: this Python's ``-m pbs_bridge.worker``.
     worker_command: tuple[str, ...] = ()
@@ -211,6 +216,7 @@ def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
         return _int(text, name, 0)
     if key in {"poll_interval", "reaper_interval"}:
         return _float(text, name, 0.01)
-    if key in {"fetch_timeout", "quote_s_per_mpix", "quote_overhead_s"}:
+    if key in {"fetch_timeout", "quote_s_per_mpix", "quote_overhead_s",
+               "switch_interval"}:
         return _float(text, name, 0.0)
     raise AssertionError(key)  # pragma: no cover - every field is listed
