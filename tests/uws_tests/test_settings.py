@@ -86,6 +86,7 @@ def test_every_setting_is_documented():
 
 def test_science_packages_do_not_import_the_service():
     code = ("import sys, qualityfits, votable, pbs_bridge.worker, "
+            "pbs_bridge.qstat, "
             "pbs_bridge.contract; print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in {'uws', 'pyramid', 'sqlalchemy', "
             "'waitress'}))")
