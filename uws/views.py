@@ -22,12 +22,7 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
 
 from uws import xml
-from uws.errors import (
-    InvalidPhaseError,
-    UnknownJobError,
-    UsageError,
-    UWSError,
-)
+from uws.errors import UnknownJobError, UsageError, UWSError
 from uws.forms import Form, read_form
 from uws.model import Job, Parameter
 from uws.params import parse_instant, parse_int
@@ -90,6 +85,29 @@ def _form(request: Any, *, body: bool = True) -> Form:
                      upload_limit=settings.upload_limit, with_body=body)
 
 
+def _only(request: Any, name: str, usage: str) -> str | None:
+    """Return the value of ``name``, the one thing a POST here may carry.
+
+    Raises `UsageError` with ``usage`` when anything else is posted;
+    None when ``name`` is absent.
+    """
+    form = _form(request)
+    form.discard()
+    if form.names() - {name}:
+        raise UsageError(usage)
+    return form.single(name)
+
+
+def _phase(text: str, name: str) -> Phase:
+    """Parse a phase name given by a client (400 if it is none)."""
+    try:
+        return Phase(text.strip().upper())
+    except ValueError:
+        raise UsageError(
+            f"{name}: {text!r} is not a UWS phase ("
+            + ", ".join(p.value for p in Phase) + ")") from None
+
+
 def _job_id(request: Any) -> str:
     job_id: str = request.matchdict["job_id"]
     return job_id
@@ -139,14 +157,8 @@ def jobs_view(request: Any) -> Response:
         raise UsageError(
             f"unknown job-list filter {', '.join(sorted(unknown)).upper()}"
             ": the filters are PHASE (repeatable), AFTER and LAST")
-    wanted = []
-    for value in query.values.get("phase", []):
-        try:
-            wanted.append(Phase(value.strip().upper()))
-        except ValueError:
-            raise UsageError(
-                f"PHASE: {value!r} is not a UWS phase ("
-                + ", ".join(p.value for p in Phase) + ")") from None
+    wanted = [_phase(value, "PHASE")
+              for value in query.values.get("phase", [])]
     after = query.single("after")
     last = query.single("last")
     last_n = None
@@ -173,15 +185,12 @@ def job_view(request: Any) -> Response:
         service.delete(job_id, owner)
         return _see_other(jobs_url(request))
     if request.method == "POST":
-        form = _form(request)
-        form.discard()
-        action = form.single("action")
-        if action is None or action.strip().upper() != "DELETE" or \
-                form.names() - {"action"}:
-            raise UsageError(
-                "POST to a job accepts only ACTION=DELETE; send PHASE=RUN "
-                f"or PHASE=ABORT to {job_url(request, job_id)}/phase and "
-                f"parameters to {job_url(request, job_id)}/parameters")
+        usage = ("POST to a job accepts only ACTION=DELETE; send PHASE=RUN "
+                 f"or PHASE=ABORT to {job_url(request, job_id)}/phase and "
+                 f"parameters to {job_url(request, job_id)}/parameters")
+        action = _only(request, "action", usage)
+        if action is None or action.strip().upper() != "DELETE":
+            raise UsageError(usage)
         service.delete(job_id, owner)
         return _see_other(jobs_url(request))
     query = _form(request, body=False)
@@ -192,13 +201,7 @@ def job_view(request: Any) -> Response:
             raise UsageError(f"WAIT: {seconds} (use -1, 0 or a positive "
                              "number of seconds)")
         phase = query.single("phase")
-        target = None
-        if phase is not None:
-            try:
-                target = Phase(phase.strip().upper())
-            except ValueError:
-                raise UsageError(f"PHASE: {phase!r} is not a UWS phase"
-                                 ) from None
+        target = None if phase is None else _phase(phase, "PHASE")
         job = service.wait(job_id, owner, seconds, target)
     else:
         job = service.get(job_id, owner)
@@ -214,20 +217,16 @@ def phase_view(request: Any) -> Response:
     owner = _owner(request)
     job_id = _job_id(request)
     if request.method == "POST":
-        form = _form(request)
-        form.discard()
-        value = (form.single("phase") or "").strip().upper()
-        if form.names() - {"phase"}:
-            raise UsageError("POST to phase accepts only PHASE=RUN or "
-                             "PHASE=ABORT")
+        given = _only(request, "phase", "POST to phase accepts only "
+                      "PHASE=RUN or PHASE=ABORT") or ""
+        value = given.strip().upper()
         if value == "RUN":
             service.run(job_id, owner)
         elif value == "ABORT":
             service.abort(job_id, owner)
         else:
             raise UsageError(
-                f"PHASE={form.single('phase') or ''!r}: use PHASE=RUN or "
-                "PHASE=ABORT")
+                f"PHASE={given!r}: use PHASE=RUN or PHASE=ABORT")
         return _see_other(job_url(request, job_id))
     return _text(service.get(job_id, owner).phase.value)
 
@@ -240,11 +239,10 @@ def executionduration_view(request: Any) -> Response:
     owner = _owner(request)
     job_id = _job_id(request)
     if request.method == "POST":
-        form = _form(request)
-        form.discard()
-        value = form.single("executionduration")
-        if value is None or form.names() - {"executionduration"}:
-            raise UsageError("POST EXECUTIONDURATION=<seconds>")
+        usage = "POST EXECUTIONDURATION=<seconds>"
+        value = _only(request, "executionduration", usage)
+        if value is None:
+            raise UsageError(usage)
         service.set_execution_duration(job_id, owner, value)
         return _see_other(job_url(request, job_id))
     return _text(str(service.get(job_id, owner).execution_duration))
@@ -258,11 +256,10 @@ def destruction_view(request: Any) -> Response:
     owner = _owner(request)
     job_id = _job_id(request)
     if request.method == "POST":
-        form = _form(request)
-        form.discard()
-        value = form.single("destruction")
-        if value is None or form.names() - {"destruction"}:
-            raise UsageError("POST DESTRUCTION=<ISO 8601 instant>")
+        usage = "POST DESTRUCTION=<ISO 8601 instant>"
+        value = _only(request, "destruction", usage)
+        if value is None:
+            raise UsageError(usage)
         service.set_destruction(job_id, owner, value)
         return _see_other(job_url(request, job_id))
     return _text(xml.iso(service.get(job_id, owner).destruction))
@@ -427,7 +424,7 @@ class _RangeFile:
 def _file(found: ResultFile) -> Response:
     path = found.path
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except OSError:
         raise UnknownJobError(f"{path.name} is no longer available"
                               ) from None
@@ -437,10 +434,10 @@ def _file(found: ResultFile) -> Response:
     response = Response(content_type=mime, charset=charset,
                         conditional_response=True)
     response.app_iter = _RangeFile(path)
-    response.content_length = size
+    response.content_length = stat.st_size
     response.accept_ranges = "bytes"
-    response.last_modified = path.stat().st_mtime
-    response.etag = f"{int(path.stat().st_mtime_ns)}-{size}"
+    response.last_modified = stat.st_mtime
+    response.etag = f"{stat.st_mtime_ns}-{stat.st_size}"
     response.content_disposition = f'inline; filename="{path.name}"'
     return response
 
@@ -499,5 +496,3 @@ def internal_error_view(exc: Exception, request: Any) -> Response:
     response.status_int = 500
     return response
 
-
-__all__ = ["InvalidPhaseError"]
