@@ -91,6 +91,19 @@ class _Changes:
         self._version: dict[str, int] = {}
         self.waiting = 0
 
+    def join(self, most: int) -> bool:
+        """Count one more waiter, unless ``most`` already wait."""
+        with self._cond:
+            if self.waiting >= most:
+                return False
+            self.waiting += 1
+            return True
+
+    def leave(self) -> None:
+        """Count one waiter less."""
+        with self._cond:
+            self.waiting -= 1
+
     def version(self, job_id: str) -> int:
         with self._cond:
             return self._version.get(job_id, 0)
@@ -312,7 +325,8 @@ class JobService:
         job = self._job(job_id, owner)
         info = job.info
         if job.phase not in (Phase.PENDING, Phase.ARCHIVED):
-            info = _with_progress(info, self.job_root / job_id, job)
+            info = _with_progress(info, self.job_root / job_id, job,
+                                  self.clock())
         job = replace(job, info=info, quote=self._quote(job))
         if job.phase in phases.FINAL:
             with self._cache_lock:
@@ -481,17 +495,14 @@ class JobService:
         configured cap.  Beyond ``wait_clients`` blocked requests, it
         answers at once (clients poll again).
         """
-        job = self._job(job_id, owner)
+        job = self.get(job_id, owner)
         cap = self.settings.wait_max
         limit = cap if seconds < 0 else min(seconds, cap)
-        if (limit <= 0 or job.phase not in phases.ACTIVE
-                or (phase is not None and job.phase is not phase)):
-            return self.get(job_id, owner)
         changes = self._changes
-        with changes._cond:  # noqa: SLF001 - the counter is ours
-            if changes.waiting >= self.settings.wait_clients:
-                return self.get(job_id, owner)
-            changes.waiting += 1
+        if (limit <= 0 or job.phase not in phases.ACTIVE
+                or (phase is not None and job.phase is not phase)
+                or not changes.join(self.settings.wait_clients)):
+            return job
         try:
             deadline = time.monotonic() + limit
             start_phase = job.phase
@@ -505,8 +516,7 @@ class JobService:
                 # every few seconds covers another process's changes.
                 changes.wait(job_id, seen, min(left, 5.0))
         finally:
-            with changes._cond:  # noqa: SLF001
-                changes.waiting -= 1
+            changes.leave()
         return self.get(job_id, owner)
 
     # -- background work ---------------------------------------------------
@@ -761,7 +771,8 @@ def _usage(job_dir: Path, start: datetime | None,
     return values
 
 
-def _with_progress(info: JobInfo, job_dir: Path, job: Job) -> JobInfo:
+def _with_progress(info: JobInfo, job_dir: Path, job: Job,
+                   now: datetime) -> JobInfo:
     try:
         progress = Progress.from_json((job_dir / PROGRESS_FILE).read_text())
     except (OSError, ContractError):
@@ -774,7 +785,7 @@ def _with_progress(info: JobInfo, job_dir: Path, job: Job) -> JobInfo:
         changes["cpu_s"] = progress.cpu_s or None
         if job.start_time is not None:
             changes["wall_s"] = round(
-                (utcnow() - job.start_time).total_seconds(), 1)
+                (now - job.start_time).total_seconds(), 1)
         if progress.host:
             changes["host"] = progress.host
     return replace(info, **changes)  # type: ignore[arg-type]
