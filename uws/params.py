@@ -17,7 +17,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from uws.errors import UsageError
@@ -220,8 +220,6 @@ def control_values(form: Form) -> tuple[bool, str | None, str | None,
 
 def parse_instant(text: str, name: str) -> datetime:
     """Parse an ISO 8601 instant; naive means UTC (400 if unparsable)."""
-    from datetime import UTC  # noqa: PLC0415
-
     value = text.strip()
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))

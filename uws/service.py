@@ -11,9 +11,11 @@ duration enforcement, outcomes) and the reaper (destruction).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -709,8 +711,6 @@ class JobService:
 
 
 def _results(job_dir: Path) -> list[Result]:
-    import json  # noqa: PLC0415
-
     manifest = json.loads((job_dir / RESULTS_DIR / MANIFEST_FILE)
                           .read_text())
     entries = manifest["products"] if isinstance(manifest, dict) \
@@ -744,10 +744,8 @@ def _worker_error(job_dir: Path, status: BackendStatus) -> ErrorSummary:
         return ErrorSummary("fatal", status.message, has_detail=True)
     how = ""
     if status.signal is not None:
-        import signal as _signal  # noqa: PLC0415
-
         with contextlib.suppress(ValueError):
-            how = f" (killed by {_signal.Signals(status.signal).name})"
+            how = f" (killed by {signal.Signals(status.signal).name})"
     elif status.exit_status is not None:
         how = f" (exit status {status.exit_status})"
     return ErrorSummary(

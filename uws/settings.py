@@ -57,15 +57,6 @@ def human_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _bool(value: Any, key: str) -> bool:
-    text = str(value).strip().lower()
-    if text in {"true", "yes", "on", "1"}:
-        return True
-    if text in {"false", "no", "off", "0"}:
-        return False
-    raise SettingsError(f"{key}: {value!r} is not true or false")
-
-
 def _int(value: Any, key: str, minimum: int) -> int:
     try:
         number = int(str(value).strip())
