@@ -322,14 +322,6 @@ class JobStore:
                 jobs_table.c.job_id == job_id)).scalar()
         return None if value is None else Phase(value)
 
-    def owner_and_email(self, job_id: str) -> tuple[str | None, str | None]:
-        """Return the job's owner and notification email."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(jobs_table.c.owner, jobs_table.c.email)
-                .where(jobs_table.c.job_id == job_id)).first()
-        return (None, None) if row is None else (row.owner, row.email)
-
     def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
              after: datetime | None = None,
              last: int | None = None) -> list[JobRef]:
