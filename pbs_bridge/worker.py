@@ -62,7 +62,7 @@ from pbs_bridge.contract import (
 )
 from qualityfits._version import __version__
 from qualityfits.cli import _primary_header, image_stem
-from qualityfits.errors import QualityFitsError
+from qualityfits.errors import InternalError, QualityFitsError
 from qualityfits.io import ImageSource, match_extensions
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
 from qualityfits.products import PRODUCT_STEPS, write_products
@@ -750,10 +750,8 @@ def _quality_error(exc: QualityFitsError) -> WorkerError:
     Bad input is the user's ("usage"); a report whose every CCD failed
     on an internal error (a full disk, ...) is not.
     """
-    message = str(exc)
-    if type(exc) is QualityFitsError and "internal error" in message:
-        return WorkerError("fatal", message)
-    return WorkerError("usage", message)
+    kind = "fatal" if isinstance(exc, InternalError) else "usage"
+    return WorkerError(kind, str(exc))
 
 
 def _remove(path: Path) -> None:

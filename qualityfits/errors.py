@@ -56,3 +56,13 @@ class InvalidParameterError(QualityFitsError, ValueError):
     """A parameter value is out of range (negative zero point, ...)."""
 
     code = "invalid-parameter"
+
+
+class InternalError(QualityFitsError):
+    """The assessment failed for a reason that is not the input's fault.
+
+    Every extension failed on an internal error (a full disk, a worker
+    process that died, ...): retrying elsewhere may succeed.
+    """
+
+    code = "internal-error"

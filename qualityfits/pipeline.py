@@ -1052,6 +1052,7 @@ _ERROR_TYPES: Mapping[str, type[errors.QualityFitsError]] = {
         errors.InvalidImageError, errors.NoImageDataError,
         errors.EmptyImageError, errors.NoStarsError,
         errors.ShapeMismatchError, errors.InvalidParameterError,
+        errors.InternalError,
     )
 }
 
@@ -1065,7 +1066,7 @@ def _raise_all_failed(reports: list[ExtensionReport],
     cls = _ERROR_TYPES.get(first.type, errors.QualityFitsError)
     if len(reports) == 1:
         raise cls(f"{display}, extension {first.message}")
-    if len(kinds) > 1:
+    if len(kinds) > 1 and cls is not errors.InternalError:
         cls = errors.QualityFitsError
     raise cls(
         f"{display}: all {len(reports)} extensions failed; first: "

@@ -20,16 +20,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
 from pbs_bridge.contract import Progress, WorkerError, WorkerSpec
-from pbs_bridge.worker import STEP_NAMES, main
+from pbs_bridge.worker import STEP_NAMES, _quality_error, main
 from qualityfits.datasets import SimulationParams, simulate_image
-from qualityfits.pipeline import STEPS
+from qualityfits.errors import InternalError, NoStarsError, QualityFitsError
+from qualityfits.pipeline import STEPS, _internal_failure, _raise_all_failed
 from qualityfits.products import PRODUCT_STEPS
+from qualityfits.report import ErrorInfo, ExtensionReport
 
 SMALL = SimulationParams(
     shape=(512, 512), n_stars=150, n_galaxies=200, n_cr_hits=20,
@@ -439,3 +442,32 @@ def test_worker_does_not_import_the_web_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_internal_failures_are_fatal_and_bad_input_is_usage():
+    # Every CCD failing on an internal error (a full disk, a dead worker
+    # process) is the service's fault: "fatal", not the user's "usage".
+    def failed(index: int, kind: str) -> ExtensionReport:
+        if kind == "internal":
+            ext = SimpleNamespace(index=index, name=f"ccd{index:02d}",
+                                  data_shape=(8, 8))
+            return _internal_failure(ext, "No space left on device")
+        return ExtensionReport(
+            index=index, name=f"ccd{index:02d}", shape=(8, 8),
+            status="failed",
+            error=ErrorInfo("NoStarsError", "no-stars",
+                            f"ccd{index:02d}: no star"))
+
+    cases = [
+        (["internal"], InternalError, "fatal"),
+        (["internal", "internal"], InternalError, "fatal"),
+        (["internal", "nostars"], InternalError, "fatal"),
+        (["nostars", "internal"], QualityFitsError, "usage"),
+        (["nostars", "nostars"], NoStarsError, "usage"),
+    ]
+    for kinds, raised, verdict in cases:
+        reports = [failed(i, k) for i, k in enumerate(kinds)]
+        with pytest.raises(QualityFitsError) as info:
+            _raise_all_failed(reports, "image x.fits")
+        assert type(info.value) is raised, kinds
+        assert _quality_error(info.value).type == verdict, kinds
