@@ -36,3 +36,21 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+def require_slurm() -> str:
+    """SLURM_CONF of the test batch system; skip without one, fail in CI.
+
+    ``scripts/test`` starts a single-node Slurm with its PBS commands
+    (``scripts/slurm-start``) and exports ``QFITS_TEST_SLURM_CONF``.
+    """
+    conf = os.environ.get("QFITS_TEST_SLURM_CONF", "")
+    if not conf or not Path(conf).exists():
+        message = ("no test batch system: QFITS_TEST_SLURM_CONF is unset "
+                   "(scripts/test starts one; by hand, as root: export "
+                   "QFITS_TEST_SLURM_CONF=$(scripts/slurm-start "
+                   "build/slurm))")
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return conf
