@@ -19,10 +19,8 @@ from typing import Any
 import pytest
 import requests
 from lxml import etree
-from uwskit import LiveService
+from uwskit import UWS, XSI_NIL, LiveService
 
-UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
-XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 PROJECT = Path(__file__).resolve().parents[2]
 PASSWORDS = {"alice": "wonderland", "bob": "the builder:2"}
 #: Never fetched: the jobs here are not run.

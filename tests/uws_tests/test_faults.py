@@ -32,11 +32,18 @@ import sqlalchemy as sa
 from astropy.io import fits
 from dbfixtures import postgres_server_url
 from lxml import etree
-from uwskit import LiveService
+from uwskit import (
+    QF,
+    UWS,
+    LiveService,
+    error_summary,
+    instant,
+    job_xml,
+    steps_of,
+    text_of,
+    wait_for,
+)
 
-UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
-QF = "{urn:qualityfits-uws}"
-XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 PSERVE = Path(sys.executable).parent / "pserve"
 #: Seconds a test waits for a process to disappear.
 GONE_TIMEOUT = 15.0
@@ -59,28 +66,7 @@ def script(tmp_path: Path, name: str, body: str) -> str:
     return f"{sys.executable} {path}"
 
 
-def job_xml(live: LiveService, url: str) -> Any:
-    """GET the job document."""
-    r = live.http.get(url)
-    assert r.status_code == 200, r.text
-    return etree.fromstring(r.content)
 
-
-def text_of(job: Any, name: str) -> str | None:
-    """Text of a ``uws:`` child (None when nil or absent)."""
-    element = job.find(f"{UWS}{name}")
-    if element is None or element.get(XSI_NIL) == "true":
-        return None
-    return str(element.text or "")
-
-
-def error_summary(job: Any) -> tuple[str, str, str]:
-    """(type, hasDetail, message) of the job's errorSummary."""
-    summary = job.find(f"{UWS}errorSummary")
-    assert summary is not None, etree.tostring(job).decode()
-    message = summary.find(f"{UWS}message")
-    return (str(summary.get("type")), str(summary.get("hasDetail")),
-            str(message.text if message is not None else ""))
 
 
 def backend_pid(job: Any) -> int:
@@ -91,17 +77,6 @@ def backend_pid(job: Any) -> int:
     return int(str(element.text)[4:])
 
 
-def steps_of(job: Any) -> dict[str, str]:
-    """Step name -> state, from jobInfo (the worker's progress)."""
-    return {str(s.get("name")): str(s.get("state")) for s in job.iterfind(
-        f"{UWS}jobInfo/{QF}processing/{QF}steps/{QF}step")}
-
-
-def instant(job: Any, name: str) -> datetime:
-    """A ``uws:`` instant of the job."""
-    value = text_of(job, name)
-    assert value, f"{name} is nil"
-    return datetime.fromisoformat(value)
 
 
 def alive(pid: int) -> bool:
@@ -190,15 +165,6 @@ def refused(r: requests.Response, status: int, *fragments: str) -> str:
         assert fragment in r.text, (fragment, r.text)
     return r.text
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float,
-              what: str) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def in_future(seconds: float) -> str:

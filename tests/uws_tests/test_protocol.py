@@ -41,13 +41,12 @@ from lxml.builder import ElementMaker
 from pyvo.dal import AsyncTAPJob, DALQueryError
 from pyvo.io.uws import parse_job, parse_job_list
 from testkit import require_tool
-from uwskit import LiveService, settings_for
+from uwskit import XSI_NIL, LiveService, settings_for
 
 from uws.phases import Phase
 
 UWS = "http://www.ivoa.net/xml/UWS/v1.0"
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
-XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 QF = "urn:qualityfits-uws"
 VOSI_AVAILABILITY = "http://www.ivoa.net/xml/VOSIAvailability/v1.0"
 VOSI_CAPABILITIES = "http://www.ivoa.net/xml/VOSICapabilities/v1.0"

@@ -10,17 +10,24 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import waitress
+from lxml import etree
 
 from uws.app import make_app
 from uws.settings import Settings
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
+
+UWS = "{http://www.ivoa.net/xml/UWS/v1.0}"
+QF = "{urn:qualityfits-uws}"
+XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 
 
 class LiveService:
@@ -38,6 +45,7 @@ class LiveService:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         self.http = requests.Session()
+        self.stopped = False
 
     @property
     def jobs(self) -> str:
@@ -45,7 +53,10 @@ class LiveService:
         return f"{self.url}/jobs"
 
     def stop(self) -> None:
-        """Stop the server and the service threads."""
+        """Stop the server and the service threads (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.http.close()
         self.server.task_dispatcher.shutdown()
         # Close the sockets in the server's own thread: closed from this
@@ -106,3 +117,49 @@ def settings_for(root: Path, url: str, **overrides: Any) -> Settings:
     return Settings.from_ini(ini)
 
 
+# -- reading job documents ------------------------------------------------
+def job_xml(live: LiveService, url: str) -> Any:
+    """GET the job document."""
+    r = live.http.get(url)
+    assert r.status_code == 200, r.text
+    return etree.fromstring(r.content)
+
+
+def text_of(job: Any, name: str) -> str | None:
+    """Text of a ``uws:`` child (None when nil or absent)."""
+    element = job.find(f"{UWS}{name}")
+    if element is None or element.get(XSI_NIL) == "true":
+        return None
+    return str(element.text or "")
+
+
+def error_summary(job: Any) -> tuple[str, str, str]:
+    """(type, hasDetail, message) of the job's errorSummary."""
+    summary = job.find(f"{UWS}errorSummary")
+    assert summary is not None, etree.tostring(job).decode()
+    message = summary.find(f"{UWS}message")
+    return (str(summary.get("type")), str(summary.get("hasDetail")),
+            str(message.text if message is not None else ""))
+
+
+def steps_of(job: Any) -> dict[str, str]:
+    """Step name -> state, from jobInfo (the worker's progress)."""
+    return {str(s.get("name")): str(s.get("state")) for s in job.iterfind(
+        f"{UWS}jobInfo/{QF}processing/{QF}steps/{QF}step")}
+
+
+def instant(job: Any, name: str) -> datetime:
+    """A ``uws:`` instant of the job."""
+    value = text_of(job, name)
+    assert value, f"{name} is nil"
+    return datetime.fromisoformat(value)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float,
+              what: str) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
