@@ -48,7 +48,10 @@ class BackendStatus:
 
     ``phase`` is QUEUED, HELD, EXECUTING or SUSPENDED while the backend
     has the job; ``ended`` means the backend is done with it and the
-    outcome is to be read from the job folder.
+    outcome is to be read from the job folder.  An ended job whose
+    ``phase`` is ABORTED was stopped by the backend itself (a batch
+    system's walltime, an operator's ``qdel``): unless it left its
+    results, it ends ABORTED with ``message``.
     """
 
     phase: Phase
@@ -63,6 +66,11 @@ class BackendStatus:
     #: When the backend saw the job end (the end time of the job).
     end_time: datetime | None = None
     message: str = ""
+    #: Usage as the backend reports it (filling what the worker's own
+    #: progress file does not say).
+    max_rss_kb: int | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
 
 
 class JobRunner(Protocol):
@@ -71,14 +79,19 @@ class JobRunner(Protocol):
     #: Short name shown in jobInfo (``local``, ``pbs``).
     name: str
 
-    def submit(self, job_id: str, job_dir: Path) -> str:
+    def submit(self, job_id: str, job_dir: Path,
+               execution_duration: int) -> str:
         """Hand a QUEUED job (spec written) to the backend; return its id.
 
+        ``execution_duration`` is the job's limit in seconds (0: none).
         Raise `RunnerError` with the backend's own message on refusal.
         """
 
     def cancel(self, job_id: str, backend_id: str) -> None:
         """Stop the job's worker if it runs or is queued (idempotent)."""
+
+    def release(self, job_id: str, backend_id: str) -> None:
+        """Let a job the backend holds (HELD) run; `RunnerError` if not."""
 
     def poll(self, jobs: Sequence[ActiveJob]) -> Mapping[str, BackendStatus]:
         """Observe the active jobs (and start local ones); one call per cycle.
@@ -146,10 +159,18 @@ class LocalRunner:
         self._children: dict[str, _Child] = {}
         self._lock = threading.Lock()
 
-    def submit(self, job_id: str, job_dir: Path) -> str:
-        """Queue the job: the next `poll` starts it when a slot is free."""
-        del job_id, job_dir
+    def submit(self, job_id: str, job_dir: Path,
+               execution_duration: int) -> str:
+        """Queue the job: the next `poll` starts it when a slot is free.
+
+        The service itself enforces the execution duration.
+        """
+        del job_id, job_dir, execution_duration
         return ""
+
+    def release(self, job_id: str, backend_id: str) -> None:
+        """Do nothing: the local runner never holds a job."""
+        del job_id, backend_id
 
     def cancel(self, job_id: str, backend_id: str) -> None:
         """Terminate the job's worker (its whole process group)."""

@@ -432,6 +432,9 @@ class JobService:
             raise UsageError(
                 "PHASE=RUN: the job has no IMAGE parameter yet (POST it "
                 f"to {job_id}/parameters)")
+        if job.phase is Phase.HELD and job.backend_id:
+            self._release(job)
+            return
         self._write_spec(job)
         if not self.store.transition(job_id, [job.phase], Phase.QUEUED,
                                      queued_time=self.clock()):
@@ -439,7 +442,8 @@ class JobService:
                 f"the job changed phase meanwhile (it was {job.phase})")
         self._changes.notify(job_id)
         try:
-            backend_id = self.runner.submit(job_id, self.job_root / job_id)
+            backend_id = self.runner.submit(job_id, self.job_root / job_id,
+                                            job.execution_duration)
         except RunnerError as exc:
             self._finish(job_id, [Phase.QUEUED], Phase.ERROR,
                          ErrorSummary("transient", f"the batch system "
@@ -447,6 +451,20 @@ class JobService:
             return
         if backend_id:
             self.store.update(job_id, backend_id=backend_id)
+        self._wake.set()
+
+    def _release(self, job: Job) -> None:
+        """RUN on a job the batch system holds: release it (``qrls``)."""
+        # Under the poll lock: a poll cycle that read the batch system
+        # before the release must not put the job back to HELD.
+        with self._poll_lock:
+            try:
+                self.runner.release(job.job_id, job.backend_id)
+            except RunnerError as exc:
+                raise ServiceUnavailableError(str(exc)) from None
+            if self.store.transition(job.job_id, [Phase.HELD],
+                                     Phase.QUEUED):
+                self._changes.notify(job.job_id)
         self._wake.set()
 
     def abort(self, job_id: str, owner: Identity) -> None:
@@ -548,9 +566,10 @@ class JobService:
                 states = self.runner.poll(active)
                 self.runner_health = self.runner.health()
             except RunnerError as exc:
+                # The backend does not answer: no phase changes, not even
+                # a duration overrun (the job may still run there).
                 self.runner_health = str(exc)
-                log.warning("runner poll failed: %s", exc)
-                states = {}
+                return
             now = self.clock()
             for job in active:
                 status = states.get(job.job_id)
@@ -603,6 +622,9 @@ class JobService:
         ended = status.end_time or self.clock()
         usage: dict[str, object] = {
             "end_time": ended, **_usage(job_dir, job.start_time, ended)}
+        for key in ("max_rss_kb", "wall_s", "cpu_s"):
+            if usage.get(key) is None and getattr(status, key) is not None:
+                usage[key] = getattr(status, key)
         if manifest.exists() and not (job_dir / ERROR_FILE).exists():
             try:
                 results = _results(job_dir)
@@ -616,8 +638,14 @@ class JobService:
             self._finish(job.job_id, [job.phase], Phase.COMPLETED, None,
                          **usage)
             return
-        error = _worker_error(job_dir, status)
         self.store.set_results(job.job_id, _log_result(job_dir))
+        if status.phase is Phase.ABORTED:
+            # Stopped by the backend (walltime, an operator's qdel).
+            self._finish(job.job_id, [job.phase], Phase.ABORTED,
+                         ErrorSummary("fatal", status.message,
+                                      has_detail=True), **usage)
+            return
+        error = _worker_error(job_dir, status)
         self._finish(job.job_id, [job.phase], Phase.ERROR, error, **usage)
 
     def _finish(self, job_id: str, sources: Sequence[Phase], target: Phase,
@@ -660,7 +688,8 @@ class JobService:
             with contextlib.suppress(RunnerError):
                 if not job.backend_id:
                     backend_id = self.runner.submit(
-                        job.job_id, self.job_root / job.job_id)
+                        job.job_id, self.job_root / job.job_id,
+                        job.execution_duration)
                     if backend_id:
                         self.store.update(job.job_id, backend_id=backend_id)
         self._wake.set()
@@ -756,16 +785,21 @@ def _worker_error(job_dir: Path, status: BackendStatus) -> ErrorSummary:
 def _usage(job_dir: Path, start: datetime | None,
            now: datetime) -> dict[str, object]:
     values: dict[str, object] = {}
-    if start is not None:
-        values["wall_s"] = round((now - start).total_seconds(), 3)
-    with contextlib.suppress(OSError, ContractError):
+    with contextlib.suppress(OSError, ContractError, ValueError):
         progress = Progress.from_json((job_dir / PROGRESS_FILE).read_text())
+        if start is None and progress.started:
+            # Ended before a poll saw it run: the worker says when it
+            # started.
+            start = datetime.fromisoformat(progress.started)
+            values["start_time"] = start
         if progress.max_rss_kb:
             values["max_rss_kb"] = progress.max_rss_kb
         if progress.cpu_s:
             values["cpu_s"] = round(progress.cpu_s, 3)
         if progress.host:
             values["host"] = progress.host
+    if start is not None:
+        values["wall_s"] = round((now - start).total_seconds(), 3)
     return values
 
 

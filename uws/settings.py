@@ -132,6 +132,18 @@ class Settings:
     #: Command that runs one job (argument list; the job directory is
     #: appended).  Empty: this Python's ``-m pbs_bridge.worker``.
     worker_command: tuple[str, ...] = ()
+    #: PBS runner: folder of qsub/qstat/qdel/qrls (empty: the PATH),
+    #: queue to submit to (empty: the default), seconds a command may
+    #: take, longest pause between tries while the batch system does
+    #: not answer [s].
+    pbs_bin: str = ""
+    pbs_queue: str = ""
+    pbs_timeout: float = 30.0
+    pbs_backoff_max: float = 60.0
+    #: PBS runner: memory requested for a job, base + factor x the
+    #: image's size [bytes].
+    pbs_memory_base: int = 512 * 2**20
+    pbs_memory_factor: float = 2.0
 
     @classmethod
     def from_ini(cls, settings: dict[str, Any]) -> Settings:
@@ -154,6 +166,9 @@ class Settings:
         for key, raw in values.items():
             name = PREFIX + key
             kwargs[key] = _convert(key, name, raw)
+        if kwargs.get("runner") == "pbs":
+            # A batch job gets the cores it asks for: one unless told.
+            kwargs.setdefault("ccd_jobs", 1)
         made = cls(**kwargs)
         made.check()
         return made
@@ -177,6 +192,15 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}destruction must not exceed "
                 f"{PREFIX}destruction_max")
+        if self.runner == "pbs" and self.ccd_jobs == 0:
+            raise SettingsError(
+                f"{PREFIX}ccd_jobs = 0 (one per core of the machine) cannot "
+                "be asked of a batch system: give the cores a job may use "
+                "(default with runner = pbs: 1)")
+        if self.pbs_queue and not re.match(r"^[A-Za-z0-9._-]+$",
+                                           self.pbs_queue):
+            raise SettingsError(
+                f"{PREFIX}pbs_queue: {self.pbs_queue!r} is not a queue name")
         if self.base_url and not re.match(r"^https?://[^/]+", self.base_url):
             raise SettingsError(
                 f"{PREFIX}base_url: {self.base_url!r} is not an http(s) "
@@ -186,7 +210,7 @@ class Settings:
 def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
     text = str(raw).strip()
     if key in {"database_url", "runner", "auth", "auth_header",
-               "auth_realm"}:
+               "auth_realm", "pbs_bin", "pbs_queue"}:
         return text
     if key == "base_url":
         return text.rstrip("/")
@@ -199,14 +223,17 @@ def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
     if key in {"execution_duration", "execution_duration_max",
                "destruction", "destruction_max"}:
         return parse_duration(text, name)
-    if key == "upload_limit":
+    if key in {"upload_limit", "pbs_memory_base"}:
         return parse_size(text, name)
     if key in {"max_running", "wait_clients"}:
         return _int(text, name, 1)
     if key in {"ccd_jobs", "wait_max"}:
         return _int(text, name, 0)
-    if key in {"poll_interval", "reaper_interval"}:
+    if key in {"poll_interval", "reaper_interval", "pbs_timeout",
+               "pbs_backoff_max"}:
         return _float(text, name, 0.01)
+    if key == "pbs_memory_factor":
+        return _float(text, name, 0.0)
     if key in {"fetch_timeout", "quote_s_per_mpix", "quote_overhead_s",
                "switch_interval"}:
         return _float(text, name, 0.0)

@@ -66,10 +66,27 @@ def test_sizes(text, size):
     ({"destruction": "60d"}, "qfits.destruction must not exceed"),
     ({"base_url": "example.org"}, "is not an http(s) URL"),
     ({"poll_interval": "x"}, "qfits.poll_interval: 'x' is not a number"),
+    ({"runner": "pbs", "ccd_jobs": "0"},
+     "qfits.ccd_jobs = 0 (one per core of the machine) cannot be asked"),
+    ({"pbs_queue": "batch;id"}, "qfits.pbs_queue: 'batch;id' is not a"),
+    ({"pbs_memory_base": "much"}, "qfits.pbs_memory_base: 'much' is not"),
 ])
 def test_bad_settings_are_refused_naming_the_key(values, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.from_ini(_ini(**values))
+
+
+def test_pbs_settings():
+    settings = Settings.from_ini(_ini(runner="pbs", pbs_queue="long",
+                                      pbs_memory_base="1GiB",
+                                      pbs_memory_factor="3",
+                                      pbs_bin="/opt/torque/bin"))
+    assert settings.ccd_jobs == 1  # the cores each batch job asks for
+    assert settings.pbs_memory_base == 2**30
+    assert settings.pbs_memory_factor == 3.0
+    assert (settings.pbs_queue, settings.pbs_bin) == ("long",
+                                                      "/opt/torque/bin")
+    assert Settings.from_ini(_ini()).ccd_jobs == 0  # local: per core
 
 
 def test_required_settings():
@@ -86,7 +103,7 @@ def test_every_setting_is_documented():
 
 def test_science_packages_do_not_import_the_service():
     code = ("import sys, qualityfits, votable, pbs_bridge.worker, "
-            "pbs_bridge.qstat, "
+            "pbs_bridge.qstat, pbs_bridge.batch, "
             "pbs_bridge.contract; print(sorted(m for m in sys.modules "
             "if m.split('.')[0] in {'uws', 'pyramid', 'sqlalchemy', "
             "'waitress'}))")
