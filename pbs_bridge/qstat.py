@@ -125,6 +125,7 @@ class BatchJob:
     state: str
     #: UWS phase name, or None once the batch job has ended.
     phase: str | None
+    name: str = ""
     exit_status: int | None = None
     host: str = ""
     queue: str = ""
@@ -155,6 +156,7 @@ def batch_job(batch_id: str, attributes: Mapping[str, str]) -> BatchJob:
     host = attributes.get("exec_host", "").split("+")[0].split("/")[0]
     return BatchJob(
         batch_id=batch_id, state=state, phase=phase,
+        name=attributes.get("Job_Name", "").strip(),
         exit_status=exit_status, host=host,
         queue=attributes.get("queue", "").strip(),
         max_rss_kb=memory_kb(attributes.get("resources_used.mem", "")),

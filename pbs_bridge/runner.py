@@ -1,0 +1,229 @@
+"""The PBS runner: the service's `uws.runner.JobRunner` on a batch system.
+
+Selected by ``qfits.runner = pbs``.  Each job becomes one batch job
+(``qsub``) whose script runs the same worker as the local runner
+(``python -m pbs_bridge.worker JOBDIR``, the interpreter named by its
+absolute path) on the job folder, which must be on a filesystem the
+batch nodes share with the service.  The service's one poller thread
+calls `PbsRunner.poll` with every active job; that is one ``qstat -f``
+for all of them per cycle (plus, on Slurm, one ``scontrol`` in the
+cycles where some job ended).  Batch states become phases through
+`pbs_bridge.qstat.STATE_PHASES`; a job that ended is concluded by the
+service from its folder (results manifest: COMPLETED, error document:
+ERROR), the batch system's word deciding the rest (walltime reached or
+cancelled outside the service: ABORTED; otherwise ERROR with the exit
+status).  Nothing is kept in memory that a restarted service would
+miss: it finds its batch jobs again by the ids stored with the jobs.
+
+This is the only module of ``pbs_bridge`` that imports the service (it
+implements the service's interface); the worker, the contract and the
+batch-command modules never do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shlex
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pbs_bridge.batch import (
+    BatchError,
+    BatchSystem,
+    Ending,
+    Submission,
+    bare_id,
+    torque_ending,
+)
+from pbs_bridge.contract import LOG_FILE, SPEC_FILE, ContractError, WorkerSpec
+from pbs_bridge.qstat import BatchJob
+from uws.phases import Phase
+from uws.runner import BackendStatus, RunnerError, worker_command
+from uws.settings import Settings
+from uws.store import ActiveJob
+
+log = logging.getLogger(__name__)
+
+#: The batch script written in each job folder.
+SCRIPT_FILE = "batch.sh"
+
+#: Prefix of batch job names (``qf-<job id>``).
+NAME_PREFIX = "qf-"
+
+
+class PbsRunner:
+    """Run each job as a batch job through qsub/qstat/qdel/qrls."""
+
+    name = "pbs"
+
+    def __init__(self, settings: Settings, job_root: Path) -> None:
+        self.settings = settings
+        self.job_root = job_root
+        self.batch = BatchSystem(settings.pbs_bin, settings.pbs_timeout)
+        self.command = worker_command(settings)
+        self._lock = threading.Lock()
+        self._trouble: str | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+
+    # -- the JobRunner interface ------------------------------------------
+    def submit(self, job_id: str, job_dir: Path,
+               execution_duration: int) -> str:
+        """Write the batch script and ``qsub`` it; return the batch id."""
+        script = job_dir / SCRIPT_FILE
+        try:
+            script.write_text(self._script(job_dir))
+            script.chmod(0o755)
+        except OSError as exc:
+            raise RunnerError(
+                f"cannot write the batch script: {exc.strerror}") from None
+        submission = Submission(
+            name=NAME_PREFIX + job_id, script=script,
+            log=job_dir / LOG_FILE, walltime_s=execution_duration,
+            memory_mb=self._memory_mb(job_dir),
+            cpus=max(1, self.settings.ccd_jobs),
+            queue=self.settings.pbs_queue)
+        try:
+            batch_id = self.batch.submit(submission)
+        except BatchError as exc:
+            raise RunnerError(str(exc)) from None
+        log.info("job %s: batch job %s", job_id, batch_id)
+        return batch_id
+
+    def cancel(self, job_id: str, backend_id: str) -> None:
+        """``qdel`` the job (already ended: nothing to do)."""
+        if not backend_id:
+            return
+        try:
+            self.batch.delete(backend_id)
+        except BatchError as exc:
+            log.warning("job %s: %s", job_id, exc)
+            raise RunnerError(str(exc)) from None
+
+    def release(self, job_id: str, backend_id: str) -> None:
+        """``qrls`` a held job."""
+        try:
+            self.batch.release(backend_id)
+        except BatchError as exc:
+            raise RunnerError(
+                f"the batch system did not release job {job_id}: {exc}"
+            ) from None
+
+    def poll(self, jobs: Sequence[ActiveJob]) -> dict[str, BackendStatus]:
+        """One ``qstat -f`` for all the jobs with a batch id.
+
+        While the batch system does not answer, raise `RunnerError`
+        (the service then changes no phase) and try again after a
+        delay that doubles up to ``qfits.pbs_backoff_max``.
+        """
+        tracked = {bare_id(j.backend_id): j for j in jobs if j.backend_id}
+        if not tracked:
+            return {}
+        with self._lock:
+            if self._trouble is not None and time.monotonic() < \
+                    self._retry_at:
+                raise RunnerError(self._trouble)
+            try:
+                seen = self.batch.jobs([j.backend_id for j in
+                                        tracked.values()])
+            except BatchError as exc:
+                self._fail(str(exc))
+                raise RunnerError(self._trouble or str(exc)) from None
+            self._trouble, self._failures = None, 0
+        out: dict[str, BackendStatus] = {}
+        ended: list[tuple[str, ActiveJob, BatchJob | None]] = []
+        for key, job in tracked.items():
+            batch = seen.get(key)
+            if batch is not None and batch.name and \
+                    batch.name != NAME_PREFIX + job.job_id:
+                batch = None  # the id was reused (the batch system reset)
+            if batch is None or batch.phase is None:
+                ended.append((key, job, batch))
+                continue
+            out[job.job_id] = BackendStatus(
+                Phase(batch.phase), backend_id=job.backend_id,
+                host=batch.host, queue=batch.queue)
+        if ended:
+            endings = self.batch.endings([j.backend_id for _, j, _ in ended])
+            for key, job, batch in ended:
+                ending = endings.get(key)
+                if ending is None and batch is not None and \
+                        batch.exit_status is not None:
+                    ending = torque_ending(batch.exit_status)
+                out[job.job_id] = ended_status(job, batch, ending)
+        return out
+
+    def health(self) -> str | None:
+        """Return what is wrong with the batch system, or None."""
+        return self._trouble
+
+    def close(self) -> None:
+        """Nothing to stop: the batch jobs run on."""
+
+    # -- internals ---------------------------------------------------------
+    def _fail(self, message: str) -> None:
+        self._failures += 1
+        delay = min(self.settings.poll_interval * 2 ** self._failures,
+                    self.settings.pbs_backoff_max)
+        self._retry_at = time.monotonic() + delay
+        self._trouble = (f"the batch system does not answer: {message} "
+                         f"(next try in {delay:.0f} s)")
+        log.warning("%s", self._trouble)
+
+    def _script(self, job_dir: Path) -> str:
+        argv = [*self.command, str(job_dir)]
+        return ("#!/bin/sh\n"
+                "# QualityFITS-UWS: one job, written by the PBS runner.\n"
+                f"cd {shlex.quote(str(job_dir))} || exit 1\n"
+                f"exec {shlex.join(argv)}\n")
+
+    def _memory_mb(self, job_dir: Path) -> int:
+        """Memory to request: a base plus a multiple of the image size.
+
+        An image given by URL is not fetched yet: the fetch limit is
+        its size at most.
+        """
+        size = self.settings.upload_limit
+        try:
+            spec = WorkerSpec.from_json((job_dir / SPEC_FILE).read_text())
+        except (OSError, ContractError):
+            spec = None
+        if spec is not None and "://" not in spec.image:
+            with contextlib.suppress(OSError):
+                size = (job_dir / spec.image).stat().st_size
+        total = self.settings.pbs_memory_base + \
+            self.settings.pbs_memory_factor * size
+        return math.ceil(total / 2**20)
+
+
+def ended_status(job: ActiveJob, batch: BatchJob | None,
+           ending: Ending | None) -> BackendStatus:
+    """Return the status of a batch job that has ended (or vanished)."""
+    backend = job.backend_id
+    if ending is not None and (ending.timed_out or ending.cancelled):
+        return BackendStatus(Phase.ABORTED, ended=True, backend_id=backend,
+                             signal=ending.signal,
+                             message=f"{ending.message} (batch job "
+                             f"{backend}, {ending.state})")
+    gone = "ended" if batch is not None else "is gone from the batch system"
+    how = ""
+    if ending is not None and ending.signal is not None:
+        how = f" (signal {ending.signal})"
+    elif ending is not None and ending.exit_status is not None:
+        how = f" (exit status {ending.exit_status})"
+    message = f"batch job {backend} {gone} without a result{how}"
+    if ending is not None and ending.message:
+        message += f": {ending.message}"
+    return BackendStatus(
+        Phase.EXECUTING, ended=True, backend_id=backend,
+        exit_status=None if ending is None else ending.exit_status,
+        signal=None if ending is None else ending.signal,
+        host="" if batch is None else batch.host,
+        max_rss_kb=None if batch is None else batch.max_rss_kb,
+        wall_s=None if batch is None else batch.wall_s,
+        cpu_s=None if batch is None else batch.cpu_s,
+        message=message + "; see the log")

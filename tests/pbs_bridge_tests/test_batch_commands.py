@@ -1,0 +1,160 @@
+"""The batch-command layer: qsub's argument list, how jobs ended.
+
+On recorded outputs of the test cluster's Slurm (``data/``) and on the
+TORQUE exit-status conventions; the commands themselves run against a
+real batch system in ``tests/uws_tests/test_batch.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pbs_bridge.batch import (
+    BatchError,
+    Ending,
+    Submission,
+    bare_id,
+    parse_scontrol,
+    said,
+    slurm_ending,
+    torque_ending,
+)
+from pbs_bridge.qstat import BatchJob
+from pbs_bridge.runner import ended_status
+from uws.phases import Phase
+from uws.store import ActiveJob
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_qsub_argument_list():
+    job = Submission(name="qf-0123abcd", script=Path("/data/jobs/x/batch.sh"),
+                     log=Path("/data/jobs/x/worker.log"), walltime_s=3661,
+                     memory_mb=600, cpus=2, queue="batch",
+                     environment={"OMP_NUM_THREADS": "1"})
+    assert job.argv("/usr/bin/qsub") == [
+        "/usr/bin/qsub", "-N", "qf-0123abcd",
+        "-l", "nodes=1:ppn=2,walltime=01:01:01,mem=600mb",
+        "-o", "/data/jobs/x/worker.log", "-e", "/data/jobs/x/worker.log",
+        "-q", "batch", "-v", "OMP_NUM_THREADS=1", "/data/jobs/x/batch.sh"]
+
+
+def test_no_walltime_or_memory_means_the_queue_default():
+    job = Submission(name="qf-1", script=Path("/j/batch.sh"),
+                     log=Path("/j/worker.log"))
+    argv = job.argv("qsub")
+    assert argv[argv.index("-l") + 1] == "nodes=1:ppn=1"
+    assert "-q" not in argv
+    assert "-v" not in argv
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("script", Path("/data/my jobs/batch.sh")),   # a space splits it
+    ("log", Path("/data/jobs/x;rm -rf ~/worker.log")),
+    ("name", "qf-$(reboot)"),
+    ("queue", "batch\nid"),
+    ("environment", {"A": "x,B=`id`"}),
+])
+def test_unsafe_values_never_reach_qsub(field: str, value: object):
+    # Slurm's qsub wrapper runs an unquoted shell command line.
+    base = {"name": "qf-1", "script": Path("/j/batch.sh"),
+            "log": Path("/j/worker.log")}
+    job = Submission(**{**base, field: value})  # type: ignore[arg-type]
+    with pytest.raises(BatchError, match="refusing to pass"):
+        job.argv("qsub")
+
+
+def test_qsub_refusal_is_reported_in_the_batch_systems_words():
+    recorded = (DATA / "qsub-refused_slurm-wlm-torque.txt").read_text()
+    done = subprocess.CompletedProcess(["qsub"], 1, recorded, "")
+    assert said("qsub", done) == (
+        "qsub failed (exit status 1): sbatch: error: invalid partition "
+        "specified: nosuchqueue sbatch: error: Batch job submission "
+        "failed: Invalid partition name specified")
+
+
+def test_a_silent_failure_says_so():
+    done = subprocess.CompletedProcess(["qdel"], 1, "", "")
+    assert said("qdel", done) == "qdel failed (exit status 1): no message"
+
+
+def test_slurm_endings_recorded():
+    jobs = parse_scontrol((DATA / "scontrol-show-job_slurm.txt").read_text())
+    endings = [slurm_ending(fields) for fields in jobs.values()]
+    assert [(e.state, e.exit_status, e.signal, e.timed_out, e.cancelled)
+            for e in endings if e is not None] == [
+        ("COMPLETED", 0, None, False, False),
+        ("FAILED", 2, None, False, False),
+        ("CANCELLED", 0, None, False, True),   # while pending
+        ("CANCELLED", 0, 15, False, True),     # while running
+        ("TIMEOUT", 0, 15, True, False),
+    ]
+    first = next(iter(jobs.values()))
+    assert first["JobName"].startswith("qf-")
+
+
+def test_a_job_still_running_has_no_ending():
+    assert slurm_ending({"JobId": "3", "JobState": "RUNNING"}) is None
+    assert slurm_ending({"JobId": "3", "JobState": "COMPLETING"}) is None
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (0, Ending("0", exit_status=0)),
+    (2, Ending("2", exit_status=2)),
+    (-11, Ending("-11", timed_out=True, message="the batch system stopped "
+                 "the job at its walltime")),
+    (271, Ending("271", signal=15, cancelled=True,
+                 message="the batch system killed the job")),
+    (-10, Ending("-10", message="the job exceeded its memory limit on the "
+                 "batch node")),
+    (-1, Ending("-1", message="the batch system could not run the job "
+                "(JOB_EXEC code -1)")),
+])
+def test_torque_exit_status(status: int, expected: Ending):
+    assert torque_ending(status) == expected
+
+
+def test_bare_ids():
+    assert bare_id("1207.headnode.example.org") == "1207"
+    assert bare_id("46") == "46"
+
+
+# -- how an ended batch job becomes a phase -----------------------------------
+JOB = ActiveJob(job_id="abc", phase=Phase.EXECUTING, backend_id="12",
+                start_time=datetime(2026, 11, 24, 8, 0, tzinfo=UTC),
+                execution_duration=60, queued_time=None)
+DONE = BatchJob(batch_id="12", state="C", phase=None, host="node3",
+                max_rss_kb=2048, wall_s=61, cpu_s=55)
+
+
+def test_walltime_and_cancel_end_aborted():
+    timed_out = ended_status(JOB, DONE, torque_ending(-11))
+    assert (timed_out.phase, timed_out.ended) == (Phase.ABORTED, True)
+    assert timed_out.message == ("the batch system stopped the job at its "
+                                 "walltime (batch job 12, -11)")
+    cancelled = ended_status(JOB, DONE, slurm_ending(
+        {"JobState": "CANCELLED", "ExitCode": "0:15"}))
+    assert cancelled.phase is Phase.ABORTED
+    assert cancelled.signal == 15
+
+
+def test_an_ending_without_a_word_is_left_to_the_job_folder():
+    status = ended_status(JOB, DONE, torque_ending(3))
+    # The service reads the folder: results -> COMPLETED, error.json ->
+    # ERROR with the worker's message, else this message.
+    assert (status.phase, status.ended) == (Phase.EXECUTING, True)
+    assert status.message == ("batch job 12 ended without a result (exit "
+                              "status 3); see the log")
+    assert (status.max_rss_kb, status.wall_s, status.cpu_s) == (2048, 61, 55)
+    assert status.host == "node3"
+
+
+def test_a_vanished_job_without_any_record():
+    status = ended_status(JOB, None, None)
+    assert status.ended
+    assert status.message == ("batch job 12 is gone from the batch system "
+                              "without a result; see the log")
