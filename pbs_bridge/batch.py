@@ -33,8 +33,9 @@ from pbs_bridge.qstat import (
     walltime,
 )
 
-#: Values allowed on a ``qsub`` command line (names, paths, queues).
-SAFE_VALUE = re.compile(r"^[A-Za-z0-9._/+-]+$")
+#: Values allowed on a ``qsub`` command line (names, paths, queues,
+#: environment values such as a PATH).
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9._/+:-]+$")
 
 #: ``qstat`` exit status when some job id is unknown (purged, never
 #: existed): not a failure of the batch system.
@@ -103,7 +104,7 @@ class Submission:
             if value and not SAFE_VALUE.match(value):
                 raise BatchError(
                     f"refusing to pass {value!r} to qsub: only letters, "
-                    "digits and ._/+- are safe on its command line")
+                    "digits and ._/+:- are safe on its command line")
         return argv
 
 

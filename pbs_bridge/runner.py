@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shlex
 import threading
 import time
@@ -86,7 +87,8 @@ class PbsRunner:
             log=job_dir / LOG_FILE, walltime_s=execution_duration,
             memory_mb=self._memory_mb(job_dir),
             cpus=max(1, self.settings.ccd_jobs),
-            queue=self.settings.pbs_queue)
+            queue=self.settings.pbs_queue,
+            environment=self._environment(job_id))
         try:
             batch_id = self.batch.submit(submission)
         except BatchError as exc:
@@ -173,6 +175,19 @@ class PbsRunner:
         self._trouble = (f"the batch system does not answer: {message} "
                          f"(next try in {delay:.0f} s)")
         log.warning("%s", self._trouble)
+
+    def _environment(self, job_id: str) -> dict[str, str]:
+        """Variables for ``qsub -v``: the job id, and those the ini names.
+
+        Always some: with ``-v``, Slurm's qsub gives the job the login
+        environment plus these, as TORQUE does, instead of the whole
+        environment of the service.
+        """
+        env = {"QFITS_JOB_ID": job_id}
+        env.update({name: os.environ[name]
+                    for name in self.settings.pbs_environment
+                    if name in os.environ})
+        return env
 
     def _script(self, job_dir: Path) -> str:
         argv = [*self.command, str(job_dir)]

@@ -450,8 +450,12 @@ class JobService:
                                       f"refused the job: {exc}"))
             return
         if backend_id:
+            # The backend has it (a batch system): the next regular poll
+            # sees it; waking the poller at each submission would run a
+            # qstat per job.
             self.store.update(job_id, backend_id=backend_id)
-        self._wake.set()
+        else:
+            self._wake.set()  # the local runner starts jobs when polled
 
     def _release(self, job: Job) -> None:
         """RUN on a job the batch system holds: release it (``qrls``)."""

@@ -144,6 +144,9 @@ class Settings:
     #: image's size [bytes].
     pbs_memory_base: int = 512 * 2**20
     pbs_memory_factor: float = 2.0
+    #: PBS runner: names of the service's environment variables a batch
+    #: job gets (``qsub -v``; it has its login environment besides).
+    pbs_environment: tuple[str, ...] = ()
 
     @classmethod
     def from_ini(cls, settings: dict[str, Any]) -> Settings:
@@ -220,6 +223,12 @@ def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
         return Path(text) if text else None
     if key == "worker_command":
         return tuple(text.split())
+    if key == "pbs_environment":
+        names = tuple(text.replace(",", " ").split())
+        bad = [n for n in names if not re.match(r"^[A-Za-z_]\w*$", n)]
+        if bad:
+            raise SettingsError(f"{name}: {bad[0]!r} is not a variable name")
+        return names
     if key in {"execution_duration", "execution_duration_max",
                "destruction", "destruction_max"}:
         return parse_duration(text, name)

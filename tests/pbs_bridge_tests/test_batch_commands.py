@@ -35,12 +35,14 @@ def test_qsub_argument_list():
     job = Submission(name="qf-0123abcd", script=Path("/data/jobs/x/batch.sh"),
                      log=Path("/data/jobs/x/worker.log"), walltime_s=3661,
                      memory_mb=600, cpus=2, queue="batch",
-                     environment={"OMP_NUM_THREADS": "1"})
+                     environment={"OMP_NUM_THREADS": "1",
+                                  "PATH": "/usr/bin:/bin"})
     assert job.argv("/usr/bin/qsub") == [
         "/usr/bin/qsub", "-N", "qf-0123abcd",
         "-l", "nodes=1:ppn=2,walltime=01:01:01,mem=600mb",
         "-o", "/data/jobs/x/worker.log", "-e", "/data/jobs/x/worker.log",
-        "-q", "batch", "-v", "OMP_NUM_THREADS=1", "/data/jobs/x/batch.sh"]
+        "-q", "batch", "-v", "OMP_NUM_THREADS=1,PATH=/usr/bin:/bin",
+        "/data/jobs/x/batch.sh"]
 
 
 def test_no_walltime_or_memory_means_the_queue_default():

@@ -290,6 +290,26 @@ def test_a_worker_that_dies_without_a_word(pbs: Starter, tmp_path: Path,
     assert "crasher: exit 7" in live.http.get(f"{url}/results/log").text
 
 
+def test_a_batch_job_gets_the_environment_named(
+        pbs: Starter, tmp_path: Path, sample_image: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    # The job has its login environment, the variables of
+    # qfits.pbs_environment and its job id: nothing else of the service.
+    monkeypatch.setenv("QF_GIVEN", "given:value")
+    monkeypatch.setenv("QF_KEPT", "kept")
+    teller = tmp_path / "teller.sh"
+    teller.write_text('#!/bin/sh\necho "id=$QFITS_JOB_ID '
+                      'given=$QF_GIVEN kept=$QF_KEPT home=$HOME"\nexit 5\n')
+    teller.chmod(0o755)
+    live = pbs(worker_command=str(teller), pbs_environment="QF_GIVEN")
+    url = submit(live, sample_image)
+    assert live.wait_phase(url, FINAL, timeout=60) == "ERROR"
+    job_id = url.rsplit("/", 1)[1]
+    home = Path.home()
+    assert f"id={job_id} given=given:value kept= home={home}" in \
+        live.http.get(f"{url}/results/log").text
+
+
 def test_qsub_missing(pbs: Starter, tmp_path: Path, sample_image: Path):
     empty = tmp_path / "no-batch-commands"
     empty.mkdir()
@@ -320,7 +340,7 @@ def test_an_unsafe_path_never_reaches_qsub(pbs: Starter, tmp_path: Path,
     assert live.phase(url) == "ERROR"
     _, _, message = error_summary(job_xml(live, url))
     assert "refusing to pass" in message
-    assert "only letters, digits and ._/+- are safe" in message
+    assert "only letters, digits and ._/+:- are safe" in message
     assert not Path("pwned").exists()
 
 

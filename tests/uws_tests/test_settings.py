@@ -70,6 +70,7 @@ def test_sizes(text, size):
      "qfits.ccd_jobs = 0 (one per core of the machine) cannot be asked"),
     ({"pbs_queue": "batch;id"}, "qfits.pbs_queue: 'batch;id' is not a"),
     ({"pbs_memory_base": "much"}, "qfits.pbs_memory_base: 'much' is not"),
+    ({"pbs_environment": "A B-C"}, "qfits.pbs_environment: 'B-C' is not"),
 ])
 def test_bad_settings_are_refused_naming_the_key(values, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
@@ -80,12 +81,14 @@ def test_pbs_settings():
     settings = Settings.from_ini(_ini(runner="pbs", pbs_queue="long",
                                       pbs_memory_base="1GiB",
                                       pbs_memory_factor="3",
-                                      pbs_bin="/opt/torque/bin"))
+                                      pbs_bin="/opt/torque/bin",
+                                      pbs_environment="TMPDIR, LANG"))
     assert settings.ccd_jobs == 1  # the cores each batch job asks for
     assert settings.pbs_memory_base == 2**30
     assert settings.pbs_memory_factor == 3.0
     assert (settings.pbs_queue, settings.pbs_bin) == ("long",
                                                       "/opt/torque/bin")
+    assert settings.pbs_environment == ("TMPDIR", "LANG")
     assert Settings.from_ini(_ini()).ccd_jobs == 0  # local: per core
 
 
