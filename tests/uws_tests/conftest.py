@@ -4,7 +4,8 @@
 waitress server on a free port of 127.0.0.1 (SQLite);
 `live_db` does the same over each database of `dbfixtures`
 (SQLite and a real PostgreSQL).  `sample_image` is a small simulated
-exposure that the real worker assesses in a few seconds.  The classes
+exposure that the real worker assesses in a few seconds, `noise_image`
+one where it finds no star (the job fails).  The classes
 live in `uwskit`.
 """
 
@@ -14,7 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from dbfixtures import database_url  # noqa: F401 - a fixture
 from uwskit import SCHEMAS, LiveService, settings_for
 
@@ -58,6 +61,15 @@ def sample_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("images") / "sample.fits"
     return write_exposure(path, SimulationParams(shape=(1024, 1024)),
                           n_ccds=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def noise_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FITS image of pure Gaussian noise: the worker finds no star."""
+    path = tmp_path_factory.mktemp("noise") / "noise.fits"
+    data = np.random.default_rng(7).normal(1000.0, 10.0, (512, 512))
+    fits.PrimaryHDU(data.astype(np.float32)).writeto(path)
+    return path
 
 
 @pytest.fixture(scope="session")

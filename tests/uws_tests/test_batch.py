@@ -22,9 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from astropy.io import fits
 from lxml import etree
 from testkit import require_slurm, shared_file
 from uwskit import (
@@ -146,13 +144,6 @@ def blocker(tmp_path: Path, slurm: str) -> Iterator[Callable[[], str]]:
         run("qdel", batch_id)
 
 
-@pytest.fixture(scope="module")
-def noise_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A FITS image of pure noise: the worker finds no star and fails."""
-    path = tmp_path_factory.mktemp("noise") / "noise.fits"
-    data = np.random.default_rng(7).normal(1000.0, 10.0, (512, 512))
-    fits.PrimaryHDU(data.astype(np.float32)).writeto(path)
-    return path
 
 
 # -- a real image to COMPLETED ------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,11 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import requests
 import sqlalchemy as sa
-from astropy.io import fits
 from dbfixtures import postgres_server_url
 from lxml import etree
 from uwskit import (
@@ -37,6 +34,7 @@ from uwskit import (
     UWS,
     LiveService,
     error_summary,
+    free_port,
     instant,
     job_xml,
     steps_of,
@@ -52,11 +50,6 @@ Starter = Callable[..., LiveService]
 
 
 # -- helpers ------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 nobody listens on (now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -207,14 +200,6 @@ def sleeper(tmp_path: Path) -> str:
     return script(tmp_path, "sleeper", SLEEPER)
 
 
-@pytest.fixture(scope="module")
-def noise_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A FITS image of pure Gaussian noise: no star to find."""
-    path = tmp_path_factory.mktemp("noise") / "noise.fits"
-    rng = np.random.default_rng(7)
-    data = rng.normal(1000.0, 10.0, (512, 512)).astype(np.float32)
-    fits.PrimaryHDU(data).writeto(path)
-    return path
 
 
 def unused_url() -> str:

@@ -8,6 +8,7 @@ processes) behind a real waitress server on a free port of 127.0.0.1;
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -71,9 +72,21 @@ class LiveService:
         self.service.close()
 
     def _close_sockets(self) -> None:
-        """Close the server's sockets (in its thread): its loop ends."""
+        """Close the server's sockets (in its thread): its loop ends.
+
+        A connection's buffers are closed too (``handle_close``, and the
+        body of a request still being read): left to the garbage
+        collector, their temporary files raise a ResourceWarning in
+        whatever test runs then.
+        """
         for channel in list(self.server._map.values()):
-            channel.close()
+            request = getattr(channel, "request", None)
+            if request is not None:
+                request.close()
+            if hasattr(channel, "outbufs"):
+                channel.handle_close()
+            else:
+                channel.close()
 
     # -- conveniences ---------------------------------------------------------
     def create(self, **fields: Any) -> str:
@@ -163,3 +176,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float,
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout} s")
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nobody listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
