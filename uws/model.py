@@ -112,3 +112,5 @@ class Job:
     backend_id: str = ""
     #: Expected run time [s] from the image size (for the quote).
     estimate_s: float = 0.0
+    #: When it was last queued (PHASE=RUN); not in the UWS document.
+    queued_time: datetime | None = None

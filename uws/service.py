@@ -5,7 +5,9 @@ persists; the runner executes.  Every phase change goes through
 `uws.phases` and a compare-and-set in the store, then wakes the
 requests blocked in WAIT.  Two daemon threads do the background work:
 the poller (one runner poll per cycle for all active jobs, execution
-duration enforcement, outcomes) and the reaper (destruction).
+duration enforcement, outcomes) and the reaper (destruction); a third,
+`uws.notify`'s sender, mails the end of a job when asked to and
+configured.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from uws.errors import (
 )
 from uws.forms import Form
 from uws.model import ErrorSummary, Job, JobInfo, JobRef, Result, Step, utcnow
+from uws.notify import NOTIFIED, JobEnd, Notifier
 from uws.params import (
     CONTROL_PARAMETERS,
     SCIENCE_PARAMETERS,
@@ -160,11 +163,13 @@ class JobService:
         self._cache: OrderedDict[str, Job] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.runner_health: str | None = None
+        self.notifier = Notifier(settings)
         self.job_root.mkdir(parents=True, exist_ok=True)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        """Start the poller and the reaper threads."""
+        """Start the poller, the reaper and the e-mail sender threads."""
+        self.notifier.start()
         for name, target in (("uws-poller", self._poller),
                              ("uws-reaper", self._reaper)):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -172,11 +177,16 @@ class JobService:
             self._threads.append(thread)
 
     def close(self) -> None:
-        """Stop the threads; running workers go on (a restart adopts them)."""
+        """Stop the threads; running workers go on (a restart adopts them).
+
+        The e-mails of the jobs that ended are sent first (waiting at
+        most a little over ``qfits.smtp_timeout``).
+        """
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.notifier.close()
         self.runner.close()
         self.store.close()
 
@@ -658,13 +668,31 @@ class JobService:
             values.update(error_type=error.type,
                           error_message=error.message,
                           error_detail=error.has_detail)
-        values.setdefault("end_time", self.clock())
+        ended = values.setdefault("end_time", self.clock())
         moved = self.store.transition(job_id, sources, target, **values)
         if moved:
             log.info("job %s: %s%s", job_id, target,
                      f" ({error.message})" if error else "")
             self._changes.notify(job_id)
+            if target in NOTIFIED and isinstance(ended, datetime):
+                # Once per job: only the thread whose compare-and-set
+                # moved it gets here.
+                self._mail_end(JobEnd(job_id, target, ended,
+                                      error.message if error else None))
         return moved
+
+    def _mail_end(self, end: JobEnd) -> None:
+        """Queue the e-mail of a job that ended, if it gave an address."""
+        if not self.notifier.enabled:
+            return
+        try:
+            address = self.store.email_of(end.job_id)
+        except StoreError as exc:
+            log.warning("job %s: no e-mail notification: %s", end.job_id,
+                        exc)
+            return
+        if address:
+            self.notifier.job_ended(end, address)
 
     def reap_expired(self) -> int:
         """Destroy the jobs whose destruction time has passed."""

@@ -10,7 +10,7 @@ Every key is documented in ``docs/service.md``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,11 @@ _SIZE_UNIT = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9,
               "ti": 2**40}
 
 AUTH_MODES = ("anonymous", "basic", "header")
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+_HOST = re.compile(r"^[A-Za-z0-9._:-]+$")
+_ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+$")
 
 
 class SettingsError(ValueError):
@@ -57,14 +62,28 @@ def human_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _int(value: Any, key: str, minimum: int) -> int:
+def _int(value: Any, key: str, minimum: int,
+         maximum: int | None = None) -> int:
     try:
         number = int(str(value).strip())
     except ValueError:
         raise SettingsError(f"{key}: {value!r} is not an integer") from None
     if number < minimum:
         raise SettingsError(f"{key}: {number} is below {minimum}")
+    if maximum is not None and number > maximum:
+        raise SettingsError(f"{key}: {number} is above {maximum}")
     return number
+
+
+def _bool(value: Any, key: str) -> bool:
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise SettingsError(
+        f"{key}: {value!r} is not a boolean (true/false, yes/no, on/off, "
+        "1/0)")
 
 
 def _float(value: Any, key: str, minimum: float) -> float:
@@ -147,6 +166,17 @@ class Settings:
     #: PBS runner: names of the service's environment variables a batch
     #: job gets (``qsub -v``; it has its login environment besides).
     pbs_environment: tuple[str, ...] = ()
+    #: E-mail notification when a job ends COMPLETED or ERROR (to the
+    #: job's ``email`` parameter): SMTP server (empty: off), its port,
+    #: the sender address, an optional login, STARTTLS, and the seconds
+    #: the server may take to answer.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "qualityfits-uws@localhost"
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_starttls: bool = False
+    smtp_timeout: float = 10.0
 
     @classmethod
     def from_ini(cls, settings: dict[str, Any]) -> Settings:
@@ -208,13 +238,32 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}base_url: {self.base_url!r} is not an http(s) "
                 "URL")
+        self._check_smtp()
+
+    def _check_smtp(self) -> None:
+        if self.smtp_host and not _HOST.match(self.smtp_host):
+            raise SettingsError(
+                f"{PREFIX}smtp_host: {self.smtp_host!r} is not a host name")
+        if not _ADDRESS.match(self.smtp_from):
+            raise SettingsError(
+                f"{PREFIX}smtp_from: {self.smtp_from!r} is not an e-mail "
+                "address")
+        if bool(self.smtp_user) != bool(self.smtp_password):
+            raise SettingsError(
+                f"{PREFIX}smtp_user and {PREFIX}smtp_password go together "
+                "(a login needs both)")
 
 
 def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
     text = str(raw).strip()
     if key in {"database_url", "runner", "auth", "auth_header",
-               "auth_realm", "pbs_bin", "pbs_queue"}:
+               "auth_realm", "pbs_bin", "pbs_queue", "smtp_host",
+               "smtp_from", "smtp_user", "smtp_password"}:
         return text
+    if key == "smtp_starttls":
+        return _bool(text, name)
+    if key == "smtp_port":
+        return _int(text, name, 1, 65535)
     if key == "base_url":
         return text.rstrip("/")
     if key == "job_dir":
@@ -239,7 +288,7 @@ def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
     if key in {"ccd_jobs", "wait_max"}:
         return _int(text, name, 0)
     if key in {"poll_interval", "reaper_interval", "pbs_timeout",
-               "pbs_backoff_max"}:
+               "pbs_backoff_max", "smtp_timeout"}:
         return _float(text, name, 0.01)
     if key == "pbs_memory_factor":
         return _float(text, name, 0.0)

@@ -322,6 +322,20 @@ class JobStore:
                 jobs_table.c.job_id == job_id)).scalar()
         return None if value is None else Phase(value)
 
+    def email_of(self, job_id: str) -> str | None:
+        """Return the job's ``email`` parameter (None: none, or no job).
+
+        Raises `StoreError` when the database does not answer.
+        """
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(sa.select(jobs_table.c.email).where(
+                    jobs_table.c.job_id == job_id)).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the job's e-mail address: {exc}"
+                             ) from exc
+        return None if value is None else str(value)
+
     def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
              after: datetime | None = None,
              last: int | None = None) -> list[JobRef]:
@@ -408,6 +422,7 @@ def _job(row: Any, params: Sequence[Any], results: Sequence[Any]) -> Job:
         job_id=row.job_id, phase=Phase(row.phase), owner=row.owner,
         run_id=row.run_id,
         creation_time=_aware_required(row.creation_time),
+        queued_time=_aware(row.queued_time),
         start_time=_aware(row.start_time), end_time=_aware(row.end_time),
         execution_duration=row.execution_duration,
         destruction=_aware_required(row.destruction),

@@ -71,6 +71,21 @@ def test_sizes(text, size):
     ({"pbs_queue": "batch;id"}, "qfits.pbs_queue: 'batch;id' is not a"),
     ({"pbs_memory_base": "much"}, "qfits.pbs_memory_base: 'much' is not"),
     ({"pbs_environment": "A B-C"}, "qfits.pbs_environment: 'B-C' is not"),
+    ({"smtp_port": "smtp"}, "qfits.smtp_port: 'smtp' is not an integer"),
+    ({"smtp_port": "0"}, "qfits.smtp_port: 0 is below 1"),
+    ({"smtp_port": "65536"}, "qfits.smtp_port: 65536 is above 65535"),
+    ({"smtp_timeout": "soon"}, "qfits.smtp_timeout: 'soon' is not a number"),
+    ({"smtp_timeout": "0"}, "qfits.smtp_timeout: 0.0 is below 0.01"),
+    ({"smtp_starttls": "maybe"},
+     "qfits.smtp_starttls: 'maybe' is not a boolean"),
+    ({"smtp_host": "mail.example.org;rm"},
+     "qfits.smtp_host: 'mail.example.org;rm' is not a host name"),
+    ({"smtp_from": "qfits"}, "qfits.smtp_from: 'qfits' is not an e-mail"),
+    ({"smtp_from": "a@b\nBcc: c@d"}, "qfits.smtp_from: "),
+    ({"smtp_user": "qfits"},
+     "qfits.smtp_user and qfits.smtp_password go together"),
+    ({"smtp_password": "secret"},
+     "qfits.smtp_user and qfits.smtp_password go together"),
 ])
 def test_bad_settings_are_refused_naming_the_key(values, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
@@ -90,6 +105,36 @@ def test_pbs_settings():
                                                       "/opt/torque/bin")
     assert settings.pbs_environment == ("TMPDIR", "LANG")
     assert Settings.from_ini(_ini()).ccd_jobs == 0  # local: per core
+
+
+def test_smtp_settings():
+    default = Settings.from_ini(_ini())
+    assert default.smtp_host == ""  # notification off
+    assert (default.smtp_port, default.smtp_from) == (
+        25, "qualityfits-uws@localhost")
+    assert (default.smtp_user, default.smtp_password) == ("", "")
+    assert default.smtp_starttls is False
+    assert default.smtp_timeout == 10.0
+    settings = Settings.from_ini(_ini(
+        smtp_host="mail.example.org", smtp_port="587",
+        smtp_from="qfits@example.org", smtp_user="qfits",
+        smtp_password="s3cret",  # noqa: S106 - a test value
+        smtp_starttls="yes", smtp_timeout="2.5"))
+    assert settings.smtp_host == "mail.example.org"
+    assert settings.smtp_port == 587
+    assert settings.smtp_from == "qfits@example.org"
+    assert (settings.smtp_user, settings.smtp_password) == ("qfits",
+                                                            "s3cret")
+    assert settings.smtp_starttls is True
+    assert settings.smtp_timeout == 2.5
+    assert "s3cret" not in repr(settings)  # never in a log by accident
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("true", True), ("Yes", True), ("on", True), ("1", True),
+    ("false", False), ("NO", False), ("off", False), ("0", False)])
+def test_smtp_starttls_booleans(text, value):
+    assert Settings.from_ini(_ini(smtp_starttls=text)).smtp_starttls is value
 
 
 def test_required_settings():
