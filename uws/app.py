@@ -19,10 +19,12 @@ from uws.runner import load_runner
 from uws.service import JobService
 from uws.settings import Settings
 from uws.store import JobStore
+from uws.web import STATIC, WEB_ROUTES
 
 log = logging.getLogger(__name__)
 
-#: Route name -> pattern.  The job list is the service's UWS endpoint.
+#: Route name -> pattern.  The job list is the service's UWS endpoint;
+#: ``/`` is the web page's submit form (`uws.web`, with its own routes).
 ROUTES = (
     ("home", "/"),
     ("availability", "/availability"),
@@ -60,9 +62,11 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
     config.registry.job_service = service
     config.registry.authenticator = (
         Authenticator(settings))
-    for name, pattern in ROUTES:
+    for name, pattern in (*ROUTES, *WEB_ROUTES):
         config.add_route(name, pattern)
+    config.add_static_view("static", str(STATIC), cache_max_age=3600)
     config.scan("uws.views")
+    config.scan("uws.web")
     app = config.make_wsgi_app()
     service.recover()
     service.start()

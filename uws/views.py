@@ -358,33 +358,6 @@ def capabilities_view(request: Any) -> Response:
     return _xml(xml.capabilities_document(base_url(request)))
 
 
-@view_config(route_name="home")
-def home_view(request: Any) -> Response:
-    """Show a short page naming the service's endpoints."""
-    _methods(request, "GET", "HEAD")
-    base = base_url(request)
-    body = _HOME.format(base=base).encode()
-    return Response(body=body, content_type="text/html", charset="utf-8")
-
-
-_HOME = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>QualityFITS-UWS</title></head>
-<body><h1>QualityFITS-UWS</h1>
-<p>Image-quality assessment of FITS images as an IVOA UWS 1.1 service.</p>
-<ul>
-<li>Job list (UWS 1.1): <a href="{base}/jobs">{base}/jobs</a></li>
-<li>VOSI availability: <a href="{base}/availability">{base}/availability</a>
-</li>
-<li>VOSI capabilities: <a href="{base}/capabilities">{base}/capabilities</a>
-</li>
-</ul>
-<p>Create a job: <code>curl -F image=@exposure.fits -F PHASE=RUN
-{base}/jobs</code></p>
-</body></html>
-"""
-
-
 # -- files -------------------------------------------------------------
 class _RangeFile:
     """An app_iter over a file that WebOb can ask for a byte range."""

@@ -1,0 +1,277 @@
+"""The web pages in a real browser: Debian's Chromium driven by Playwright.
+
+The service runs on loopback (real waitress, real worker processes);
+Playwright drives the system Chromium (``/usr/bin/chromium``, never a
+downloaded browser).  Screenshots of every page go to
+``build/test-artefacts/web/`` (desktop and phone widths): look at them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import playwright.sync_api as playwright_api
+import pytest
+from astropy.io import fits
+from testkit import require_tool, shared_file
+from uwskit import LiveService
+
+ARTEFACTS = Path(__file__).resolve().parents[2] / "build" / \
+    "test-artefacts" / "web"
+#: Flags from ../shared/docs/browser-tests.md: root needs no sandbox; no
+#: calls to outside hosts.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+PHONE = {"width": 390, "height": 844}
+
+Starter = Callable[..., LiveService]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """The system Chromium, headless."""
+    chromium = require_tool("chromium")
+    with playwright_api.sync_playwright() as play:
+        launched = play.chromium.launch(executable_path=chromium, args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page (its own context: no cookies or storage shared)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                  accept_downloads=True)
+    opened = context.new_page()
+    opened.set_default_timeout(30_000)
+    yield opened
+    context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    """Save a full-page screenshot, at the desktop width and a phone's."""
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+    size = page.viewport_size
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(ARTEFACTS / f"{name}-phone.png"),
+                    full_page=True)
+    # Readable on a phone: nothing wider than the screen (wide tables
+    # scroll inside their own box).
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"{name}: {width} px wide on a phone"
+    page.set_viewport_size(size)
+
+
+@pytest.fixture(scope="module")
+def ntt_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real image: NTT EMMI, R band, galaxies (../shared/data)."""
+    packed = shared_file("ntt_emmi_R_galaxies.fits.gz")
+    path = tmp_path_factory.mktemp("real") / "ntt_emmi_R_galaxies.fits"
+    with gzip.open(packed) as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return path
+
+
+
+
+def report_state(page: Any) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """(phase, ((step, state), ...)) as the job page shows them now."""
+    return page.evaluate("""() => {
+        const r = document.getElementById('report');
+        const steps = [...r.querySelectorAll('tr.step')].map(
+            s => [s.dataset.step, s.querySelector('td').textContent]);
+        return [r.dataset.phase, steps];
+    }""")
+
+
+def follow(page: Any, timeout: float = 120) -> list[Any]:
+    """Watch the job page until a final phase; return what it showed."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        phase, steps = report_state(page)
+        state = (phase, tuple(tuple(s) for s in steps))
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if phase in {"COMPLETED", "ERROR", "ABORTED"}:
+            return seen
+        time.sleep(0.05)
+    pytest.fail(f"the page still shows {seen[-1] if seen else None}")
+
+
+# -- submit, follow, results, download --------------------------------------
+@pytest.mark.realdata
+def test_a_real_image_from_upload_to_archive(start_service: Starter,
+                                             page: Any, ntt_image: Path,
+                                             tmp_path: Path):
+    live = start_service(ccd_jobs=1)
+    page.goto(f"{live.url}/")
+    assert "800 MB" in page.inner_text("#limit")
+    shot(page, "1-submit")
+    # A slow line (500 kB/s up), so that the progress bar is seen.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 5, "downloadThroughput": -1,
+        "uploadThroughput": 500_000})
+    page.set_input_files("#image", str(ntt_image))
+    page.fill("#email", "observer@example.org")
+    page.click("#send")
+    progress: list[tuple[float, str]] = []
+    while "/ui/jobs/" not in page.url:
+        # The page may be left between two reads.
+        with contextlib.suppress(playwright_api.Error):
+            value = page.eval_on_selector("#progress", "p => p.value")
+            text = page.inner_text("#progress-text")
+            if text and (not progress or progress[-1][1] != text):
+                progress.append((value, text))
+                if len(progress) == 3:
+                    shot(page, "2-uploading")
+        time.sleep(0.1)
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": -1})
+    # The bar moved, and said bytes sent, rate, elapsed and time left.
+    values = [v for v, _ in progress]
+    assert len(set(values)) >= 3, progress
+    assert values == sorted(values)
+    assert any(" of 2.1 MB sent, " in t and "/s, " in t and " elapsed, "
+               in t and " left" in t for _, t in progress), progress
+    # The job page: the steps advance live, without a reload.
+    seen = follow(page)
+    shot(page, "3-job-completed")
+    assert seen[-1][0] == "COMPLETED"
+    running = [steps for phase, steps in seen if phase == "EXECUTING"]
+    assert len(running) >= 2, seen  # the page changed while it ran
+    done = [sum(state == "done" for _, state in steps)
+            for steps in running]
+    assert done == sorted(done)
+    assert max(done) > min(done), seen
+    text = page.inner_text("#report")
+    for label in ("Created", "Queued", "Started", "Ended", "Queue", "Host",
+                  "Memory used", "Wall time used"):
+        assert label in text
+    assert "local" in text  # the queue of the local runner
+    assert page.locator("#abort").count() == 0  # ended: no abort button
+    # The results page.
+    page.click("#results-link")
+    page.wait_for_selector("#ccds")
+    rows = page.locator("#ccds tbody tr")
+    assert rows.count() == 1  # one CCD
+    assert "ok" in rows.first.inner_text()
+    pictures = page.locator(".pictures img")
+    assert pictures.count() >= 8
+    assert pictures.first.get_attribute("loading") == "lazy"
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("""() => [...document.querySelectorAll(
+        '.pictures img')].every(i => i.complete && i.naturalWidth > 0)""")
+    widths = page.eval_on_selector_all(
+        ".pictures img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert max(widths) <= 480  # thumbnails, not the full pictures
+    products = page.inner_text("#products")
+    for name in ("summary", "catalogue", "weight", "flag", "psf_model",
+                 "archive", "log"):
+        assert name in products
+    shot(page, "4-results")
+    with page.expect_download() as download:
+        page.click("#archive")
+    archive = tmp_path / "archive.tar.gz"
+    download.value.save_as(archive)
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("/manifest.json") for n in names)
+    assert any(n.endswith("_summary.vot") for n in names)
+    assert any(n.endswith("_m.png") for n in names)
+
+
+def test_an_error_job_shows_its_message(start_service: Starter, page: Any,
+                                        noise_image: Path):
+    live = start_service()
+    page.goto(f"{live.url}/")
+    page.set_input_files("#image", str(noise_image))
+    page.click("#send")
+    page.wait_for_url("**/ui/jobs/*")
+    assert follow(page)[-1][0] == "ERROR"
+    error = page.inner_text("#error")
+    assert "no star usable for the PSF" in error
+    assert "Last lines of worker.log" in error  # the log's tail
+    assert page.locator("tr.step-failed").count() >= 1
+    shot(page, "5-job-error")
+
+
+def test_an_over_limit_file_is_refused_before_upload(
+        start_service: Starter, page: Any, tmp_path: Path):
+    live = start_service(upload_limit="1MB")
+    big = tmp_path / "big.fits"
+    fits.PrimaryHDU(np.zeros((600, 600), np.float32)).writeto(big)
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url)
+            if r.method == "POST" else None)
+    page.goto(f"{live.url}/")
+    assert page.inner_text("#limit") == "1 MB"
+    page.set_input_files("#image", str(big))
+    problem = page.locator("#problem")
+    problem.wait_for(state="visible")
+    assert "over the limit of 1.0 MB: it was not sent" in \
+        problem.inner_text()
+    page.click("#send")
+    time.sleep(0.5)
+    assert posted == []
+    assert live.service.store.count() == 0
+    shot(page, "6-over-limit")
+
+
+def test_job_list_check_abort_and_delete(start_service: Starter, page: Any,
+                                         tmp_path: Path, noise_image: Path):
+    sleeper = tmp_path / "sleeper.sh"
+    sleeper.write_text("#!/bin/sh\nsleep 60\n")
+    sleeper.chmod(0o755)
+    live = start_service(worker_command=str(sleeper))
+    page.goto(f"{live.url}/")
+    page.set_input_files("#image", str(noise_image))
+    page.fill("#email", "me@example.org")
+    page.click("#send")
+    page.wait_for_url("**/ui/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_function(
+        "() => document.getElementById('report').dataset.phase "
+        "=== 'EXECUTING'")
+    shot(page, "7-job-executing")
+    # Keyboard: the abort button is reachable and works with Enter.
+    page.focus("#abort")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.getElementById('report').dataset.phase "
+        "=== 'ABORTED'")
+    # The list, filtered by phase.
+    page.goto(f"{live.url}/ui/jobs?phase=ABORTED")
+    assert job_id in page.inner_text("#jobs")
+    page.select_option("#phase", "COMPLETED")
+    page.click("form.filter button")
+    assert job_id not in page.inner_text("main")
+    shot(page, "8-job-list")
+    # "Is my result there?": wrong e-mail, then the right one.
+    page.goto(f"{live.url}/ui/check")
+    page.fill("#job", job_id)
+    page.fill("#check-email", "someone@example.org")
+    page.click("main form button")
+    assert "No job with this id and e-mail" in page.inner_text("#answer")
+    page.fill("#check-email", "me@example.org")
+    page.click("main form button")
+    assert f"Job {job_id} is ABORTED" in page.inner_text("#answer")
+    shot(page, "9-check")
+    # Delete.
+    page.goto(f"{live.url}/ui/jobs/{job_id}")
+    page.click("#delete")
+    page.wait_for_url("**/ui/jobs?deleted=1")
+    assert "The job was deleted" in page.inner_text("main")
+    assert live.service.store.count() == 0

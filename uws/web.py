@@ -1,0 +1,392 @@
+"""The web pages: submit, follow, view and download, for people.
+
+Pages for astronomers without scripts, on top of the same job service
+as the UWS API (and of the API itself: the job page follows a job with
+the API's blocking WAIT).  Rendered with Jinja2 templates
+(``uws/templates``, autoescaped); the page scripts and the style sheet
+are served from ``uws/static`` (no CDN: the service may have no
+internet).  Every page works without scripts; the scripts add the
+upload progress bar, the refusal of a too-large file before it is
+sent, and the live report.
+
+Routes (``WEB_ROUTES``): ``/`` the submit form, ``/ui/jobs`` the
+caller's jobs, ``/ui/jobs/{id}`` the processing report,
+``/ui/jobs/{id}/results`` the results, ``/ui/check`` "is my result
+there?", plus the form targets and thumbnails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+from pyramid.httpexceptions import HTTPNotFound
+from pyramid.response import Response
+from pyramid.view import view_config
+
+from uws.errors import UnknownJobError, UWSError
+from uws.model import Job, Result
+from uws.phases import FINAL, Phase
+from uws.settings import human_bytes
+from uws.views import (
+    _form,
+    _methods,
+    _owner,
+    _phase,
+    _see_other,
+    _service,
+    base_url,
+    job_url,
+)
+
+#: Route name -> pattern of the pages (the home page is ``home``).
+WEB_ROUTES = (
+    ("ui_submit", "/ui/submit"),
+    ("ui_check", "/ui/check"),
+    ("ui_jobs", "/ui/jobs"),
+    ("ui_job", "/ui/jobs/{job_id}"),
+    ("ui_report", "/ui/jobs/{job_id}/report"),
+    ("ui_abort", "/ui/jobs/{job_id}/abort"),
+    ("ui_delete", "/ui/jobs/{job_id}/delete"),
+    ("ui_results", "/ui/jobs/{job_id}/results"),
+    ("ui_thumb", "/ui/jobs/{job_id}/thumbs/{result_id}"),
+)
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+#: Width of a picture's thumbnail [pixels].
+THUMB_WIDTH = 480
+#: Columns of the per-CCD table: (VOTable column, heading, format).
+CCD_COLUMNS = (
+    ("EXTNAME", "CCD", "{}"),
+    ("STATUS", "status", "{}"),
+    ("FWHM_ARCSEC", "FWHM [″]", "{:.2f}"),
+    ("FWHM_PIX", "FWHM [pix]", "{:.2f}"),
+    ("ELLIPTICITY", "ellipticity", "{:.3f}"),
+    ("SKY_MEAN", "sky [ADU]", "{:.1f}"),
+    ("SKY_MAG", "sky [mag/″²]", "{:.2f}"),
+    ("NSTAR", "stars", "{}"),
+    ("NGAL", "galaxies", "{}"),
+    ("MAGLIM_5SIG", "5σ limit [mag]", "{:.2f}"),
+    ("NCR", "cosmic rays", "{}"),
+    ("QA_FLAGS", "QA flags", "{}"),
+)
+#: Pictures of the results page, in order: (result id, caption).
+PICTURES = (
+    ("mosaic", "The exposure (all CCDs)"),
+    ("weight_mosaic", "Weight map"),
+    ("psf_m", "PSF FWHM and ellipticity over the field"),
+    ("fwhm_histo", "FWHM histogram"),
+    ("ell", "Ellipticity"),
+    ("bkg_m", "Sky background map"),
+    ("bkg_histo", "Sky background histogram"),
+    ("psf_model", "PSF model"),
+    ("rhmag", "Half-light radius against magnitude"),
+    ("rhmag_star", "Stars: half-light radius against magnitude"),
+    ("rhmag_gal", "Galaxies: half-light radius against magnitude"),
+    ("star_histo", "Star counts"),
+    ("gal_histo", "Galaxy counts"),
+)
+#: Steps of the processing, in words.
+STEP_WORDS = {
+    "fetch": "fetch the image", "check": "check the input",
+    "read": "read the CCDs", "background": "sky background",
+    "cosmic_rays": "cosmic rays", "detection": "source detection",
+    "psf": "PSF", "classification": "stars and galaxies",
+    "weights": "weight and flag maps", "metrics": "metrics",
+}
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True, trim_blocks=True, lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined)
+
+
+def _when(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{int(value)} bytes"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    minutes, seconds = divmod(float(value), 60)
+    return f"{int(minutes)} min {seconds:.0f} s" if minutes else \
+        f"{seconds:.1f} s"
+
+
+def _span(step: Any) -> str:
+    """Return how long a step took (or has been running), in words."""
+    if not step.start:
+        return ""
+    try:
+        start = datetime.fromisoformat(step.start)
+        end = datetime.fromisoformat(step.end) if step.end else \
+            datetime.now(start.tzinfo)
+    except ValueError:
+        return ""
+    return _seconds((end - start).total_seconds())
+
+
+_env.filters.update(when=_when, size=_size, seconds=_seconds, span=_span)
+
+
+def render(request: Any, template: str, status: int = 200,
+           **values: Any) -> Response:
+    """Render a page template with the values every page needs."""
+    service = _service(request)
+    body = _env.get_template(template).render(
+        base=base_url(request), owner=_owner(request),
+        limit=service.settings.upload_limit,
+        limit_text=human_bytes(service.settings.upload_limit),
+        step_words=STEP_WORDS, **values)
+    return Response(body=body.encode(), status=status,
+                    content_type="text/html", charset="utf-8")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A product as the results page lists it."""
+
+    result: Result
+    url: str
+    picture: bool
+
+
+def _links(request: Any, job: Job) -> list[Link]:
+    url = job_url(request, job.job_id)
+    return [Link(r, f"{url}/results/{r.id}", r.mime == "image/png")
+            for r in job.results]
+
+
+def _job(request: Any) -> Job:
+    return _service(request).get(request.matchdict["job_id"],
+                                 _owner(request))
+
+
+# -- submit ------------------------------------------------------------
+@view_config(route_name="home")
+def home_view(request: Any) -> Response:
+    """Show the submit form (and where the API is)."""
+    _methods(request, "GET", "HEAD")
+    return render(request, "submit.html")
+
+
+@view_config(route_name="ui_submit")
+def submit_view(request: Any) -> Response:
+    """Create and run a job from the submit form; 303 to its page.
+
+    The form sends the image as a file (``image``) or a URL
+    (``image_url``); empty fields and unchosen files are dropped.
+    """
+    _methods(request, "POST")
+    form = _form(request)
+    for name, upload in list(form.uploads.items()):
+        if upload.size == 0 and not upload.filename:
+            del form.uploads[name]
+    for name, values in list(form.values.items()):
+        kept = [v for v in values if v.strip()]
+        if kept:
+            form.values[name] = kept
+        else:
+            del form.values[name]
+    url = form.values.pop("image_url", None)
+    if url is not None:
+        form.values["image"] = url
+    form.values["phase"] = ["RUN"]
+    job_id = _service(request).create(_owner(request), form)
+    return _see_other(f"{base_url(request)}/ui/jobs/{job_id}")
+
+
+# -- one job -----------------------------------------------------------
+@view_config(route_name="ui_job")
+def job_page(request: Any) -> Response:
+    """Show the processing report of a job, followed live by its script."""
+    _methods(request, "GET", "HEAD")
+    job = _job(request)
+    return render(request, "job.html", job=job, **_report(request, job))
+
+
+@view_config(route_name="ui_report")
+def report_fragment(request: Any) -> Response:
+    """Return the report part of the job page (for the live update)."""
+    _methods(request, "GET", "HEAD")
+    job = _job(request)
+    return render(request, "report.html", job=job, **_report(request, job))
+
+
+def _report(request: Any, job: Job) -> dict[str, Any]:
+    error = ""
+    if job.error is not None:
+        with contextlib.suppress(UWSError):
+            error = _service(request).error_detail(job.job_id,
+                                                   _owner(request))
+    return {"api": job_url(request, job.job_id), "error_text": error,
+            "final": job.phase in FINAL,
+            "image": next((p for p in job.parameters if p.name == "image"),
+                          None)}
+
+
+@view_config(route_name="ui_abort")
+def abort_view(request: Any) -> Response:
+    """Abort the job (the page's button); back to its page."""
+    _methods(request, "POST")
+    job_id = request.matchdict["job_id"]
+    _service(request).abort(job_id, _owner(request))
+    return _see_other(f"{base_url(request)}/ui/jobs/{job_id}")
+
+
+@view_config(route_name="ui_delete")
+def delete_view(request: Any) -> Response:
+    """Delete the job (the page's button); to the job list."""
+    _methods(request, "POST")
+    _service(request).delete(request.matchdict["job_id"], _owner(request))
+    return _see_other(f"{base_url(request)}/ui/jobs?deleted=1")
+
+
+# -- results -----------------------------------------------------------
+@view_config(route_name="ui_results")
+def results_page(request: Any) -> Response:
+    """Show the pictures, the per-CCD table and every product."""
+    _methods(request, "GET", "HEAD")
+    job = _job(request)
+    links = _links(request, job)
+    by_id = {link.result.id: link for link in links}
+    pictures = [(by_id[rid], caption) for rid, caption in PICTURES
+                if rid in by_id]
+    table = _ccd_table(request, job)
+    return render(request, "results.html", job=job, links=links,
+                  pictures=pictures, table=table,
+                  archive=by_id.get("archive"),
+                  api=job_url(request, job.job_id))
+
+
+def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
+    """Read the per-CCD table from the summary VOTable, if there is one."""
+    if not any(r.id == "summary" for r in job.results):
+        return None
+    found = _service(request).result_file(job.job_id, _owner(request),
+                                          "summary")
+    from astropy.io.votable import parse  # noqa: PLC0415 - slow import
+
+    try:
+        tables = list(parse(str(found.path)).iter_tables())
+        table = next((t for t in tables if t.name == "extensions"),
+                     tables[0])
+        data = table.array
+    except (OSError, ValueError, IndexError) as exc:
+        return {"error": f"the summary table cannot be read: {exc}"}
+    fields = data.dtype.names
+    names = [c for c in CCD_COLUMNS if c[0] in fields]
+    masks = {name: np.ma.getmaskarray(data[name]) for name, _, _ in names}
+    rows = []
+    for index, record in enumerate(data):
+        cells = [_cell(record[name], fmt, bool(masks[name][index]))
+                 for name, _, fmt in names]
+        flags = _text(record["QA_FLAGS"]) if "QA_FLAGS" in fields else ""
+        failed = "STATUS" in fields and _text(record["STATUS"]) != "ok"
+        rows.append({"cells": cells, "flagged": bool(flags.strip()),
+                     "failed": failed})
+    return {"headings": [h for _, h, _ in names], "rows": rows}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
+def _cell(value: Any, fmt: str, masked: bool) -> str:
+    if masked:
+        return "—"
+    if isinstance(value, bytes | str):
+        return _text(value)
+    with contextlib.suppress(TypeError, ValueError):
+        if math.isnan(float(value)):
+            return "—"
+        return fmt.format(value)
+    return str(value)
+
+
+@view_config(route_name="ui_thumb")
+def thumb_view(request: Any) -> Response:
+    """Return a small PNG of a picture result (made once, then kept)."""
+    _methods(request, "GET", "HEAD")
+    job_id = request.matchdict["job_id"]
+    result_id = request.matchdict["result_id"]
+    found = _service(request).result_file(job_id, _owner(request),
+                                          result_id)
+    if found.mime != "image/png":
+        raise HTTPNotFound(f"{result_id} is not a picture")
+    thumbs = found.path.parent.parent / "thumbs"
+    thumb = thumbs / f"{result_id}.png"
+    if not thumb.exists():
+        from PIL import Image  # noqa: PLC0415 - matplotlib's Pillow
+
+        thumbs.mkdir(exist_ok=True)
+        with Image.open(found.path) as picture:
+            picture.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+            tmp = thumb.with_suffix(".tmp")
+            picture.save(tmp, format="PNG", optimize=True)
+            tmp.replace(thumb)
+    response = Response(body=thumb.read_bytes(), content_type="image/png")
+    response.cache_control = "max-age=86400"
+    return response
+
+
+# -- lists and look-up -------------------------------------------------
+@view_config(route_name="ui_jobs")
+def jobs_page(request: Any) -> Response:
+    """List the caller's jobs, newest first, filtered by phase."""
+    _methods(request, "GET", "HEAD")
+    wanted = request.GET.get("phase", "").strip()
+    phases = [_phase(wanted, "phase")] if wanted else []
+    refs = _service(request).list_jobs(_owner(request), phases_=phases,
+                                       last=500)
+    return render(request, "jobs.html", refs=refs, wanted=wanted,
+                  phases=[p.value for p in Phase if p is not
+                          Phase.ARCHIVED],
+                  deleted=bool(request.GET.get("deleted")))
+
+
+@view_config(route_name="ui_check")
+def check_view(request: Any) -> Response:
+    """Say whether a job's results are there (job id and e-mail)."""
+    _methods(request, "GET", "HEAD")
+    job_id = request.GET.get("job", "").strip()
+    email = request.GET.get("email", "").strip()
+    if not job_id:
+        return render(request, "check.html", job_id="", email="",
+                      message="", job=None)
+    service = _service(request)
+    job = None
+    with contextlib.suppress(UnknownJobError):
+        job = service.get(job_id, _owner(request))
+    given = "" if job is None else next(
+        (p.value for p in job.parameters if p.name == "email"), "")
+    if job is None or (given and given.lower() != email.lower()):
+        return render(request, "check.html", status=404, job_id=job_id,
+                      email=email, job=None,
+                      message="No job with this id and "
+                      "e-mail address (jobs are deleted at their "
+                      "destruction time).")
+    if job.phase is Phase.COMPLETED:
+        return _see_other(f"{base_url(request)}/ui/jobs/{job_id}/results")
+    return render(request, "check.html", job_id=job_id, email=email,
+                  message=f"Job {job_id} is {job.phase.value}: "
+                  + ("no results yet." if job.phase not in FINAL else
+                     "it has no results."), job=job)
