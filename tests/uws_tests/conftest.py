@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from dbfixtures import database_url  # noqa: F401 - a fixture
+from smtpkit import smtp  # noqa: F401 - a fixture
 from uwskit import SCHEMAS, LiveService, settings_for
 
 from qualityfits.datasets import SimulationParams, write_exposure

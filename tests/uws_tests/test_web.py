@@ -21,8 +21,9 @@ import numpy as np
 import playwright.sync_api as playwright_api
 import pytest
 from astropy.io import fits
+from smtpkit import SmtpServer
 from testkit import require_tool, shared_file
-from uwskit import LiveService
+from uwskit import LiveService, wait_for
 
 ARTEFACTS = Path(__file__).resolve().parents[2] / "build" / \
     "test-artefacts" / "web"
@@ -112,8 +113,10 @@ def follow(page: Any, timeout: float = 120) -> list[Any]:
 @pytest.mark.realdata
 def test_a_real_image_from_upload_to_archive(start_service: Starter,
                                              page: Any, ntt_image: Path,
-                                             tmp_path: Path):
-    live = start_service(ccd_jobs=1)
+                                             tmp_path: Path,
+                                             smtp: SmtpServer):
+    live = start_service(ccd_jobs=1, smtp_host="127.0.0.1",
+                         smtp_port=smtp.port)
     page.goto(f"{live.url}/")
     assert "800 MB" in page.inner_text("#limit")
     shot(page, "1-submit")
@@ -162,8 +165,17 @@ def test_a_real_image_from_upload_to_archive(start_service: Starter,
         assert label in text
     assert "local" in text  # the queue of the local runner
     assert page.locator("#abort").count() == 0  # ended: no abort button
+    # The e-mail given in the form: one message, with the results link.
+    wait_for(lambda: len(smtp.inbox.received()) == 1, 15, "the e-mail")
+    mail = smtp.inbox.received()[0]
+    assert mail.recipients == ["observer@example.org"]
+    job_id = page.url.rsplit("/", 1)[1]
+    assert mail.message["Subject"] == \
+        f"QualityFITS-UWS job {job_id}: COMPLETED"
+    assert f"/ui/jobs/{job_id}/results" in mail.body
     # The results page.
     page.click("#results-link")
+    assert page.url == f"{live.url}/ui/jobs/{job_id}/results"
     page.wait_for_selector("#ccds")
     rows = page.locator("#ccds tbody tr")
     assert rows.count() == 1  # one CCD
