@@ -28,7 +28,7 @@ import jinja2
 import numpy as np
 from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
-from pyramid.view import view_config
+from pyramid.view import exception_view_config, view_config
 
 from uws.errors import UnknownJobError, UWSError
 from uws.model import Job, Result
@@ -345,6 +345,24 @@ def thumb_view(request: Any) -> Response:
             tmp.replace(thumb)
     response = Response(body=thumb.read_bytes(), content_type="image/png")
     response.cache_control = "max-age=86400"
+    return response
+
+
+# -- errors, for people -------------------------------------------------
+#: Titles of the error page by HTTP status.
+ERROR_TITLES = {400: "This request cannot be done", 401: "Please sign in",
+                403: "Not allowed", 404: "Not found", 413: "File too large",
+                503: "The service cannot take this now"}
+
+
+@exception_view_config(UWSError, path_info=r"^/ui/", request_method="GET")
+def page_error_view(exc: UWSError, request: Any) -> Response:
+    """Render an error met by a page as a page (the API's are text)."""
+    response = render(request, "error.html", status=exc.status,
+                      title=ERROR_TITLES.get(exc.status, "Error"),
+                      message=exc.message)
+    if exc.status == 401:
+        response.headers.update(request.registry.authenticator.challenge())
     return response
 
 

@@ -287,3 +287,9 @@ def test_job_list_check_abort_and_delete(start_service: Starter, page: Any,
     page.wait_for_url("**/ui/jobs?deleted=1")
     assert "The job was deleted" in page.inner_text("main")
     assert live.service.store.count() == 0
+    # Its page is gone: a page saying so, not a bare error.
+    response = page.goto(f"{live.url}/ui/jobs/{job_id}")
+    assert response.status == 404
+    assert page.inner_text("h1") == "Not found"
+    assert job_id in page.inner_text("#problem")
+    shot(page, "10-not-found")
