@@ -37,19 +37,21 @@ BLOCK = 1 << 20
 
 
 # -- helpers ----------------------------------------------------------------
-def _service(request: Any) -> JobService:
+def service_of(request: Any) -> JobService:
+    """Return the job service of the app."""
     service: JobService = request.registry.job_service
     return service
 
 
-def _owner(request: Any) -> str | None:
+def owner_of(request: Any) -> str | None:
+    """Return who asks (None: anonymous)."""
     owner: str | None = request.registry.authenticator.identify(request)
     return owner
 
 
 def base_url(request: Any) -> str:
     """Return the public base URL (setting, else the request's own)."""
-    configured: str = _service(request).settings.base_url
+    configured: str = service_of(request).settings.base_url
     return configured or str(request.application_url).rstrip("/")
 
 
@@ -63,7 +65,8 @@ def job_url(request: Any, job_id: str) -> str:
     return f"{jobs_url(request)}/{job_id}"
 
 
-def _see_other(location: str) -> Response:
+def see_other(location: str) -> Response:
+    """Return a 303 to ``location``."""
     response = Response(status=303, content_type=TEXT_TYPE,
                         charset="utf-8", body=f"See {location}\n".encode())
     response.location = location
@@ -79,9 +82,10 @@ def _text(text: str) -> Response:
                     charset="utf-8")
 
 
-def _form(request: Any, *, body: bool = True) -> Form:
-    settings = _service(request).settings
-    return read_form(request, staging_root=_service(request).staging_root,
+def form_of(request: Any, *, body: bool = True) -> Form:
+    """Read the request's parameters (and body) with the upload limit."""
+    settings = service_of(request).settings
+    return read_form(request, staging_root=service_of(request).staging_root,
                      upload_limit=settings.upload_limit, with_body=body)
 
 
@@ -91,14 +95,14 @@ def _only(request: Any, name: str, usage: str) -> str | None:
     Raises `UsageError` with ``usage`` when anything else is posted;
     None when ``name`` is absent.
     """
-    form = _form(request)
+    form = form_of(request)
     form.discard()
     if form.names() - {name}:
         raise UsageError(usage)
     return form.single(name)
 
 
-def _phase(text: str, name: str) -> Phase:
+def parse_phase(text: str, name: str) -> Phase:
     """Parse a phase name given by a client (400 if it is none)."""
     try:
         return Phase(text.strip().upper())
@@ -132,7 +136,8 @@ def public_job(job: Job, url: str) -> Job:
     return replace(job, parameters=tuple(params))
 
 
-def _methods(request: Any, *allowed: str) -> None:
+def allow_methods(request: Any, *allowed: str) -> None:
+    """Raise 405 unless the request's method is one of ``allowed``."""
     if request.method not in allowed:
         raise HTTPMethodNotAllowed(
             f"{request.method} is not allowed here (use "
@@ -144,20 +149,20 @@ def _methods(request: Any, *allowed: str) -> None:
 @view_config(route_name="jobs")
 def jobs_view(request: Any) -> Response:
     """GET the job list (PHASE, AFTER, LAST); POST creates a job."""
-    _methods(request, "GET", "HEAD", "POST")
-    service = _service(request)
-    owner = _owner(request)
+    allow_methods(request, "GET", "HEAD", "POST")
+    service = service_of(request)
+    owner = owner_of(request)
     if request.method == "POST":
-        form = _form(request)
+        form = form_of(request)
         job_id = service.create(owner, form)
-        return _see_other(job_url(request, job_id))
-    query = _form(request, body=False)
+        return see_other(job_url(request, job_id))
+    query = form_of(request, body=False)
     unknown = query.names() - {"phase", "after", "last"}
     if unknown:
         raise UsageError(
             f"unknown job-list filter {', '.join(sorted(unknown)).upper()}"
             ": the filters are PHASE (repeatable), AFTER and LAST")
-    wanted = [_phase(value, "PHASE")
+    wanted = [parse_phase(value, "PHASE")
               for value in query.values.get("phase", [])]
     after = query.single("after")
     last = query.single("last")
@@ -177,13 +182,13 @@ def jobs_view(request: Any) -> Response:
 @view_config(route_name="job")
 def job_view(request: Any) -> Response:
     """GET the job (WAIT, PHASE); DELETE or POST ACTION=DELETE."""
-    _methods(request, "GET", "HEAD", "POST", "DELETE")
-    service = _service(request)
-    owner = _owner(request)
+    allow_methods(request, "GET", "HEAD", "POST", "DELETE")
+    service = service_of(request)
+    owner = owner_of(request)
     job_id = _job_id(request)
     if request.method == "DELETE":
         service.delete(job_id, owner)
-        return _see_other(jobs_url(request))
+        return see_other(jobs_url(request))
     if request.method == "POST":
         usage = ("POST to a job accepts only ACTION=DELETE; send PHASE=RUN "
                  f"or PHASE=ABORT to {job_url(request, job_id)}/phase and "
@@ -192,8 +197,8 @@ def job_view(request: Any) -> Response:
         if action is None or action.strip().upper() != "DELETE":
             raise UsageError(usage)
         service.delete(job_id, owner)
-        return _see_other(jobs_url(request))
-    query = _form(request, body=False)
+        return see_other(jobs_url(request))
+    query = form_of(request, body=False)
     wait = query.single("wait")
     if wait is not None:
         seconds = parse_int(wait, "WAIT")
@@ -201,7 +206,7 @@ def job_view(request: Any) -> Response:
             raise UsageError(f"WAIT: {seconds} (use -1, 0 or a positive "
                              "number of seconds)")
         phase = query.single("phase")
-        target = None if phase is None else _phase(phase, "PHASE")
+        target = None if phase is None else parse_phase(phase, "PHASE")
         job = service.wait(job_id, owner, seconds, target)
     else:
         job = service.get(job_id, owner)
@@ -212,9 +217,9 @@ def job_view(request: Any) -> Response:
 @view_config(route_name="job_phase")
 def phase_view(request: Any) -> Response:
     """GET the phase; POST PHASE=RUN or PHASE=ABORT."""
-    _methods(request, "GET", "HEAD", "POST")
-    service = _service(request)
-    owner = _owner(request)
+    allow_methods(request, "GET", "HEAD", "POST")
+    service = service_of(request)
+    owner = owner_of(request)
     job_id = _job_id(request)
     if request.method == "POST":
         given = _only(request, "phase", "POST to phase accepts only "
@@ -227,16 +232,16 @@ def phase_view(request: Any) -> Response:
         else:
             raise UsageError(
                 f"PHASE={given!r}: use PHASE=RUN or PHASE=ABORT")
-        return _see_other(job_url(request, job_id))
+        return see_other(job_url(request, job_id))
     return _text(service.get(job_id, owner).phase.value)
 
 
 @view_config(route_name="job_executionduration")
 def executionduration_view(request: Any) -> Response:
     """GET or POST EXECUTIONDURATION (seconds, 0 = unlimited)."""
-    _methods(request, "GET", "HEAD", "POST")
-    service = _service(request)
-    owner = _owner(request)
+    allow_methods(request, "GET", "HEAD", "POST")
+    service = service_of(request)
+    owner = owner_of(request)
     job_id = _job_id(request)
     if request.method == "POST":
         usage = "POST EXECUTIONDURATION=<seconds>"
@@ -244,16 +249,16 @@ def executionduration_view(request: Any) -> Response:
         if value is None:
             raise UsageError(usage)
         service.set_execution_duration(job_id, owner, value)
-        return _see_other(job_url(request, job_id))
+        return see_other(job_url(request, job_id))
     return _text(str(service.get(job_id, owner).execution_duration))
 
 
 @view_config(route_name="job_destruction")
 def destruction_view(request: Any) -> Response:
     """GET or POST DESTRUCTION (an ISO 8601 instant)."""
-    _methods(request, "GET", "HEAD", "POST")
-    service = _service(request)
-    owner = _owner(request)
+    allow_methods(request, "GET", "HEAD", "POST")
+    service = service_of(request)
+    owner = owner_of(request)
     job_id = _job_id(request)
     if request.method == "POST":
         usage = "POST DESTRUCTION=<ISO 8601 instant>"
@@ -261,15 +266,15 @@ def destruction_view(request: Any) -> Response:
         if value is None:
             raise UsageError(usage)
         service.set_destruction(job_id, owner, value)
-        return _see_other(job_url(request, job_id))
+        return see_other(job_url(request, job_id))
     return _text(xml.iso(service.get(job_id, owner).destruction))
 
 
 @view_config(route_name="job_attribute")
 def attribute_view(request: Any) -> Response:
     """GET quote, owner, runId, creationTime, startTime, endTime, jobId."""
-    _methods(request, "GET", "HEAD")
-    job = _service(request).get(_job_id(request), _owner(request))
+    allow_methods(request, "GET", "HEAD")
+    job = service_of(request).get(_job_id(request), owner_of(request))
     name = request.matchdict["name"].lower()
     values: dict[str, str] = {
         "quote": xml.iso(job.quote) if job.quote else "",
@@ -288,41 +293,41 @@ def attribute_view(request: Any) -> Response:
 @view_config(route_name="job_error")
 def error_view(request: Any) -> Response:
     """GET the error document of a failed job (404 if none)."""
-    _methods(request, "GET", "HEAD")
-    text = _service(request).error_detail(_job_id(request),
-                                          _owner(request))
+    allow_methods(request, "GET", "HEAD")
+    text = service_of(request).error_detail(_job_id(request),
+                                          owner_of(request))
     return _text(text)
 
 
 @view_config(route_name="job_results")
 def results_view(request: Any) -> Response:
     """GET the results list."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     job_id = _job_id(request)
-    job = _service(request).get(job_id, _owner(request))
+    job = service_of(request).get(job_id, owner_of(request))
     return _xml(xml.results_document(job, job_url(request, job_id)))
 
 
 @view_config(route_name="job_result")
 def result_view(request: Any) -> Response:
     """GET one result file (HTTP range requests supported)."""
-    _methods(request, "GET", "HEAD")
-    found = _service(request).result_file(
-        _job_id(request), _owner(request), request.matchdict["result_id"])
+    allow_methods(request, "GET", "HEAD")
+    found = service_of(request).result_file(
+        _job_id(request), owner_of(request), request.matchdict["result_id"])
     return _file(found)
 
 
 @view_config(route_name="job_parameters")
 def parameters_view(request: Any) -> Response:
     """GET the parameters; POST adds or changes them while PENDING."""
-    _methods(request, "GET", "HEAD", "POST")
-    service = _service(request)
-    owner = _owner(request)
+    allow_methods(request, "GET", "HEAD", "POST")
+    service = service_of(request)
+    owner = owner_of(request)
     job_id = _job_id(request)
     url = job_url(request, job_id)
     if request.method == "POST":
-        service.set_parameters(job_id, owner, _form(request))
-        return _see_other(url)
+        service.set_parameters(job_id, owner, form_of(request))
+        return see_other(url)
     job = service.get(job_id, owner)
     return _xml(xml.parameters_document(public_job(job, url), url))
 
@@ -330,9 +335,9 @@ def parameters_view(request: Any) -> Response:
 @view_config(route_name="job_parameter")
 def parameter_view(request: Any) -> Response:
     """GET one parameter: the uploaded file, or the value as text."""
-    _methods(request, "GET", "HEAD")
-    found = _service(request).parameter_value(
-        _job_id(request), _owner(request), request.matchdict["name"])
+    allow_methods(request, "GET", "HEAD")
+    found = service_of(request).parameter_value(
+        _job_id(request), owner_of(request), request.matchdict["name"])
     if isinstance(found, ResultFile):
         return _file(found)
     if request.matchdict["name"].lower() == "email":
@@ -344,8 +349,8 @@ def parameter_view(request: Any) -> Response:
 @view_config(route_name="availability")
 def availability_view(request: Any) -> Response:
     """VOSI availability (200 whether or not available)."""
-    _methods(request, "GET", "HEAD")
-    service = _service(request)
+    allow_methods(request, "GET", "HEAD")
+    service = service_of(request)
     available, notes = service.availability()
     return _xml(xml.availability_document(available, notes,
                                           service.up_since))
@@ -354,7 +359,7 @@ def availability_view(request: Any) -> Response:
 @view_config(route_name="capabilities")
 def capabilities_view(request: Any) -> Response:
     """VOSI capabilities."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     return _xml(xml.capabilities_document(base_url(request)))
 
 

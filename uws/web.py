@@ -35,14 +35,14 @@ from uws.model import Job, Result
 from uws.phases import FINAL, Phase
 from uws.settings import human_bytes
 from uws.views import (
-    _form,
-    _methods,
-    _owner,
-    _phase,
-    _see_other,
-    _service,
+    allow_methods,
     base_url,
+    form_of,
     job_url,
+    owner_of,
+    parse_phase,
+    see_other,
+    service_of,
 )
 
 #: Route name -> pattern of the pages (the home page is ``home``).
@@ -148,9 +148,9 @@ _env.filters.update(when=_when, size=_size, seconds=_seconds, span=_span)
 def render(request: Any, template: str, status: int = 200,
            **values: Any) -> Response:
     """Render a page template with the values every page needs."""
-    service = _service(request)
+    service = service_of(request)
     body = _env.get_template(template).render(
-        base=base_url(request), owner=_owner(request),
+        base=base_url(request), owner=owner_of(request),
         limit=service.settings.upload_limit,
         limit_text=human_bytes(service.settings.upload_limit),
         step_words=STEP_WORDS, **values)
@@ -174,15 +174,15 @@ def _links(request: Any, job: Job) -> list[Link]:
 
 
 def _job(request: Any) -> Job:
-    return _service(request).get(request.matchdict["job_id"],
-                                 _owner(request))
+    return service_of(request).get(request.matchdict["job_id"],
+                                 owner_of(request))
 
 
 # -- submit ------------------------------------------------------------
 @view_config(route_name="home")
 def home_view(request: Any) -> Response:
     """Show the submit form (and where the API is)."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     return render(request, "submit.html")
 
 
@@ -193,8 +193,8 @@ def submit_view(request: Any) -> Response:
     The form sends the image as a file (``image``) or a URL
     (``image_url``); empty fields and unchosen files are dropped.
     """
-    _methods(request, "POST")
-    form = _form(request)
+    allow_methods(request, "POST")
+    form = form_of(request)
     for name, upload in list(form.uploads.items()):
         if upload.size == 0 and not upload.filename:
             del form.uploads[name]
@@ -208,15 +208,15 @@ def submit_view(request: Any) -> Response:
     if url is not None:
         form.values["image"] = url
     form.values["phase"] = ["RUN"]
-    job_id = _service(request).create(_owner(request), form)
-    return _see_other(f"{base_url(request)}/ui/jobs/{job_id}")
+    job_id = service_of(request).create(owner_of(request), form)
+    return see_other(f"{base_url(request)}/ui/jobs/{job_id}")
 
 
 # -- one job -----------------------------------------------------------
 @view_config(route_name="ui_job")
 def job_page(request: Any) -> Response:
     """Show the processing report of a job, followed live by its script."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     job = _job(request)
     return render(request, "job.html", job=job, **_report(request, job))
 
@@ -224,7 +224,7 @@ def job_page(request: Any) -> Response:
 @view_config(route_name="ui_report")
 def report_fragment(request: Any) -> Response:
     """Return the report part of the job page (for the live update)."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     job = _job(request)
     return render(request, "report.html", job=job, **_report(request, job))
 
@@ -233,8 +233,8 @@ def _report(request: Any, job: Job) -> dict[str, Any]:
     error = ""
     if job.error is not None:
         with contextlib.suppress(UWSError):
-            error = _service(request).error_detail(job.job_id,
-                                                   _owner(request))
+            error = service_of(request).error_detail(job.job_id,
+                                                   owner_of(request))
     return {"api": job_url(request, job.job_id), "error_text": error,
             "final": job.phase in FINAL,
             "image": next((p for p in job.parameters if p.name == "image"),
@@ -244,25 +244,25 @@ def _report(request: Any, job: Job) -> dict[str, Any]:
 @view_config(route_name="ui_abort")
 def abort_view(request: Any) -> Response:
     """Abort the job (the page's button); back to its page."""
-    _methods(request, "POST")
+    allow_methods(request, "POST")
     job_id = request.matchdict["job_id"]
-    _service(request).abort(job_id, _owner(request))
-    return _see_other(f"{base_url(request)}/ui/jobs/{job_id}")
+    service_of(request).abort(job_id, owner_of(request))
+    return see_other(f"{base_url(request)}/ui/jobs/{job_id}")
 
 
 @view_config(route_name="ui_delete")
 def delete_view(request: Any) -> Response:
     """Delete the job (the page's button); to the job list."""
-    _methods(request, "POST")
-    _service(request).delete(request.matchdict["job_id"], _owner(request))
-    return _see_other(f"{base_url(request)}/ui/jobs?deleted=1")
+    allow_methods(request, "POST")
+    service_of(request).delete(request.matchdict["job_id"], owner_of(request))
+    return see_other(f"{base_url(request)}/ui/jobs?deleted=1")
 
 
 # -- results -----------------------------------------------------------
 @view_config(route_name="ui_results")
 def results_page(request: Any) -> Response:
     """Show the pictures, the per-CCD table and every product."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     job = _job(request)
     links = _links(request, job)
     by_id = {link.result.id: link for link in links}
@@ -279,7 +279,7 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
     """Read the per-CCD table from the summary VOTable, if there is one."""
     if not any(r.id == "summary" for r in job.results):
         return None
-    found = _service(request).result_file(job.job_id, _owner(request),
+    found = service_of(request).result_file(job.job_id, owner_of(request),
                                           "summary")
     from astropy.io.votable import parse  # noqa: PLC0415 - slow import
 
@@ -325,10 +325,10 @@ def _cell(value: Any, fmt: str, masked: bool) -> str:
 @view_config(route_name="ui_thumb")
 def thumb_view(request: Any) -> Response:
     """Return a small PNG of a picture result (made once, then kept)."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     job_id = request.matchdict["job_id"]
     result_id = request.matchdict["result_id"]
-    found = _service(request).result_file(job_id, _owner(request),
+    found = service_of(request).result_file(job_id, owner_of(request),
                                           result_id)
     if found.mime != "image/png":
         raise HTTPNotFound(f"{result_id} is not a picture")
@@ -370,10 +370,10 @@ def page_error_view(exc: UWSError, request: Any) -> Response:
 @view_config(route_name="ui_jobs")
 def jobs_page(request: Any) -> Response:
     """List the caller's jobs, newest first, filtered by phase."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     wanted = request.GET.get("phase", "").strip()
-    phases = [_phase(wanted, "phase")] if wanted else []
-    refs = _service(request).list_jobs(_owner(request), phases_=phases,
+    phases = [parse_phase(wanted, "phase")] if wanted else []
+    refs = service_of(request).list_jobs(owner_of(request), phases_=phases,
                                        last=500)
     return render(request, "jobs.html", refs=refs, wanted=wanted,
                   phases=[p.value for p in Phase if p is not
@@ -384,16 +384,16 @@ def jobs_page(request: Any) -> Response:
 @view_config(route_name="ui_check")
 def check_view(request: Any) -> Response:
     """Say whether a job's results are there (job id and e-mail)."""
-    _methods(request, "GET", "HEAD")
+    allow_methods(request, "GET", "HEAD")
     job_id = request.GET.get("job", "").strip()
     email = request.GET.get("email", "").strip()
     if not job_id:
         return render(request, "check.html", job_id="", email="",
                       message="", job=None)
-    service = _service(request)
+    service = service_of(request)
     job = None
     with contextlib.suppress(UnknownJobError):
-        job = service.get(job_id, _owner(request))
+        job = service.get(job_id, owner_of(request))
     given = "" if job is None else next(
         (p.value for p in job.parameters if p.name == "email"), "")
     if job is None or (given and given.lower() != email.lower()):
@@ -403,7 +403,7 @@ def check_view(request: Any) -> Response:
                       "e-mail address (jobs are deleted at their "
                       "destruction time).")
     if job.phase is Phase.COMPLETED:
-        return _see_other(f"{base_url(request)}/ui/jobs/{job_id}/results")
+        return see_other(f"{base_url(request)}/ui/jobs/{job_id}/results")
     return render(request, "check.html", job_id=job_id, email=email,
                   message=f"Job {job_id} is {job.phase.value}: "
                   + ("no results yet." if job.phase not in FINAL else
