@@ -230,7 +230,10 @@ class BatchSystem:
         argv = [scontrol, "show", "job", "-o"]
         if len(batch_ids) == 1:
             argv.append(bare_id(batch_ids[0]))
-        done = self._run(argv)
+        try:
+            done = self._run(argv)
+        except BatchError:
+            return {}  # the job folders still decide
         if done.returncode != 0:
             return {}
         wanted = {bare_id(b) for b in batch_ids}
