@@ -451,9 +451,13 @@ class JobService:
             raise InvalidPhaseError(
                 f"the job changed phase meanwhile (it was {job.phase})")
         self._changes.notify(job_id)
+        self._submit(job_id, job.execution_duration)
+
+    def _submit(self, job_id: str, execution_duration: int) -> None:
+        """Hand a QUEUED job to the runner; ERROR if the backend refuses."""
         try:
             backend_id = self.runner.submit(job_id, self.job_root / job_id,
-                                            job.execution_duration)
+                                            execution_duration)
         except RunnerError as exc:
             self._finish(job_id, [Phase.QUEUED], Phase.ERROR,
                          ErrorSummary("transient", f"the batch system "
@@ -717,13 +721,8 @@ class JobService:
                              ErrorSummary("fatal", "the job folder was lost "
                                           "while the service was down"))
                 continue
-            with contextlib.suppress(RunnerError):
-                if not job.backend_id:
-                    backend_id = self.runner.submit(
-                        job.job_id, self.job_root / job.job_id,
-                        job.execution_duration)
-                    if backend_id:
-                        self.store.update(job.job_id, backend_id=backend_id)
+            if not job.backend_id:
+                self._submit(job.job_id, job.execution_duration)
         self._wake.set()
 
     # -- availability ------------------------------------------------------

@@ -42,6 +42,10 @@ from uwskit import (
     wait_for,
 )
 
+from pbs_bridge.contract import SPEC_FILE, WorkerSpec
+from uws.phases import Phase
+from uws.store import JobStore
+
 PSERVE = Path(sys.executable).parent / "pserve"
 #: Seconds a test waits for a process to disappear.
 GONE_TIMEOUT = 15.0
@@ -832,6 +836,32 @@ def test_server_killed_while_jobs_run(server: ServerProcess,
     finally:
         for pid in pids:
             kill_quietly(pid, server.ini.parent)
+
+
+def test_a_queued_job_the_backend_refuses_at_restart_ends_in_error(
+        start_service: Starter, sample_image: Path, tmp_path: Path):
+    # A job left QUEUED without a backend id (the service died between
+    # queueing it and submitting it) is submitted at restart; a refusal
+    # then ends it in ERROR, as at a RUN, instead of leaving it queued.
+    empty = tmp_path / "no-batch-commands"
+    empty.mkdir()
+    live = start_service(runner="pbs", pbs_bin=str(empty))
+    with sample_image.open("rb") as fh:
+        url = live.create(files={"image": fh})
+    job_id = url.rsplit("/", 1)[1]
+    live.stop()
+    store = JobStore(live.settings.database_url)
+    assert store.transition(job_id, [Phase.PENDING], Phase.QUEUED)
+    store.close()
+    spec = WorkerSpec(job_id=job_id, image="inputs/image.fits")
+    (live.service.job_root / job_id / SPEC_FILE).write_text(spec.to_json())
+    again = start_service(runner="pbs", pbs_bin=str(empty))
+    url = f"{again.jobs}/{job_id}"
+    assert again.phase(url) == "ERROR"
+    kind, _, message = error_summary(job_xml(again, url))
+    assert kind == "transient"
+    assert message == ("the batch system refused the job: qsub not found "
+                       f"in {empty} (qfits.pbs_bin)")
 
 
 # -- the reaper ---------------------------------------------------------------
