@@ -54,11 +54,15 @@ def parse_size(value: str, key: str = "size") -> int:
     return round(float(match.group(1)) * _SIZE_UNIT[unit])
 
 
-def human_bytes(size: int) -> str:
-    """Write a byte count the way the limits are stated (800 MB)."""
+def human_bytes(size: int, decimals: int | None = None) -> str:
+    """Write a byte count the way the limits are stated (800 MB).
+
+    With ``decimals``, a fixed number of them (a file's size: 66.9 kB).
+    """
+    spec = "g" if decimals is None else f".{decimals}f"
     for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
         if size >= scale:
-            return f"{size / scale:g} {unit}"
+            return f"{size / scale:{spec}} {unit}"
     return f"{size} bytes"
 
 
@@ -290,9 +294,7 @@ def _convert(key: str, name: str, raw: Any) -> Any:  # noqa: PLR0911
     if key in {"poll_interval", "reaper_interval", "pbs_timeout",
                "pbs_backoff_max", "smtp_timeout"}:
         return _float(text, name, 0.01)
-    if key == "pbs_memory_factor":
-        return _float(text, name, 0.0)
     if key in {"fetch_timeout", "quote_s_per_mpix", "quote_overhead_s",
-               "switch_interval"}:
+               "switch_interval", "pbs_memory_factor"}:
         return _float(text, name, 0.0)
     raise AssertionError(key)  # pragma: no cover - every field is listed

@@ -84,9 +84,10 @@ def _text(text: str) -> Response:
 
 def form_of(request: Any, *, body: bool = True) -> Form:
     """Read the request's parameters (and body) with the upload limit."""
-    settings = service_of(request).settings
-    return read_form(request, staging_root=service_of(request).staging_root,
-                     upload_limit=settings.upload_limit, with_body=body)
+    service = service_of(request)
+    return read_form(request, staging_root=service.staging_root,
+                     upload_limit=service.settings.upload_limit,
+                     with_body=body)
 
 
 def _only(request: Any, name: str, usage: str) -> str | None:
@@ -171,10 +172,10 @@ def jobs_view(request: Any) -> Response:
         last_n = parse_int(last, "LAST")
         if last_n <= 0:
             raise UsageError(f"LAST: {last_n} must be a positive integer")
-    refs = service.list_jobs(owner, phases_=wanted,
-                        after=None if after is None
-                        else parse_instant(after, "AFTER"),
-                        last=last_n)
+    refs = service.list_jobs(
+        owner, phases_=wanted,
+        after=None if after is None else parse_instant(after, "AFTER"),
+        last=last_n)
     return _xml(xml.job_list_document(refs, jobs_url(request)))
 
 
@@ -295,7 +296,7 @@ def error_view(request: Any) -> Response:
     """GET the error document of a failed job (404 if none)."""
     allow_methods(request, "GET", "HEAD")
     text = service_of(request).error_detail(_job_id(request),
-                                          owner_of(request))
+                                            owner_of(request))
     return _text(text)
 
 

@@ -113,12 +113,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _size(value: int | None) -> str:
-    if value is None:
-        return "—"
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{int(value)} bytes"
+    return "—" if value is None else human_bytes(int(value), decimals=1)
 
 
 def _seconds(value: float | None) -> str:
@@ -164,18 +159,16 @@ class Link:
 
     result: Result
     url: str
-    picture: bool
 
 
 def _links(request: Any, job: Job) -> list[Link]:
     url = job_url(request, job.job_id)
-    return [Link(r, f"{url}/results/{r.id}", r.mime == "image/png")
-            for r in job.results]
+    return [Link(r, f"{url}/results/{r.id}") for r in job.results]
 
 
 def _job(request: Any) -> Job:
     return service_of(request).get(request.matchdict["job_id"],
-                                 owner_of(request))
+                                   owner_of(request))
 
 
 # -- submit ------------------------------------------------------------
@@ -233,8 +226,8 @@ def _report(request: Any, job: Job) -> dict[str, Any]:
     error = ""
     if job.error is not None:
         with contextlib.suppress(UWSError):
-            error = service_of(request).error_detail(job.job_id,
-                                                   owner_of(request))
+            error = service_of(request).error_detail(
+                job.job_id, owner_of(request))
     return {"api": job_url(request, job.job_id), "error_text": error,
             "final": job.phase in FINAL,
             "image": next((p for p in job.parameters if p.name == "image"),
@@ -280,7 +273,7 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
     if not any(r.id == "summary" for r in job.results):
         return None
     found = service_of(request).result_file(job.job_id, owner_of(request),
-                                          "summary")
+                                            "summary")
     from astropy.io.votable import parse  # noqa: PLC0415 - slow import
 
     try:
@@ -329,7 +322,7 @@ def thumb_view(request: Any) -> Response:
     job_id = request.matchdict["job_id"]
     result_id = request.matchdict["result_id"]
     found = service_of(request).result_file(job_id, owner_of(request),
-                                          result_id)
+                                            result_id)
     if found.mime != "image/png":
         raise HTTPNotFound(f"{result_id} is not a picture")
     thumbs = found.path.parent.parent / "thumbs"
@@ -373,8 +366,8 @@ def jobs_page(request: Any) -> Response:
     allow_methods(request, "GET", "HEAD")
     wanted = request.GET.get("phase", "").strip()
     phases = [parse_phase(wanted, "phase")] if wanted else []
-    refs = service_of(request).list_jobs(owner_of(request), phases_=phases,
-                                       last=500)
+    refs = service_of(request).list_jobs(owner_of(request),
+                                         phases_=phases, last=500)
     return render(request, "jobs.html", refs=refs, wanted=wanted,
                   phases=[p.value for p in Phase if p is not
                           Phase.ARCHIVED],
