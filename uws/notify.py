@@ -161,8 +161,11 @@ class Notifier:
                         self.settings.smtp_timeout + 1)
 
     def job_ended(self, end: JobEnd, address: str) -> None:
-        """Queue the message of a job that ended; never block or raise."""
-        if not self.enabled or self._closed or end.phase not in NOTIFIED:
+        """Queue the message of a job that ended; never block or raise.
+
+        The caller decides which ends are mailed (`NOTIFIED`).
+        """
+        if not self.enabled or self._closed:
             return
         try:
             self._queue.put_nowait((end, address))

@@ -32,6 +32,7 @@ from pyramid.view import exception_view_config, view_config
 
 from uws.errors import UnknownJobError, UWSError
 from uws.model import Job, Result
+from uws.notify import RESULTS_PAGE
 from uws.phases import FINAL, Phase
 from uws.settings import human_bytes
 from uws.views import (
@@ -54,7 +55,7 @@ WEB_ROUTES = (
     ("ui_report", "/ui/jobs/{job_id}/report"),
     ("ui_abort", "/ui/jobs/{job_id}/abort"),
     ("ui_delete", "/ui/jobs/{job_id}/delete"),
-    ("ui_results", "/ui/jobs/{job_id}/results"),
+    ("ui_results", RESULTS_PAGE),  # the link the e-mail gives
     ("ui_thumb", "/ui/jobs/{job_id}/thumbs/{result_id}"),
 )
 
@@ -396,7 +397,8 @@ def check_view(request: Any) -> Response:
                       "e-mail address (jobs are deleted at their "
                       "destruction time).")
     if job.phase is Phase.COMPLETED:
-        return see_other(f"{base_url(request)}/ui/jobs/{job_id}/results")
+        return see_other(base_url(request)
+                         + RESULTS_PAGE.format(job_id=job_id))
     return render(request, "check.html", job_id=job_id, email=email,
                   message=f"Job {job_id} is {job.phase.value}: "
                   + ("no results yet." if job.phase not in FINAL else
