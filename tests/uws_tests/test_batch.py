@@ -115,12 +115,6 @@ def moved(url: str, live: LiveService) -> str:
     return f"{live.jobs}/{url.rsplit('/', 1)[1]}"
 
 
-def submit(live: LiveService, image: Path, **fields: str) -> str:
-    """Create a job on ``image`` and run it; return its URL."""
-    with image.open("rb") as fh:
-        return live.create(PHASE="RUN", files={"image": fh}, **fields)
-
-
 @pytest.fixture
 def blocker(tmp_path: Path, slurm: str) -> Iterator[Callable[[], str]]:
     """Occupy every CPU of the node with someone else's batch job."""
@@ -155,7 +149,7 @@ def test_a_real_image_completes_on_the_batch_system(pbs: Starter,
     with gzip.open(packed) as src, image.open("wb") as dst:
         shutil.copyfileobj(src, dst)
     live = pbs()
-    url = submit(live, image, EXECUTIONDURATION="1800")
+    url = live.run_image(image, EXECUTIONDURATION="1800")
     assert live.wait_phase(url, FINAL, timeout=600) == "COMPLETED", \
         live.http.get(f"{url}/error").text
     job = job_xml(live, url)
@@ -197,7 +191,7 @@ def test_abort_of_a_queued_job(pbs: Starter, blocker: Callable[[], str],
                                sample_image: Path):
     blocker()
     live = pbs()
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     batch_id = batch_id_of(live, url)
     assert batch_job(batch_id)["JobState"] == "PENDING"
     time.sleep(1.0)  # several poll cycles: it stays queued
@@ -216,7 +210,7 @@ def test_abort_of_a_queued_job(pbs: Starter, blocker: Callable[[], str],
 def test_abort_of_a_running_job(pbs: Starter, tmp_path: Path,
                                 sample_image: Path):
     live = pbs(worker_command=slow_worker(tmp_path, 300))
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, {"EXECUTING"}, timeout=30) == "EXECUTING"
     batch_id = batch_id_of(live, url)
     assert batch_job(batch_id)["JobState"] == "RUNNING"
@@ -236,7 +230,7 @@ def test_deleting_a_running_job_stops_its_batch_job(pbs: Starter,
                                                     tmp_path: Path,
                                                     sample_image: Path):
     live = pbs(worker_command=slow_worker(tmp_path, 300))
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, {"EXECUTING"}, timeout=30) == "EXECUTING"
     batch_id = batch_id_of(live, url)
     r = live.http.delete(url, allow_redirects=False)
@@ -250,7 +244,7 @@ def test_deleting_a_running_job_stops_its_batch_job(pbs: Starter,
 def test_a_failing_job_ends_in_error_with_the_workers_message(
         pbs: Starter, noise_image: Path):
     live = pbs()
-    url = submit(live, noise_image)
+    url = live.run_image(noise_image)
     assert live.wait_phase(url, FINAL, timeout=120) == "ERROR"
     kind, detail, message = error_summary(job_xml(live, url))
     assert (kind, detail) == ("fatal", "true")
@@ -272,7 +266,7 @@ def test_a_worker_that_dies_without_a_word(pbs: Starter, tmp_path: Path,
     crasher.write_text("#!/bin/sh\necho crasher: exit 7\nexit 7\n")
     crasher.chmod(0o755)
     live = pbs(worker_command=str(crasher))
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, FINAL, timeout=60) == "ERROR"
     batch_id = batch_id_of(live, url)
     _, _, message = error_summary(job_xml(live, url))
@@ -293,7 +287,7 @@ def test_a_batch_job_gets_the_environment_named(
                       'given=$QF_GIVEN kept=$QF_KEPT home=$HOME"\nexit 5\n')
     teller.chmod(0o755)
     live = pbs(worker_command=str(teller), pbs_environment="QF_GIVEN")
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, FINAL, timeout=60) == "ERROR"
     job_id = url.rsplit("/", 1)[1]
     home = Path.home()
@@ -305,7 +299,7 @@ def test_qsub_missing(pbs: Starter, tmp_path: Path, sample_image: Path):
     empty = tmp_path / "no-batch-commands"
     empty.mkdir()
     live = pbs(pbs_bin=str(empty))
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.phase(url) == "ERROR"
     kind, _, message = error_summary(job_xml(live, url))
     assert kind == "transient"
@@ -315,7 +309,7 @@ def test_qsub_missing(pbs: Starter, tmp_path: Path, sample_image: Path):
 
 def test_qsub_refusing_the_job(pbs: Starter, sample_image: Path):
     live = pbs(pbs_queue="nosuchqueue")
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.phase(url) == "ERROR"
     _, _, message = error_summary(job_xml(live, url))
     # The batch system's own words.
@@ -327,7 +321,7 @@ def test_qsub_refusing_the_job(pbs: Starter, sample_image: Path):
 def test_an_unsafe_path_never_reaches_qsub(pbs: Starter, tmp_path: Path,
                                            sample_image: Path):
     live = pbs(job_dir=str(tmp_path / "jobs; touch pwned"))
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.phase(url) == "ERROR"
     _, _, message = error_summary(job_xml(live, url))
     assert "refusing to pass" in message
@@ -340,7 +334,7 @@ def test_execution_duration_overrun_is_aborted(pbs: Starter,
                                                tmp_path: Path,
                                                sample_image: Path):
     live = pbs(worker_command=slow_worker(tmp_path, 300))
-    url = submit(live, sample_image, EXECUTIONDURATION="3")
+    url = live.run_image(sample_image, EXECUTIONDURATION="3")
     assert live.wait_phase(url, FINAL, timeout=30) == "ABORTED"
     kind, _, message = error_summary(job_xml(live, url))
     assert kind == "fatal"
@@ -360,7 +354,7 @@ def test_walltime_reached_while_the_service_is_down(pbs: Starter,
     # Down, the service cannot stop the job: the batch system does, at
     # the walltime, and the service tells so when it is back.
     live = pbs(worker_command=slow_worker(tmp_path, 600))
-    url = submit(live, sample_image, EXECUTIONDURATION="60")
+    url = live.run_image(sample_image, EXECUTIONDURATION="60")
     assert live.wait_phase(url, {"EXECUTING"}, timeout=30) == "EXECUTING"
     batch_id = batch_id_of(live, url)
     live.stop()
@@ -380,7 +374,7 @@ def test_a_held_job_is_shown_held_and_released_by_run(
         pbs: Starter, blocker: Callable[[], str], sample_image: Path):
     blocking = blocker()
     live = pbs()
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     batch_id = batch_id_of(live, url)
     # An operator holds it on the batch system.
     assert run("qhold", batch_id).returncode == 0
@@ -402,7 +396,7 @@ def test_a_held_job_is_shown_held_and_released_by_run(
 def test_a_restarted_service_sees_its_batch_job_complete(
         pbs: Starter, tmp_path: Path, sample_image: Path):
     live = pbs(worker_command=slow_worker(tmp_path, 3))
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, {"EXECUTING"}, timeout=30) == "EXECUTING"
     batch_id = batch_id_of(live, url)
     live.stop()
@@ -422,7 +416,7 @@ def test_a_batch_system_that_does_not_answer(
         monkeypatch: pytest.MonkeyPatch, slurm: str):
     live = pbs(worker_command=slow_worker(tmp_path, 2), pbs_timeout="4",
                pbs_backoff_max="2")
-    url = submit(live, sample_image)
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, {"EXECUTING"}, timeout=30) == "EXECUTING"
     # The controller becomes unreachable (the commands now ask a port
     # where nothing listens; they retry, then give up); the batch job

@@ -441,8 +441,7 @@ def test_worker_command_does_not_exist(start_service: Starter,
 
 
 def test_no_star_in_the_image(live: LiveService, noise_image: Path):
-    with noise_image.open("rb") as fh:
-        url = live.create(PHASE="RUN", files={"image": fh})
+    url = live.run_image(noise_image)
     assert live.wait_phase(url, {"COMPLETED", "ERROR"}, timeout=60) == \
         "ERROR"
     job = job_xml(live, url)
@@ -532,8 +531,7 @@ def test_abort_kills_the_worker_and_a_queued_job_never_starts(
 
 def test_abort_stops_the_real_worker(live: LiveService, sample_image: Path,
                                      tmp_path: Path):
-    with sample_image.open("rb") as fh:
-        url = live.create(PHASE="RUN", files={"image": fh})
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, {"EXECUTING"}, timeout=10) == "EXECUTING"
     pid = backend_pid(job_xml(live, url))
     try:

@@ -43,8 +43,7 @@ def submit(live: LiveService, image: Path, **fields: str) -> tuple[str, str]:
     The Location may be built from a ``base_url`` on another host: the
     job is reached on the test server itself.
     """
-    with image.open("rb") as fh:
-        location = live.create(PHASE="RUN", files={"image": fh}, **fields)
+    location = live.run_image(image, **fields)
     job_id = location.rsplit("/", 1)[1]
     return job_id, f"{live.jobs}/{job_id}"
 

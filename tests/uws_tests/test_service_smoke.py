@@ -23,8 +23,7 @@ def test_a_finished_job_read_twice_follows_its_changes(
         live: LiveService, sample_image: Path):
     # Finished jobs are served from a cache: a new destruction time and
     # the deletion must still show at once.
-    with sample_image.open("rb") as fh:
-        url = live.create(PHASE="RUN", files={"image": fh})
+    url = live.run_image(sample_image)
     assert live.wait_phase(url, {"COMPLETED", "ERROR"}) == "COMPLETED"
     assert live.http.get(url).status_code == 200
     when = (datetime.now(UTC) + timedelta(days=2)).strftime(

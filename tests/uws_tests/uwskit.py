@@ -97,6 +97,11 @@ class LiveService:
         assert r.status_code == 303, r.text
         return str(r.headers["Location"])
 
+    def run_image(self, image: Path, **fields: Any) -> str:
+        """Create a job on an uploaded ``image`` and run it; its URL."""
+        with image.open("rb") as fh:
+            return self.create(PHASE="RUN", files={"image": fh}, **fields)
+
     def phase(self, job_url: str) -> str:
         """Return the job's phase (text/plain sub-resource)."""
         return str(self.http.get(f"{job_url}/phase").text)
