@@ -5,11 +5,13 @@ detection and measurement, PSF star selection, pixel-free PSF FWHM and
 ellipticity, an empirical PSF model, star/galaxy separation and counts,
 QA flags, and an exposure aggregate over the CCDs of a mosaic.
 
-Import boundary: the measurement imports only the scientific stack
-(numpy, scipy, astropy, sep, photutils, astroscrappy, matplotlib) and the
-standard library.  Only the product writer (`qualityfits.products`, used
-by the command line) imports ``votable``, which writes its tables; no
-module imports ``uws`` or ``pbs_bridge``.
+Import boundary: the package direction of the project is
+``uws -> pbs_bridge -> qualityfits -> votable``.  The measurement imports
+only the scientific stack (numpy, scipy, astropy, sep, photutils,
+astroscrappy, matplotlib) and the standard library; the report's tables
+(`qualityfits.tables`, used by the product writer) import ``votable``, a
+leaf that writes generic tables.  No module imports ``uws`` or
+``pbs_bridge``.
 
 >>> import qualityfits
 >>> report = qualityfits.assess("image.fits")        # doctest: +SKIP

@@ -33,8 +33,7 @@ from typing import IO, Any, Self, cast
 
 from astropy.io import fits
 
-import votable
-from qualityfits import html, plots
+from qualityfits import html, plots, tables
 from qualityfits.report import QualityReport
 from qualityfits.weights import assemble_maps
 
@@ -97,13 +96,13 @@ _MAPS = (
 
 _TABLES: tuple[tuple[str, str, Callable[[QualityReport, Path], Any],
                      str], ...] = (
-    ("summary", "_summary.vot", votable.write_summary_votable,
+    ("summary", "_summary.vot", tables.write_summary_votable,
      "Statistics per CCD and for the exposure (VOTable)"),
-    ("summary_fits", "_summary.fits", votable.write_summary_fits,
+    ("summary_fits", "_summary.fits", tables.write_summary_fits,
      "Statistics per CCD and for the exposure (FITS table)"),
-    ("catalogue", "_catalogue.vot", votable.write_catalogue_votable,
+    ("catalogue", "_catalogue.vot", tables.write_catalogue_votable,
      "Every source with its class, size, shape and flags (VOTable)"),
-    ("catalogue_fits", "_catalogue.fits", votable.write_catalogue_fits,
+    ("catalogue_fits", "_catalogue.fits", tables.write_catalogue_fits,
      "Every source with its class, size, shape and flags (FITS)"),
 )
 

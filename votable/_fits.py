@@ -1,4 +1,4 @@
-r"""FITS rendering of a product: header keywords and binary tables.
+r"""FITS rendering of a document: header keywords and binary tables.
 
 The primary HDU carries the parameters and software versions as header
 keywords; each `TableSpec` becomes a BINTABLE named by its ``extname``
@@ -18,8 +18,8 @@ from astropy.io import fits
 
 from votable._model import (
     Column,
+    Document,
     Param,
-    Product,
     TableSpec,
     ascii_bytes,
     ascii_text,
@@ -67,14 +67,14 @@ def param_cards(param: Param) -> list[fits.Card]:
     return [_card(param.fits_key, value, param.description)]
 
 
-def primary_hdu(product: Product) -> fits.PrimaryHDU:
+def primary_hdu(document: Document) -> fits.PrimaryHDU:
     """Primary HDU (no data) with versions and parameters as keywords."""
     header = fits.Header()
     header.append(_card("ORIGIN", "QualityFITS-UWS", "written by"))
-    for name, version in product.versions.items():
+    for name, version in document.versions.items():
         header.append(_card(f"VERSION {name.upper()}", version,
                             f"{name} version"))
-    for group in product.groups:
+    for group in document.groups:
         for param in group.params:
             for card in param_cards(param):
                 header.append(card)
@@ -120,10 +120,10 @@ def table_hdu(table: TableSpec) -> fits.BinTableHDU:
     return hdu
 
 
-def write_fits(product: Product, path: str | Path) -> Path:
-    """Write a product as a FITS file (overwritten if present)."""
+def write_fits(document: Document, path: str | Path) -> Path:
+    """Write a document as a FITS file (overwritten if present)."""
     path = Path(path)
-    hdus = fits.HDUList([primary_hdu(product),
-                         *(table_hdu(t) for t in product.tables)])
+    hdus = fits.HDUList([primary_hdu(document),
+                         *(table_hdu(t) for t in document.tables)])
     hdus.writeto(path, overwrite=True)
     return path

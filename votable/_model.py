@@ -1,15 +1,14 @@
-"""What a product holds, independent of its format.
+"""What a document holds, independent of its format.
 
-A `Product` (the statistics, or the source catalogue) is some
-document-level metadata (software versions, groups of parameters) and
-one or more `TableSpec`, each a sequence of `Column`: numpy values plus
-unit, UCD and description.  The VOTable writer (`votable._xml`) and the
-FITS writer (`votable._fits`) both render a `Product`, so the two
-formats always carry the same columns, units, UCDs and nulls.
+A `Document` is some document-level metadata (software versions,
+groups of parameters) and one or more `TableSpec`, each a sequence of
+`Column`: numpy values plus unit, UCD and description.  The VOTable
+writer (`votable._xml`) and the FITS writer (`votable._fits`) both
+render a `Document`, so the two formats always carry the same columns,
+units, UCDs and nulls.
 
-Units and UCDs taken from `qualityfits.metrics` pass through `vounit`
-and `metric_ucd`, the one place where spellings that are not valid
-VOUnit or UCD1+ are corrected.
+Units pass through `vounit`, the one place where FITS-style spellings
+that are not valid VOUnit are corrected.
 """
 
 from __future__ import annotations
@@ -22,28 +21,11 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from qualityfits.report import QualityReport
-
-#: Unit spellings used in `qualityfits.metrics` that are not VOUnit
-#: (FITS-style exponents), and their VOUnit spelling.
+#: Unit spellings that are not VOUnit (FITS-style exponents, as
+#: `qualityfits.metrics` writes them), and their VOUnit spelling.
 VOUNIT_SPELLINGS: Final[Mapping[str, str]] = {
     "mag/arcsec2": "mag/arcsec**2",
     "pix2": "pix**2",
-}
-
-#: Metrics whose UCD in `qualityfits.metrics` breaks the UCD1+ syntax (a
-#: word that may only be secondary comes first): name -> (the UCD there,
-#: the valid UCD written instead).  A fix applies only while the metric
-#: still has the UCD it corrects.
-METRIC_UCD_FIXES: Final[Mapping[str, tuple[str, str]]] = {
-    "FWHM_MIN": ("stat.min;instr.det.psf", "instr.det.psf;stat.min"),
-    "FWHM_MAX": ("stat.max;instr.det.psf", "instr.det.psf;stat.max"),
-    "PIXSCALE": ("instr.pixel", "instr.scale;instr.pixel"),
-    "CR_FRAC": ("arith.ratio;phys.particle", "stat.filling;phys.particle"),
-    "STAR_CR_FRAC": ("arith.ratio;phys.particle",
-                     "meta.number;arith.ratio;phys.particle"),
-    "FRAC_W0": ("arith.ratio;instr.det", "stat.filling;instr.det"),
-    "W_MEAN": ("stat.mean;instr.det", "stat.weight;stat.mean"),
 }
 
 # Characters XML 1.0 does not allow, even escaped.
@@ -53,12 +35,6 @@ _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 def vounit(unit: str) -> str:
     """Return the VOUnit spelling of a unit string ("" stays "")."""
     return VOUNIT_SPELLINGS.get(unit, unit)
-
-
-def metric_ucd(name: str, ucd: str) -> str:
-    """Return a UCD1+-valid UCD for a metric ("" stays "")."""
-    bad, good = METRIC_UCD_FIXES.get(name, ("", ""))
-    return good if bad and ucd == bad else ucd
 
 
 def ucd_with(ucd: str, word: str) -> str:
@@ -112,7 +88,7 @@ def is_ascii(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a product table.
+    """One column of a table.
 
     Attributes
     ----------
@@ -168,7 +144,7 @@ class Column:
 
 @dataclass(frozen=True)
 class Param:
-    """A single value describing a whole product (PARAM, header card).
+    """A single value describing a whole document (PARAM, header card).
 
     Attributes
     ----------
@@ -206,7 +182,7 @@ class Group:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One table of a product: a VOTable TABLE, a FITS BINTABLE."""
+    """One table of a document: a VOTable TABLE, a FITS BINTABLE."""
 
     name: str
     extname: str
@@ -234,7 +210,7 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
-class Product:
+class Document:
     """A whole document: metadata and tables."""
 
     description: str
@@ -261,25 +237,3 @@ def param_datatype(value: Any) -> str:
     if isinstance(value, str):
         return "char"
     raise ValueError(f"no VOTable datatype for {value!r}")
-
-
-def image_param(report: QualityReport) -> Param:
-    """Return the ``IMAGE`` parameter: the input file of a report."""
-    return Param("IMAGE", "IMAGE", report.image, "char",
-                 ucd="meta.id;meta.file",
-                 description="Input image (file name)")
-
-
-def report_product(report: QualityReport, what: str,
-                   groups: tuple[Group, ...],
-                   tables: tuple[TableSpec, ...]) -> Product:
-    """Collect a report's versions with the groups and tables given.
-
-    The description reads "QualityFITS <what> of <image>".
-    """
-    return Product(
-        description=f"QualityFITS {what} of {report.image}",
-        versions=dict(report.versions),
-        groups=groups,
-        tables=tables,
-    )

@@ -1,7 +1,7 @@
 """VOTable 1.4 documents, built with lxml element factories.
 
 The one module that knows the VOTable namespace and element names.  A
-`votable._model.Product` becomes one ``RESOURCE type="results"``: the
+`votable._model.Document` becomes one ``RESOURCE type="results"``: the
 software versions as INFOs, each parameter group as a GROUP of PARAMs,
 then one TABLE per `TableSpec`.  Table data are written as TABLEDATA
 (small tables, readable) or BINARY2 (large ones).
@@ -29,9 +29,9 @@ from numpy.typing import NDArray
 
 from votable._model import (
     Column,
+    Document,
     Group,
     Param,
-    Product,
     TableSpec,
     ascii_bytes,
     is_ascii,
@@ -242,13 +242,13 @@ def _table(table: TableSpec, *, binary: bool) -> etree._Element:
     )
 
 
-def votable_element(product: Product, *,
+def votable_element(document: Document, *,
                     binary: bool = False) -> etree._Element:
-    """Build the VOTABLE element of a product.
+    """Build the VOTABLE element of a document.
 
     Parameters
     ----------
-    product : Product
+    document : Document
         What to write.
     binary : bool
         BINARY2 serialisation of the table data (else TABLEDATA).
@@ -260,13 +260,13 @@ def votable_element(product: Product, *,
     """
     infos = [
         E.INFO(name=name, value=version, ucd="meta.version;meta.software")
-        for name, version in product.versions.items()
+        for name, version in document.versions.items()
     ]
     resource = E.RESOURCE(
-        *_description(product.description),
+        *_description(document.description),
         *infos,
-        *(_group(g) for g in product.groups),
-        *(_table(t, binary=binary) for t in product.tables),
+        *(_group(g) for g in document.groups),
+        *(_table(t, binary=binary) for t in document.tables),
         type="results",
     )
     root = E.VOTABLE(resource, version=VOTABLE_VERSION)
@@ -274,17 +274,17 @@ def votable_element(product: Product, *,
     return root
 
 
-def votable_bytes(product: Product, *, binary: bool = False) -> bytes:
-    """Serialise a product as a UTF-8 VOTable 1.4 document."""
-    return etree.tostring(votable_element(product, binary=binary),
+def votable_bytes(document: Document, *, binary: bool = False) -> bytes:
+    """Serialise a document as a UTF-8 VOTable 1.4 document."""
+    return etree.tostring(votable_element(document, binary=binary),
                           xml_declaration=True, encoding="UTF-8",
                           pretty_print=True)
 
 
-def write_votable(product: Product, path: str | Path, *,
+def write_votable(document: Document, path: str | Path, *,
                   binary: bool = False) -> Path:
-    """Write a product as a VOTable 1.4 file (overwritten if present)."""
+    """Write a document as a VOTable 1.4 file (overwritten if present)."""
     path = Path(path)
-    etree.ElementTree(votable_element(product, binary=binary)).write(
+    etree.ElementTree(votable_element(document, binary=binary)).write(
         path, xml_declaration=True, encoding="UTF-8", pretty_print=True)
     return path

@@ -29,15 +29,15 @@ from votable_fixtures import (
     written_fixture,  # noqa: F401 (fixture written)
 )
 
-import votable
-from votable._catalogue import SOURCE_COLUMNS
+from qualityfits import tables
+from qualityfits.tables import SOURCE_COLUMNS
 
 
 @pytest.fixture(scope="module")
 def product():
     """What ``written`` writes: file stem, VOTable and FITS writers."""
-    return ("sources", votable.write_catalogue_votable,
-            votable.write_catalogue_fits)
+    return ("sources", tables.write_catalogue_votable,
+            tables.write_catalogue_fits)
 
 
 def _sources(rep):
@@ -117,7 +117,7 @@ def test_a_failed_extension_without_sources_adds_no_rows(failed_report,
     failed = failed_report.extensions[1]
     assert failed.status == "failed"
     assert failed.sources is None
-    table = _read_votable(votable.write_catalogue_votable(
+    table = _read_votable(tables.write_catalogue_votable(
         failed_report, tmp_path / "c.vot"))
     assert failed.name not in set(table["EXTNAME"])
 
@@ -127,14 +127,14 @@ def test_an_exposure_without_sources_is_an_empty_valid_table(report,
     empty = dataclasses.replace(report, extensions=tuple(
         dataclasses.replace(e, sources=e.sources[:0])
         for e in report.extensions))
-    vot = votable.write_catalogue_votable(empty, tmp_path / "c.vot")
+    vot = tables.write_catalogue_votable(empty, tmp_path / "c.vot")
     xsd = schema()
     assert xsd.validate(parse_xml(vot)), xsd.error_log
     assert votlint(vot) == ""
     table = _read_votable(vot)
     assert len(table) == 0
     assert {"EXTNAME", "CLASS", "FWHM_FIT"} <= set(table.colnames)
-    fit = votable.write_catalogue_fits(empty, tmp_path / "c.fits")
+    fit = tables.write_catalogue_fits(empty, tmp_path / "c.fits")
     assert len(read_fits_table(fit, "SOURCES")[0]) == 0
 
 
@@ -174,10 +174,10 @@ def test_a_megacam_sized_catalogue(report, tmp_path):
     big = big_report(report)
     n = sum(len(e.sources) for e in big.extensions)
     assert n == 36 * 2800
-    vot = votable.write_catalogue_votable(big, tmp_path / "big.vot")
-    fit = votable.write_catalogue_fits(big, tmp_path / "big.fits")
-    votable.write_summary_votable(big, tmp_path / "big.summary.vot")
-    votable.write_summary_fits(big, tmp_path / "big.summary.fits")
+    vot = tables.write_catalogue_votable(big, tmp_path / "big.vot")
+    fit = tables.write_catalogue_fits(big, tmp_path / "big.fits")
+    tables.write_summary_votable(big, tmp_path / "big.summary.vot")
+    tables.write_summary_fits(big, tmp_path / "big.summary.fits")
     assert vot.stat().st_size < 40e6
     table = _read_votable(vot)
     assert len(table) == n
@@ -188,7 +188,7 @@ def test_a_megacam_sized_catalogue(report, tmp_path):
 
 @pytest.mark.slow
 def test_votlint_accepts_a_megacam_sized_catalogue(report, tmp_path):
-    vot = votable.write_catalogue_votable(big_report(report),
+    vot = tables.write_catalogue_votable(big_report(report),
                                           tmp_path / "big.vot")
     assert votlint(vot) == ""
     xsd = schema()

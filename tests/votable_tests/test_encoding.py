@@ -22,24 +22,24 @@ from votable_fixtures import (
     votlint,
 )
 
-from votable._fits import write_fits
-from votable._model import (
+from votable import (
     Column,
+    Document,
     Group,
     Param,
-    Product,
     TableSpec,
     ascii_text,
     ucd_with,
     vounit,
+    write_fits,
+    write_votable,
 )
-from votable._xml import write_votable
 
 NAN = np.nan
 
 
 def _product(columns, params=()):
-    return Product(
+    return Document(
         description="test", versions={"qualityfits": "0"},
         groups=(Group("input", "test", tuple(params)),) if params else (),
         tables=(TableSpec("t", "T", "a test table", tuple(columns)),))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qualityfits.metrics import METRIC_BY_NAME
-from votable._catalogue import SOURCE_COLUMNS
-from votable._model import METRIC_UCD_FIXES, VOUNIT_SPELLINGS
+from qualityfits.tables import METRIC_UCD_FIXES, SOURCE_COLUMNS
+from votable import VOUNIT_SPELLINGS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "products-tables.md"
 

@@ -34,15 +34,16 @@ from votable_fixtures import (
     written_fixture,  # noqa: F401 (fixture written)
 )
 
-import votable
+from qualityfits import tables
 from qualityfits.metrics import METRICS
-from votable._model import METRIC_UCD_FIXES, VOUNIT_SPELLINGS
+from qualityfits.tables import METRIC_UCD_FIXES
+from votable import VOUNIT_SPELLINGS
 
 
 @pytest.fixture(scope="module")
 def product():
     """What ``written`` writes: file stem, VOTable and FITS writers."""
-    return "summary", votable.write_summary_votable, votable.write_summary_fits
+    return "summary", tables.write_summary_votable, tables.write_summary_fits
 
 
 def _table(path, name):
@@ -104,7 +105,7 @@ def test_every_field_has_a_ucd1p_ucd_a_description_and_a_vounit(written):
 
 def test_the_bytes_are_the_file(written):
     rep, vot, _ = written
-    assert votable.summary_votable_bytes(rep) == vot.read_bytes()
+    assert tables.summary_votable_bytes(rep) == vot.read_bytes()
 
 
 # -- content: the extensions table ----------------------------------------
@@ -157,7 +158,7 @@ def test_a_failed_extension_is_a_row_of_nulls_with_its_error(
     _failed_report_shape(failed_report)
     failed = failed_report.extensions[1]
     assert failed.error is not None
-    vot = votable.write_summary_votable(failed_report, tmp_path / "s.vot")
+    vot = tables.write_summary_votable(failed_report, tmp_path / "s.vot")
     row = _table(vot, "extensions").to_table()[1]
     assert row["STATUS"] == "failed"
     assert row["ERROR_CODE"] == failed.error.code == "empty-image"
@@ -209,11 +210,11 @@ def test_inputs_are_params_null_when_not_given(written):
 
 
 def test_a_non_ascii_image_name_survives(failed_report, tmp_path):
-    vot = votable.write_summary_votable(failed_report, tmp_path / "s.vot")
+    vot = tables.write_summary_votable(failed_report, tmp_path / "s.vot")
     _, groups = _params(vot)
     assert groups["input"]["IMAGE"].value == FAILED_NAME
     assert groups["input"]["ZEROPOINT"].value == 30.0
-    fit = votable.write_summary_fits(failed_report, tmp_path / "s.fits")
+    fit = tables.write_summary_fits(failed_report, tmp_path / "s.fits")
     assert fits.getheader(fit)["IMAGE"] == "expo\\u2260sure.fits"
 
 
