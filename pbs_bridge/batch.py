@@ -9,9 +9,11 @@ command from its arguments (``../shared/docs/batch-pbs.md``, pitfall
 `BatchSystem` knows nothing of UWS: it submits, lists, deletes and
 releases batch jobs and says how one ended (`Ending`).  How a job
 ended is read from TORQUE's ``exit_status`` when ``qstat -f`` shows
-one; Slurm's wrapper shows none, so when Slurm's ``scontrol`` sits
-beside ``qsub`` the final state comes from ``scontrol show job -o``
-(TIMEOUT, CANCELLED, the exit code and signal).
+one (`torque_ending`: its own negative codes, `TORQUE_EXEC_CODES`,
+and 256 + a signal number); Slurm's wrapper shows none, so when
+Slurm's ``scontrol`` sits beside ``qsub`` the final state comes from
+``scontrol show job -o`` (TIMEOUT, CANCELLED, the exit code and
+signal).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,10 +44,57 @@ SAFE_VALUE = re.compile(r"^[A-Za-z0-9._/+:-]+$")
 #: existed): not a failure of the batch system.
 QSTAT_UNKNOWN_JOB = 153
 
-#: TORQUE ``exit_status`` values set by the batch system itself.
-TORQUE_WALLTIME = -11
-TORQUE_MEMORY = -10
+
+@dataclass(frozen=True)
+class TorqueCode:
+    """One of TORQUE's own (negative) ``exit_status`` values."""
+
+    #: The name in TORQUE's ``src/include/pbs_job.h``.
+    name: str
+    #: What it means, in the words of an error message.
+    meaning: str
+    #: The batch system stopped the job at its walltime.
+    timed_out: bool = False
+
+
+#: TORQUE's ``exit_status`` values set by the batch system itself
+#: (``JOB_EXEC_*`` of ``src/include/pbs_job.h``, TORQUE 4.2 to 6; -13
+#: and -14 from TORQUE 6.1 on).  TORQUE requeues a job after the RETRY
+#: codes, so ``qstat`` shows them only if it gave up.
+TORQUE_EXEC_CODES: Mapping[int, TorqueCode] = {
+    -1: TorqueCode("JOB_EXEC_FAIL1", "the batch node could not start the "
+                   "job (before setting up its files)"),
+    -2: TorqueCode("JOB_EXEC_FAIL2", "the batch node could not start the "
+                   "job (after setting up its files)"),
+    -3: TorqueCode("JOB_EXEC_RETRY", "the batch node could not start the "
+                   "job (TORQUE would retry it)"),
+    -4: TorqueCode("JOB_EXEC_INITABT", "the job was aborted when the batch "
+                   "node's MOM restarted"),
+    -5: TorqueCode("JOB_EXEC_INITRST", "the job was aborted when the batch "
+                   "node's MOM restarted (checkpointed, not migrated)"),
+    -6: TorqueCode("JOB_EXEC_INITRMG", "the job was aborted when the batch "
+                   "node's MOM restarted (checkpointed, may migrate)"),
+    -7: TorqueCode("JOB_EXEC_BADRESRT", "the job's restart from its "
+                   "checkpoint failed"),
+    -8: TorqueCode("JOB_EXEC_CMDFAIL", "the batch node could not execute "
+                   "the job's command"),
+    -9: TorqueCode("JOB_EXEC_STDOUTFAIL", "the batch node could not create "
+                   "the job's output or error file"),
+    -10: TorqueCode("JOB_EXEC_OVERLIMIT_MEM", "memory limit exceeded"),
+    -11: TorqueCode("JOB_EXEC_OVERLIMIT_WT", "walltime limit exceeded",
+                    timed_out=True),
+    -12: TorqueCode("JOB_EXEC_OVERLIMIT_CPUT", "CPU time limit exceeded"),
+    -13: TorqueCode("JOB_EXEC_RETRY_CGROUP", "the batch node could not set "
+                    "up the job's cgroups (TORQUE would retry it)"),
+    -14: TorqueCode("JOB_EXEC_RETRY_PROLOGUE", "the batch node's prologue "
+                    "failed (TORQUE would retry the job)"),
+}
+
+#: TORQUE reports a job killed by a signal as 256 + the signal number.
 TORQUE_SIGNAL_BASE = 256
+#: The signals the batch system kills with (qdel, limits): a job ended
+#: by one of them was stopped; by any other, it crashed.
+_KILL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL})
 
 #: Slurm final job states -> (timed out, cancelled, message).
 _STOPPED = "the batch system stopped the job at its "
@@ -124,21 +174,42 @@ class Ending:
 
 
 def torque_ending(exit_status: int) -> Ending:
-    """Interpret TORQUE's ``exit_status`` (see batch-pbs.md §7)."""
-    if exit_status == TORQUE_WALLTIME:
-        return Ending(str(exit_status), timed_out=True,
-                      message=_STOPPED + "walltime")
-    if exit_status == TORQUE_MEMORY:
-        return Ending(str(exit_status), message="the job exceeded its "
-                      "memory limit on the batch node")
-    if exit_status > TORQUE_SIGNAL_BASE:
-        return Ending(str(exit_status), signal=exit_status -
-                      TORQUE_SIGNAL_BASE, cancelled=True,
-                      message="the batch system killed the job")
+    """Interpret TORQUE's ``exit_status`` (see batch-pbs.md §7).
+
+    0 to 255: the job's own exit status (the job folder decides).
+    Negative: TORQUE's own code (`TORQUE_EXEC_CODES`); its walltime
+    code (-11) is a job stopped at its walltime (``timed_out``).  Above
+    256: killed by signal ``exit_status - 256``; SIGTERM and SIGKILL
+    are the batch system's (``cancelled``), any other the job's crash.
+    """
+    state = str(exit_status)
     if exit_status < 0:
-        return Ending(str(exit_status), message="the batch system could not "
-                      f"run the job (JOB_EXEC code {exit_status})")
-    return Ending(str(exit_status), exit_status=exit_status)
+        code = TORQUE_EXEC_CODES.get(exit_status)
+        if code is None:
+            return Ending(state, message="the batch system could not run "
+                          f"the job (unknown TORQUE code {exit_status})")
+        if code.timed_out:
+            return Ending(state, timed_out=True, message=code.meaning)
+        return Ending(state, message=f"{code.meaning} (TORQUE "
+                      f"{code.name}, {exit_status})")
+    if exit_status > TORQUE_SIGNAL_BASE:
+        number = exit_status - TORQUE_SIGNAL_BASE
+        name = signal_name(number)
+        if number in _KILL_SIGNALS:
+            return Ending(state, signal=number, cancelled=True,
+                          message=f"the batch system killed the job "
+                          f"({name})")
+        return Ending(state, signal=number,
+                      message=f"the job was killed by {name}")
+    return Ending(state, exit_status=exit_status)
+
+
+def signal_name(number: int) -> str:
+    """``15`` -> ``SIGTERM``; a number unknown here -> ``signal 99``."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def parse_scontrol(text: str) -> dict[str, dict[str, str]]:

@@ -1,8 +1,9 @@
 """The batch-command layer: qsub's argument list, how jobs ended.
 
-On recorded outputs of the test cluster's Slurm (``data/``) and on the
-TORQUE exit-status conventions; the commands themselves run against a
-real batch system in ``tests/uws_tests/test_batch.py``.
+On recorded outputs of the test cluster's Slurm (``data/``), on
+TORQUE's exit-status conventions and on recordings of a real TORQUE
+4.2.8 (``../shared/data/torque``); the commands themselves run against
+a real batch system in ``tests/uws_tests/test_batch.py``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from testkit import shared_file
 
 from pbs_bridge.batch import (
+    TORQUE_EXEC_CODES,
     BatchError,
     Ending,
     Submission,
@@ -23,7 +26,7 @@ from pbs_bridge.batch import (
     slurm_ending,
     torque_ending,
 )
-from pbs_bridge.qstat import BatchJob
+from pbs_bridge.qstat import BatchJob, batch_job, parse_qstat_full
 from pbs_bridge.runner import ended_status
 from uws.phases import Phase
 from uws.store import ActiveJob
@@ -107,17 +110,80 @@ def test_a_job_still_running_has_no_ending():
 @pytest.mark.parametrize(("status", "expected"), [
     (0, Ending("0", exit_status=0)),
     (2, Ending("2", exit_status=2)),
-    (-11, Ending("-11", timed_out=True, message="the batch system stopped "
-                 "the job at its walltime")),
+    (255, Ending("255", exit_status=255)),
+    # TORQUE's own codes (JOB_EXEC_* of its pbs_job.h).
+    (-11, Ending("-11", timed_out=True, message="walltime limit exceeded")),
+    (-10, Ending("-10", message="memory limit exceeded (TORQUE "
+                 "JOB_EXEC_OVERLIMIT_MEM, -10)")),
+    (-12, Ending("-12", message="CPU time limit exceeded (TORQUE "
+                 "JOB_EXEC_OVERLIMIT_CPUT, -12)")),
+    (-1, Ending("-1", message="the batch node could not start the job "
+                "(before setting up its files) (TORQUE JOB_EXEC_FAIL1, -1)")),
+    (-8, Ending("-8", message="the batch node could not execute the job's "
+                "command (TORQUE JOB_EXEC_CMDFAIL, -8)")),
+    (-99, Ending("-99", message="the batch system could not run the job "
+                 "(unknown TORQUE code -99)")),
+    # 256 + a signal: the batch system's kill, or the job's own crash.
     (271, Ending("271", signal=15, cancelled=True,
-                 message="the batch system killed the job")),
-    (-10, Ending("-10", message="the job exceeded its memory limit on the "
-                 "batch node")),
-    (-1, Ending("-1", message="the batch system could not run the job "
-                "(JOB_EXEC code -1)")),
+                 message="the batch system killed the job (SIGTERM)")),
+    (265, Ending("265", signal=9, cancelled=True,
+                 message="the batch system killed the job (SIGKILL)")),
+    (267, Ending("267", signal=11, message="the job was killed by SIGSEGV")),
+    (256 + 99, Ending("355", signal=99,
+                      message="the job was killed by signal 99")),
 ])
 def test_torque_exit_status(status: int, expected: Ending):
     assert torque_ending(status) == expected
+
+
+def test_torque_codes_are_negative_and_named_once():
+    assert sorted(TORQUE_EXEC_CODES) == list(range(-14, 0))
+    names = [code.name for code in TORQUE_EXEC_CODES.values()]
+    assert len(set(names)) == len(names)
+    assert all(name.startswith("JOB_EXEC_") for name in names)
+    # Only the walltime code is a job stopped at its limit.
+    assert [n for n, c in TORQUE_EXEC_CODES.items() if c.timed_out] == [-11]
+    assert not any(torque_ending(n).cancelled for n in TORQUE_EXEC_CODES)
+
+
+def _recorded_torque_job(case: str) -> BatchJob:
+    path = shared_file(f"torque/qstat-f_torque-4.2.8_{case}.txt")
+    ((batch_id, attributes),) = parse_qstat_full(path.read_text()).items()
+    return batch_job(batch_id, attributes)
+
+
+def test_recorded_torque_job_that_succeeded():
+    job = _recorded_torque_job("success")
+    assert (job.state, job.phase, job.exit_status) == ("C", None, 0)
+    assert job.exit_status is not None
+    ending = torque_ending(job.exit_status)
+    # Nothing the batch system stopped: the job folder's results make
+    # it COMPLETED.
+    assert ending == Ending("0", exit_status=0)
+
+
+def test_recorded_torque_job_that_ran_out_of_walltime():
+    # Asked 00:00:01, ran 14 s: TORQUE's JOB_EXEC_OVERLIMIT_WT (-11).
+    job = _recorded_torque_job("failure")
+    assert (job.state, job.phase, job.exit_status) == ("C", None, -11)
+    assert job.exit_status is not None
+    ending = torque_ending(job.exit_status)
+    # Stopped for its walltime, as Slurm's TIMEOUT: the runner ends it
+    # ABORTED with this message.
+    assert ending == Ending("-11", timed_out=True,
+                            message="walltime limit exceeded")
+    assert TORQUE_EXEC_CODES[-11].name == "JOB_EXEC_OVERLIMIT_WT"
+    slurm = slurm_ending({"JobState": "TIMEOUT", "ExitCode": "0:15"})
+    assert slurm is not None
+    assert (slurm.timed_out, slurm.cancelled) == (
+        ending.timed_out, ending.cancelled)
+
+
+@pytest.mark.parametrize("case", ["queued", "running"])
+def test_recorded_torque_job_not_ended_has_no_exit_status(case: str):
+    job = _recorded_torque_job(case)
+    assert job.phase in {"QUEUED", "EXECUTING"}
+    assert job.exit_status is None
 
 
 def test_bare_ids():
@@ -136,8 +202,8 @@ DONE = BatchJob(batch_id="12", state="C", phase=None, host="node3",
 def test_walltime_and_cancel_end_aborted():
     timed_out = ended_status(JOB, DONE, torque_ending(-11))
     assert (timed_out.phase, timed_out.ended) == (Phase.ABORTED, True)
-    assert timed_out.message == ("the batch system stopped the job at its "
-                                 "walltime (batch job 12, -11)")
+    assert timed_out.message == ("walltime limit exceeded (batch job 12, "
+                                 "-11)")
     cancelled = ended_status(JOB, DONE, slurm_ending(
         {"JobState": "CANCELLED", "ExitCode": "0:15"}))
     assert cancelled.phase is Phase.ABORTED
