@@ -96,6 +96,10 @@ def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
     indent = ""
     last_key = ""
     for line in text.splitlines():
+        if current is not None and indent == _TORQUE_INDENT \
+                and line.startswith("\t"):
+            current[last_key] += line[1:]
+            continue
         if not line.strip():
             continue
         header = _HEADER.match(line)
@@ -106,9 +110,6 @@ def parse_qstat_full(text: str) -> dict[str, dict[str, str]]:
         if current is None:
             raise BatchOutputError(
                 f"qstat -f: attribute before any 'Job Id:' line: {line!r}")
-        if indent == _TORQUE_INDENT and line.startswith("\t") and last_key:
-            current[last_key] += line[1:]
-            continue
         attribute = _ATTRIBUTE.match(line)
         if attribute is None or indent not in ("", attribute.group(1)):
             raise BatchOutputError(f"qstat -f: unexpected line {line!r}")
