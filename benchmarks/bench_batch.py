@@ -57,6 +57,7 @@ from lxml import etree
 
 from qualityfits.datasets import SimulationParams, write_exposure
 from uws.app import make_app
+from uws.schema import upgrade
 from uws.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,7 @@ class Service:
     """The app behind waitress in a thread of this process."""
 
     def __init__(self, settings: Settings) -> None:
+        upgrade(settings.database_url)  # the schema, as scripts/serve
         self.app = make_app(settings)
         self.server: Any = waitress.create_server(
             self.app, host="127.0.0.1", port=0, threads=32,

@@ -96,6 +96,7 @@ from bench_exposure import machine_info  # noqa: E402
 from pbs_bridge.contract import Progress, StepState  # noqa: E402
 from uws.model import Parameter, Result  # noqa: E402
 from uws.phases import Phase  # noqa: E402
+from uws.schema import upgrade  # noqa: E402
 from uws.store import JobStore, NewJob  # noqa: E402
 
 # ------------------------------------------------------------- targets
@@ -207,9 +208,9 @@ def _parameters(rng: random.Random, n: int) -> tuple[Parameter, ...]:
             by_reference=True))
     if rng.random() < 0.5:
         params.append(Parameter("zeropoint",
-                                repr(round(rng.uniform(25.5, 26.8), 3))))
+                                round(rng.uniform(25.5, 26.8), 3)))
     if rng.random() < 0.3:
-        params.append(Parameter("pixscale", "0.187"))
+        params.append(Parameter("pixscale", 0.187))
     if rng.random() < 0.1:
         params.append(Parameter("email", f"observer{n % 97}@example.org"))
     return tuple(params)
@@ -238,6 +239,7 @@ def fill_database(url: str, job_root: Path, n_jobs: int,
                   seed: int) -> dict[str, Any]:
     """Insert ``n_jobs`` realistic jobs through `JobStore` (not HTTP)."""
     rng = random.Random(seed)  # noqa: S311 - not for secrets
+    upgrade(url)  # the schema, as scripts/serve
     store = JobStore(url)
     now = datetime.now(UTC)
     phases = [p for p, _ in PHASE_MIX]
@@ -336,8 +338,8 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
     app["qfits.worker_command"] = f"/bin/sh {worker}"
     app["qfits.wait_max"] = str(WAIT_S)
     app["qfits.wait_clients"] = str(N_WAITERS)
+    ini["DEFAULT"]["http_port"] = str(port)
     server = ini["server:main"]
-    server["listen"] = f"127.0.0.1:{port}"
     server["threads"] = str(THREADS)
     if connection_limit is not None:
         server["connection_limit"] = str(connection_limit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 from uws.phases import Phase
 
@@ -17,18 +18,43 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: A parameter's value as stored (a JSON column): text (file names,
+#: URLs, e-mail addresses), or a number (``zeropoint``, ``pixscale``).
+ParameterValue: TypeAlias = str | int | float | bool
+
+
 @dataclass(frozen=True)
 class Parameter:
     """One job parameter as ``<uws:parameter>`` shows it.
 
     ``by_reference`` values are URLs: an uploaded file is served at
-    ``{job}/parameters/{name}``, a by-URL input keeps its URL.
+    ``{job}/parameters/{name}``, a by-URL input keeps its URL.  The
+    value keeps its type; `text` is what clients read.
     """
 
     name: str
-    value: str
+    value: ParameterValue
     by_reference: bool = False
     is_post: bool = False
+
+    @property
+    def text(self) -> str:
+        """Return the value as ``<uws:parameter>`` and GET show it."""
+        return value_text(self.value)
+
+
+def value_text(value: ParameterValue) -> str:
+    """Return the text of a parameter value.
+
+    Floats as Python's ``repr`` (25.5 → ``25.5``, the shortest text
+    that reads back as the same number), booleans as ``true``/``false``
+    (XML Schema), integers and strings as they are.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,23 @@ service decides, and asks the store for compare-and-set updates
 (`JobStore.transition`) so that two threads never both move a job.
 
 Times are stored as naive UTC timestamps (microseconds kept) and come
-back timezone-aware.
+back timezone-aware; parameter values are stored typed (JSON: text, or a
+number for the numeric parameters).
+
+The schema is Alembic's (`uws/migrations`, driven by `uws.schema` or
+``alembic -c development.ini upgrade head``): the store creates no
+table, and refuses a database whose revision is not
+`SCHEMA_REVISION` (`SchemaError`, naming the command to run).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -23,7 +30,48 @@ from sqlalchemy.engine import Connection, Engine
 from uws.model import ErrorSummary, Job, JobInfo, JobRef, Parameter, Result
 from uws.phases import Phase
 
-metadata = sa.MetaData()
+#: Constraint names as PostgreSQL gives them by default, so that a
+#: database made by ``create_all`` before the migrations existed (unnamed
+#: constraints) has the same names as one built by them; indexes are
+#: named explicitly.  Alembic needs names to alter constraints later.
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class JSONText(sa.types.TypeDecorator[Any]):
+    """JSON in a TEXT column (SQLite's stand-in for JSON).
+
+    A column declared JSON has NUMERIC affinity in SQLite, which stores
+    the text ``25.0`` as the integer 25 (a float parameter would come
+    back an int); TEXT keeps the JSON text as written.
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any,
+                           dialect: sa.Dialect) -> str:  # noqa: ARG002
+        """Return the JSON text of ``value``."""
+        return json.dumps(value)
+
+    def process_result_value(self, value: str | None,
+                             dialect: sa.Dialect) -> Any:  # noqa: ARG002
+        """Return the value of the JSON text."""
+        return None if value is None else json.loads(value)
+
+#: The Alembic revision (uws/migrations/versions) that `metadata`
+#: describes: the store works on a database at this revision only.
+SCHEMA_REVISION: Final = "0002"
+
+#: What an operator runs to bring a database to `SCHEMA_REVISION`.
+UPGRADE_COMMAND: Final = "alembic -c development.ini upgrade head"
 
 jobs_table = sa.Table(
     "jobs", metadata,
@@ -61,7 +109,9 @@ parameters_table = sa.Table(
               sa.ForeignKey("jobs.job_id", ondelete="CASCADE"),
               primary_key=True),
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text(), nullable=False),
+    # str | int | float | bool (uws.model.ParameterValue), never null.
+    sa.Column("value", sa.JSON().with_variant(JSONText(), "sqlite"),
+              nullable=False),
     sa.Column("by_reference", sa.Boolean(), nullable=False),
     sa.Column("is_post", sa.Boolean(), nullable=False),
     sa.Column("position", sa.Integer(), nullable=False),
@@ -94,6 +144,38 @@ ANY_OWNER = object()
 
 class StoreError(RuntimeError):
     """The database cannot be reached or refused a statement."""
+
+
+class SchemaError(StoreError):
+    """The database is not at the schema revision this code needs."""
+
+
+def database_revision(conn: Connection) -> str | None:
+    """Return the database's Alembic revision (None: not migrated).
+
+    None for an empty database and for one whose tables were made by
+    ``metadata.create_all`` before the migrations existed.
+    """
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    value = conn.execute(
+        sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return None if value is None else str(value)
+
+
+def schema_message(found: str | None, *, has_tables: bool) -> str:
+    """Say why a database at revision ``found`` is refused, and the fix."""
+    if found is not None:
+        state = f"is at schema revision {found}"
+    elif has_tables:
+        state = ("has no schema revision (its tables were made before "
+                 "the migrations existed; the upgrade adopts them, jobs "
+                 "kept)")
+    else:
+        state = "is empty (no schema revision)"
+    return (f"the job database {state}; this service needs revision "
+            f"{SCHEMA_REVISION}: run `{UPGRADE_COMMAND}` (with the "
+            "service's ini file; docs/service.md, \"Upgrading\")")
 
 
 @dataclass(frozen=True)
@@ -169,16 +251,30 @@ class JobStore:
     ----------
     url : str
         SQLAlchemy database URL (``sqlite:///path``,
-        ``postgresql+psycopg://...``).  Tables are created if missing.
+        ``postgresql+psycopg://...``) of a database at
+        `SCHEMA_REVISION`.
+
+    Raises
+    ------
+    SchemaError
+        The database is empty, or at another revision (the message
+        names it, the one needed and the command to run).
+    StoreError
+        The database cannot be reached.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         try:
             self.engine = make_engine(url)
-            metadata.create_all(self.engine)
+            with self.engine.connect() as conn:
+                found = database_revision(conn)
+                has_tables = sa.inspect(conn).has_table(jobs_table.name)
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"cannot open the job database: {exc}") from exc
+        if found != SCHEMA_REVISION:
+            self.engine.dispose()
+            raise SchemaError(schema_message(found, has_tables=has_tables))
 
     def close(self) -> None:
         """Release the connections."""

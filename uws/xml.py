@@ -206,7 +206,7 @@ def _parameters(parameters: Sequence[Parameter]) -> etree._Element:
             attrs["byReference"] = "true"
         if parameter.is_post:
             attrs["isPost"] = "true"
-        element.append(U.parameter(_text(parameter.value), attrs))
+        element.append(U.parameter(_text(parameter.text), attrs))
     return element
 
 

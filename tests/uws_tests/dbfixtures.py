@@ -1,8 +1,12 @@
 """Database fixtures for the UWS store: SQLite and a real PostgreSQL.
 
-Import the fixture into a test module to run its tests on both::
+Import a fixture into a test module to run its tests on both::
 
     from dbfixtures import database_url  # noqa: F401
+
+`database_url` is a database built by the migrations (``upgrade
+head``, `uws.schema.upgrade`), as an operator builds one;
+`empty_database_url` an empty one (the schema tests migrate it).
 
 PostgreSQL is the server of ``QFITS_TEST_POSTGRES_URL``, which
 scripts/test starts (scripts/pg-start); each test gets a fresh database
@@ -15,10 +19,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from uws.schema import upgrade
 
 POSTGRES_URL_VARIABLE = "QFITS_TEST_POSTGRES_URL"
 IN_CI = bool(os.environ.get("CI"))
@@ -41,12 +48,13 @@ def _admin_engine(server: sa.URL) -> sa.Engine:
                             poolclass=sa.NullPool)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"],
-                ids=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest,
-                 tmp_path: Path) -> Iterator[str]:
-    """SQLAlchemy URL of an empty database, once per back end."""
-    if request.param == "sqlite":
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of an empty database (PostgreSQL: dropped after)."""
+    if backend == "sqlite":
         yield f"sqlite:///{tmp_path}/jobs.sqlite"
         return
     server = postgres_server_url()
@@ -64,3 +72,20 @@ def database_url(request: pytest.FixtureRequest,
                     f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest,
+                       tmp_path: Path) -> Iterator[str]:
+    """SQLAlchemy URL of an empty database, once per back end."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS, ids=BACKENDS)
+def database_url(request: pytest.FixtureRequest,
+                 tmp_path: Path) -> Iterator[str]:
+    """URL of a database at the schema's head, once per back end."""
+    with fresh_database(request.param, tmp_path) as url:
+        upgrade(url)
+        yield url

@@ -1,13 +1,17 @@
-"""The database fixture gives working SQLite and PostgreSQL databases."""
+"""The database fixtures give working SQLite and PostgreSQL databases:
+empty ones, and ones at the schema's head."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from dbfixtures import database_url  # noqa: F401
+from dbfixtures import database_url, empty_database_url  # noqa: F401
+
+from uws.schema import HEAD, revision_of
+from uws.store import JobStore
 
 
-def test_round_trip(database_url: str) -> None:  # noqa: F811
-    engine = sa.create_engine(database_url)
+def test_round_trip(empty_database_url: str) -> None:  # noqa: F811
+    engine = sa.create_engine(empty_database_url)
     try:
         metadata = sa.MetaData()
         table = sa.Table(
@@ -33,9 +37,20 @@ def test_round_trip(database_url: str) -> None:  # noqa: F811
         engine.dispose()
 
 
-def test_databases_are_fresh(database_url: str) -> None:  # noqa: F811
-    engine = sa.create_engine(database_url)
+def test_empty_databases_are_fresh(
+        empty_database_url: str) -> None:  # noqa: F811
+    engine = sa.create_engine(empty_database_url)
     try:
         assert sa.inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+def test_databases_are_at_head_and_fresh(
+        database_url: str) -> None:  # noqa: F811
+    assert revision_of(database_url) == HEAD
+    store = JobStore(database_url)
+    try:
+        assert store.count() == 0
+    finally:
+        store.close()

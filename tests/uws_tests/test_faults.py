@@ -44,6 +44,7 @@ from uwskit import (
 
 from pbs_bridge.contract import SPEC_FILE, WorkerSpec
 from uws.phases import Phase
+from uws.schema import upgrade
 from uws.store import JobStore
 
 PSERVE = Path(sys.executable).parent / "pserve"
@@ -781,6 +782,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     (tmp_path / "delay").write_text("6")
     ini = tmp_path / "service.ini"
     ini.write_text(INI.format(root=tmp_path, port=port, worker=worker))
+    upgrade(f"sqlite:///{tmp_path}/jobs.sqlite")  # as scripts/serve
     process = ServerProcess(ini, port, tmp_path / "pserve.log")
     yield process
     process.stop()

@@ -1,8 +1,10 @@
 """Helpers of the service tests: a real service on loopback.
 
 `LiveService` runs the Pyramid app (real local runner, real worker
-processes) behind a real waitress server on a free port of 127.0.0.1;
-`settings_for` builds its settings.  The fixtures are in conftest.
+processes) behind a real waitress server on a free port of 127.0.0.1,
+over a database it first brings to the schema's head (``upgrade
+head``, as scripts/serve does); `settings_for` builds its settings.
+The fixtures are in conftest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import requests
 import waitress
 from lxml import etree
 
+from uws import schema
 from uws.app import make_app
 from uws.settings import Settings
 
@@ -36,6 +39,7 @@ class LiveService:
 
     def __init__(self, settings: Settings, *, threads: int = 16) -> None:
         self.settings = settings
+        schema.upgrade(settings.database_url)
         self.app = make_app(settings)
         self.service = self.app.registry.job_service
         self.server: Any = waitress.create_server(

@@ -1,0 +1,97 @@
+"""The service started as scripts/serve starts it: one port setting.
+
+``alembic -c development.ini upgrade head`` then ``pserve
+development.ini http_port=N`` (what ``scripts/serve --port N`` runs),
+on a copy of the ini whose ``%(here)s`` is a temporary folder: the
+service listens on N, and the links it answers with carry N (the ini's
+``qfits.base_url`` is empty: links come from the request).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from lxml import etree
+from uwskit import UWS, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
+
+
+def test_the_port_setting_moves_the_service_and_its_links(
+        tmp_path: Path, sample_image: Path):
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    ini = folder / "development.ini"
+    shutil.copy(ROOT / "development.ini", ini)
+    upgraded = subprocess.run(
+        [str(BIN / "alembic"), "-c", str(ini), "upgrade", "head"],
+        cwd=folder, capture_output=True, text=True, timeout=120,
+        check=False)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert (folder / "var" / "jobs.sqlite").exists()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = folder / "pserve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(BIN / "pserve"), str(ini), f"http_port={port}"],
+            cwd=folder, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    http = requests.Session()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"pserve ended: {log.read_text()}")
+            try:
+                if http.get(f"{base}/availability",
+                            timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"pserve does not answer: {log.read_text()}")
+            time.sleep(0.1)
+        with sample_image.open("rb") as fh:
+            r = http.post(f"{base}/jobs", data={"PHASE": "RUN"},
+                          files={"image": fh}, allow_redirects=False,
+                          timeout=60)
+        assert r.status_code == 303, r.text
+        job_url = r.headers["Location"]
+        assert job_url.startswith(f"{base}/jobs/")
+        deadline = time.monotonic() + 120
+        phase = http.get(f"{job_url}/phase", timeout=30).text
+        while phase not in {"COMPLETED", "ERROR"}:
+            assert time.monotonic() < deadline, log.read_text()
+            http.get(job_url, params={"WAIT": 10, "PHASE": phase},
+                     timeout=30)
+            phase = http.get(f"{job_url}/phase", timeout=30).text
+        assert phase == "COMPLETED", log.read_text()
+        job = etree.fromstring(http.get(job_url, timeout=30).content)
+        links = [e.get(XLINK_HREF) for e in job.iter(f"{UWS}result")]
+        assert links
+        assert all(link.startswith(f"{job_url}/results/")
+                   for link in links), links
+        upload = job.find(f"{UWS}parameters/{UWS}parameter[@id='image']")
+        assert upload is not None
+        assert upload.text == f"{job_url}/parameters/image"
+        assert http.get(links[0], timeout=30).status_code == 200
+        listing = etree.fromstring(http.get(f"{base}/jobs",
+                                            timeout=30).content)
+        assert [e.get(XLINK_HREF) for e in listing] == [job_url]
+    finally:
+        http.close()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)

@@ -1,0 +1,1 @@
+"""The revisions, oldest first: ``v0001_...``, ``v0002_...``."""
