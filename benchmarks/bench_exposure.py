@@ -632,7 +632,7 @@ def child_ours(image: Path, jobs: int, result: Path,
                 running.append((name, now))
 
         written = write_products(report, outdir, image.stem,
-                                 maps_dir=maps, step=step)
+                                 maps_dir=maps, step=step).products
         step(None)
         products.update(
             steps=steps, count=len(written),

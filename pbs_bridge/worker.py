@@ -61,9 +61,14 @@ from pbs_bridge.contract import (
     write_atomic,
 )
 from qualityfits._version import __version__
-from qualityfits.cli import _primary_header, image_stem
 from qualityfits.errors import InternalError, QualityFitsError
-from qualityfits.io import ImageSource, match_extensions
+from qualityfits.io import (
+    ImageSource,
+    image_stem,
+    match_extensions,
+    primary_header,
+)
+from qualityfits.parameters import QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
 from qualityfits.products import PRODUCT_STEPS, write_products
 
@@ -679,7 +684,8 @@ class Job:
         try:
             report = assess(
                 image, flat=inputs.get("flat"), mask=inputs.get("mask"),
-                zeropoint=spec.zeropoint, pixscale=spec.pixscale,
+                parameters=QualityParameters(zeropoint=spec.zeropoint,
+                                             pixscale=spec.pixscale),
                 jobs=spec.ccd_jobs or None,
                 progress=self.progress.ccd_event, maps_dir=maps_dir)
             self.progress.pipeline_done()
@@ -689,9 +695,9 @@ class Job:
                 + (f", failed: {', '.join(failed)}" if failed else ""))
             self.phase = PRODUCT_STEPS
             try:
-                products = write_products(
+                manifest = write_products(
                     report, self.results, stem, maps_dir=maps_dir,
-                    image_header=_primary_header(str(image)),
+                    image_header=primary_header(str(image)),
                     step=self.progress.product_step)
             except OSError as exc:
                 raise JobError("fatal", f"cannot write the products in "
@@ -700,7 +706,7 @@ class Job:
         finally:
             _remove(maps_dir)
             self.cleanup.remove(maps_dir)
-        return len(products)
+        return len(manifest.products)
 
     # -- signals ---------------------------------------------------------
     def _install_handlers(self) -> dict[int, Any]:

@@ -14,7 +14,8 @@ leaf that writes generic tables.  No module imports ``uws`` or
 ``pbs_bridge``.
 
 >>> import qualityfits
->>> report = qualityfits.assess("image.fits")        # doctest: +SKIP
+>>> zp30 = qualityfits.QualityParameters(zeropoint=30.0)
+>>> report = qualityfits.assess("a.fits", parameters=zp30)  # doctest: +SKIP
 >>> report.exposure.metrics["FWHM_ARCSEC"]          # doctest: +SKIP
 """
 
@@ -29,6 +30,7 @@ from qualityfits.errors import (
     QualityFitsError,
     ShapeMismatchError,
 )
+from qualityfits.parameters import QualityParameters
 from qualityfits.pipeline import assess
 from qualityfits.report import ExposureReport, ExtensionReport, QualityReport
 
@@ -42,6 +44,7 @@ __all__ = [
     "NoStarsError",
     "QualityConfig",
     "QualityFitsError",
+    "QualityParameters",
     "QualityReport",
     "ShapeMismatchError",
     "__version__",

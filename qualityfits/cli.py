@@ -25,21 +25,11 @@ from typing import IO, Any, NoReturn
 from qualityfits._version import __version__
 from qualityfits.config import QualityConfig
 from qualityfits.errors import InvalidParameterError, QualityFitsError
+from qualityfits.io import image_stem, primary_header
+from qualityfits.parameters import PARAMETERS, QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
 from qualityfits.products import write_products
 from qualityfits.report import QualityReport
-
-_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fts.gz", ".fits", ".fit",
-             ".fts", ".fz", ".gz")
-
-
-def image_stem(path: str | Path) -> str:
-    """File name without its FITS (and compression) suffixes."""
-    name = Path(path).name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or name
-    return name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,15 +50,13 @@ def _parser() -> argparse.ArgumentParser:
                    "single or multi-extension)")
     p.add_argument("--flat", help="master flat with the same extensions")
     p.add_argument("--mask", help="bad-pixel mask with the same extensions")
-    p.add_argument("--mask-bad-value", choices=("auto", "zero", "nonzero"),
-                   default="auto",
-                   help="which mask values are bad (default: auto, the "
-                   "minority value)")
-    p.add_argument("--zeropoint", type=float, metavar="ZP",
-                   help="magnitude of 1 ADU (default: header PHOTZP, "
-                   "MAGZERO...)")
-    p.add_argument("--pixscale", type=float, metavar="ARCSEC",
-                   help="pixel scale when the image has no celestial WCS")
+    for param in PARAMETERS:
+        # Parsed and checked by QualityParameters.from_text, the one
+        # validator: the options only collect the text.
+        p.add_argument(
+            param.option, dest=param.name, default="",
+            metavar=param.metavar or "{" + ",".join(param.choices) + "}",
+            help=param.help)
     p.add_argument("--jobs", "-j", type=int, metavar="N",
                    help="worker processes (default: all cores)")
     p.add_argument("-o", "--outdir", default=".", metavar="OUTDIR",
@@ -242,6 +230,8 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
         progress = _Progress(args.image, sys.stderr)
     try:
         config = _config(args.set)
+        parameters = QualityParameters.from_text(
+            {param.name: getattr(args, param.name) for param in PARAMETERS})
         outdir = Path(args.outdir)
         try:
             outdir.mkdir(parents=True, exist_ok=True)
@@ -251,9 +241,8 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
             ) from None
         report = assess(
             args.image, flat=args.flat, mask=args.mask,
-            zeropoint=args.zeropoint, pixscale=args.pixscale,
-            config=config, jobs=args.jobs, progress=progress,
-            mask_convention=args.mask_bad_value, maps_dir=maps_dir,
+            parameters=parameters, config=config, jobs=args.jobs,
+            progress=progress, maps_dir=maps_dir,
         )
     except QualityFitsError as exc:
         if progress is not None:
@@ -274,9 +263,9 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
         print(f"summary written to {out}")
         return 0
     try:
-        products = write_products(
+        manifest = write_products(
             report, outdir, stem, maps_dir=maps_dir,
-            image_header=_primary_header(args.image),
+            image_header=primary_header(args.image),
             step=None if progress is None else (
                 lambda name: print(f"writing products: {name}",
                                    file=sys.stderr)))
@@ -284,19 +273,9 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
         print(f"qualityfits: error: cannot write the products in "
               f"{outdir}: {exc}", file=sys.stderr)
         return 1
-    print(f"{len(products)} products written to {outdir}; open "
+    print(f"{len(manifest.products)} products written to {outdir}; open "
           f"{outdir / 'index.html'} in a browser")
     return 0
-
-
-def _primary_header(image: str) -> Any:
-    """Read the image's primary header again (None if it cannot be)."""
-    from astropy.io import fits  # noqa: PLC0415 - already loaded by then
-
-    try:
-        return fits.getheader(image, 0)
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

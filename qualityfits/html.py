@@ -3,25 +3,25 @@
 One self-contained page (inline style, no script, no external resource)
 that opens from the file system: the exposure's QA flags and notes, the
 pictures, the per-CCD summary table with its QA flags highlighted, and a
-link to every product with its size.  Built with lxml's HTML builder, so
-every value is escaped.
+link to every product with its size.  The table's columns and the
+pictures with their captions are those of `qualityfits.presentation`,
+shared with the UWS service's results page.  Built with lxml's HTML
+builder, so every value is escaped.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lxml import etree
 from lxml.html import builder as E  # noqa: N812 - lxml's own idiom
 
-from qualityfits.metrics import METRIC_BY_NAME, QA_FLAGS
+from qualityfits.manifest import Product
+from qualityfits.metrics import QA_FLAGS
+from qualityfits.presentation import ccd_table, pictures, previews
 from qualityfits.report import QualityReport
-
-if TYPE_CHECKING:
-    from qualityfits.products import Product
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto;
@@ -43,68 +43,33 @@ figcaption { font-size: 0.85em; color: #444; }
 .wide { overflow-x: auto; }
 """
 
-#: Columns of the summary table: metric, heading, digits.
-_COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("SKY_MEAN", "Sky", 1), ("SKY_RMS", "Sky RMS", 2),
-    ("FWHM_ARCSEC", "FWHM", 3), ("FWHM_PIX", "FWHM", 2),
-    ("ELLIPTICITY", "Ellip.", 3), ("NSTAR_FIT", "PSF stars", 0),
-    ("NSTAR", "Stars", 0), ("NGAL", "Galaxies", 0), ("NCR", "CRs", 0),
-    ("FRAC_W0", "Zero weight", 4), ("MAGLIM_5SIG", "Depth 5σ", 2),
-)
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _heading(metric: str, text: str) -> Any:
-    unit = METRIC_BY_NAME[metric].unit
-    label = f"{text} [{unit}]" if unit else text
-    return E.TH(label, title=f"{metric}: "
-                f"{METRIC_BY_NAME[metric].description}", scope="col")
-
-
 def _summary_table(report: QualityReport) -> Any:
-    cols = [c for c in _COLUMNS if any(
-        math.isfinite(e.metrics.get(c[0], math.nan))
-        for e in report.extensions)] or list(_COLUMNS[:1])
-    head = E.TR(E.TH("CCD", scope="col"),
-                *(_heading(m, t) for m, t, _ in cols),
+    table = ccd_table(report.to_dict())
+    head = E.TR(E.TH("CCD", scope="col"), E.TH("Status", scope="col"),
+                *(E.TH(c.label, title=c.title, scope="col")
+                  for c in table.columns),
                 E.TH("QA flags", scope="col"))
     rows = []
-    for ext in report.extensions:
-        cells = [E.TD(ext.name)]
-        cells += [E.TD(_fmt(ext.metrics.get(m, math.nan), d),
-                       E.CLASS("num")) for m, _, d in cols]
-        if ext.ok:
-            flags = ", ".join(ext.flags)
-            cells.append(E.TD(flags or "none",
-                              E.CLASS("flag" if flags else "ok")))
-            rows.append(E.TR(*cells))
-        else:
-            message = ext.error.message if ext.error else "failed"
-            cells.append(E.TD("FAILED: " + message, E.CLASS("failed")))
+    for row in table.rows:
+        name: Any = E.B(row.name) if row.median else row.name
+        cells = [E.TD(name), E.TD(row.status)]
+        cells += [E.TD(E.B(v) if row.median else v, E.CLASS("num"))
+                  for v in row.cells]
+        if row.failed:
+            cells.append(E.TD("FAILED: " + row.flags, E.CLASS("failed")))
             rows.append(E.TR(*cells, E.CLASS("failed")))
-    if len(report.extensions) > 1:
-        agg = report.exposure.metrics
-        cells = [E.TD(E.B("median"))]
-        cells += [E.TD(E.B(_fmt(agg[m]["median"], d)), E.CLASS("num"))
-                  for m, _, d in cols]
-        flags = ", ".join(report.exposure.flags)
-        cells.append(E.TD(flags or "none",
-                          E.CLASS("flag" if flags else "ok")))
-        rows.append(E.TR(*cells))
+        else:
+            cells.append(E.TD(row.flags,
+                              E.CLASS("flag" if row.flagged else "ok")))
+            rows.append(E.TR(*cells))
     return E.DIV(E.TABLE(E.THEAD(head), E.TBODY(*rows)), E.CLASS("wide"))
 
 
-def _figure(product: Product, *, lazy: bool = True) -> Any:
-    img = E.IMG(src=product.file, alt=product.description)
+def _figure(product: Product, caption: str, *, lazy: bool = True) -> Any:
+    img = E.IMG(src=product.file, alt=caption)
     if lazy:
         img.set("loading", "lazy")
-    return E.FIGURE(E.A(img, href=product.file),
-                    E.FIGCAPTION(product.description))
+    return E.FIGURE(E.A(img, href=product.file), E.FIGCAPTION(caption))
 
 
 def human_size(size: float) -> str:
@@ -136,9 +101,8 @@ def write_report(report: QualityReport, path: Path, stem: str,
     flags = report.exposure.flags
     meaning = {f.name: f.description for f in QA_FLAGS}
     notes = sorted({n for e in report.extensions for n in e.notes})
-    pictures = [p for p in products if p.mime == "image/png"
-                and not p.id.startswith("preview_")]
-    previews = [p for p in products if p.id.startswith("preview_")]
+    gallery = pictures(products)
+    thumbs = previews(products)
     params = {k: v for k, v in report.parameters.items() if v is not None}
     body = [
         E.H1(f"QualityFITS report: {report.image}"),
@@ -159,14 +123,14 @@ def write_report(report: QualityReport, path: Path, stem: str,
             " (VOTable, for TOPCAT) and ",
             E.A(f"{stem}_summary.fits", href=f"{stem}_summary.fits"), "."),
     ]
-    if pictures:
+    if gallery:
         body += [E.H2("Pictures"),
-                 E.DIV(*(_figure(p, lazy=i > 1)
-                         for i, p in enumerate(pictures)),
+                 E.DIV(*(_figure(p, caption, lazy=i > 1)
+                         for i, (p, caption) in enumerate(gallery)),
                        E.CLASS("gallery"))]
-    if previews:
+    if thumbs:
         body += [E.H2("CCD previews"),
-                 E.DIV(*(_figure(p) for p in previews),
+                 E.DIV(*(_figure(p, caption) for p, caption in thumbs),
                        E.CLASS("gallery thumbs"))]
     body += [E.H2("Products"), _products_table(products)]
     if params:

@@ -533,3 +533,33 @@ def check_pixels(data: NDArray[np.float32], bad: NDArray[np.bool_],
         raise EmptyImageError(
             f"{name}: constant image (every usable pixel is {lo:g})"
         )
+
+
+#: FITS (and compression) suffixes `image_stem` removes, longest first.
+_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fts.gz", ".fits", ".fit",
+             ".fts", ".fz", ".gz")
+
+
+def image_stem(path: str | Path) -> str:
+    """Return a file name without its FITS (and compression) suffixes.
+
+    The prefix of the product files: ``exposure.fits.fz`` gives
+    ``exposure``.
+    """
+    name = Path(path).name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def primary_header(image: str | Path) -> fits.Header | None:
+    """Return the primary header of a FITS file (None if unreadable).
+
+    The product writer copies the image's identification keywords from
+    it into the map files.
+    """
+    try:
+        return fits.getheader(image, 0)
+    except (OSError, ValueError):
+        return None

@@ -82,6 +82,7 @@ from qualityfits.io import (
 )
 from qualityfits.metrics import METRICS, qa_flags
 from qualityfits.mosaic import aggregate, celestial_wcs
+from qualityfits.parameters import QualityParameters
 from qualityfits.psf import PsfResult, measure_psf
 from qualityfits.report import (
     ErrorInfo,
@@ -150,25 +151,6 @@ def _versions() -> dict[str, str]:
         "astropy": astropy.__version__, "sep": sep.__version__,
         "scipy": scipy.__version__,
     }
-
-
-def _check_positive(name: str, value: float | None, *,
-                    zero_ok: bool = False) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise errors.InvalidParameterError(
-            f"{name} must be a number, got {value!r}"
-        ) from None
-    if not math.isfinite(number) or number < 0 or (number == 0
-                                                   and not zero_ok):
-        kind = "a non-negative" if zero_ok else "a positive"
-        raise errors.InvalidParameterError(
-            f"{name} must be {kind} number, got {value!r}"
-        )
-    return number
 
 
 # -- one extension ------------------------------------------------------------
@@ -929,12 +911,10 @@ def assess(
     *,
     flat: ImageInput | None = None,
     mask: ImageInput | None = None,
-    zeropoint: float | None = None,
-    pixscale: float | None = None,
+    parameters: QualityParameters | None = None,
     config: QualityConfig | None = None,
     jobs: int | None = None,
     progress: ProgressCallback | None = None,
-    mask_convention: MaskConvention = "auto",
     maps_dir: str | Path | None = None,
 ) -> QualityReport:
     """Assess the quality of a FITS image.
@@ -949,11 +929,12 @@ def assess(
         [``flat_min``, ``flat_max``] times its median are ignored.
     mask : str, Path or HDUList, optional
         User mask with the same image extensions.
-    zeropoint : float, optional
-        Magnitude of a source giving 1 ADU in the image; default: header
-        PHOTZP / MAGZERO / ..., else instrumental magnitudes.
-    pixscale : float, optional
-        Arcsec per pixel when the image has no celestial WCS.
+    parameters : QualityParameters, optional
+        The zero point, the pixel scale and the mask convention (which
+        mask values mark bad pixels, see `qualityfits.io.mask_to_bad`),
+        checked when the object was made; default: all taken from the
+        image (header zero point, else instrumental magnitudes; WCS or
+        header pixel scale) and the mask convention ``auto``.
     config : QualityConfig, optional
         Tunable parameters and QA thresholds.
     jobs : int, optional
@@ -962,8 +943,6 @@ def assess(
     progress : callable, optional
         Called with a `ProgressEvent` as each extension and step starts
         and when each extension finishes.
-    mask_convention : {"auto", "zero", "nonzero"}
-        Which mask values mark bad pixels; see `qualityfits.io.mask_to_bad`.
     maps_dir : str or Path, optional
         Where the workers write each CCD's weight, flag and cosmic-ray
         maps (see `qualityfits.weights.write_map_pieces`); by default
@@ -980,21 +959,18 @@ def assess(
     ShapeMismatchError
         The flat or mask does not match the image.
     InvalidParameterError
-        A bad zero point, pixel scale, job count or configuration.
+        A bad job count (bad parameters and configurations are refused
+        when `QualityParameters` and `QualityConfig` are made).
     QualityFitsError
         Every extension failed (the subclass of the first failure when
         there is one extension).
     """
     config = config or QualityConfig()
-    zeropoint = _check_positive("zeropoint", zeropoint, zero_ok=True)
-    pixscale = _check_positive("pixscale", pixscale)
+    parameters = parameters or QualityParameters()
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise errors.InvalidParameterError(
             f"jobs must be a positive integer, got {jobs!r}")
-    if mask_convention not in ("auto", "zero", "nonzero"):
-        raise errors.InvalidParameterError(
-            f"mask convention must be auto, zero or nonzero, got "
-            f"{mask_convention!r}")
+    zeropoint, pixscale = parameters.zeropoint, parameters.pixscale
     context = _Context(zeropoint=zeropoint, pixscale=pixscale, config=config,
                        maps_dir=None if maps_dir is None else Path(maps_dir))
     name = _input_name(image)
@@ -1006,7 +982,7 @@ def assess(
                     if mask is not None else None)
         flats = _refs(flat_src, src) if flat_src else {}
         masks = _refs(mask_src, src) if mask_src else {}
-        convention = mask_convention
+        convention: MaskConvention = parameters.mask_convention
         if mask_src is not None and convention == "auto":
             convention = resolve_mask_convention(mask_src)
         tasks = [

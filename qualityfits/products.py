@@ -10,8 +10,9 @@ into the files a person and a VO tool use directly, in ``OUTDIR``:
   ``<stem>_flag.fits.fz``, ``<stem>_crmask.fits.fz``;
 * the pictures: previews and QA plots (`qualityfits.plots`);
 * ``index.html``, a static report page that opens from the file system;
-* ``manifest.json``: every product with its id, file, MIME type, size
-  and description (the UWS service publishes these as results);
+* ``manifest.json`` (`qualityfits.manifest.Manifest`): every product
+  with its id, file, MIME type, size and description (the UWS service
+  publishes these as results);
 * ``<stem>_qf.tar.gz``: every product in one archive (the manifest in
   it lists all but the archive itself).
 """
@@ -26,7 +27,6 @@ import tarfile
 import threading
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, cast
@@ -34,6 +34,7 @@ from typing import IO, Any, Self, cast
 from astropy.io import fits
 
 from qualityfits import html, plots, tables
+from qualityfits.manifest import MANIFEST_NAME, Manifest, Product
 from qualityfits.report import QualityReport
 from qualityfits.weights import assemble_maps
 
@@ -51,17 +52,6 @@ MIME = {
 #: Product steps, in order, for progress reports.
 PRODUCT_STEPS: tuple[str, ...] = ("maps", "tables", "plots", "report",
                                   "archive")
-
-
-@dataclass(frozen=True)
-class Product:
-    """One file of the product set."""
-
-    id: str
-    file: str
-    mime: str
-    size: int
-    description: str
 
 
 #: Primary-header keywords of the image carried into the map files.
@@ -115,8 +105,8 @@ def write_products(
     maps_dir: str | Path | None = None,
     image_header: fits.Header | None = None,
     step: Callable[[str], None] | None = None,
-) -> list[Product]:
-    """Write the whole product set; return the manifest's entries.
+) -> Manifest:
+    """Write the whole product set; return its manifest.
 
     Parameters
     ----------
@@ -132,6 +122,12 @@ def write_products(
         The image's primary header (identification keywords for maps).
     step : callable, optional
         Called with each name of `PRODUCT_STEPS` as it starts.
+
+    Returns
+    -------
+    Manifest
+        What ``OUTDIR/manifest.json`` says: every product, the archive
+        last.
     """
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,15 +177,16 @@ def write_products(
         html.write_report(report, out / "index.html", stem, products)
         products.append(_product(out, "report", "index.html",
                                  "The report page (open it in a browser)"))
-        manifest = out / "manifest.json"
-        _write_manifest(manifest, report, products)
+        manifest_path = out / MANIFEST_NAME
+        _manifest(report, products).write(manifest_path)
         tar.add(out / "index.html")
-        tar.add(manifest)
+        tar.add(manifest_path)
         say("archive")
     products.append(_product(out, "archive", archive,
                              "Every product in one archive (tar.gz)"))
-    _write_manifest(manifest, report, products)
-    return products
+    manifest = _manifest(report, products)
+    manifest.write(manifest_path)
+    return manifest
 
 
 #: Files that are compressed already: stored in the archive as they are
@@ -308,21 +305,14 @@ def _product(out: Path, pid: str, name: str, description: str) -> Product:
         description=description)
 
 
-def _write_manifest(path: Path, report: QualityReport,
-                    products: Sequence[Product]) -> None:
-    failed = [e.name for e in report.extensions if not e.ok]
-    doc = {
-        "image": report.image,
-        "version": report.versions.get("qualityfits"),
-        "n_extensions": len(report.extensions),
-        "failed_extensions": failed,
-        "flags": list(report.exposure.flags),
-        "products": [asdict(p) for p in products],
-    }
-    path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-
-
-def read_manifest(outdir: str | Path) -> list[Product]:
-    """Read ``OUTDIR/manifest.json`` back."""
-    doc = json.loads((Path(outdir) / "manifest.json").read_text())
-    return [Product(**p) for p in doc["products"]]
+def _manifest(report: QualityReport,
+              products: Sequence[Product]) -> Manifest:
+    return Manifest(
+        image=report.image,
+        qualityfits=report.versions.get("qualityfits", ""),
+        n_extensions=len(report.extensions),
+        failed_extensions=tuple(e.name for e in report.extensions
+                                if not e.ok),
+        flags=tuple(report.exposure.flags),
+        products=tuple(products),
+    )

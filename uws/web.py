@@ -18,18 +18,18 @@ there?", plus the form targets and thumbnails.
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import numpy as np
 from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
 
+from qualityfits import presentation
 from uws.errors import UnknownJobError, UWSError
 from uws.model import Job, Result
 from uws.notify import RESULTS_PAGE
@@ -63,37 +63,11 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 #: Width of a picture's thumbnail [pixels].
 THUMB_WIDTH = 480
-#: Columns of the per-CCD table: (VOTable column, heading, format).
-CCD_COLUMNS = (
-    ("EXTNAME", "CCD", "{}"),
-    ("STATUS", "status", "{}"),
-    ("FWHM_ARCSEC", "FWHM [″]", "{:.2f}"),
-    ("FWHM_PIX", "FWHM [pix]", "{:.2f}"),
-    ("ELLIPTICITY", "ellipticity", "{:.3f}"),
-    ("SKY_MEAN", "sky [ADU]", "{:.1f}"),
-    ("SKY_MAG", "sky [mag/″²]", "{:.2f}"),
-    ("NSTAR", "stars", "{}"),
-    ("NGAL", "galaxies", "{}"),
-    ("MAGLIM_5SIG", "5σ limit [mag]", "{:.2f}"),
-    ("NCR", "cosmic rays", "{}"),
-    ("QA_FLAGS", "QA flags", "{}"),
-)
-#: Pictures of the results page, in order: (result id, caption).
-PICTURES = (
-    ("mosaic", "The exposure (all CCDs)"),
-    ("weight_mosaic", "Weight map"),
-    ("psf_m", "PSF FWHM and ellipticity over the field"),
-    ("fwhm_histo", "FWHM histogram"),
-    ("ell", "Ellipticity"),
-    ("bkg_m", "Sky background map"),
-    ("bkg_histo", "Sky background histogram"),
-    ("psf_model", "PSF model"),
-    ("rhmag", "Half-light radius against magnitude"),
-    ("rhmag_star", "Stars: half-light radius against magnitude"),
-    ("rhmag_gal", "Galaxies: half-light radius against magnitude"),
-    ("star_histo", "Star counts"),
-    ("gal_histo", "Galaxy counts"),
-)
+#: The result whose numbers the per-CCD table shows (``<stem>.summary.json``).
+SUMMARY_JSON = "summary_json"
+#: Pictures of the results page, in order: (result id, caption), as on
+#: the static report page (`qualityfits.presentation.PICTURES`).
+PICTURES = tuple((p.id, p.caption) for p in presentation.PICTURES)
 #: Steps of the processing, in words.
 STEP_WORDS = {
     "fetch": "fetch the image", "check": "check the input",
@@ -270,50 +244,26 @@ def results_page(request: Any) -> Response:
 
 
 def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
-    """Read the per-CCD table from the summary VOTable, if there is one."""
-    if not any(r.id == "summary" for r in job.results):
+    """Build the per-CCD table from the job's ``summary.json``, if any.
+
+    The columns, their headings and the rows are
+    `qualityfits.presentation.ccd_table`'s, as on the static report page.
+    """
+    if not any(r.id == SUMMARY_JSON for r in job.results):
         return None
     found = service_of(request).result_file(job.job_id, owner_of(request),
-                                            "summary")
-    from astropy.io.votable import parse  # noqa: PLC0415 - slow import
-
+                                            SUMMARY_JSON)
     try:
-        tables = list(parse(str(found.path)).iter_tables())
-        table = next((t for t in tables if t.name == "extensions"),
-                     tables[0])
-        data = table.array
-    except (OSError, ValueError, IndexError) as exc:
-        return {"error": f"the summary table cannot be read: {exc}"}
-    fields = data.dtype.names
-    names = [c for c in CCD_COLUMNS if c[0] in fields]
-    masks = {name: np.ma.getmaskarray(data[name]) for name, _, _ in names}
-    rows = []
-    for index, record in enumerate(data):
-        cells = [_cell(record[name], fmt, bool(masks[name][index]))
-                 for name, _, fmt in names]
-        flags = _text(record["QA_FLAGS"]) if "QA_FLAGS" in fields else ""
-        failed = "STATUS" in fields and _text(record["STATUS"]) != "ok"
-        rows.append({"cells": cells, "flagged": bool(flags.strip()),
-                     "failed": failed})
-    return {"headings": [h for _, h, _ in names], "rows": rows}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)
-
-
-def _cell(value: Any, fmt: str, masked: bool) -> str:
-    if masked:
-        return "—"
-    if isinstance(value, bytes | str):
-        return _text(value)
-    with contextlib.suppress(TypeError, ValueError):
-        if math.isnan(float(value)):
-            return "—"
-        return fmt.format(value)
-    return str(value)
+        table = presentation.ccd_table(json.loads(found.path.read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return {"error": f"the summary cannot be read: {exc!r}"}
+    return {
+        "headings": [{"text": text, "title": title} for text, title
+                     in zip(table.headings, table.titles, strict=True)],
+        "rows": [{"cells": row.texts,
+                  "flagged": row.flagged, "failed": row.failed,
+                  "median": row.median} for row in table.rows],
+    }
 
 
 @view_config(route_name="ui_thumb")

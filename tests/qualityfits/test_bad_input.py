@@ -32,6 +32,7 @@ from qualityfits.errors import (
     ShapeMismatchError,
 )
 from qualityfits.io import ImageSource
+from qualityfits.parameters import QualityParameters
 
 SMALL = SimulationParams(
     shape=(512, 512), n_stars=150, n_galaxies=200, n_cr_hits=20,
@@ -189,7 +190,8 @@ class TestNothingToMeasure:
     def test_all_masked_image(self, tmp_path, image):
         mask = write(tmp_path / "dead.fits", np.zeros((512, 512), np.int16))
         _, message = assess_error(EmptyImageError, image, mask=mask,
-                                  mask_convention="zero")
+                                  parameters=QualityParameters(
+                                      mask_convention="zero"))
         assert "good.fits" in message
         assert "masked" in message
 
@@ -259,22 +261,28 @@ class TestFlatAndMask:
 # -- parameters --------------------------------------------------------------
 class TestParameters:
     @pytest.mark.parametrize("value", [-1.0, -25.3])
-    def test_negative_zeropoint(self, image, value):
-        _, message = assess_error(InvalidParameterError, image,
-                                  zeropoint=value)
-        assert "zeropoint" in message
-        assert repr(value) in message
+    def test_negative_zeropoint(self, value):
+        with pytest.raises(InvalidParameterError) as info:
+            QualityParameters(zeropoint=value)
+        assert str(info.value) == f"zeropoint: {value:g} is outside [0, 50]"
 
     @pytest.mark.parametrize("value", [0.0, -0.2, float("nan")])
-    def test_bad_pixel_scale(self, image, value):
-        _, message = assess_error(InvalidParameterError, image,
-                                  pixscale=value)
-        assert "pixscale" in message
-        assert repr(value) in message
+    def test_bad_pixel_scale(self, value):
+        with pytest.raises(InvalidParameterError) as info:
+            QualityParameters(pixscale=value)
+        assert str(info.value).startswith("pixscale: ")
+        assert f"{value:g}" in str(info.value)
 
-    def test_parameter_error_is_a_value_error(self, image):
+    def test_parameter_error_is_a_value_error(self):
         with pytest.raises(ValueError, match="zeropoint"):
-            qualityfits.assess(image, zeropoint=-1.0, jobs=1)
+            QualityParameters(zeropoint=-1.0)
+
+    def test_zero_zeropoint_is_assessed(self, image):
+        # maggies: a zero point of 0 is legitimate
+        report = qualityfits.assess(
+            image, parameters=QualityParameters(zeropoint=0.0), jobs=1)
+        assert report.parameters["zeropoint"] == 0.0
+        assert report.extensions[0].metrics["ZEROPOINT"] == 0.0
 
     def test_unknown_config_key(self):
         with pytest.raises(InvalidParameterError, match="no_such_key"):

@@ -20,8 +20,8 @@ import pytest
 from astropy.io import fits
 
 import qualityfits
-from qualityfits.cli import image_stem
 from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.io import image_stem
 from qualityfits.metrics import METRICS
 from qualityfits.pipeline import STEPS
 

@@ -37,6 +37,7 @@ from qualityfits.io import (
     resolve_mask_convention,
 )
 from qualityfits.metrics import METRICS
+from qualityfits.parameters import QualityParameters
 from qualityfits.pipeline import STEPS
 
 SMALL = SimulationParams(
@@ -532,8 +533,7 @@ class TestMaskConventions:
         with pytest.raises(InvalidParameterError, match="'odd'"):
             mask_to_bad(self.values, "odd", name="mask m.fits")
         with pytest.raises(InvalidParameterError, match="'odd'"):
-            qualityfits.assess(fits.HDUList([fits.PrimaryHDU(self.values)]),
-                               mask_convention="odd")
+            QualityParameters(mask_convention="odd")
 
     @pytest.mark.parametrize("convention", ["auto", "nonzero"])
     def test_flag_map_through_assess(self, tmp_path, sim, convention):
@@ -542,7 +542,8 @@ class TestMaskConventions:
         flags[100:228, 100:228] = 4
         fits.PrimaryHDU(flags).writeto(tmp_path / "flags.fits")
         ext = qualityfits.assess(image, mask=tmp_path / "flags.fits",
-                                 mask_convention=convention,
+                                 parameters=QualityParameters(
+                                     mask_convention=convention),
                                  jobs=1).extensions[0]
         x = np.asarray(ext.sources["X_IMAGE"]) - 1
         y = np.asarray(ext.sources["Y_IMAGE"]) - 1

@@ -29,7 +29,8 @@ from qualityfits.datasets import (
     simulate_exposure,
     simulate_image,
 )
-from qualityfits.products import read_manifest
+from qualityfits.manifest import Manifest
+from qualityfits.parameters import QualityParameters
 from qualityfits.weights import (
     PixelFlag,
     bin_mean,
@@ -101,7 +102,7 @@ def _data(path: Path) -> list[np.ndarray]:
 
 
 def test_manifest_lists_every_product(products):
-    listed = read_manifest(products)
+    listed = Manifest.read(products / "manifest.json").products
     ids = [p.id for p in listed]
     assert ids[0] == "summary"  # the VOTable: the result clients take
     assert len(set(ids)) == len(ids)
@@ -206,7 +207,7 @@ def test_report_page_links_resolve(products):
 
 
 def test_archive_holds_every_product(products):
-    listed = read_manifest(products)
+    listed = Manifest.read(products / "manifest.json").products
     with tarfile.open(products / "image_qf.tar.gz") as tar:
         members = {Path(m.name).name: m.size for m in tar.getmembers()}
     expected = {p.file: p.size for p in listed if p.id != "archive"}
@@ -299,7 +300,8 @@ def test_mask_that_masks_everything_fails_that_ccd(inputs, tmp_path):
     # Half the file is 0 now: say which value is bad.
     report = qualityfits.assess(inputs["paths"]["image"],
                                 mask=tmp_path / "dead.fits", jobs=1,
-                                mask_convention="zero")
+                                parameters=QualityParameters(
+                                    mask_convention="zero"))
     ok, dead = report.extensions
     assert ok.ok
     assert not dead.ok

@@ -1,4 +1,5 @@
-"""The report: JSON summary, per-extension table, immutability, pickling.
+"""The report: JSON summary, per-extension table, immutability, pickling,
+and what the report pages show of it (`qualityfits.presentation`).
 
 The report under test comes from a real assessment of a three-CCD
 mosaic whose middle CCD is constant, so that it holds both measured
@@ -17,11 +18,23 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from lxml import html as lxml_html
 from numpy.testing import assert_array_equal
 
 import qualityfits
+from qualityfits import html
 from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.manifest import Product
 from qualityfits.metrics import METRICS
+from qualityfits.plots import PLOT_IDS
+from qualityfits.presentation import (
+    CCD_COLUMNS,
+    MISSING,
+    PICTURES,
+    ccd_table,
+    pictures,
+    previews,
+)
 from qualityfits.report import ExtensionReport, QualityReport
 
 SMALL = SimulationParams(
@@ -190,3 +203,91 @@ class TestPickle:
             ext.metrics["NOBJ"] = 0
         with pytest.raises(dataclasses.FrozenInstanceError):
             ext.name = "other"
+
+
+# -- what the pages show (qualityfits.presentation) --------------------------
+class TestPresentation:
+    def test_table_of_the_summary_json_is_the_reports(self, report,
+                                                      tmp_path):
+        # the web page reads <stem>.summary.json, the static page the report
+        path = tmp_path / "x.summary.json"
+        path.write_text(json.dumps(report.to_dict(), indent=1))
+        assert ccd_table(json.loads(path.read_text())) == ccd_table(
+            report.to_dict())
+
+    def test_rows(self, report):
+        table = ccd_table(report.to_dict())
+        assert [r.name for r in table.rows] == ["ccd00", "ccd01", "ccd02",
+                                                "median"]
+        assert [r.status for r in table.rows] == ["ok", "failed", "ok",
+                                                  "median"]
+        assert [r.failed for r in table.rows] == [False, True, False, False]
+        assert table.rows[-1].median
+        failed = report.extensions[1]
+        assert failed.error is not None
+        assert table.rows[1].flags == failed.error.message
+        for row in table.rows:
+            assert len(row.texts) == len(table.headings)
+        exposure_flags = ", ".join(report.exposure.flags) or "none"
+        assert table.rows[-1].flags == exposure_flags
+
+    def test_cells_are_the_metrics_with_their_digits(self, report):
+        table = ccd_table(report.to_dict())
+        shown = {c.metric for c in table.columns}
+        assert "FWHM_PIX" in shown
+        assert "NSTAR" in shown
+        for column in CCD_COLUMNS:
+            values = [e.metrics.get(column.metric, math.nan)
+                      for e in report.extensions]
+            # a column is shown when some CCD has a value
+            assert (column.metric in shown) == any(
+                math.isfinite(v) for v in values), column.metric
+            if column.metric not in shown:
+                continue
+            k = table.columns.index(column)
+            for row, value in zip(table.rows, values, strict=False):
+                expected = (f"{value:.{column.digits}f}"
+                            if math.isfinite(value) else MISSING)
+                assert row.cells[k] == expected
+            median = report.exposure.metrics[column.metric]["median"]
+            assert table.rows[-1].cells[k] == column.format(median)
+        k = [c.metric for c in table.columns].index("FWHM_PIX")
+        assert table.rows[1].cells[k] == MISSING  # the failed CCD
+        assert table.headings[2 + k] == "FWHM [pix]"
+
+    def test_a_single_ccd_has_no_median_row(self, report):
+        summary = report.to_dict()
+        summary["extensions"] = summary["extensions"][:1]
+        table = ccd_table(summary)
+        assert [r.name for r in table.rows] == ["ccd00"]
+
+    def test_static_page_shows_the_same_table(self, report, tmp_path):
+        page = tmp_path / "index.html"
+        html.write_report(report, page, "exposure", [])
+        root = lxml_html.parse(str(page)).getroot()
+        heads = [th.text_content() for th in root.xpath("(//table)[1]//th")]
+        table = ccd_table(report.to_dict())
+        assert heads == list(table.headings)
+        rows = [[td.text_content() for td in tr.xpath("td")]
+                for tr in root.xpath("(//table)[1]/tbody/tr")]
+        expected = [list(r.texts) for r in table.rows]
+        expected[1][-1] = "FAILED: " + expected[1][-1]
+        assert rows == expected
+
+    def test_every_picture_has_a_caption(self):
+        assert {p.id for p in PICTURES} == set(PLOT_IDS)
+        assert len({p.id for p in PICTURES}) == len(PICTURES)
+        assert all(p.caption for p in PICTURES)
+
+    def test_pictures_in_order_with_captions(self):
+        def product(pid):
+            return Product(pid, f"{pid}.png", "image/png", 1, f"about {pid}")
+
+        items = [product(i) for i in ("preview_ccd00", "gal_histo",
+                                      "other", "mosaic")]
+        picked = pictures(items)
+        assert [(p.id, c) for p, c in picked] == [
+            ("mosaic", "The exposure (all CCDs)"),
+            ("gal_histo", "Galaxy counts")]
+        assert [(p.id, c) for p, c in previews(items)] == [
+            ("preview_ccd00", "about preview_ccd00")]

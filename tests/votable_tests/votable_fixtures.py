@@ -34,6 +34,7 @@ from testkit import SHARED_DATA, require_tool
 
 import qualityfits
 from qualityfits.datasets import SimulationParams, simulate_image, write_sample
+from qualityfits.parameters import QualityParameters
 from qualityfits.report import QualityReport
 
 SCHEMA_PATH = SHARED_DATA.parent / "schemas" / "VOTable.xsd"
@@ -61,7 +62,8 @@ def make_failed_report(directory: Path) -> QualityReport:
             hdu.data = np.full((512, 512), 9.0, np.float32)
         hdus.append(hdu)
     fits.HDUList(hdus).writeto(path)
-    return qualityfits.assess(path, jobs=1, zeropoint=30.0)
+    return qualityfits.assess(
+        path, jobs=1, parameters=QualityParameters(zeropoint=30.0))
 
 
 #: The report fixtures the products are written from.
