@@ -253,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             ini = {"qfits.database_url": f"sqlite:///{root}/jobs.sqlite",
                    "qfits.job_dir": str(root / "jobs"),
                    "qfits.runner": runner, "qfits.ccd_jobs": "1",
-                   "qfits.max_running": str(cpus),
                    "qfits.poll_interval": str(args.poll_interval)}
+            # The same slots: the local runner's own setting, and the
+            # PBS runner's (for its quote; Slurm's CPUs decide).
+            ini["qfits.max_running" if runner == "local"
+                else "qfits.pbs_slots"] = str(cpus)
             if worker:
                 ini["qfits.worker_command"] = worker
             if runner == "pbs":

@@ -93,7 +93,7 @@ if str(ROOT) not in sys.path:
 
 from bench_exposure import machine_info  # noqa: E402
 
-from pbs_bridge.contract import Progress, StepState  # noqa: E402
+from pbs_bridge.jobfolder import Progress, StepState  # noqa: E402
 from uws.model import Parameter, Result  # noqa: E402
 from uws.phases import Phase  # noqa: E402
 from uws.schema import upgrade  # noqa: E402

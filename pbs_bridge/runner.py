@@ -1,244 +1,176 @@
-"""The PBS runner: the service's `uws.runner.JobRunner` on a batch system.
+"""Runners: the interface between the job service and where jobs execute.
 
-Selected by ``qfits.runner = pbs``.  Each job becomes one batch job
-(``qsub``) whose script runs the same worker as the local runner
-(``python -m pbs_bridge.worker JOBDIR``, the interpreter named by its
-absolute path) on the job folder, which must be on a filesystem the
-batch nodes share with the service.  The service's one poller thread
-calls `PbsRunner.poll` with every active job; that is one ``qstat -f``
-for all of them per cycle (plus, on Slurm, one ``scontrol`` in the
-cycles where some job ended).  Batch states become phases through
-`pbs_bridge.qstat.STATE_PHASES`; a job that ended is concluded by the
-service from its folder (results manifest: COMPLETED, error document:
-ERROR), the batch system's word deciding the rest (walltime reached or
-cancelled outside the service: ABORTED; otherwise ERROR with the exit
-status).  Nothing is kept in memory that a restarted service would
-miss: it finds its batch jobs again by the ids stored with the jobs.
+A runner starts, stops and observes the worker of a job
+(``python -m pbs_bridge.worker JOBDIR``); the job service owns the
+phases and calls it from one poller thread.  Two runners come with the
+project: `pbs_bridge.local.LocalRunner` (``qfits.runner = local``, the
+default: worker processes on this machine) and
+`pbs_bridge.pbs.PbsRunner` (``pbs``: qsub/qstat/qdel/qrls).  Any other
+is named ``module:Class`` and needs no change in the service:
 
-This is the only module of ``pbs_bridge`` that imports the service (it
-implements the service's interface); the worker, the contract and the
-batch-command modules never do.
+* the class has a ``settings_type``: a frozen dataclass of
+  `pbs_bridge.config.option` fields, read from the ``qfits.*`` keys of
+  the ini (the service refuses keys that neither it nor the chosen
+  runner and authentication policy declare);
+* it is built as ``Class(settings, job_root)`` and implements
+  `JobRunner`.
+
+This module and the runners import nothing from ``uws``: the service
+speaks to them in `RunnerJob` and `BackendStatus`, whose phases are
+`BackendPhase` (named like the UWS phases they become).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
-import os
-import shlex
-import threading
-import time
-from collections.abc import Sequence
-from pathlib import Path
+import importlib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
 
-from pbs_bridge.batch import (
-    BatchError,
-    BatchSystem,
-    Ending,
-    Submission,
-    bare_id,
-    torque_ending,
-)
-from pbs_bridge.contract import LOG_FILE, SPEC_FILE, ContractError, WorkerSpec
-from pbs_bridge.qstat import BatchJob
-from uws.phases import Phase
-from uws.runner import BackendStatus, RunnerError, worker_command
-from uws.settings import Settings
-from uws.store import ActiveJob
+from pbs_bridge.config import SettingsError
+from pbs_bridge.jobfolder import JobFolder, WorkerSpec
 
-log = logging.getLogger(__name__)
-
-#: The batch script written in each job folder.
-SCRIPT_FILE = "batch.sh"
-
-#: Prefix of batch job names (``qf-<job id>``).
-NAME_PREFIX = "qf-"
+#: The runners known by a short name (``qfits.runner``).
+RUNNERS = {
+    "local": "pbs_bridge.local:LocalRunner",
+    "pbs": "pbs_bridge.pbs:PbsRunner",
+}
 
 
-class PbsRunner:
-    """Run each job as a batch job through qsub/qstat/qdel/qrls."""
+class BackendPhase(StrEnum):
+    """Where a job is, as a backend sees it (UWS phase names)."""
 
-    name = "pbs"
+    QUEUED = "QUEUED"
+    HELD = "HELD"
+    EXECUTING = "EXECUTING"
+    SUSPENDED = "SUSPENDED"
+    #: The service lost track of the job (UWS UNKNOWN).
+    UNKNOWN = "UNKNOWN"
 
-    def __init__(self, settings: Settings, job_root: Path) -> None:
-        self.settings = settings
-        self.job_root = job_root
-        self.batch = BatchSystem(settings.pbs_bin, settings.pbs_timeout)
-        self.command = worker_command(settings)
-        self._lock = threading.Lock()
-        self._trouble: str | None = None
-        self._failures = 0
-        self._retry_at = 0.0
 
-    # -- the JobRunner interface ------------------------------------------
-    def submit(self, job_id: str, job_dir: Path,
+@dataclass(frozen=True)
+class RunnerJob:
+    """What a runner is told of an active job."""
+
+    job_id: str
+    phase: BackendPhase
+    #: The runner's own id of the job ("" until it has one).
+    backend_id: str
+    start_time: datetime | None
+    folder: JobFolder
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What a runner knows of one job.
+
+    ``phase`` is where the backend has the job while ``ended`` is
+    false.  An ``ended`` job is concluded by the service from its
+    folder (`pbs_bridge.jobfolder.JobFolder.outcome`); if the worker
+    left no result, ``stopped`` (the backend stopped it itself: a batch
+    system's walltime, an operator's ``qdel``) ends it ABORTED with
+    ``message``, otherwise it ends in ERROR with ``message`` or the
+    exit status.
+    """
+
+    phase: BackendPhase
+    ended: bool = False
+    stopped: bool = False
+    exit_status: int | None = None
+    #: Signal that ended the worker, if any.
+    signal: int | None = None
+    backend_id: str = ""
+    host: str = ""
+    queue: str = ""
+    start_time: datetime | None = None
+    #: When the backend saw the job end (the end time of the job).
+    end_time: datetime | None = None
+    message: str = ""
+    #: Usage as the backend reports it (filling what the worker's own
+    #: progress file does not say).
+    max_rss_kb: int | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
+
+
+class JobRunner(Protocol):
+    """The interface between the job service and an execution backend."""
+
+    #: Short name shown in jobInfo (``local``, ``pbs``).
+    name: str
+    #: Jobs the backend runs at once (the quote's queue arithmetic).
+    slots: int
+    #: CCD worker processes a job may start (0: one per core), written
+    #: into each job's spec.
+    ccd_jobs: int
+
+    def submit(self, job: RunnerJob, spec: WorkerSpec,
                execution_duration: int) -> str:
-        """Write the batch script and ``qsub`` it; return the batch id."""
-        script = job_dir / SCRIPT_FILE
-        try:
-            script.write_text(self._script(job_dir))
-            script.chmod(0o755)
-        except OSError as exc:
-            raise RunnerError(
-                f"cannot write the batch script: {exc.strerror}") from None
-        submission = Submission(
-            name=NAME_PREFIX + job_id, script=script,
-            log=job_dir / LOG_FILE, walltime_s=execution_duration,
-            memory_mb=self._memory_mb(job_dir),
-            cpus=max(1, self.settings.ccd_jobs),
-            queue=self.settings.pbs_queue,
-            environment=self._environment(job_id))
-        try:
-            batch_id = self.batch.submit(submission)
-        except BatchError as exc:
-            raise RunnerError(str(exc)) from None
-        log.info("job %s: batch job %s", job_id, batch_id)
-        return batch_id
+        """Hand a QUEUED job (spec written) to the backend; return its id.
+
+        ``execution_duration`` is the job's limit in seconds (0: none).
+        Raise `RunnerError` with the backend's own message on refusal.
+        """
 
     def cancel(self, job_id: str, backend_id: str) -> None:
-        """``qdel`` the job (already ended: nothing to do)."""
-        if not backend_id:
-            return
-        try:
-            self.batch.delete(backend_id)
-        except BatchError as exc:
-            log.warning("job %s: %s", job_id, exc)
-            raise RunnerError(str(exc)) from None
+        """Stop the job's worker if it runs or is queued (idempotent)."""
 
     def release(self, job_id: str, backend_id: str) -> None:
-        """``qrls`` a held job."""
-        try:
-            self.batch.release(backend_id)
-        except BatchError as exc:
-            raise RunnerError(
-                f"the batch system did not release job {job_id}: {exc}"
-            ) from None
+        """Let a job the backend holds (HELD) run; `RunnerError` if not."""
 
-    def poll(self, jobs: Sequence[ActiveJob]) -> dict[str, BackendStatus]:
-        """One ``qstat -f`` for all the jobs with a batch id.
+    def poll(self, jobs: Sequence[RunnerJob]) -> Mapping[str, BackendStatus]:
+        """Observe the active jobs (and start local ones); one call per cycle.
 
-        While the batch system does not answer, raise `RunnerError`
-        (the service then changes no phase) and try again after a
-        delay that doubles up to ``qfits.pbs_backoff_max``.
+        Jobs missing from the answer are unchanged.
         """
-        tracked = {bare_id(j.backend_id): j for j in jobs if j.backend_id}
-        if not tracked:
-            return {}
-        with self._lock:
-            if self._trouble is not None and time.monotonic() < \
-                    self._retry_at:
-                raise RunnerError(self._trouble)
-            try:
-                seen = self.batch.jobs([j.backend_id for j in
-                                        tracked.values()])
-            except BatchError as exc:
-                self._fail(str(exc))
-                raise RunnerError(self._trouble or str(exc)) from None
-            self._trouble, self._failures = None, 0
-        out: dict[str, BackendStatus] = {}
-        ended: list[tuple[str, ActiveJob, BatchJob | None]] = []
-        for key, job in tracked.items():
-            batch = seen.get(key)
-            if batch is not None and batch.name and \
-                    batch.name != NAME_PREFIX + job.job_id:
-                batch = None  # the id was reused (the batch system reset)
-            if batch is None or batch.phase is None:
-                ended.append((key, job, batch))
-                continue
-            out[job.job_id] = BackendStatus(
-                Phase(batch.phase), backend_id=job.backend_id,
-                host=batch.host, queue=batch.queue)
-        if ended:
-            endings = self.batch.endings([j.backend_id for _, j, _ in ended])
-            for key, job, batch in ended:
-                ending = endings.get(key)
-                if ending is None and batch is not None and \
-                        batch.exit_status is not None:
-                    ending = torque_ending(batch.exit_status)
-                out[job.job_id] = ended_status(job, batch, ending)
-        return out
 
     def health(self) -> str | None:
-        """Return what is wrong with the batch system, or None."""
-        return self._trouble
+        """Return None when healthy, else what is wrong (availability)."""
 
     def close(self) -> None:
-        """Nothing to stop: the batch jobs run on."""
-
-    # -- internals ---------------------------------------------------------
-    def _fail(self, message: str) -> None:
-        self._failures += 1
-        delay = min(self.settings.poll_interval * 2 ** self._failures,
-                    self.settings.pbs_backoff_max)
-        self._retry_at = time.monotonic() + delay
-        self._trouble = (f"the batch system does not answer: {message} "
-                         f"(next try in {delay:.0f} s)")
-        log.warning("%s", self._trouble)
-
-    def _environment(self, job_id: str) -> dict[str, str]:
-        """Variables for ``qsub -v``: the job id, and those the ini names.
-
-        Always some: with ``-v``, Slurm's qsub gives the job the login
-        environment plus these, as TORQUE does, instead of the whole
-        environment of the service.
-        """
-        env = {"QFITS_JOB_ID": job_id}
-        env.update({name: os.environ[name]
-                    for name in self.settings.pbs_environment
-                    if name in os.environ})
-        return env
-
-    def _script(self, job_dir: Path) -> str:
-        argv = [*self.command, str(job_dir)]
-        return ("#!/bin/sh\n"
-                "# QualityFITS-UWS: one job, written by the PBS runner.\n"
-                f"cd {shlex.quote(str(job_dir))} || exit 1\n"
-                f"exec {shlex.join(argv)}\n")
-
-    def _memory_mb(self, job_dir: Path) -> int:
-        """Memory to request: a base plus a multiple of the image size.
-
-        An image given by URL is not fetched yet: the fetch limit is
-        its size at most.
-        """
-        size = self.settings.upload_limit
-        try:
-            spec = WorkerSpec.from_json((job_dir / SPEC_FILE).read_text())
-        except (OSError, ContractError):
-            spec = None
-        if spec is not None and "://" not in spec.image:
-            with contextlib.suppress(OSError):
-                size = (job_dir / spec.image).stat().st_size
-        total = self.settings.pbs_memory_base + \
-            self.settings.pbs_memory_factor * size
-        return math.ceil(total / 2**20)
+        """Stop observing (running workers are left to finish)."""
 
 
-def ended_status(job: ActiveJob, batch: BatchJob | None,
-           ending: Ending | None) -> BackendStatus:
-    """Return the status of a batch job that has ended (or vanished)."""
-    backend = job.backend_id
-    if ending is not None and (ending.timed_out or ending.cancelled):
-        return BackendStatus(Phase.ABORTED, ended=True, backend_id=backend,
-                             signal=ending.signal,
-                             message=f"{ending.message} (batch job "
-                             f"{backend}, {ending.state})")
-    gone = "ended" if batch is not None else "is gone from the batch system"
-    how = ""
-    if ending is not None and ending.signal is not None:
-        how = f" (signal {ending.signal})"
-    elif ending is not None and ending.exit_status is not None:
-        how = f" (exit status {ending.exit_status})"
-    message = f"batch job {backend} {gone} without a result{how}"
-    if ending is not None and ending.message:
-        message += f": {ending.message}"
-    return BackendStatus(
-        Phase.EXECUTING, ended=True, backend_id=backend,
-        exit_status=None if ending is None else ending.exit_status,
-        signal=None if ending is None else ending.signal,
-        host="" if batch is None else batch.host,
-        max_rss_kb=None if batch is None else batch.max_rss_kb,
-        wall_s=None if batch is None else batch.wall_s,
-        cpu_s=None if batch is None else batch.cpu_s,
-        message=message + "; see the log")
+class RunnerError(RuntimeError):
+    """The backend refused or failed a request."""
+
+
+def load_class(key: str, name: str, known: Mapping[str, str]) -> Any:
+    """Return the class a plug-in setting names: a short name or module:Class.
+
+    ``key`` is the setting (for messages), ``known`` the short names.
+    """
+    path = known.get(name, name)
+    module, _, attr = path.partition(":")
+    if not module or not attr:
+        raise SettingsError(
+            f"{key}: {name!r} is not {', '.join(known)} or module:Class")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SettingsError(f"{key}: cannot load {path}: {exc}") from None
+
+
+def runner_class(name: str) -> Any:
+    """Return the runner class ``qfits.runner`` names (SettingsError)."""
+    cls = load_class("qfits.runner", name, RUNNERS)
+    if not hasattr(cls, "settings_type"):
+        raise SettingsError(
+            f"qfits.runner: {name} has no settings_type (see "
+            "pbs_bridge.runner)")
+    return cls
+
+
+def worker_command(command: Sequence[str] = ()) -> list[str]:
+    """Return the argument list that runs one job (job folder appended).
+
+    ``command`` is ``qfits.worker_command`` (empty: this Python's
+    ``-m pbs_bridge.worker``).
+    """
+    if command:
+        return list(command)
+    return [sys.executable, "-m", "pbs_bridge.worker"]
+

@@ -2,7 +2,7 @@
 
 The local runner starts it as a subprocess of the web service, a PBS
 batch job runs it on a compute node; both give it a job directory laid
-out as `pbs_bridge.contract` describes, and nothing else.  It reads
+out as `pbs_bridge.jobfolder` describes, and nothing else.  It reads
 ``spec.json``, fetches the inputs given by http(s) URL into ``inputs/``,
 checks the inputs, runs `qualityfits.assess` and
 `qualityfits.products.write_products` into ``results/`` (which ends with
@@ -16,7 +16,7 @@ aborting the job or the batch system enforcing its walltime -- without
 an ``error.json``.
 
 Import boundary: this module imports ``qualityfits``, ``votable``,
-`pbs_bridge.contract` and the standard library only, never the web
+`pbs_bridge.jobfolder` and the standard library only, never the web
 stack (pyramid, sqlalchemy, ``uws``), so that a batch node needs only
 the science core.
 """
@@ -46,14 +46,12 @@ from types import FrameType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from pbs_bridge.contract import (
+from pbs_bridge.jobfolder import (
     ERROR_FILE,
-    INPUTS_DIR,
-    MANIFEST_FILE,
     PROGRESS_FILE,
-    RESULTS_DIR,
     SPEC_FILE,
     ContractError,
+    JobFolder,
     Progress,
     StepState,
     WorkerError,
@@ -525,13 +523,14 @@ class Job:
     Parameters
     ----------
     job_dir : Path
-        The job directory (see `pbs_bridge.contract`).
+        The job directory (see `pbs_bridge.jobfolder`).
     """
 
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
-        self.results = job_dir / RESULTS_DIR
-        self.progress = ProgressFile(job_dir / PROGRESS_FILE)
+        self.folder = JobFolder(job_dir)
+        self.results = self.folder.results
+        self.progress = ProgressFile(self.folder.progress_file)
         #: Partial files and folders a signal handler removes.
         self.cleanup: list[Path] = []
         #: The steps of the phase under way (for a failure's report).
@@ -555,10 +554,8 @@ class Job:
         return status
 
     def _run(self) -> int:
-        for stale in (self.job_dir / ERROR_FILE,
-                      self.results / MANIFEST_FILE):
-            with suppress(OSError):  # a rerun of the job must not show it
-                stale.unlink(missing_ok=True)
+        with suppress(OSError):  # a rerun of the job must not show it
+            self.folder.clear_outcome()
         log(f"job directory {self.job_dir} on {socket.gethostname()}, "
             f"qualityfits {__version__}")
         self.progress.write()
@@ -588,22 +585,21 @@ class Job:
         # A manifest says the products are complete: a failure while
         # writing the archive must not leave the first one behind.
         with suppress(OSError):
-            (self.results / MANIFEST_FILE).unlink(missing_ok=True)
+            self.folder.manifest_file.unlink(missing_ok=True)
         log(f"job failed ({error.type}): {error.message}")
         if error.detail:
             print(error.detail, end="" if error.detail.endswith("\n")
                   else "\n", flush=True)
         try:
-            write_atomic(self.job_dir / ERROR_FILE, error.to_json())
+            self.folder.write_error(error)
         except OSError as exc:
             print(f"uws-worker: cannot write {ERROR_FILE}: {exc}",
                   file=sys.stderr, flush=True)
         return 2 if error.type == "usage" else 1
 
     def _read_spec(self) -> WorkerSpec:
-        path = self.job_dir / SPEC_FILE
         try:
-            text = path.read_text(encoding="utf-8")
+            text = self.folder.spec_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             message = f"cannot read {SPEC_FILE}: {exc}"
             raise JobError("fatal", message) from None
@@ -634,7 +630,7 @@ class Job:
                     "usage", f"{label}: cannot fetch {value}: the "
                     f"{scheme} scheme is not supported (http or https "
                     "only)")
-            dest = self.job_dir / INPUTS_DIR / f"{label}.fits"
+            dest = self.folder.inputs / f"{label}.fits"
             begin = time.monotonic()
             size = fetch(label, value, dest, limit=spec.fetch_limit,
                          timeout=spec.fetch_timeout, cleanup=self.cleanup)
@@ -646,12 +642,12 @@ class Job:
         return paths
 
     def _local(self, label: str, value: str) -> Path:
-        relative = Path(value)
-        if relative.is_absolute() or ".." in relative.parts:
+        try:
+            return self.folder.input_path(value)
+        except ContractError:
             raise JobError(
                 "fatal", f"{SPEC_FILE}: {label} {value!r} is not a path "
-                "inside the job directory")
-        return self.job_dir / relative
+                "inside the job directory") from None
 
     def _check(self, inputs: dict[str, Path]) -> None:
         """Open the inputs (flat and mask matching the image)."""
@@ -684,8 +680,7 @@ class Job:
         try:
             report = assess(
                 image, flat=inputs.get("flat"), mask=inputs.get("mask"),
-                parameters=QualityParameters(zeropoint=spec.zeropoint,
-                                             pixscale=spec.pixscale),
+                parameters=QualityParameters.from_json(spec.parameters),
                 jobs=spec.ccd_jobs or None,
                 progress=self.progress.ccd_event, maps_dir=maps_dir)
             self.progress.pipeline_done()

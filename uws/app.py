@@ -14,11 +14,11 @@ from typing import Any
 
 from pyramid.config import Configurator
 
-from uws.auth import Authenticator
-from uws.runner import load_runner
+from pbs_bridge.runner import runner_class
+from uws.auth import make_policy
 from uws.service import JobService
-from uws.settings import Settings
-from uws.store import JobStore
+from uws.settings import Settings, SettingsError
+from uws.store import JobStore, SchemaError
 from uws.web import STATIC, WEB_ROUTES
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,14 @@ ROUTES = (
 
 
 def build_service(settings: Settings) -> JobService:
-    """Create the store, the runner and the job service (not started)."""
+    """Create the store, the runner and the job service (not started).
+
+    The runner is the class ``qfits.runner`` names, built with its own
+    settings (`pbs_bridge.runner`).
+    """
     store = JobStore(settings.database_url)
-    runner = load_runner(settings, settings.job_dir)
+    runner = runner_class(settings.runner)(settings.runner_settings,
+                                           settings.job_dir)
     return JobService(settings, store, runner)
 
 
@@ -60,8 +65,8 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
         service = build_service(settings)
     config = Configurator(settings={})
     config.registry.job_service = service
-    config.registry.authenticator = (
-        Authenticator(settings))
+    config.registry.authenticator = make_policy(settings.auth,
+                                                settings.auth_settings)
     for name, pattern in (*ROUTES, *WEB_ROUTES):
         config.add_route(name, pattern)
     config.add_static_view("static", str(STATIC), cache_max_age=3600)
@@ -76,10 +81,17 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
 
 
 def main(global_config: dict[str, Any], **settings: Any) -> Any:
-    """Paste entry point: ``[app:main] use = egg:qualityfits-uws``."""
+    """Paste entry point: ``[app:main] use = egg:qualityfits-uws``.
+
+    Bad settings and a database whose schema is behind stop the
+    process with one line saying what to do, not a traceback.
+    """
     del global_config
-    made = Settings.from_ini(settings)
-    if made.switch_interval > 0:
-        # The served process only (tests build apps with make_app).
-        sys.setswitchinterval(made.switch_interval)
-    return make_app(made)
+    try:
+        made = Settings.from_ini(settings)
+        if made.switch_interval > 0:
+            # The served process only (tests build apps with make_app).
+            sys.setswitchinterval(made.switch_interval)
+        return make_app(made)
+    except (SettingsError, SchemaError) as exc:
+        raise SystemExit(f"qualityfits-uws: cannot start: {exc}") from None

@@ -1,7 +1,9 @@
-"""Who is calling: anonymous, HTTP basic against a user file, or a header.
+"""Who is calling: authentication policies, each giving an `Identity`.
+
+``qfits.auth`` chooses the policy by a short name or ``module:Class``:
 
 * ``anonymous`` (the embedded default): no identity; every job is
-  everybody's and ``ownerId`` is nil.
+  everybody's (the identity sees all) and ``ownerId`` is nil.
 * ``basic``: HTTP basic authentication against ``qfits.auth_user_file``,
   one ``user:pbkdf2_sha256$iterations$salt$hash`` line per user (write
   lines with ``python -m uws.auth FILE USER``, which reads the password
@@ -10,7 +12,13 @@
   name in ``qfits.auth_header``; the service must then be reachable only
   through that proxy.
 
-Each owner sees and touches only their own jobs.
+Each owner sees and touches only their own jobs, unless the policy's
+`Identity` says it sees everyone.  A new policy is one class, named in
+``qfits.auth`` as ``module:Class``: it has a ``settings_type`` (a frozen
+dataclass of `pbs_bridge.config.option` fields: its ``qfits.*`` keys),
+is built as ``Class(settings)``, and has ``identify(request)``
+(`Identity`, or `uws.errors.NotAuthenticatedError`) and ``challenge()``
+(the headers of a 401).
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import hmac
 import secrets
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from pbs_bridge.config import SettingsError, option
+from pbs_bridge.runner import load_class
 from uws.errors import NotAuthenticatedError, ServiceUnavailableError
-from uws.settings import Settings
 
 ITERATIONS = 200_000
 
@@ -53,42 +63,120 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(made.rsplit("$", 1)[1], digest)
 
 
-class Authenticator:
-    """Find the caller's identity for the configured mode."""
+@dataclass(frozen=True)
+class Identity:
+    """Who calls: the owner recorded with their jobs, and what they see.
 
-    def __init__(self, settings: Settings) -> None:
-        self.mode = settings.auth
+    ``name`` is None for an anonymous caller; ``sees_all`` lets the
+    caller see and touch every job (anonymous mode: everyone is the
+    same nobody).
+    """
+
+    name: str | None
+    sees_all: bool = False
+
+    def may_see(self, owner: str | None) -> bool:
+        """Whether a job of ``owner`` is visible to this caller."""
+        return self.sees_all or owner == self.name
+
+
+#: The caller of the ``anonymous`` policy.
+ANONYMOUS = Identity(None, sees_all=True)
+
+
+class AuthPolicy(Protocol):
+    """What the service asks of an authentication policy."""
+
+    def identify(self, request: Any) -> Identity:
+        """Return the caller (`NotAuthenticatedError`: 401)."""
+
+    def challenge(self) -> dict[str, str]:
+        """Return the headers of a 401 answer."""
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A policy without settings."""
+
+
+class AnonymousPolicy:
+    """No authentication: every caller is the same, and sees every job."""
+
+    settings_type = NoSettings
+
+    def __init__(self, settings: NoSettings) -> None:
+        del settings
+
+    def identify(self, request: Any) -> Identity:
+        """Return the anonymous identity."""
+        del request
+        return ANONYMOUS
+
+    def challenge(self) -> dict[str, str]:
+        """Return no header (never asked)."""
+        return {}
+
+
+@dataclass(frozen=True)
+class HeaderSettings:
+    """``qfits.auth = header``: the trusted proxy's header."""
+
+    auth_header: str = option("X-Remote-User", "str")
+
+
+class HeaderPolicy:
+    """A trusted reverse proxy names the user in a header."""
+
+    settings_type = HeaderSettings
+
+    def __init__(self, settings: HeaderSettings) -> None:
         self.header = settings.auth_header
+
+    def identify(self, request: Any) -> Identity:
+        """Return the user the proxy names (401 without the header)."""
+        user = (request.headers.get(self.header) or "").strip()
+        if not user:
+            raise NotAuthenticatedError(
+                f"authentication required (no {self.header} header from "
+                "the proxy)")
+        return Identity(user)
+
+    def challenge(self) -> dict[str, str]:
+        """Return no header: the proxy authenticates."""
+        return {}
+
+
+@dataclass(frozen=True)
+class BasicSettings:
+    """``qfits.auth = basic``: the user file and the realm."""
+
+    auth_user_file: Path | None = option(None, "optional_path")
+    auth_realm: str = option("QualityFITS-UWS", "str")
+
+    def __post_init__(self) -> None:
+        """Refuse basic authentication without a user file."""
+        if self.auth_user_file is None:
+            raise SettingsError(
+                "qfits.auth = basic needs qfits.auth_user_file")
+
+
+class BasicPolicy:
+    """HTTP basic authentication against a user file."""
+
+    settings_type = BasicSettings
+
+    def __init__(self, settings: BasicSettings) -> None:
+        assert settings.auth_user_file is not None  # BasicSettings checks
+        self.user_file: Path = settings.auth_user_file
         self.realm = settings.auth_realm
-        self.user_file = settings.auth_user_file
         self._users: dict[str, str] = {}
         self._mtime = -1.0
         self._verified: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
-        if self.mode == "basic":
-            self._load()
+        self._load()
 
-    def identify(self, request: Any) -> str | None:
-        """Return the caller's user name (None when anonymous; 401)."""
-        if self.mode == "anonymous":
-            return None
-        if self.mode == "header":
-            user = (request.headers.get(self.header) or "").strip()
-            if not user:
-                raise NotAuthenticatedError(
-                    f"authentication required (no {self.header} header "
-                    "from the proxy)")
-            return user
-        return self._basic(request)
-
-    def challenge(self) -> dict[str, str]:
-        """Headers of a 401 answer."""
-        if self.mode == "basic":
-            return {"WWW-Authenticate":
-                    f'Basic realm="{self.realm}", charset="UTF-8"'}
-        return {}
-
-    def _basic(self, request: Any) -> str:
+    def identify(self, request: Any) -> Identity:
+        """Return the user whose password is right (401 otherwise)."""
         header = request.headers.get("Authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "basic" or not token:
@@ -110,11 +198,15 @@ class Authenticator:
                 self._verified[key] = known
         if not known:
             raise NotAuthenticatedError("unknown user or wrong password")
-        return user
+        return Identity(user)
+
+    def challenge(self) -> dict[str, str]:
+        """Ask for basic credentials."""
+        return {"WWW-Authenticate":
+                f'Basic realm="{self.realm}", charset="UTF-8"'}
 
     def _load(self) -> None:
         """(Re)read the user file when it changed."""
-        assert self.user_file is not None
         try:
             mtime = self.user_file.stat().st_mtime
         except OSError as exc:
@@ -130,6 +222,29 @@ class Authenticator:
                 users[name.strip()] = stored.strip()
         with self._lock:
             self._users, self._mtime, self._verified = users, mtime, {}
+
+
+#: The policies known by a short name (``qfits.auth``).
+POLICIES = {
+    "anonymous": "uws.auth:AnonymousPolicy",
+    "basic": "uws.auth:BasicPolicy",
+    "header": "uws.auth:HeaderPolicy",
+}
+
+
+def policy_class(name: str) -> Any:
+    """Return the policy class ``qfits.auth`` names (SettingsError)."""
+    cls = load_class("qfits.auth", name, POLICIES)
+    if not hasattr(cls, "settings_type"):
+        raise SettingsError(
+            f"qfits.auth: {name} has no settings_type (see uws.auth)")
+    return cls
+
+
+def make_policy(name: str, settings: Any) -> AuthPolicy:
+    """Build the policy ``name`` with its settings (`policy_class`)."""
+    policy: AuthPolicy = policy_class(name)(settings)
+    return policy
 
 
 def main(argv: list[str] | None = None) -> int:

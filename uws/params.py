@@ -1,31 +1,39 @@
-"""The job parameters: checked once, at the edge, into plain values.
+"""The job parameters: checked once, at the edge, into typed values.
 
 Three shapes (style guide lesson 4): the request's `uws.forms.Form`
-→ `JobParameters` (checked here) → the worker's
-`pbs_bridge.contract.WorkerSpec` and the ``<uws:parameters>`` element.
+→ `JobParameters` (checked here) → the stored, typed parameters (the
+``<uws:parameters>`` element) → at RUN, the worker's
+`pbs_bridge.jobfolder.WorkerSpec`, whose science parameters are
+`qualityfits.QualityParameters` in JSON form.
 
-Science parameters: ``image`` (required before the job runs), ``flat``
-and ``mask`` — each an uploaded file or an http(s) URL fetched by the
-worker — ``zeropoint`` [mag], ``pixscale`` [arcsec/pixel] and
-``email``.  Job-control parameters accepted at creation: ``phase=RUN``,
-``runid``, ``executionduration``, ``destruction``.
+Science parameters: the files ``image`` (required before the job runs),
+``flat`` and ``mask`` — each an uploaded file or an http(s) URL fetched
+by the worker —, every parameter `qualityfits.parameters.PARAMETERS`
+declares (``zeropoint``, ``pixscale``, ``mask_convention``, ...: their
+checks are QualityParameters' own, so a new one needs no change here),
+and ``email``.  Job-control parameters accepted at creation:
+``phase=RUN``, ``runid``, ``executionduration``, ``destruction``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from qualityfits.errors import InvalidParameterError
+from qualityfits.parameters import PARAMETERS, QualityParameters
 from uws.errors import UsageError
 from uws.forms import Form, Upload
-from uws.model import Parameter
+from uws.model import Parameter, ParameterValue
 
 FILE_PARAMETERS = ("image", "flat", "mask")
-VALUE_PARAMETERS = ("zeropoint", "pixscale", "email")
+#: The science values: `qualityfits.parameters.PARAMETERS`, in order.
+QUALITY_PARAMETERS = tuple(p.name for p in PARAMETERS)
+VALUE_PARAMETERS = (*QUALITY_PARAMETERS, "email")
 SCIENCE_PARAMETERS = FILE_PARAMETERS + VALUE_PARAMETERS
 CONTROL_PARAMETERS = ("phase", "runid", "executionduration", "destruction")
 
@@ -51,14 +59,16 @@ class JobParameters:
     """Checked science parameters of a request (only those given)."""
 
     files: dict[str, FileInput] = field(default_factory=dict)
-    zeropoint: float | None = None
-    pixscale: float | None = None
+    #: The science values given, checked by `QualityParameters`, in
+    #: their JSON form (numbers as floats).
+    science: dict[str, ParameterValue] = field(default_factory=dict)
     email: str | None = None
 
     def given(self) -> set[str]:
         """Names of the parameters this request sets."""
-        names = set(self.files)
-        names |= {n for n in VALUE_PARAMETERS if getattr(self, n) is not None}
+        names = set(self.files) | set(self.science)
+        if self.email is not None:
+            names.add("email")
         return names
 
 
@@ -92,31 +102,48 @@ def parse_job_parameters(form: Form) -> JobParameters:
                                     mpix=check_fits(name, upload.path))
         elif value is not None and value.strip():
             files[name] = FileInput(name, url=check_url(name, value))
-    zeropoint = _number(form, "zeropoint", 0.0, 50.0)
-    pixscale = _number(form, "pixscale", 0.0, 100.0)
+    science = _science(form)
     email = form.single("email")
     if email is not None:
         email = email.strip() or None
     if email is not None and (len(email) > 254
                               or _EMAIL.match(email) is None):
         raise UsageError(f"EMAIL: {email!r} is not an email address")
-    return JobParameters(files=files, zeropoint=zeropoint,
-                         pixscale=pixscale, email=email)
+    return JobParameters(files=files, science=science, email=email)
 
 
-def _number(form: Form, name: str, low: float, high: float) -> float | None:
-    text = form.single(name)
-    if text is None or not text.strip():
-        return None
+def _science(form: Form) -> dict[str, ParameterValue]:
+    """Check the science values given (`QualityParameters`' own rules)."""
+    given: dict[str, str] = {}
+    for name in QUALITY_PARAMETERS:
+        text = form.single(name)
+        if text is not None and text.strip():
+            given[name] = text
     try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{name.upper()}: {text!r} is not a number"
-                         ) from None
-    if not math.isfinite(value) or not low < value <= high:
-        raise UsageError(
-            f"{name.upper()}: {value:g} is outside ({low:g}, {high:g}]")
-    return value
+        checked = QualityParameters.from_text(given).to_json()
+    except InvalidParameterError as exc:
+        raise usage_error(exc) from None
+    values: dict[str, ParameterValue] = {}
+    for name in given:
+        value = checked[name]
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def usage_error(exc: InvalidParameterError) -> UsageError:
+    """Return a parameter error as UWS says it (``ZEROPOINT: ...``)."""
+    name, colon, rest = str(exc).partition(": ")
+    if colon and name in QUALITY_PARAMETERS:
+        return UsageError(f"{name.upper()}: {rest}")
+    return UsageError(str(exc))
+
+
+def science_values(stored: Mapping[str, ParameterValue]
+                   ) -> dict[str, ParameterValue]:
+    """Pick the stored values that `QualityParameters.from_json` takes."""
+    return {name: stored[name] for name in QUALITY_PARAMETERS
+            if name in stored}
 
 
 def check_url(name: str, value: str) -> str:
@@ -261,10 +288,8 @@ def install_inputs(params: JobParameters, job_dir: Path,
                                  by_reference=True, is_post=True))
         elif item.url is not None:
             out.append(Parameter(name, item.url, by_reference=True))
-    for name in ("zeropoint", "pixscale"):
-        value = getattr(params, name)
-        if value is not None:
-            out.append(Parameter(name, repr(value)))
+    out.extend(Parameter(name, value)
+               for name, value in params.science.items())
     if params.email is not None:
         out.append(Parameter("email", params.email))
     return out

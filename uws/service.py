@@ -13,7 +13,6 @@ configured.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import shutil
@@ -26,21 +25,29 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pbs_bridge.contract import (
-    ERROR_FILE,
+from pbs_bridge.jobfolder import (
     INPUTS_DIR,
     LOG_FILE,
-    MANIFEST_FILE,
-    PROGRESS_FILE,
     RESULTS_DIR,
-    SPEC_FILE,
+    Completed,
     ContractError,
+    Failed,
+    JobFolder,
     Progress,
-    WorkerError,
     WorkerSpec,
-    write_atomic,
 )
+from pbs_bridge.runner import (
+    BackendPhase,
+    BackendStatus,
+    JobRunner,
+    RunnerError,
+    RunnerJob,
+)
+from qualityfits.errors import InvalidParameterError
+from qualityfits.manifest import Manifest
+from qualityfits.parameters import QualityParameters
 from uws import phases
+from uws.auth import Identity
 from uws.errors import (
     InvalidPhaseError,
     PermissionDeniedError,
@@ -61,9 +68,10 @@ from uws.params import (
     parse_instant,
     parse_int,
     parse_job_parameters,
+    science_values,
+    usage_error,
 )
 from uws.phases import Phase
-from uws.runner import BackendStatus, JobRunner, RunnerError
 from uws.settings import Settings
 from uws.store import ANY_OWNER, ActiveJob, JobStore, NewJob, StoreError
 
@@ -72,12 +80,8 @@ log = logging.getLogger(__name__)
 #: Phases the poller asks the runner about.
 OBSERVED = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED,
             Phase.UNKNOWN)
-#: Lines of the worker log quoted in an error detail.
-LOG_TAIL = 40
 #: Finished jobs kept in memory for reads.
 CACHE_SIZE = 4096
-
-Identity = str | None
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,9 @@ class _Changes:
 class JobService:
     """The UWS verbs over a store and a runner.
 
-    ``owner`` arguments are the caller's identity: None in anonymous
-    mode (everybody sees every job), else the authenticated user, who
-    sees and touches only their own jobs.
+    ``owner`` arguments are the caller's `uws.auth.Identity`: its name
+    is recorded with the jobs it creates; it sees and touches only its
+    own jobs unless it sees everyone (anonymous mode).
     """
 
     def __init__(self, settings: Settings, store: JobStore,
@@ -214,7 +218,7 @@ class JobService:
                     "PHASE=RUN: the job has no IMAGE (upload a FITS file "
                     "or give its http(s) URL)")
             job_id = self._new_id()
-            job_dir = self.job_root / job_id
+            job_dir = self.folder(job_id).path
             try:
                 job_dir.mkdir(parents=True)
                 stored = install_inputs(params, job_dir, INPUTS_DIR)
@@ -224,7 +228,7 @@ class JobService:
                     f"cannot write the job folder: {exc.strerror}") from exc
             try:
                 self.store.create(NewJob(
-                    job_id=job_id, owner=owner, run_id=run_id,
+                    job_id=job_id, owner=owner.name, run_id=run_id,
                     creation_time=now, execution_duration=execution,
                     destruction=destroy, parameters=tuple(stored),
                     email=params.email, estimate_s=self._estimate(params)))
@@ -252,7 +256,7 @@ class JobService:
                     f"(it is {job.phase})")
             params = parse_job_parameters(form)
             try:
-                stored = install_inputs(params, self.job_root / job_id,
+                stored = install_inputs(params, self.folder(job_id).path,
                                         INPUTS_DIR)
             except OSError as exc:
                 raise ServiceUnavailableError(
@@ -319,6 +323,10 @@ class JobService:
     def _new_id(self) -> str:
         return secrets.token_hex(8)
 
+    def folder(self, job_id: str) -> JobFolder:
+        """Return the folder of a job (`pbs_bridge.jobfolder`)."""
+        return JobFolder(self.job_root / job_id)
+
     # -- reading -----------------------------------------------------------
     def get(self, job_id: str, owner: Identity) -> Job:
         """Return the job with its progress and quote (403/404 checked).
@@ -337,8 +345,8 @@ class JobService:
         job = self._job(job_id, owner)
         info = job.info
         if job.phase not in (Phase.PENDING, Phase.ARCHIVED):
-            info = _with_progress(info, self.job_root / job_id, job,
-                                  self.clock())
+            info = _with_progress(info, self.folder(job_id).progress(),
+                                  job, self.clock())
         job = replace(job, info=info, quote=self._quote(job))
         if job.phase in phases.FINAL:
             with self._cache_lock:
@@ -355,8 +363,7 @@ class JobService:
              after: datetime | None = None,
              last: int | None = None) -> list[JobRef]:
         """List the caller's jobs (every job in anonymous mode)."""
-        who: object = ANY_OWNER if self.settings.auth == "anonymous" \
-            else owner
+        who: object = ANY_OWNER if owner.sees_all else owner.name
         return self.store.list_jobs(owner=who, phases=phases_, after=after,
                                last=last)
 
@@ -371,7 +378,7 @@ class JobService:
         return job
 
     def _check_owner(self, job: Job, owner: Identity) -> None:
-        if self.settings.auth != "anonymous" and job.owner != owner:
+        if not owner.may_see(job.owner):
             raise PermissionDeniedError(f"job {job.job_id} is not yours")
 
     def _quote(self, job: Job) -> datetime | None:
@@ -387,7 +394,7 @@ class JobService:
                 if other == job.job_id:
                     break
                 ahead += estimate
-        slots = max(1, self.settings.max_running)
+        slots = max(1, self.runner.slots)
         return now + timedelta(seconds=ahead / slots + job.estimate_s)
 
     def error_detail(self, job_id: str, owner: Identity) -> str:
@@ -396,12 +403,11 @@ class JobService:
         if job.error is None:
             raise UnknownJobError(f"job {job_id} has no error")
         lines = [f"{job.error.type}: {job.error.message}"]
-        path = self.job_root / job_id / ERROR_FILE
-        with contextlib.suppress(OSError, ContractError):
-            detail = WorkerError.from_json(path.read_text()).detail
-            if detail:
-                lines += ["", detail.rstrip()]
-        tail = _log_tail(self.job_root / job_id / LOG_FILE)
+        folder = self.folder(job_id)
+        error = folder.error()
+        if error is not None and error.detail:
+            lines += ["", error.detail.rstrip()]
+        tail = folder.log_tail()
         if tail:
             lines += ["", f"Last lines of {LOG_FILE}:", tail]
         return "\n".join(lines) + "\n"
@@ -412,7 +418,7 @@ class JobService:
         job = self._job(job_id, owner)
         for result in job.results:
             if result.id == result_id:
-                return ResultFile(self.job_root / job_id / result.path,
+                return ResultFile(self.folder(job_id).path / result.path,
                                   result.mime)
         raise UnknownJobError(f"job {job_id} has no result {result_id!r}")
 
@@ -423,9 +429,10 @@ class JobService:
         for param in job.parameters:
             if param.name == name.lower():
                 if param.is_post:
-                    return ResultFile(self.job_root / job_id / param.value,
-                                      "application/fits")
-                return param.value
+                    return ResultFile(
+                        self.folder(job_id).path / str(param.value),
+                        "application/fits")
+                return _text(param.value)
         raise UnknownJobError(f"job {job_id} has no parameter {name!r}")
 
     # -- phase changes requested by the client ------------------------------
@@ -445,19 +452,21 @@ class JobService:
         if job.phase is Phase.HELD and job.backend_id:
             self._release(job)
             return
-        self._write_spec(job)
+        spec = self._write_spec(job)
         if not self.store.transition(job_id, [job.phase], Phase.QUEUED,
                                      queued_time=self.clock()):
             raise InvalidPhaseError(
                 f"the job changed phase meanwhile (it was {job.phase})")
         self._changes.notify(job_id)
-        self._submit(job_id, job.execution_duration)
+        self._submit(job_id, spec, job.execution_duration)
 
-    def _submit(self, job_id: str, execution_duration: int) -> None:
+    def _submit(self, job_id: str, spec: WorkerSpec,
+                execution_duration: int) -> None:
         """Hand a QUEUED job to the runner; ERROR if the backend refuses."""
+        job = RunnerJob(job_id, BackendPhase.QUEUED, "", None,
+                        self.folder(job_id))
         try:
-            backend_id = self.runner.submit(job_id, self.job_root / job_id,
-                                            execution_duration)
+            backend_id = self.runner.submit(job, spec, execution_duration)
         except RunnerError as exc:
             self._finish(job_id, [Phase.QUEUED], Phase.ERROR,
                          ErrorSummary("transient", f"the batch system "
@@ -518,7 +527,7 @@ class JobService:
                 self.runner.cancel(job_id, backend_id)
         self.store.delete(job_id)
         self._uncache(job_id)
-        shutil.rmtree(self.job_root / job_id, ignore_errors=True)
+        shutil.rmtree(self.folder(job_id).path, ignore_errors=True)
         self._changes.forget(job_id)
         log.info("job %s destroyed", job_id)
 
@@ -581,7 +590,8 @@ class JobService:
             if not active:
                 return
             try:
-                states = self.runner.poll(active)
+                states = self.runner.poll([self._runner_job(job)
+                                           for job in active])
                 self.runner_health = self.runner.health()
             except RunnerError as exc:
                 # The backend does not answer: no phase changes, not even
@@ -596,11 +606,17 @@ class JobService:
                 elif job.phase is Phase.EXECUTING:
                     self._check_duration(job, now)
 
+    def _runner_job(self, job: ActiveJob) -> RunnerJob:
+        return RunnerJob(job.job_id, BackendPhase(job.phase.value),
+                         job.backend_id, job.start_time,
+                         self.folder(job.job_id))
+
     def _apply(self, job: ActiveJob, status: BackendStatus) -> None:
         if status.ended:
             self._conclude(job, status)
             return
-        if status.phase is job.phase:
+        phase = Phase(status.phase.value)
+        if phase is job.phase:
             self._check_duration(job, self.clock())
             return
         values: dict[str, object] = {}
@@ -610,16 +626,15 @@ class JobService:
             values["host"] = status.host
         if status.queue:
             values["queue"] = status.queue
-        if status.phase is Phase.EXECUTING and job.start_time is None:
+        if phase is Phase.EXECUTING and job.start_time is None:
             values["start_time"] = status.start_time or self.clock()
-        if not phases.can_move(job.phase, status.phase):
+        if not phases.can_move(job.phase, phase):
             log.warning("job %s: runner reports %s after %s (ignored)",
-                        job.job_id, status.phase, job.phase)
+                        job.job_id, phase, job.phase)
             return
-        if self.store.transition(job.job_id, [job.phase], status.phase,
-                                 **values):
+        if self.store.transition(job.job_id, [job.phase], phase, **values):
             self._changes.notify(job.job_id)
-        elif status.phase is Phase.EXECUTING:
+        elif phase is Phase.EXECUTING:
             # Aborted or deleted meanwhile: the worker must not run.
             with contextlib.suppress(RunnerError):
                 self.runner.cancel(job.job_id, status.backend_id)
@@ -635,35 +650,35 @@ class JobService:
 
     def _conclude(self, job: ActiveJob, status: BackendStatus) -> None:
         """Read a finished worker's outcome from its job folder."""
-        job_dir = self.job_root / job.job_id
-        manifest = job_dir / RESULTS_DIR / MANIFEST_FILE
+        folder = self.folder(job.job_id)
         ended = status.end_time or self.clock()
         usage: dict[str, object] = {
-            "end_time": ended, **_usage(job_dir, job.start_time, ended)}
+            "end_time": ended,
+            **_usage(folder.progress(), job.start_time, ended)}
         for key in ("max_rss_kb", "wall_s", "cpu_s"):
             if usage.get(key) is None and getattr(status, key) is not None:
                 usage[key] = getattr(status, key)
-        if manifest.exists() and not (job_dir / ERROR_FILE).exists():
-            try:
-                results = _results(job_dir)
-            except (OSError, ValueError) as exc:
-                self._finish(job.job_id, [job.phase], Phase.ERROR,
-                             ErrorSummary("fatal", f"unreadable results "
-                                          f"manifest: {exc}", has_detail=True),
-                             **usage)
-                return
-            self.store.set_results(job.job_id, results)
+        outcome = folder.outcome()
+        if isinstance(outcome, Completed):
+            self.store.set_results(
+                job.job_id, _results(outcome.manifest) + _log_result(folder))
             self._finish(job.job_id, [job.phase], Phase.COMPLETED, None,
                          **usage)
             return
-        self.store.set_results(job.job_id, _log_result(job_dir))
-        if status.phase is Phase.ABORTED:
+        self.store.set_results(job.job_id, _log_result(folder))
+        if isinstance(outcome, Failed):
+            kind = "transient" if outcome.error.type == "transient" \
+                else "fatal"
+            error = ErrorSummary(kind, outcome.error.message,
+                                 has_detail=True)
+        elif status.stopped:
             # Stopped by the backend (walltime, an operator's qdel).
             self._finish(job.job_id, [job.phase], Phase.ABORTED,
                          ErrorSummary("fatal", status.message,
                                       has_detail=True), **usage)
             return
-        error = _worker_error(job_dir, status)
+        else:
+            error = _vanished(status)
         self._finish(job.job_id, [job.phase], Phase.ERROR, error, **usage)
 
     def _finish(self, job_id: str, sources: Sequence[Phase], target: Phase,
@@ -715,14 +730,15 @@ class JobService:
         executing ones are re-attached or concluded by the next poll.
         """
         for job in self.store.active([Phase.QUEUED]):
-            spec = self.job_root / job.job_id / SPEC_FILE
-            if not spec.exists():
+            try:
+                spec = self.folder(job.job_id).read_spec()
+            except (OSError, ContractError):
                 self._finish(job.job_id, [Phase.QUEUED], Phase.ERROR,
                              ErrorSummary("fatal", "the job folder was lost "
                                           "while the service was down"))
                 continue
             if not job.backend_id:
-                self._submit(job.job_id, job.execution_duration)
+                self._submit(job.job_id, spec, job.execution_duration)
         self._wake.set()
 
     # -- availability ------------------------------------------------------
@@ -749,57 +765,61 @@ class JobService:
         return ok, notes
 
     # -- worker spec ---------------------------------------------------------
-    def _write_spec(self, job: Job) -> None:
+    def _write_spec(self, job: Job) -> WorkerSpec:
+        """Write the worker's spec from the stored parameters; return it.
+
+        The stored values are typed (`uws.params.science_values`); they
+        become `QualityParameters` once more here, so that a rule that
+        changed since the job was created is still applied (400).
+        """
         values = {p.name: p.value for p in job.parameters}
+        try:
+            science = QualityParameters.from_json(science_values(values))
+        except InvalidParameterError as exc:
+            raise usage_error(exc) from None
         spec = WorkerSpec(
-            job_id=job.job_id, image=values["image"],
-            flat=values.get("flat"), mask=values.get("mask"),
-            zeropoint=(float(values["zeropoint"])
-                       if "zeropoint" in values else None),
-            pixscale=(float(values["pixscale"])
-                      if "pixscale" in values else None),
-            ccd_jobs=self.settings.ccd_jobs,
+            job_id=job.job_id, image=str(values["image"]),
+            flat=_optional_text(values.get("flat")),
+            mask=_optional_text(values.get("mask")),
+            parameters=science.to_json(),
+            ccd_jobs=self.runner.ccd_jobs,
             fetch_limit=self.settings.upload_limit,
             fetch_timeout=self.settings.fetch_timeout,
             run_id=job.run_id)
         try:
-            write_atomic(self.job_root / job.job_id / SPEC_FILE,
-                         spec.to_json())
+            self.folder(job.job_id).write_spec(spec)
         except OSError as exc:
             raise ServiceUnavailableError(
                 f"cannot write the job spec: {exc.strerror}") from exc
+        return spec
 
 
-def _results(job_dir: Path) -> list[Result]:
-    manifest = json.loads((job_dir / RESULTS_DIR / MANIFEST_FILE)
-                          .read_text())
-    entries = manifest["products"] if isinstance(manifest, dict) \
-        else manifest
-    results = [Result(id=str(e["id"]), path=f"{RESULTS_DIR}/{e['file']}",
-                      mime=str(e["mime"]), size=int(e["size"]),
-                      description=str(e.get("description", "")))
-               for e in entries]
-    return results + _log_result(job_dir)
+def _optional_text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
-def _log_result(job_dir: Path) -> list[Result]:
-    path = job_dir / LOG_FILE
-    if not path.exists():
+def _text(value: object) -> str:
+    """Return a stored value as text, as ``<uws:parameter>`` shows it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _results(manifest: Manifest) -> list[Result]:
+    return [Result(id=p.id, path=f"{RESULTS_DIR}/{p.file}", mime=p.mime,
+                   size=p.size, description=p.description)
+            for p in manifest.products]
+
+
+def _log_result(folder: JobFolder) -> list[Result]:
+    size = folder.log_size()
+    if size is None:
         return []
-    return [Result("log", LOG_FILE, "text/plain", path.stat().st_size,
-                   "the worker's log")]
+    return [Result("log", LOG_FILE, "text/plain", size, "the worker's log")]
 
 
-def _worker_error(job_dir: Path, status: BackendStatus) -> ErrorSummary:
-    path = job_dir / ERROR_FILE
-    if path.exists():
-        try:
-            error = WorkerError.from_json(path.read_text())
-        except (OSError, ContractError) as exc:
-            return ErrorSummary("fatal", f"unreadable error document: {exc}",
-                                has_detail=True)
-        kind = "transient" if error.type == "transient" else "fatal"
-        return ErrorSummary(kind, error.message, has_detail=True)
+def _vanished(status: BackendStatus) -> ErrorSummary:
+    """Return the error of a worker that left no result and no error."""
     if status.message:
         return ErrorSummary("fatal", status.message, has_detail=True)
     how = ""
@@ -813,16 +833,16 @@ def _worker_error(job_dir: Path, status: BackendStatus) -> ErrorSummary:
         has_detail=True)
 
 
-def _usage(job_dir: Path, start: datetime | None,
+def _usage(progress: Progress | None, start: datetime | None,
            now: datetime) -> dict[str, object]:
     values: dict[str, object] = {}
-    with contextlib.suppress(OSError, ContractError, ValueError):
-        progress = Progress.from_json((job_dir / PROGRESS_FILE).read_text())
+    if progress is not None:
         if start is None and progress.started:
             # Ended before a poll saw it run: the worker says when it
             # started.
-            start = datetime.fromisoformat(progress.started)
-            values["start_time"] = start
+            with contextlib.suppress(ValueError):
+                start = datetime.fromisoformat(progress.started)
+                values["start_time"] = start
         if progress.max_rss_kb:
             values["max_rss_kb"] = progress.max_rss_kb
         if progress.cpu_s:
@@ -834,11 +854,9 @@ def _usage(job_dir: Path, start: datetime | None,
     return values
 
 
-def _with_progress(info: JobInfo, job_dir: Path, job: Job,
+def _with_progress(info: JobInfo, progress: Progress | None, job: Job,
                    now: datetime) -> JobInfo:
-    try:
-        progress = Progress.from_json((job_dir / PROGRESS_FILE).read_text())
-    except (OSError, ContractError):
+    if progress is None:
         return info
     steps = tuple(Step(s.name, s.state, s.start, s.end, s.detail)
                   for s in progress.steps)
@@ -852,15 +870,3 @@ def _with_progress(info: JobInfo, job_dir: Path, job: Job,
         if progress.host:
             changes["host"] = progress.host
     return replace(info, **changes)  # type: ignore[arg-type]
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - 16384))
-            text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-LOG_TAIL:])

@@ -22,6 +22,7 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
 
 from uws import xml
+from uws.auth import Identity
 from uws.errors import UnknownJobError, UsageError, UWSError
 from uws.forms import Form, read_form
 from uws.model import Job, Parameter
@@ -43,9 +44,9 @@ def service_of(request: Any) -> JobService:
     return service
 
 
-def owner_of(request: Any) -> str | None:
-    """Return who asks (None: anonymous)."""
-    owner: str | None = request.registry.authenticator.identify(request)
+def owner_of(request: Any) -> Identity:
+    """Return who asks (the configured `uws.auth` policy decides)."""
+    owner: Identity = request.registry.authenticator.identify(request)
     return owner
 
 
@@ -131,7 +132,7 @@ def public_job(job: Job, url: str) -> Job:
             params.append(Parameter(p.name, f"{url}/parameters/{p.name}",
                                     by_reference=True, is_post=True))
         elif p.name == "email":
-            params.append(replace(p, value=_mask_email(p.value)))
+            params.append(replace(p, value=_mask_email(str(p.value))))
         else:
             params.append(p)
     return replace(job, parameters=tuple(params))

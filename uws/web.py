@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
 
 from qualityfits import presentation
+from qualityfits.parameters import PARAMETERS
 from uws.errors import UnknownJobError, UWSError
 from uws.model import Job, Result
 from uws.notify import RESULTS_PAGE
@@ -120,7 +122,7 @@ def render(request: Any, template: str, status: int = 200,
     """Render a page template with the values every page needs."""
     service = service_of(request)
     body = _env.get_template(template).render(
-        base=base_url(request), owner=owner_of(request),
+        base=base_url(request), owner=owner_of(request).name,
         limit=service.settings.upload_limit,
         limit_text=human_bytes(service.settings.upload_limit),
         step_words=STEP_WORDS, **values)
@@ -151,7 +153,8 @@ def _job(request: Any) -> Job:
 def home_view(request: Any) -> Response:
     """Show the submit form (and where the API is)."""
     allow_methods(request, "GET", "HEAD")
-    return render(request, "submit.html")
+    return render(request, "submit.html", parameters=PARAMETERS,
+                  inf=math.inf)
 
 
 @view_config(route_name="ui_submit")
@@ -272,16 +275,16 @@ def thumb_view(request: Any) -> Response:
     allow_methods(request, "GET", "HEAD")
     job_id = request.matchdict["job_id"]
     result_id = request.matchdict["result_id"]
-    found = service_of(request).result_file(job_id, owner_of(request),
-                                            result_id)
+    service = service_of(request)
+    found = service.result_file(job_id, owner_of(request), result_id)
     if found.mime != "image/png":
         raise HTTPNotFound(f"{result_id} is not a picture")
-    thumbs = found.path.parent.parent / "thumbs"
-    thumb = thumbs / f"{result_id}.png"
+    # Derived files live where the job folder keeps them (derived/).
+    thumb = service.folder(job_id).thumbnail(result_id)
     if not thumb.exists():
         from PIL import Image  # noqa: PLC0415 - matplotlib's Pillow
 
-        thumbs.mkdir(exist_ok=True)
+        thumb.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(found.path) as picture:
             picture.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
             tmp = thumb.with_suffix(".tmp")
@@ -339,7 +342,7 @@ def check_view(request: Any) -> Response:
     with contextlib.suppress(UnknownJobError):
         job = service.get(job_id, owner_of(request))
     given = "" if job is None else next(
-        (p.value for p in job.parameters if p.name == "email"), "")
+        (str(p.value) for p in job.parameters if p.name == "email"), "")
     if job is None or (given and given.lower() != email.lower()):
         return render(request, "check.html", status=404, job_id=job_id,
                       email=email, job=None,

@@ -26,10 +26,10 @@ from pbs_bridge.batch import (
     slurm_ending,
     torque_ending,
 )
+from pbs_bridge.jobfolder import JobFolder
+from pbs_bridge.pbs import ended_status
 from pbs_bridge.qstat import BatchJob, batch_job, parse_qstat_full
-from pbs_bridge.runner import ended_status
-from uws.phases import Phase
-from uws.store import ActiveJob
+from pbs_bridge.runner import BackendPhase, RunnerJob
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -192,21 +192,23 @@ def test_bare_ids():
 
 
 # -- how an ended batch job becomes a phase -----------------------------------
-JOB = ActiveJob(job_id="abc", phase=Phase.EXECUTING, backend_id="12",
+JOB = RunnerJob(job_id="abc", phase=BackendPhase.EXECUTING, backend_id="12",
                 start_time=datetime(2026, 11, 24, 8, 0, tzinfo=UTC),
-                execution_duration=60, queued_time=None)
+                folder=JobFolder(Path("/data/jobs/abc")))
 DONE = BatchJob(batch_id="12", state="C", phase=None, host="node3",
                 max_rss_kb=2048, wall_s=61, cpu_s=55)
 
 
 def test_walltime_and_cancel_end_aborted():
     timed_out = ended_status(JOB, DONE, torque_ending(-11))
-    assert (timed_out.phase, timed_out.ended) == (Phase.ABORTED, True)
+    # Stopped by the batch system: the service ends it ABORTED (unless
+    # the worker left its results).
+    assert (timed_out.ended, timed_out.stopped) == (True, True)
     assert timed_out.message == ("walltime limit exceeded (batch job 12, "
                                  "-11)")
     cancelled = ended_status(JOB, DONE, slurm_ending(
         {"JobState": "CANCELLED", "ExitCode": "0:15"}))
-    assert cancelled.phase is Phase.ABORTED
+    assert cancelled.stopped
     assert cancelled.signal == 15
 
 
@@ -214,7 +216,7 @@ def test_an_ending_without_a_word_is_left_to_the_job_folder():
     status = ended_status(JOB, DONE, torque_ending(3))
     # The service reads the folder: results -> COMPLETED, error.json ->
     # ERROR with the worker's message, else this message.
-    assert (status.phase, status.ended) == (Phase.EXECUTING, True)
+    assert (status.ended, status.stopped) == (True, False)
     assert status.message == ("batch job 12 ended without a result (exit "
                               "status 3); see the log")
     assert (status.max_rss_kb, status.wall_s, status.cpu_s) == (2048, 61, 55)

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pbs_bridge.contract import Progress, WorkerError, WorkerSpec
+from pbs_bridge.jobfolder import Progress, WorkerError, WorkerSpec
 from pbs_bridge.worker import STEP_NAMES, _quality_error, main
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.errors import InternalError, NoStarsError, QualityFitsError
@@ -296,7 +296,7 @@ class TestUrlInput:
         # Only the fetch and check are wanted here: a zero point that
         # `assess` refuses before it starts.
         job_spec = json.loads((job / "spec.json").read_text())
-        job_spec["zeropoint"] = -1.0
+        job_spec["parameters"] = {"zeropoint": -1.0}
         (job / "spec.json").write_text(json.dumps(job_spec))
         assert main([str(job)]) == 2
         assert (job / "inputs" / "flat.fits").read_bytes() == (
@@ -342,15 +342,17 @@ class TestSpec:
     @pytest.mark.parametrize(("text", "words"), [
         (None, "cannot read spec.json"),
         ("{not json", "spec.json: not JSON"),
-        ('{"version": 2, "job_id": "j", "image": "x"}', "version 2"),
+        ('{"version": 3, "job_id": "j", "image": "x"}', "version 3"),
+        ('{"version": 2, "job_id": "j", "image": "x", "parameters": [1]}',
+         "parameters is not an object"),
         ('{"version": 1, "job_id": "j", "image": "x", "colour": 1}',
          "unknown keys ['colour']"),
         ('{"version": 1, "job_id": "j", "image": 12}',
          "image must be a non-empty string"),
         ('{"version": 1, "job_id": "j", "image": "../../etc/passwd"}',
          "is not a path inside the job directory"),
-    ], ids=["missing", "not-json", "version", "unknown-key", "type",
-            "outside"])
+    ], ids=["missing", "not-json", "version", "parameters", "unknown-key",
+            "type", "outside"])
     def test_unreadable_spec(self, tmp_path, text, words):
         job = tmp_path / "job"
         job.mkdir()

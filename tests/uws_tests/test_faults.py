@@ -42,7 +42,7 @@ from uwskit import (
     wait_for,
 )
 
-from pbs_bridge.contract import SPEC_FILE, WorkerSpec
+from pbs_bridge.jobfolder import SPEC_FILE, WorkerSpec
 from uws.phases import Phase
 from uws.schema import upgrade
 from uws.store import JobStore
@@ -269,8 +269,9 @@ def test_upload_over_the_limit(start_service: Starter, size: int):
 
 
 # -- bad parameters -----------------------------------------------------------
-ACCEPTED = ("IMAGE", "FLAT", "MASK", "ZEROPOINT", "PIXSCALE", "EMAIL",
-            "RUNID", "PHASE=RUN", "EXECUTIONDURATION", "DESTRUCTION")
+ACCEPTED = ("IMAGE", "FLAT", "MASK", "ZEROPOINT", "PIXSCALE",
+            "MASK_CONVENTION", "EMAIL", "RUNID", "PHASE=RUN",
+            "EXECUTIONDURATION", "DESTRUCTION")
 
 
 def test_unknown_parameter_lists_the_accepted_ones(live: LiveService):
@@ -291,7 +292,10 @@ BAD_VALUES = [
     ({"EXECUTIONDURATION": "-5"}, "EXECUTIONDURATION: -5 is negative"),
     ({"ZEROPOINT": "abc"}, "ZEROPOINT: 'abc' is not a number"),
     ({"PIXSCALE": "-1"}, "PIXSCALE: -1 is outside (0, 100]"),
-    ({"PIXSCALE": "nan"}, "PIXSCALE: nan is outside"),
+    ({"PIXSCALE": "nan"}, "PIXSCALE: nan is not a finite number"),
+    ({"ZEROPOINT": "-1"}, "ZEROPOINT: -1 is outside [0, 50]"),
+    ({"MASK_CONVENTION": "odd"},
+     "MASK_CONVENTION: 'odd' is not one of auto, zero, nonzero"),
     ({"EMAIL": "bad"}, "EMAIL: 'bad' is not an email address"),
     ({"IMAGE": "file:///etc/passwd"},
      ("IMAGE: 'file:///etc/passwd' is neither an uploaded file nor an "

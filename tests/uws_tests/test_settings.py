@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from paste.deploy.loadwsgi import appconfig
 
+from pbs_bridge.local import LocalSettings
+from pbs_bridge.pbs import PbsSettings
+from uws.auth import BasicSettings, HeaderSettings
 from uws.settings import (
     Settings,
     SettingsError,
@@ -35,7 +38,7 @@ def test_development_ini_gives_the_embedded_defaults():
     assert settings.runner == "local"
     assert settings.auth == "anonymous"
     assert settings.upload_limit == 800 * 10**6
-    assert settings.base_url == "http://127.0.0.1:6543"
+    assert settings.base_url == ""  # links follow the request's port
     assert settings.execution_duration == 3600
     assert settings.destruction == 7 * 86400
 
@@ -60,7 +63,21 @@ def test_sizes(text, size):
     ({"execution_duration": "soon"},
      "qfits.execution_duration: 'soon' is not a duration"),
     ({"max_running": "0"}, "qfits.max_running: 0 is below 1"),
-    ({"auth": "kerberos"}, "qfits.auth: 'kerberos' is not one of"),
+    ({"auth": "kerberos"},
+     ("qfits.auth: 'kerberos' is not anonymous, basic, header or "
+      "module:Class")),
+    ({"auth": "no.such.module:Policy"},
+     "qfits.auth: cannot load no.such.module:Policy: No module named"),
+    ({"runner": "slurm"},
+     "qfits.runner: 'slurm' is not local, pbs or module:Class"),
+    ({"runner": "pbs_bridge.local:NoSuchRunner"},
+     "qfits.runner: cannot load pbs_bridge.local:NoSuchRunner"),
+    ({"runner": "pbs_bridge.jobfolder:JobFolder"},
+     "qfits.runner: pbs_bridge.jobfolder:JobFolder has no settings_type"),
+    ({"pbs_queue": "long"},
+     ("unknown settings: qfits.pbs_queue (not settings of the service, "
+      "of runner local or of auth anonymous")),
+    ({"auth_header": "X-User"}, "unknown settings: qfits.auth_header"),
     ({"auth": "basic"}, "qfits.auth = basic needs qfits.auth_user_file"),
     ({"execution_duration": "5h"}, "qfits.execution_duration must be"),
     ({"destruction": "60d"}, "qfits.destruction must not exceed"),
@@ -68,9 +85,12 @@ def test_sizes(text, size):
     ({"poll_interval": "x"}, "qfits.poll_interval: 'x' is not a number"),
     ({"runner": "pbs", "ccd_jobs": "0"},
      "qfits.ccd_jobs = 0 (one per core of the machine) cannot be asked"),
-    ({"pbs_queue": "batch;id"}, "qfits.pbs_queue: 'batch;id' is not a"),
-    ({"pbs_memory_base": "much"}, "qfits.pbs_memory_base: 'much' is not"),
-    ({"pbs_environment": "A B-C"}, "qfits.pbs_environment: 'B-C' is not"),
+    ({"runner": "pbs", "pbs_queue": "batch;id"},
+     "qfits.pbs_queue: 'batch;id' is not a"),
+    ({"runner": "pbs", "pbs_memory_base": "much"},
+     "qfits.pbs_memory_base: 'much' is not"),
+    ({"runner": "pbs", "pbs_environment": "A B-C"},
+     "qfits.pbs_environment: 'B-C' is not"),
     ({"smtp_port": "smtp"}, "qfits.smtp_port: 'smtp' is not an integer"),
     ({"smtp_port": "0"}, "qfits.smtp_port: 0 is below 1"),
     ({"smtp_port": "65536"}, "qfits.smtp_port: 65536 is above 65535"),
@@ -92,19 +112,33 @@ def test_bad_settings_are_refused_naming_the_key(values, message):
         Settings.from_ini(_ini(**values))
 
 
-def test_pbs_settings():
+def test_pbs_settings_are_the_pbs_runners():
     settings = Settings.from_ini(_ini(runner="pbs", pbs_queue="long",
                                       pbs_memory_base="1GiB",
                                       pbs_memory_factor="3",
                                       pbs_bin="/opt/torque/bin",
-                                      pbs_environment="TMPDIR, LANG"))
-    assert settings.ccd_jobs == 1  # the cores each batch job asks for
-    assert settings.pbs_memory_base == 2**30
-    assert settings.pbs_memory_factor == 3.0
-    assert (settings.pbs_queue, settings.pbs_bin) == ("long",
-                                                      "/opt/torque/bin")
-    assert settings.pbs_environment == ("TMPDIR", "LANG")
-    assert Settings.from_ini(_ini()).ccd_jobs == 0  # local: per core
+                                      pbs_environment="TMPDIR, LANG",
+                                      poll_interval="2"))
+    pbs = settings.runner_settings
+    assert isinstance(pbs, PbsSettings)
+    assert pbs.ccd_jobs == 1  # the cores each batch job asks for
+    assert pbs.pbs_memory_base == 2**30
+    assert pbs.pbs_memory_factor == 3.0
+    assert (pbs.pbs_queue, pbs.pbs_bin) == ("long", "/opt/torque/bin")
+    assert pbs.pbs_environment == ("TMPDIR", "LANG")
+    assert settings.poll_interval == 2.0  # the service's own key
+    local = Settings.from_ini(_ini(max_running="3")).runner_settings
+    assert isinstance(local, LocalSettings)
+    assert (local.ccd_jobs, local.max_running) == (0, 3)  # 0: per core
+
+
+def test_auth_settings_are_the_policys():
+    header = Settings.from_ini(_ini(auth="header", auth_header="X-User"))
+    assert isinstance(header.auth_settings, HeaderSettings)
+    assert header.auth_settings.auth_header == "X-User"
+    basic = Settings.from_ini(_ini(auth="basic", auth_user_file="users"))
+    assert isinstance(basic.auth_settings, BasicSettings)
+    assert basic.auth_settings.auth_user_file == Path("users")
 
 
 def test_smtp_settings():
@@ -143,18 +177,23 @@ def test_required_settings():
         Settings.from_ini({"qfits.database_url": "sqlite://"})
 
 
-def test_every_setting_is_documented():
+@pytest.mark.parametrize("declared", [
+    Settings, LocalSettings, PbsSettings, BasicSettings, HeaderSettings])
+def test_every_setting_is_documented(declared):
     doc = (ROOT / "docs" / "service.md").read_text()
-    for field in fields(Settings):
+    for field in fields(declared):
+        if field.name in ("runner_settings", "auth_settings"):
+            continue
         assert f"`qfits.{field.name}`" in doc, field.name
 
 
 def test_science_packages_do_not_import_the_service():
     code = ("import sys, qualityfits, votable, pbs_bridge.worker, "
             "pbs_bridge.qstat, pbs_bridge.batch, "
-            "pbs_bridge.contract; print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in {'uws', 'pyramid', 'sqlalchemy', "
-            "'waitress'}))")
+            "pbs_bridge.jobfolder, pbs_bridge.runner, pbs_bridge.local, "
+            "pbs_bridge.pbs, pbs_bridge.config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'uws', 'pyramid', 'sqlalchemy', 'waitress'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -132,9 +132,10 @@ def settings_for(root: Path, url: str, **overrides: Any) -> Settings:
         "qfits.job_dir": str(root / "jobs"),
         "qfits.poll_interval": "0.2",
         "qfits.reaper_interval": "3600",
-        "qfits.max_running": "1",
         "qfits.ccd_jobs": "1",
     }
+    if overrides.get("runner", "local") == "local":
+        ini["qfits.max_running"] = "1"  # a setting of the local runner
     ini.update({f"qfits.{k}": str(v) for k, v in overrides.items()})
     return Settings.from_ini(ini)
 

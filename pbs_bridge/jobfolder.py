@@ -1,0 +1,390 @@
+"""The job folder: the one module that knows its files.
+
+The service writes the job spec and hands the folder to a runner; the
+worker writes its progress while it runs and, at the end, either the
+products with their manifest or an error document.  Nothing else
+passes between them, so the same worker runs under the local runner
+and on a batch node (the folder is on a filesystem both see).
+`JobFolder` reads and writes every file below; nobody else builds a
+path into a job folder.
+
+Layout::
+
+    spec.json          WorkerSpec (written by the service, read-only after)
+    inputs/            uploaded or fetched files, named by parameter
+    progress.json      Progress: steps with state and times, host, usage
+    results/           the product set (worker) and its manifest:
+    results/manifest.json   qualityfits.manifest.Manifest (worker)
+    error.json         WorkerError, when the job failed (worker)
+    worker.log         the worker's standard output and error
+    batch.sh           the batch script (PBS runner)
+    derived/           files the service derives for its pages
+                       (derived/thumbs/: picture thumbnails), never
+                       results, removed with the job
+
+Every JSON document carries a ``"version"``; readers refuse versions
+they do not know with a clear message.  The spec is at version 2 (the
+science parameters as one typed object, `qualityfits.QualityParameters`
+in its JSON form); version 1 specs (``zeropoint``/``pixscale`` keys) of
+jobs queued before an upgrade are still read.
+
+How a job ended is `JobFolder.outcome`: `Completed` with its manifest,
+`Failed` with the worker's error document, or `Vanished` (the worker
+left neither: killed, or never started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qualityfits.manifest import Manifest, ManifestError
+
+#: Version of the progress and error documents.
+CONTRACT_VERSION = 1
+#: Version of the spec; `WorkerSpec.from_json` reads 1 and 2.
+SPEC_VERSION = 2
+
+SPEC_FILE = "spec.json"
+INPUTS_DIR = "inputs"
+PROGRESS_FILE = "progress.json"
+RESULTS_DIR = "results"
+MANIFEST_FILE = "manifest.json"  # inside RESULTS_DIR
+ERROR_FILE = "error.json"
+LOG_FILE = "worker.log"
+DERIVED_DIR = "derived"
+
+#: Error types of `WorkerError` (UWS errorSummary ``type`` is fatal or
+#: transient; "usage" is a fatal error caused by the input).
+ERROR_TYPES = ("fatal", "transient", "usage")
+
+
+class ContractError(ValueError):
+    """A job-directory document that cannot be read."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to run one job (``spec.json``).
+
+    File inputs are either ``inputs/<name>`` paths relative to the job
+    directory (uploads) or http(s) URLs the worker fetches first.
+    """
+
+    job_id: str
+    image: str
+    flat: str | None = None
+    mask: str | None = None
+    #: The science parameters, `qualityfits.QualityParameters.to_json`.
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: CCD worker processes of the pipeline (0: its default).
+    ccd_jobs: int = 0
+    #: Largest file the worker may fetch by URL [bytes].
+    fetch_limit: int = 800_000_000
+    #: Seconds before a URL fetch gives up.
+    fetch_timeout: float = 60.0
+    run_id: str | None = None
+
+    def to_json(self) -> str:
+        """Return the versioned JSON document."""
+        return json.dumps({"version": SPEC_VERSION, **asdict(self)},
+                          indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        """Parse a document written by `to_json` (or a version 1 spec)."""
+        data = _load_versioned(text, SPEC_FILE, (1, SPEC_VERSION))
+        if data.get("_version") == 1:
+            # Version 1 named the two science parameters of its time.
+            data["parameters"] = {k: data.pop(k) for k in
+                                  ("zeropoint", "pixscale")
+                                  if data.get(k) is not None}
+            data.pop("zeropoint", None)
+            data.pop("pixscale", None)
+        data.pop("_version")
+        if not isinstance(data.get("parameters", {}), dict):
+            raise ContractError(f"{SPEC_FILE}: parameters is not an object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ContractError(f"{SPEC_FILE}: unknown keys {unknown}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ContractError(f"{SPEC_FILE}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """Why a job failed (``error.json``)."""
+
+    type: str
+    message: str
+    detail: str = ""
+
+    def to_json(self) -> str:
+        """Return the versioned JSON document."""
+        return json.dumps({"version": CONTRACT_VERSION, **asdict(self)},
+                          indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerError:
+        """Parse a document written by `to_json`."""
+        data = _load_versioned(text, ERROR_FILE)
+        try:
+            error = cls(type=str(data["type"]),
+                        message=str(data["message"]),
+                        detail=str(data.get("detail", "")))
+        except KeyError as exc:
+            raise ContractError(f"{ERROR_FILE}: no {exc.args[0]}") from None
+        if error.type not in ERROR_TYPES:
+            raise ContractError(f"{ERROR_FILE}: unknown type {error.type!r}")
+        return error
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One processing step as the progress file reports it.
+
+    ``state`` is pending, running, done, failed or skipped; times are
+    ISO 8601 UTC strings ending in ``Z`` (empty until known).
+    """
+
+    name: str
+    state: str = "pending"
+    start: str = ""
+    end: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The worker's progress file (``progress.json``)."""
+
+    steps: tuple[StepState, ...] = ()
+    host: str = ""
+    pid: int = 0
+    started: str = ""
+    updated: str = ""
+    #: Peak resident memory of the worker and its children [kB].
+    max_rss_kb: int = 0
+    #: CPU time of the worker and its children [s].
+    cpu_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Return the versioned JSON document."""
+        data = asdict(self)
+        data["steps"] = [asdict(s) for s in self.steps]
+        return json.dumps({"version": CONTRACT_VERSION, **data}) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Progress:
+        """Parse a document written by `to_json`."""
+        data = _load_versioned(text, PROGRESS_FILE)
+        try:
+            steps = tuple(StepState(**s) for s in data.pop("steps", []))
+            return cls(steps=steps, **data)
+        except TypeError as exc:
+            raise ContractError(f"{PROGRESS_FILE}: {exc}") from None
+
+
+def _load_versioned(text: str, name: str,
+                    versions: tuple[int, ...] = (CONTRACT_VERSION,)
+                    ) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ContractError(f"{name}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"{name}: not a JSON object")
+    version = data.pop("version", None)
+    if version not in versions:
+        readable = " or ".join(str(v) for v in versions)
+        raise ContractError(
+            f"{name}: version {version!r}, this program reads "
+            f"version {readable}")
+    if len(versions) > 1:
+        data["_version"] = version
+    return data
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers never see half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        # Readable by the service when a batch job runs as another user.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- how a job ended -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The worker wrote its products: their manifest."""
+
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The worker wrote an error document (or an unreadable one)."""
+
+    error: WorkerError
+
+
+@dataclass(frozen=True)
+class Vanished:
+    """The worker left neither products nor an error document."""
+
+
+Outcome = Completed | Failed | Vanished
+
+#: Lines of the worker log `JobFolder.log_tail` returns by default.
+LOG_TAIL = 40
+_TAIL_BYTES = 16384
+
+
+class JobFolder:
+    """The files of one job (see the module documentation).
+
+    Parameters
+    ----------
+    path : Path
+        The job's folder (it need not exist yet).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.spec_file = path / SPEC_FILE
+        self.inputs = path / INPUTS_DIR
+        self.progress_file = path / PROGRESS_FILE
+        self.results = path / RESULTS_DIR
+        self.manifest_file = self.results / MANIFEST_FILE
+        self.error_file = path / ERROR_FILE
+        self.log_file = path / LOG_FILE
+        self.derived = path / DERIVED_DIR
+
+    def __repr__(self) -> str:
+        """Show the folder."""
+        return f"JobFolder({str(self.path)!r})"
+
+    # -- spec ----------------------------------------------------------
+    def write_spec(self, spec: WorkerSpec) -> None:
+        """Write ``spec.json`` (OSError if the folder is not writable)."""
+        write_atomic(self.spec_file, spec.to_json())
+
+    def read_spec(self) -> WorkerSpec:
+        """Read ``spec.json`` (OSError, ContractError)."""
+        return WorkerSpec.from_json(self.spec_file.read_text(
+            encoding="utf-8"))
+
+    def has_spec(self) -> bool:
+        """Whether the service wrote the spec (the folder survived)."""
+        return self.spec_file.exists()
+
+    def input_path(self, relative: str) -> Path:
+        """Return the file of an input given relative to the folder.
+
+        Raises ContractError for an absolute path or one leaving the
+        folder (never followed).
+        """
+        path = Path(relative)
+        if path.is_absolute() or ".." in path.parts:
+            raise ContractError(
+                f"{SPEC_FILE}: {relative!r} is not a path inside the job "
+                "folder")
+        return self.path / path
+
+    # -- progress ------------------------------------------------------
+    def progress(self) -> Progress | None:
+        """Return the worker's progress; None while absent or unreadable."""
+        try:
+            return Progress.from_json(self.progress_file.read_text())
+        except (OSError, ContractError):
+            return None
+
+    def write_progress(self, progress: Progress) -> None:
+        """Replace the progress document (worker)."""
+        write_atomic(self.progress_file, progress.to_json())
+
+    # -- the end ---------------------------------------------------------
+    def write_error(self, error: WorkerError) -> None:
+        """Write the error document (worker)."""
+        write_atomic(self.error_file, error.to_json())
+
+    def error(self) -> WorkerError | None:
+        """Return the worker's error document, if it wrote one.
+
+        An unreadable one is reported as a fatal error saying so.
+        """
+        try:
+            text = self.error_file.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return WorkerError("fatal", f"unreadable error document: {exc}")
+        try:
+            return WorkerError.from_json(text)
+        except ContractError as exc:
+            return WorkerError("fatal", f"unreadable error document: {exc}")
+
+    def clear_outcome(self) -> None:
+        """Remove an earlier run's manifest and error document (worker)."""
+        for path in (self.error_file, self.manifest_file):
+            path.unlink(missing_ok=True)
+
+    def outcome(self) -> Outcome:
+        """Say how the worker ended, from its files.
+
+        Products count only with their manifest and without an error
+        document; an unreadable manifest is a failure saying why.
+        """
+        error = self.error()
+        if error is not None:
+            return Failed(error)
+        if not self.manifest_file.exists():
+            return Vanished()
+        try:
+            return Completed(Manifest.read(self.manifest_file))
+        except (OSError, ManifestError) as exc:
+            return Failed(WorkerError(
+                "fatal", f"unreadable results manifest: {exc}"))
+
+    # -- the log ---------------------------------------------------------
+    def log_size(self) -> int | None:
+        """Size of the worker log in bytes; None if there is none."""
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return None
+
+    def log_tail(self, lines: int = LOG_TAIL) -> str:
+        """Return the last ``lines`` lines of the worker log ("" if none)."""
+        try:
+            with self.log_file.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - _TAIL_BYTES))
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- files the service derives ---------------------------------------
+    def thumbnail(self, result_id: str) -> Path:
+        """Where the thumbnail of a picture result is kept."""
+        if not result_id or "/" in result_id or result_id.startswith("."):
+            raise ContractError(f"{result_id!r} is not a result id")
+        return self.derived / "thumbs" / f"{result_id}.png"
