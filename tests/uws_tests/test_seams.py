@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from uwskit import job_xml, settings_for, text_of
+from uwskit import free_port, job_xml, settings_for, text_of
 
 from pbs_bridge.config import SettingsError
 from qualityfits.parameters import PARAMETERS, QualityParameters
 
 # By the name the service loads it with (one module, one class object).
 from tests.uws_tests.pluginkit import MODULE, NiceSettings, TokenSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_plugin_runner_reads_its_own_settings(tmp_path: Path):
@@ -137,3 +139,30 @@ def test_the_command_line_offers_every_declared_parameter():
         text=True, check=True).stdout
     for param in PARAMETERS:
         assert param.option in help_text, param.name
+
+
+# -- refusing to start --------------------------------------------------------
+@pytest.mark.parametrize(("change", "words"), [
+    (None, ("the job database is empty (no schema revision); this "
+            "service needs revision")),
+    ("qfits.pbs_queue = long\n", "unknown settings: qfits.pbs_queue"),
+], ids=["database-not-migrated", "setting-of-another-runner"])
+def test_pserve_refuses_to_start_in_one_line(tmp_path: Path, change, words):
+    """No traceback: what is wrong and what to do, then exit status 1."""
+    ini = tmp_path / "development.ini"
+    text = (ROOT / "development.ini").read_text()
+    if change is not None:
+        text = text.replace("qfits.auth = anonymous\n",
+                            f"qfits.auth = anonymous\n{change}")
+    ini.write_text(text)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pserve"), str(ini),
+         f"http_port={free_port()}"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("qualityfits-uws: cannot start: "), done.stderr
+    assert words in last
+    if change is None:
+        assert "alembic -c development.ini upgrade head" in last
