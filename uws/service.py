@@ -432,7 +432,7 @@ class JobService:
                     return ResultFile(
                         self.folder(job_id).path / str(param.value),
                         "application/fits")
-                return _text(param.value)
+                return param.text
         raise UnknownJobError(f"job {job_id} has no parameter {name!r}")
 
     # -- phase changes requested by the client ------------------------------
@@ -796,13 +796,6 @@ class JobService:
 
 def _optional_text(value: object) -> str | None:
     return None if value is None else str(value)
-
-
-def _text(value: object) -> str:
-    """Return a stored value as text, as ``<uws:parameter>`` shows it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _results(manifest: Manifest) -> list[Result]:
