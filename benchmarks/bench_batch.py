@@ -71,8 +71,10 @@ SLEEPER = """\
 sleep {seconds}
 mkdir -p "$1/results"
 echo ok > "$1/results/ok.txt"
-printf '%s' '{{"version": 1, "products": [{{"id": "ok", "file": "ok.txt", \
-"mime": "text/plain", "size": 3}}]}}' > "$1/results/manifest.json"
+printf '%s' '{{"version": 2, "image": "bench.fits", "qualityfits": "bench", \
+"n_extensions": 1, "failed_extensions": [], "flags": [], \
+"products": [{{"id": "ok", "file": "ok.txt", "mime": "text/plain", \
+"size": 3, "description": "bench"}}]}}' > "$1/results/manifest.json"
 """
 
 

@@ -173,14 +173,17 @@ _PHASE = re.compile(rb"<uws:phase>(\w+)</uws:phase>")
 _END = re.compile(rb"<uws:endTime>([^<]+)</uws:endTime>")
 
 #: The worker of the short jobs: sleep, then one product and its
-#: manifest (what `uws.service` reads to conclude COMPLETED).
+#: manifest (`qualityfits.manifest.Manifest`, version 2: what the
+#: service reads through `pbs_bridge.jobfolder` to conclude COMPLETED).
 WORKER_SCRIPT = """#!/bin/sh
 # bench_uws.py: a short job.  $1 is the job folder.
 sleep @SECONDS@
 mkdir -p "$1/results"
 echo done > "$1/results/note.txt"
 cat > "$1/results/manifest.json" <<'EOF'
-{"products": [{"id": "note", "file": "note.txt", "mime": "text/plain",
+{"version": 2, "image": "bench.fits", "qualityfits": "bench",
+ "n_extensions": 1, "failed_extensions": [], "flags": [],
+ "products": [{"id": "note", "file": "note.txt", "mime": "text/plain",
   "size": 5, "description": "bench"}]}
 EOF
 """
