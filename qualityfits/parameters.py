@@ -64,6 +64,9 @@ class Parameter:
         The command-line option.
     metavar : str
         The option's value in the command-line help.
+    label : str
+        A short name for a person (a form's field label; default: the
+        name, capitalised).
     """
 
     name: str
@@ -77,6 +80,13 @@ class Parameter:
     choices: tuple[str, ...] = ()
     option: str = ""
     metavar: str = ""
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        """The label with the unit: ``Pixel scale [arcsec/pixel]``."""
+        label = self.label or self.name.replace("_", " ").capitalize()
+        return f"{label} [{self.unit}]" if self.unit else label
 
     @property
     def default(self) -> JSONValue:
@@ -150,18 +160,20 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
         "magnitude of a source giving 1 ADU in the image, 0 <= ZP <= 50 "
         "(0 for an image in maggies); default: the header's PHOTZP, "
         "MAGZERO, ..., else instrumental magnitudes",
-        low=0.0, high=50.0, option="--zeropoint", metavar="ZP"),
+        low=0.0, high=50.0, option="--zeropoint", metavar="ZP",
+        label="Zero point"),
     Parameter(
-        "pixscale", "number", "arcsec",
+        "pixscale", "number", "arcsec/pixel",
         "pixel scale in arcsec per pixel, 0 < S <= 100, used when the "
         "image has no celestial WCS",
         low=0.0, high=100.0, low_open=True, option="--pixscale",
-        metavar="ARCSEC"),
+        metavar="ARCSEC", label="Pixel scale"),
     Parameter(
         "mask_convention", "choice", "",
         "which mask values mark bad pixels: auto (the minority value), "
         "zero (0 is bad, CFHT Elixir masks) or nonzero (flag maps)",
-        choices=("auto", "zero", "nonzero"), option="--mask-bad-value"),
+        choices=("auto", "zero", "nonzero"), option="--mask-bad-value",
+        label="Bad pixels of the mask"),
 )
 #: The parameters by name.
 PARAMETER_BY_NAME: Final[Mapping[str, Parameter]] = {
