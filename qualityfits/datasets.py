@@ -16,7 +16,21 @@ pipeline is judged, so its conventions are stated here once:
   pixel-convolved model recovers ``fwhm`` exactly, one that fits the
   pixel values with a point-sampled model finds a slightly larger FWHM.
   A star's stamp holds at least 99.8 % of its flux (for beta >= 2);
-  the far wings left out are below 0.001 sky sigma per pixel.
+  the far wings left out are below 0.001 sky sigma per pixel.  This
+  holds for undersampled PSFs too (FWHM 1.6 px: the pixel values'
+  second moments are the Moffat's plus the pixel box's 1/12 px²), so
+  the truth FWHM (``SIMFWHM``, the ``fwhm`` column) is always the
+  pixel-free one, smaller than the FWHM of the pixel image.
+* Crowded fields (12 000 stars per 2048² and more) are just
+  ``n_stars``: overlapping stars add, and every star is in the truth
+  table (`write_exposure` ``truth=``, ``qualityfits-simulate --truth``).
+* Auxiliary planes: ``layout="hst_flt"`` writes per CCD the HST
+  calibrated-file extensions ``SCI``, ``ERR`` (the per-pixel sigma of
+  the noiseless image) and ``DQ`` (`HST_DQ` bits: bad columns,
+  saturation, cosmic rays); ``layout="cp"`` the NOIRLab Community
+  Pipeline trio (image, inverse-variance weight, data quality with the
+  `CP_DQ` codes; the weight is 0 wherever the data quality is not).
+  ``n_bad_columns`` adds dead and hot columns to any layout.
 * Galaxies are exponential discs convolved with the local PSF and
   integrated over the pixels; they are rendered exactly in Fourier space
   from the analytic transforms of the three factors, and hold all their
@@ -77,8 +91,12 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "CP_DQ",
+    "HST_DQ",
+    "LAYOUTS",
     "SimulatedImage",
     "SimulationParams",
+    "cp_file_names",
     "main",
     "moffat_profile",
     "render_psf_stamp",
@@ -158,6 +176,20 @@ _ALIAS_TOLERANCE: Final = 1e-5
 _NEIGHBOURS: Final = ((0, 1), (0, -1), (1, 0), (-1, 0))
 
 Dtype = Literal["float32", "int16"]
+Layout = Literal["plain", "hst_flt", "cp"]
+
+#: The file layouts of `SimulationParams.layout`.
+LAYOUTS: Final = ("plain", "hst_flt", "cp")
+#: Data-quality bits of the HST ``_flt`` layout (WFC3/ACS conventions):
+#: bad detector pixel, full-well saturation, cosmic ray (AstroDrizzle).
+HST_DQ: Final = {"bad": 4, "saturated": 256, "cosmic_ray": 4096}
+#: Data-quality codes of the NOIRLab Community Pipeline (``ood`` files):
+#: bad pixel (BPM), saturated, cosmic ray.  The CP writes one code per
+#: pixel; where several apply, a bad column wins over saturation, which
+#: wins over a cosmic ray.
+CP_DQ: Final = {"bad": 1, "saturated": 3, "cosmic_ray": 5}
+#: A hot bad column reads this many sky sigmas above the sky.
+_HOT_COLUMN_SIGMAS: Final = 50.0
 
 
 # --------------------------------------------------------------------------
@@ -259,6 +291,23 @@ class SimulationParams:
     dtype : {"float32", "int16"}
         Output pixel type; ``"int16"`` means FITS BITPIX 16 with BZERO
         32768, i.e. a ``uint16`` array, rounded and clipped to 0..65535.
+    n_bad_columns : int
+        Number of bad columns (distinct, seeded, drawn after everything
+        else so that the rest of the image does not depend on it): the
+        even-numbered ones of the sorted list are dead (they read 0 ADU),
+        the odd ones hot (the observed column plus 50 sky sigmas).  The
+        truth catalogues ignore them; `SimulatedImage.bad_columns` lists
+        them.
+    layout : {"plain", "hst_flt", "cp"}
+        How `write_exposure` writes the image: ``"plain"`` one image HDU
+        per CCD; ``"hst_flt"`` the HST calibrated ``_flt`` layout, an
+        empty primary and per CCD the extensions ``SCI``, ``ERR`` (the
+        per-pixel sigma) and ``DQ`` (int16 flags, `HST_DQ`) with
+        ``EXTVER`` = CCD number + 1; ``"cp"`` the NOIRLab Community
+        Pipeline trio, three files (image, inverse-variance weight,
+        data quality, `cp_file_names`) each an empty primary and one
+        extension per CCD.  Any layout but ``"plain"`` makes the
+        simulation keep the per-pixel sigma (`SimulatedImage.sigma`).
 
     Raises
     ------
@@ -289,6 +338,8 @@ class SimulationParams:
     dec: float = 2.0
     gl_order: int = 6
     dtype: Dtype = "float32"
+    n_bad_columns: int = 0
+    layout: Layout = "plain"
 
     def __post_init__(self) -> None:
         """Check every value and normalise the tuples."""
@@ -326,6 +377,12 @@ class SimulationParams:
         _check_real("ra", self.ra, 0.0, 360.0, hi_open=True)
         _check_real("dec", self.dec, -90.0, 90.0)
         _check_int("gl_order", self.gl_order, 1, 64)
+        _check_int("n_bad_columns", self.n_bad_columns, 0, shape[1])
+        if self.layout not in LAYOUTS:
+            raise InvalidParameterError(
+                f"layout must be one of {', '.join(LAYOUTS)}, got "
+                f"{self.layout!r}"
+            )
         if self.dtype not in ("float32", "int16"):
             raise InvalidParameterError(
                 f"dtype must be 'float32' or 'int16', got {self.dtype!r}"
@@ -409,6 +466,14 @@ class SimulatedImage:
     psf_area : float
         Effective area ``1 / sum(phi**2)`` (px) of the pixel-integrated
         PSF of unit flux centred on a pixel, at the central FWHM.
+    bad_columns : tuple of int
+        The bad columns (0-based), sorted; see
+        `SimulationParams.n_bad_columns`.
+    sigma : ndarray of float32 or None
+        Expected noise of each pixel, ADU: ``sqrt(m / gain + (read_noise
+        / gain)**2)`` of the noiseless image ``m`` (sky and sources,
+        without cosmic rays), kept when ``params.layout`` is not
+        ``"plain"``.
     """
 
     data: NDArray[Any]
@@ -422,6 +487,8 @@ class SimulatedImage:
     fwhm_slope: tuple[float, float]
     sky_slope: tuple[float, float]
     psf_area: float
+    bad_columns: tuple[int, ...] = ()
+    sigma: NDArray[np.float32] | None = None
 
     @property
     def _centre(self) -> tuple[float, float]:
@@ -466,6 +533,136 @@ class SimulatedImage:
             # set the card rather than ``name=``, which upper-cases it
             header["EXTNAME"] = (name, "extension name")
         return fits.ImageHDU(data=self.data, header=header)
+
+    @property
+    def saturated(self) -> NDArray[np.bool_]:
+        """Pixels at the saturation level (where the simulator clipped)."""
+        level = np.asarray(self.params.saturation).astype(self.data.dtype)
+        return np.asarray(self.data >= level, dtype=bool)
+
+    def dq(self, coding: Literal["hst", "cp"]) -> NDArray[np.int16]:
+        """Return the data-quality flags of every pixel.
+
+        Parameters
+        ----------
+        coding : {"hst", "cp"}
+            ``"hst"``: bits `HST_DQ` or-ed together; ``"cp"``: one code
+            of `CP_DQ` per pixel (bad column over saturated over cosmic
+            ray).  Cosmic rays are the pixels of `cr_mask`.
+
+        Returns
+        -------
+        ndarray of int16
+            0 for a good pixel.
+        """
+        codes = HST_DQ if coding == "hst" else CP_DQ
+        flags = np.zeros(self.data.shape, dtype=np.int16)
+        order = ("cosmic_ray", "saturated", "bad")
+        masks = {
+            "cosmic_ray": self.cr_mask,
+            "saturated": self.saturated,
+            "bad": np.zeros(self.data.shape, dtype=bool),
+        }
+        masks["bad"][:, list(self.bad_columns)] = True
+        for what in order:
+            if coding == "hst":
+                flags[masks[what]] |= codes[what]
+            else:
+                flags[masks[what]] = codes[what]
+        return flags
+
+    def _need_sigma(self) -> NDArray[np.float32]:
+        if self.sigma is None:
+            raise InvalidParameterError(
+                "the per-pixel sigma was not kept: simulate with a layout "
+                "other than 'plain'"
+            )
+        return self.sigma
+
+    def inverse_variance(self) -> NDArray[np.float32]:
+        """Return the CP-style weight: ``1 / sigma**2``, 0 where flagged.
+
+        Raises
+        ------
+        InvalidParameterError
+            If the image was simulated with the ``"plain"`` layout.
+        """
+        sigma = self._need_sigma()
+        weight = np.asarray(1.0 / np.square(sigma, dtype=np.float64))
+        weight[self.dq("cp") != 0] = 0.0
+        return weight.astype(np.float32)
+
+    def hst_hdus(self, extver: int = 1) -> list[fits.ImageHDU]:
+        """Return the ``SCI``, ``ERR`` and ``DQ`` extensions of this CCD.
+
+        ``SCI`` holds the pixels and the whole header, ``ERR`` the
+        per-pixel sigma (`sigma`, ADU, float32) and ``DQ`` the `HST_DQ`
+        flags (int16); ``ERR`` and ``DQ`` carry the WCS.  All three have
+        ``EXTVER = extver``.
+
+        Raises
+        ------
+        InvalidParameterError
+            If the image was simulated with the ``"plain"`` layout.
+        """
+        sigma = self._need_sigma()
+        sci = self.header.copy()
+        sci["EXTNAME"] = ("SCI", "extension name")
+        sci["EXTVER"] = (extver, "extension version (chip)")
+        aux = fits.Header()
+        for key in ("EXTNAME", "EXTVER", "BUNIT", "CCDNAME"):
+            if key in sci:
+                aux[key] = (sci[key], sci.comments[key])
+        for key, _, _ in _wcs_cards(self.params, (0.0, 0.0)):
+            aux[key] = (sci[key], sci.comments[key])
+        err = aux.copy()
+        err["EXTNAME"] = ("ERR", "extension name")
+        dq = aux.copy()
+        dq["EXTNAME"] = ("DQ", "extension name")
+        dq["BUNIT"] = ("UNITLESS", "bit flags, see HST_DQ")
+        return [
+            fits.ImageHDU(data=self.data, header=sci),
+            fits.ImageHDU(data=sigma, header=err),
+            fits.ImageHDU(data=self.dq("hst"), header=dq),
+        ]
+
+    def cp_header(self, name: str) -> fits.Header:
+        """Return the extension header of this CCD in the CP trio.
+
+        It is the simulation header plus the cards the NOIRLab Community
+        Pipeline writes in every extension of its ``ooi``, ``oow`` and
+        ``ood`` files: ``FWHM`` (the CP's seeing, px; here the truth
+        pixel-free FWHM at the CCD centre), ``ELLIPTIC`` (1 - B/A of the
+        truth PSF, SExtractor's ELLIPTICITY), ``AVSKY``, ``AVSIG``
+        (truth sky and its noise), ``GAINA``/``GAINB``,
+        ``RDNOISEA``/``RDNOISEB``, ``SATURATA``/``SATURATB``,
+        ``DETPOS``, and ``WTMAP``/``BPM`` naming the companions.
+        """
+        p = self.params
+        header = self.header.copy()
+        header["EXTNAME"] = (name, "extension name")
+        cards: tuple[tuple[str, Any, str], ...] = (
+            ("DETPOS", name, "detector position ID"),
+            ("GAINA", p.gain, "[e-/ADU] gain, amplifier A"),
+            ("GAINB", p.gain, "[e-/ADU] gain, amplifier B"),
+            ("RDNOISEA", p.read_noise, "[electrons] read noise, amp A"),
+            ("RDNOISEB", p.read_noise, "[electrons] read noise, amp B"),
+            ("SATURATA", p.saturation, "[ADU] saturation, amp A"),
+            ("SATURATB", p.saturation, "[ADU] saturation, amp B"),
+            ("FWHM", p.fwhm, "Median FWHM in pixels (truth, pixel-free)"),
+            (
+                "ELLIPTIC",
+                2 * p.ellipticity / (1 + p.ellipticity),
+                "Median ELLIPTICITY (truth 1 - B/A)",
+            ),
+            ("AVSKY", self.sky_mean, "[ADU] mean sky (truth)"),
+            ("AVSIG", self.sky_rms, "[ADU] sky noise (truth)"),
+            ("WTMAP", f"oow[{name}]", "inverse-variance weight map"),
+            ("BPM", f"ood[{name}]", "data-quality map"),
+        )
+        for key, value, comment in cards:
+            header[key] = (value, comment)
+        return header
 
 
 # --------------------------------------------------------------------------
@@ -1412,6 +1609,26 @@ def _observe(
     return data
 
 
+def _bad_columns(
+    data: NDArray[Any], params: SimulationParams, rng: np.random.Generator
+) -> tuple[int, ...]:
+    """Draw the bad columns and spoil them in ``data``, in place."""
+    if params.n_bad_columns == 0:
+        return ()
+    nx = params.shape[1]
+    columns = np.sort(
+        rng.choice(nx, size=params.n_bad_columns, replace=False)
+    )
+    hot = _HOT_COLUMN_SIGMAS * params.sky_rms
+    for k, column in enumerate(columns):
+        if k % 2 == 0:
+            data[:, column] = 0
+        else:
+            raised = data[:, column].astype(np.float64) + hot
+            data[:, column] = np.minimum(raised, params.saturation)
+    return tuple(int(c) for c in columns)
+
+
 def _simulate(
     params: SimulationParams,
     *,
@@ -1446,10 +1663,17 @@ def _simulate(
     cr_mask = np.zeros(params.shape, dtype=bool)
     threshold = _CR_MASK_NSIGMA * params.sky_rms
     cr_mask.ravel()[cr_index[cr_adu > threshold]] = True
+    sigma = None
+    if params.layout != "plain":
+        sigma = np.sqrt(
+            np.maximum(model, 0.0) / params.gain
+            + (params.read_noise / params.gain) ** 2
+        ).astype(np.float32)
     data = _observe(
         model, params, rng, cr_index=cr_index, cr_adu=cr_adu, noise=noise
     )
     del model
+    bad_columns = _bad_columns(data, params, rng)
     fwhm_slope = (float(scene.fwhm_slope[0]), float(scene.fwhm_slope[1]))
     sky_slope = (float(scene.sky_slope[0]), float(scene.sky_slope[1]))
     header = _header(
@@ -1473,6 +1697,8 @@ def _simulate(
         fwhm_slope=fwhm_slope,
         sky_slope=sky_slope,
         psf_area=psf_area,
+        bad_columns=bad_columns,
+        sigma=sigma,
     )
 
 
@@ -1709,6 +1935,119 @@ def simulate_exposure(
     return hdus, images
 
 
+def cp_file_names(path: str | Path) -> tuple[Path, Path, Path]:
+    """Return the image, weight and data-quality files of a CP trio.
+
+    A name holding ``ooi`` (the CP's image code) gets ``oow`` and
+    ``ood`` in its place (``c4d_x_ooi_z.fits`` -> ``c4d_x_oow_z.fits``,
+    ``c4d_x_ood_z.fits``); any other name gets ``_oow`` and ``_ood``
+    before its ``.fits`` suffix (``sim.fits`` -> ``sim_oow.fits``).
+    """
+    path = Path(path)
+    name = path.name
+    if "ooi" in name:
+        return (
+            path,
+            path.with_name(name.replace("ooi", "oow", 1)),
+            path.with_name(name.replace("ooi", "ood", 1)),
+        )
+    stem, dot, rest = name.partition(".fits")
+    suffix = dot + rest if dot else ""
+    return (
+        path,
+        path.with_name(f"{stem}_oow{suffix}"),
+        path.with_name(f"{stem}_ood{suffix}"),
+    )
+
+
+def _single_primary(params: SimulationParams, seed: int) -> fits.Header:
+    """Primary header of a one-CCD file whose image is an extension."""
+    primary = fits.Header()
+    for key, value, comment in (
+        ("INSTRUME", "QualityFITS-sim", "simulated image"),
+        ("OBJECT", "QualityFITS simulation", ""),
+        ("EXPTIME", params.exptime, "[s] exposure time"),
+        ("FILTER", "r", "filter"),
+        ("SIMSEED", seed, "random seed of the exposure"),
+    ):
+        primary[key] = (value, comment)
+    return primary
+
+
+#: A CCD's name and its truth tables (stars, galaxies, cosmic rays).
+_Truth = tuple[str, dict[str, Table]]
+
+
+def _truth_of(name: str, image: SimulatedImage) -> _Truth:
+    return name, {
+        kind: getattr(image, kind)
+        for kind in ("stars", "galaxies", "cr_events")
+    }
+
+
+def _truth_tables(truths: Sequence[_Truth]) -> fits.HDUList:
+    """Return the STARS, GALAXIES and COSMICS tables of every CCD."""
+    hdus = fits.HDUList([fits.PrimaryHDU()])
+    for kind in ("stars", "galaxies", "cr_events"):
+        parts = []
+        for name, tables in truths:
+            table = Table(tables[kind], copy=True)
+            table.add_column(
+                np.full(len(table), name, dtype="U16"), name="ccd", index=0
+            )
+            parts.append(table)
+        merged = parts[0] if len(parts) == 1 else _vstack(parts)
+        hdu = fits.table_to_hdu(merged)
+        hdu.name = {"cr_events": "COSMICS"}.get(kind, kind.upper())
+        hdus.append(hdu)
+    return hdus
+
+
+def _vstack(tables: list[Table]) -> Table:
+    from astropy.table import vstack  # noqa: PLC0415
+
+    return vstack(tables, join_type="exact")
+
+
+def _write_layout(
+    path: Path,
+    layout: Layout,
+    primary: fits.Header,
+    images: Iterator[tuple[str, SimulatedImage]],
+    truth: list[_Truth],
+) -> None:
+    """Write the CCDs in ``layout``, one at a time; collect the truth."""
+    targets: tuple[Path, ...] = (path,)
+    kinds: tuple[str, ...] = ("image",)
+    if layout == "cp":
+        targets = cp_file_names(path)
+        kinds = ("image", "wtmap", "dqmask")
+    for target, kind in zip(targets, kinds, strict=True):
+        header = primary.copy()
+        if layout == "cp":
+            header["PROCTYPE"] = ("InstCal", "Data processing level")
+            header["PRODTYPE"] = (kind, "Data product type")
+            header["OBSTYPE"] = ("object", "Type of observation")
+        else:
+            header["TELESCOP"] = ("HST", "HST _flt layout (simulated)")
+            header["FILETYPE"] = ("SCI", "type of data found in data file")
+        fits.PrimaryHDU(header=header).writeto(target, overwrite=True)
+    for k, (name, image) in enumerate(images):
+        truth.append(_truth_of(name, image))
+        if layout == "hst_flt":
+            for hdu in image.hst_hdus(extver=k + 1):
+                fits.append(path, hdu.data, hdu.header, verify=False)
+            continue
+        header = image.cp_header(name)
+        planes: tuple[NDArray[Any], ...] = (
+            image.data,
+            image.inverse_variance(),
+            image.dq("cp").astype(np.int32),
+        )
+        for target, plane in zip(targets, planes, strict=True):
+            fits.append(target, plane, header, verify=False)
+
+
 def write_exposure(
     path: str | Path,
     params: SimulationParams,
@@ -1716,12 +2055,17 @@ def write_exposure(
     n_ccds: int = 36,
     seed: int,
     jobs: int = 1,
+    truth: str | Path | None = None,
 ) -> Path:
     """Simulate an exposure and write it CCD by CCD to a FITS file.
 
     The file is the one `simulate_exposure` would give; at most
     ``jobs + 1`` CCDs are held in memory at a time.  With
-    ``n_ccds == 1`` the image goes in the primary HDU instead.
+    ``n_ccds == 1`` the image goes in the primary HDU instead.  The
+    layouts other than ``"plain"`` (`SimulationParams.layout`) always
+    have an empty primary: ``"hst_flt"`` writes ``SCI``, ``ERR``, ``DQ``
+    per CCD, ``"cp"`` writes the trio `cp_file_names` (``path`` is the
+    image; the data-quality file is int32, as the CP's).
 
     Parameters
     ----------
@@ -1731,11 +2075,16 @@ def write_exposure(
         Parameters of every CCD.
     n_ccds, seed, jobs : int
         As in `simulate_exposure`.
+    truth : str or Path, optional
+        Also write the truth here: a FITS file with the tables
+        ``STARS``, ``GALAXIES`` and ``COSMICS`` (the `SimulatedImage`
+        tables, every source of every CCD, a first column ``ccd``
+        naming its CCD: ``ccd00``... or ``image`` for a single CCD).
 
     Returns
     -------
     Path
-        The file written.
+        The file written (the image of a CP trio).
 
     Raises
     ------
@@ -1744,18 +2093,44 @@ def write_exposure(
     """
     _check_exposure(n_ccds, seed, jobs)
     path = Path(path)
+    collected: list[_Truth] = []
     if n_ccds == 1:
         image = simulate_image(params, seed=seed)
-        header = image.header.copy()
-        header["INSTRUME"] = ("QualityFITS-sim", "simulated image")
-        fits.PrimaryHDU(data=image.data, header=header).writeto(
-            path, overwrite=True
-        )
-        return path
-    tasks, primary = _exposure_tasks(params, n_ccds, seed)
-    fits.PrimaryHDU(header=primary).writeto(path, overwrite=True)
-    for image in _run_tasks(tasks, jobs):
-        fits.append(path, image.data, image.header, verify=False)
+        name = "ccd00" if params.layout == "cp" else "image"
+        if params.layout == "plain":
+            header = image.header.copy()
+            header["INSTRUME"] = ("QualityFITS-sim", "simulated image")
+            fits.PrimaryHDU(data=image.data, header=header).writeto(
+                path, overwrite=True
+            )
+            collected.append(_truth_of(name, image))
+        else:
+            _write_layout(
+                path,
+                params.layout,
+                _single_primary(params, seed),
+                iter([(name, image)]),
+                collected,
+            )
+    else:
+        tasks, primary = _exposure_tasks(params, n_ccds, seed)
+        names = [task.name for task in tasks]
+        if params.layout == "plain":
+            fits.PrimaryHDU(header=primary).writeto(path, overwrite=True)
+            for name, image in zip(names, _run_tasks(tasks, jobs),
+                                   strict=True):
+                fits.append(path, image.data, image.header, verify=False)
+                collected.append(_truth_of(name, image))
+        else:
+            _write_layout(
+                path,
+                params.layout,
+                primary,
+                zip(names, _run_tasks(tasks, jobs), strict=True),
+                collected,
+            )
+    if truth is not None:
+        _truth_tables(collected).writeto(Path(truth), overwrite=True)
     return path
 
 
@@ -1843,12 +2218,56 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fwhm", type=float, help="PSF FWHM, px")
     parser.add_argument("--beta", type=float, help="Moffat beta")
     parser.add_argument("--ellipticity", type=float, help="PSF (A-B)/(A+B)")
+    parser.add_argument(
+        "--theta", type=float, help="PSF major axis, degrees CCW from +x"
+    )
+    parser.add_argument(
+        "--fwhm-variation",
+        type=float,
+        help="peak-to-peak fractional FWHM variation across a CCD",
+    )
     parser.add_argument("--sky", type=float, help="sky level, ADU")
+    parser.add_argument(
+        "--sky-gradient",
+        type=float,
+        help="peak-to-peak fractional sky variation across a CCD",
+    )
+    parser.add_argument("--gain", type=float, help="gain, e-/ADU")
+    parser.add_argument("--read-noise", type=float, help="read noise, e-")
+    parser.add_argument(
+        "--saturation", type=float, help="saturation level, ADU"
+    )
     parser.add_argument(
         "--stars", type=int, dest="n_stars", help="stars per CCD"
     )
     parser.add_argument(
         "--galaxies", type=int, dest="n_galaxies", help="galaxies per CCD"
+    )
+    parser.add_argument(
+        "--cr-hits", type=int, dest="n_cr_hits", help="cosmic-ray hits"
+    )
+    parser.add_argument(
+        "--cr-tracks", type=int, dest="n_cr_tracks", help="cosmic-ray tracks"
+    )
+    parser.add_argument(
+        "--bad-columns",
+        type=int,
+        dest="n_bad_columns",
+        help="bad columns per CCD (half dead, half hot; default 0)",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help=(
+            "plain: one image HDU per CCD (default); hst_flt: SCI, ERR, "
+            "DQ extensions per CCD; cp: NOIRLab CP trio, OUTPUT plus its "
+            "_oow (inverse-variance weight) and _ood (data-quality) files"
+        ),
+    )
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        help="also write the truth (STARS, GALAXIES, COSMICS tables) here",
     )
     parser.add_argument(
         "--jobs", type=int, default=1, help="worker processes (default 1)"
@@ -1876,9 +2295,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fwhm",
         "beta",
         "ellipticity",
+        "theta",
+        "fwhm_variation",
         "sky",
+        "sky_gradient",
+        "gain",
+        "read_noise",
+        "saturation",
         "n_stars",
         "n_galaxies",
+        "n_cr_hits",
+        "n_cr_tracks",
+        "n_bad_columns",
+        "layout",
     )
     options: dict[str, Any] = {
         name: getattr(args, name)
@@ -1896,14 +2325,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_ccds=args.ccds,
             seed=args.seed,
             jobs=args.jobs,
+            truth=args.truth,
         )
     except InvalidParameterError as exc:
         print(f"qualityfits-simulate: error: {exc}", file=sys.stderr)
         return 2
     ny, nx = params.shape
     kind = "single image" if args.ccds == 1 else f"{args.ccds} CCDs"
+    if params.layout == "hst_flt":
+        kind += " (SCI, ERR, DQ each)"
     print(
         f"wrote {path}: {kind} of {nx}x{ny} {params.dtype} pixels, "
         f"seed {args.seed}, in {time.perf_counter() - start:.1f} s"
     )
+    if params.layout == "cp":
+        _, weight, dq = cp_file_names(path)
+        print(f"wrote {weight}: inverse-variance weight")
+        print(f"wrote {dq}: data quality")
+    if args.truth is not None:
+        print(f"wrote {args.truth}: truth tables")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -728,6 +729,8 @@ class TestValidation:
             ({"dtype": "int16", "saturation": 70000.0}, "saturation"),
             ({"pixscale": 0.0}, "pixscale"),
             ({"dec": 91.0}, "dec"),
+            ({"layout": "hst"}, "layout"),
+            ({"shape": (16, 16), "n_bad_columns": 17}, "n_bad_columns"),
         ],
     )
     def test_bad_values(self, changes, name):
@@ -742,3 +745,291 @@ class TestValidation:
     def test_parameters_are_frozen(self):
         with pytest.raises(AttributeError):
             SMALL.fwhm = 3.0
+
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+CP_IMAGE = SHARED_DATA / "decam_c4d_170316_062107_ooi_z_ls9.N2.fits.gz"
+
+
+class TestHardCases:
+    """What the hard simulations of issue 15 need: crowding, undersampled
+    and large PSFs, strong ellipticity, the HST ``_flt`` and NOIRLab CP
+    layouts."""
+
+    @pytest.mark.parametrize(
+        ("fwhm", "ellipticity", "theta"),
+        [(4.0, 0.0, 0.0), (1.7, 0.15, 30.0), (9.5, 0.15, -60.0)],
+    )
+    def test_crowded_field_is_the_sum_of_every_star(
+        self, fwhm, ellipticity, theta
+    ):
+        # 12 000 stars per 2048 x 2048 pixels, on 160 x 160
+        shape = (160, 160)
+        n_stars = round(12_000 * shape[0] * shape[1] / 2048**2)
+        params = quiet(
+            shape=shape,
+            n_stars=n_stars,
+            fwhm=fwhm,
+            beta=3.0,
+            ellipticity=ellipticity,
+            theta=theta,
+            sky=200.0,
+        )
+        image = datasets._simulate(params, seed=21, noise=False)
+        stars = image.stars
+        assert len(stars) == n_stars == 73
+        assert_allclose(stars["fwhm"], fwhm)
+        expected = image.sky_at(*pixel_grid(shape))
+        for star in stars:
+            expected += render_psf_stamp(
+                shape,
+                x=star["x"],
+                y=star["y"],
+                fwhm=fwhm,
+                beta=3.0,
+                ellipticity=ellipticity,
+                theta=theta,
+                flux=star["flux"],
+            )
+        unclipped = image.data < params.saturation
+        difference = np.abs(image.data - expected)[unclipped]
+        assert np.all(difference < 1e-4 * expected[unclipped] + 0.01)
+        # crowded indeed: the typical neighbour is within 3 FWHM of 4 px
+        xy = np.column_stack([stars["x"], stars["y"]])
+        d = np.sort(np.hypot(*(xy[:, None] - xy[None, :]).T), axis=0)[1]
+        assert np.median(d) < 12.0
+
+    @pytest.mark.parametrize(
+        ("fwhm", "ellipticity", "beta", "theta"),
+        [
+            (1.6, 0.0, 4.5, 0.0),
+            (1.7, 0.15, 3.5, 25.0),
+            (9.5, 0.15, 3.5, 110.0),
+            (10.0, 0.0, 4.5, 0.0),
+        ],
+    )
+    def test_pixel_integrated_second_moments(
+        self, fwhm, ellipticity, beta, theta
+    ):
+        """The truth FWHM is that of the profile before the pixels: the
+        pixel values' second moments are the Moffat's plus 1/12 px² along
+        x and y (the pixel box), at 1.6 px as at 10 px."""
+        alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
+        half = math.ceil(25 * alpha)
+        x0, y0 = half + 0.3, half - 0.2
+        stamp = render_psf_stamp(
+            (2 * half + 1, 2 * half + 1),
+            x=x0,
+            y=y0,
+            fwhm=fwhm,
+            beta=beta,
+            ellipticity=ellipticity,
+            theta=theta,
+        )
+        y, x = np.mgrid[: 2 * half + 1, : 2 * half + 1]
+        dx, dy = x - x0, y - y0
+        total = stamp.sum()
+        moments = np.array(
+            [
+                [(stamp * dx * dx).sum(), (stamp * dx * dy).sum()],
+                [(stamp * dx * dy).sum(), (stamp * dy * dy).sum()],
+            ]
+        ) / total
+        a, b = alpha * (1 + ellipticity), alpha * (1 - ellipticity)
+        c, s = math.cos(math.radians(theta)), math.sin(math.radians(theta))
+        rot = np.array([[c, -s], [s, c]])
+        pixel_free = rot @ np.diag([a * a, b * b]) @ rot.T / (2 * (beta - 2))
+        assert_allclose(
+            moments, pixel_free + np.eye(2) / 12, atol=2e-3 * a * a
+        )
+        assert total == pytest.approx(1.0, rel=2e-3)
+
+    def test_truth_file_lists_every_star(self, tmp_path, capsys):
+        out, truth = tmp_path / "crowd.fits", tmp_path / "truth.fits"
+        args = [str(out), "--shape", "128", "128", "--stars", "47",
+                "--galaxies", "10", "--fwhm", "1.8", "--ellipticity",
+                "0.15", "--theta", "20", "--cr-hits", "5", "--cr-tracks",
+                "1", "--seed", "4", "--ccds", "2", "--truth", str(truth)]
+        assert main(args) == 0
+        assert str(truth) in capsys.readouterr().out
+        params = SimulationParams(
+            shape=(128, 128), n_stars=47, n_galaxies=10, fwhm=1.8,
+            ellipticity=0.15, theta=20.0, n_cr_hits=5, n_cr_tracks=1,
+        )
+        _, images = simulate_exposure(params, n_ccds=2, seed=4)
+        with fits.open(truth) as hdus:
+            assert [h.name for h in hdus[1:]] == [
+                "STARS", "GALAXIES", "COSMICS"]
+            stars = hdus["STARS"].data
+            assert len(stars) == 94
+            assert len(hdus["GALAXIES"].data) == 20
+            for k, image in enumerate(images):
+                mine = stars[stars["ccd"] == f"ccd{k:02d}"]
+                assert_array_equal(mine["x"], image.stars["x"])
+                assert_array_equal(mine["flux"], image.stars["flux"])
+                assert_allclose(mine["fwhm"], image.stars["fwhm"])
+            cosmics = hdus["COSMICS"].data
+            assert len(cosmics) == sum(len(i.cr_events) for i in images)
+
+    def test_bad_columns(self):
+        params = quiet(shape=(64, 80), n_bad_columns=5, sky=400.0)
+        image = simulate_image(params, seed=3)
+        clean = simulate_image(replace(params, n_bad_columns=0), seed=3)
+        columns = list(image.bad_columns)
+        assert len(set(columns)) == 5
+        assert columns == sorted(columns)
+        good = np.setdiff1d(np.arange(80), columns)
+        # the rest of the image is the same with or without bad columns
+        assert_array_equal(image.data[:, good], clean.data[:, good])
+        for k, column in enumerate(columns):
+            if k % 2 == 0:
+                assert np.all(image.data[:, column] == 0)
+            else:
+                raised = image.data[:, column] - clean.data[:, column]
+                assert_allclose(raised, 50 * params.sky_rms, rtol=1e-5)
+
+    def test_hst_flt_layout(self, tmp_path):
+        params = SimulationParams(
+            shape=(96, 112), n_stars=40, n_galaxies=30, n_cr_hits=15,
+            n_cr_tracks=2, fwhm=1.8, n_bad_columns=3, layout="hst_flt",
+            sky_gradient=0.2, saturation=20000.0,
+        )
+        path = write_exposure(tmp_path / "x_flt.fits", params, n_ccds=2,
+                              seed=8)
+        _, images = simulate_exposure(params, n_ccds=2, seed=8)
+        with fits.open(path) as hdus:
+            assert hdus[0].data is None
+            assert hdus[0].header["FILETYPE"] == "SCI"
+            names = [(h.name, h.ver) for h in hdus[1:]]
+            assert names == [("SCI", 1), ("ERR", 1), ("DQ", 1),
+                             ("SCI", 2), ("ERR", 2), ("DQ", 2)]
+            for k, image in enumerate(images):
+                sci = hdus["SCI", k + 1]
+                err = hdus["ERR", k + 1].data
+                dq = hdus["DQ", k + 1].data
+                assert_array_equal(sci.data, image.data)
+                assert sci.header["SIMFWHM"] == pytest.approx(
+                    image.params.fwhm)
+                assert WCS(hdus["DQ", k + 1].header).has_celestial
+                assert dq.dtype.kind == "i"
+                assert dq.dtype.itemsize == 2
+                bad = np.zeros(dq.shape, dtype=bool)
+                bad[:, list(image.bad_columns)] = True
+                assert_array_equal((dq & 4) != 0, bad)
+                assert_array_equal((dq & 4096) != 0, image.cr_mask)
+                assert_array_equal((dq & 256) != 0,
+                                   image.data >= params.saturation)
+                assert image.cr_mask.any()
+                assert (image.data >= params.saturation).any()
+                assert set(np.unique(dq)) <= {
+                    0, 4, 256, 4096, 4 | 256, 4 | 4096, 256 | 4096,
+                    4 | 256 | 4096}
+                # ERR is the noise of the noiseless image: at least the
+                # sky's, higher on the stars
+                sky = image.sky_at(*pixel_grid(params.shape))
+                floor = np.sqrt(sky / params.gain
+                                + (params.read_noise / params.gain) ** 2)
+                assert np.all(err >= floor * (1 - 1e-6))
+                peaks = [(round(s["y"]), round(s["x"]))
+                         for s in image.stars if s["peak"] > 5000]
+                assert peaks
+                for j, i in peaks:
+                    assert err[j, i] > 2 * floor[j, i]
+
+    def test_err_is_the_pixel_sigma(self):
+        params = quiet(shape=(256, 256), sky=900.0, sky_gradient=0.8,
+                       gain=2.0, read_noise=6.0, layout="hst_flt")
+        image = simulate_image(params, seed=12)
+        sky = image.sky_at(*pixel_grid(params.shape))
+        assert_allclose(image.sigma, np.sqrt(sky / 2.0 + 9.0), rtol=1e-6)
+        pulls = (image.data - sky) / image.sigma
+        assert np.std(pulls) == pytest.approx(1.0, abs=0.01)
+        plain = simulate_image(replace(params, layout="plain"), seed=12)
+        assert plain.sigma is None
+        assert_array_equal(plain.data, image.data)
+
+    def test_cp_trio(self, tmp_path):
+        params = SimulationParams(
+            shape=(80, 96), n_stars=30, n_galaxies=20, n_cr_hits=10,
+            n_cr_tracks=1, fwhm=3.7, ellipticity=0.04, n_bad_columns=2,
+            layout="cp", saturation=30000.0,
+        )
+        path = tmp_path / "c4d_sim_ooi_z.fits"
+        assert write_exposure(path, params, n_ccds=1, seed=5) == path
+        image = simulate_image(params, seed=5)
+        names = datasets.cp_file_names(path)
+        assert [n.name for n in names] == [
+            "c4d_sim_ooi_z.fits", "c4d_sim_oow_z.fits", "c4d_sim_ood_z.fits"]
+        planes = []
+        for name, kind in zip(names, ("image", "wtmap", "dqmask"),
+                              strict=True):
+            with fits.open(name) as hdus:
+                assert len(hdus) == 2
+                assert hdus[0].data is None
+                assert hdus[0].header["PROCTYPE"] == "InstCal"
+                assert hdus[0].header["PRODTYPE"] == kind
+                header = hdus[1].header
+                assert hdus[1].header["EXTNAME"] == "ccd00"
+                assert header["FWHM"] == pytest.approx(3.7)
+                assert header["ELLIPTIC"] == pytest.approx(0.08 / 1.04)
+                assert header["AVSKY"] == pytest.approx(image.sky_mean)
+                planes.append(hdus[1].data.copy())
+        data, weight, dq = planes
+        assert_array_equal(data, image.data)
+        assert dq.dtype.kind == "i"
+        assert dq.dtype.itemsize == 4
+        assert set(np.unique(dq)) <= {0, 1, 3, 5}
+        bad = np.zeros(dq.shape, dtype=bool)
+        bad[:, list(image.bad_columns)] = True
+        assert_array_equal(dq == 1, bad)
+        assert_array_equal(dq == 3, image.saturated & ~bad)
+        assert_array_equal(dq == 5, image.cr_mask & ~image.saturated & ~bad)
+        # weight 0 exactly where flagged, as in the CP's own files
+        assert_array_equal(weight == 0, dq != 0)
+        good = dq == 0
+        assert_allclose(weight[good], 1 / image.sigma[good] ** 2, rtol=1e-6)
+
+    @pytest.mark.skipif(not CP_IMAGE.exists(), reason="no shared data")
+    def test_cp_keywords_are_the_real_ones(self, tmp_path):
+        path = write_exposure(
+            tmp_path / "s_ooi.fits", replace(SMALL, layout="cp"), n_ccds=1,
+            seed=1)
+        with fits.open(CP_IMAGE) as real, fits.open(path) as ours:
+            for key in ("PROCTYPE", "PRODTYPE", "OBSTYPE", "EXPTIME"):
+                assert key in real[0].header
+                assert key in ours[0].header
+            for key in ("FWHM", "ELLIPTIC", "AVSKY", "AVSIG", "GAINA",
+                        "GAINB", "RDNOISEA", "RDNOISEB", "SATURATA",
+                        "SATURATB", "SATURATE", "WTMAP", "BPM", "DETPOS"):
+                assert key in real[1].header, key
+                assert key in ours[1].header, key
+
+    def test_cp_file_names(self):
+        assert [p.name for p in datasets.cp_file_names(
+            Path("d/c4d_1_ooi_z_ls9.fits.fz"))] == [
+            "c4d_1_ooi_z_ls9.fits.fz", "c4d_1_oow_z_ls9.fits.fz",
+            "c4d_1_ood_z_ls9.fits.fz"]
+        assert [p.name for p in datasets.cp_file_names(
+            Path("sim.fits.gz"))] == [
+            "sim.fits.gz", "sim_oow.fits.gz", "sim_ood.fits.gz"]
+
+    def test_plain_layout_has_no_sigma(self):
+        with pytest.raises(ValueError, match="sigma"):
+            simulate_image(SMALL, seed=1).hst_hdus()
+
+    def test_cli_layouts(self, tmp_path, capsys):
+        out = tmp_path / "x.fits"
+        assert main([str(out), "--shape", "32", "40", "--stars", "3",
+                     "--galaxies", "3", "--layout", "cp",
+                     "--bad-columns", "2"]) == 0
+        text = capsys.readouterr().out
+        assert "x_oow.fits" in text
+        assert "x_ood.fits" in text
+        assert (tmp_path / "x_ood.fits").exists()
+        assert main([str(out), "--shape", "32", "40", "--layout",
+                     "hst_flt"]) == 0
+        with fits.open(out) as hdus:
+            assert [h.name for h in hdus] == ["PRIMARY", "SCI", "ERR", "DQ"]
+        assert main([str(out), "--layout", "hst_flt", "--bad-columns",
+                     "99999", "--shape", "32", "40"]) == 2
+        assert "n_bad_columns" in capsys.readouterr().err
