@@ -2,7 +2,11 @@
 
 Parameter names are case-insensitive (DALI): every name is lower-cased
 here, once, for the query string, ``application/x-www-form-urlencoded``
-and ``multipart/form-data`` bodies alike.  File parts of a multipart
+and ``multipart/form-data`` bodies alike.  Text is decoded here too,
+strictly: the query string as UTF-8 (RFC 3986), a body in the charset
+its Content-Type names (UTF-8 by default); bytes that are not valid in
+it, or a charset Python does not know, are a 400 naming the parameter,
+never an error further in.  File parts of a multipart
 body stream straight to files in a staging folder, in 1 MB chunks, so
 memory does not grow with the upload; the size limit is enforced while
 reading.  Client file names are kept only as labels, never as paths.
@@ -10,8 +14,10 @@ reading.  Client file names are kept only as labels, never as paths.
 
 from __future__ import annotations
 
+import codecs
 import shutil
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -87,7 +93,8 @@ def read_form(request: Any, *, staging_root: Path, upload_limit: int,
         Read the body too (POST), not only the query string.
     """
     form = Form()
-    for name, value in request.GET.items():
+    for name, value in _decoded_pairs(request.environ.get(
+            "QUERY_STRING", "").encode("latin-1"), "utf-8"):
         form.add(name, value)
     if not with_body or request.method not in {"POST", "PUT"}:
         return form
@@ -101,18 +108,60 @@ def read_form(request: Any, *, staging_root: Path, upload_limit: int,
                 f"{human_bytes(upload_limit)} per file")
         _read_multipart(request, form, staging_root, upload_limit)
     elif ctype in {"application/x-www-form-urlencoded", ""}:
+        too_large = UploadTooLargeError(
+            f"form too large: the limit for a urlencoded body is "
+            f"{human_bytes(FORM_LIMIT)}; send files as "
+            "multipart/form-data")
         if length is not None and length > FORM_LIMIT:
-            raise UploadTooLargeError(
-                f"form too large ({human_bytes(length)}): the limit for "
-                f"a urlencoded body is {human_bytes(FORM_LIMIT)}; send "
-                "files as multipart/form-data")
-        for name, value in request.POST.items():
+            raise too_large
+        body = request.body_file_raw.read(FORM_LIMIT + 1) \
+            if length is None else request.body
+        if len(body) > FORM_LIMIT:
+            raise too_large
+        for name, value in _decoded_pairs(body, _charset(request)):
             form.add(name, value)
     else:
         raise UsageError(
             f"unsupported request body {ctype}: use "
             "application/x-www-form-urlencoded or multipart/form-data")
     return form
+
+
+def _charset(request: Any) -> str:
+    """Return the charset a body's Content-Type names (UTF-8 if none)."""
+    _, options = multipart.parse_options_header(
+        request.headers.get("Content-Type", ""))
+    name = (options.get("charset") or "utf-8").strip()
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise UsageError(f"unknown charset {name[:40]!r} in the "
+                         "Content-Type (use UTF-8)") from None
+
+
+def _decoded_pairs(raw: bytes, charset: str) -> list[tuple[str, str]]:
+    """Split ``name=value&...`` and decode each part strictly (400)."""
+    pairs = []
+    for chunk in raw.split(b"&"):
+        if not chunk:
+            continue
+        name_raw, _, value_raw = chunk.partition(b"=")
+        name = _decode(name_raw, charset, None)
+        pairs.append((name, _decode(value_raw, charset, name)))
+    return pairs
+
+
+def _decode(raw: bytes, charset: str, name: str | None) -> str:
+    data = urllib.parse.unquote_to_bytes(raw.replace(b"+", b" "))
+    try:
+        return data.decode(charset)
+    except UnicodeDecodeError:
+        what = "a parameter name" if name is None else \
+            f"{name.upper()}: the value"
+        label = "UTF-8" if charset == "utf-8" else charset
+        raise UsageError(
+            f"{what} is not valid {label} (percent-encode the bytes of "
+            "UTF-8 text)") from None
 
 
 def _read_multipart(request: Any, form: Form, staging_root: Path,
@@ -149,8 +198,7 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
                     _record_upload(form, part)
                 else:
                     form.add(part.name or "",
-                             text.decode(part.charset or "utf-8",
-                                         errors="replace"))
+                             _decode_field(part, bytes(text)))
             elif sink is not None:
                 _check_size(part, part.bytes_received, upload_limit)
                 sink.write(event)
@@ -173,6 +221,18 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
             sink.close()
         form.discard()
         raise
+
+
+def _decode_field(part: Any, data: bytes) -> str:
+    charset = part.charset or "utf-8"
+    try:
+        return data.decode(charset)
+    except LookupError:
+        raise UsageError(f"unknown charset {charset[:40]!r} of form field "
+                         f"{(part.name or '')[:40]!r}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{(part.name or '').upper()[:40]}: the value is "
+                         f"not valid {charset}") from None
 
 
 def _check_size(part: Any, size: int, limit: int, *,

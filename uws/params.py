@@ -168,10 +168,12 @@ def check_fits(name: str, path: Path) -> float:
     if head[:2] == _GZIP_MAGIC:
         import gzip  # noqa: PLC0415 - rare path
 
+        import zlib  # noqa: PLC0415 - rare path
+
         try:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(_FITS_BLOCK)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise UsageError(f"{name.upper()}: not a readable gzip file "
                              f"({exc})") from None
         _check_primary_card(name, head)
@@ -256,15 +258,30 @@ def parse_instant(text: str, name: str) -> datetime:
             "2026-01-02T03:04:05Z)") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def parse_int(text: str, name: str) -> int:
-    """Parse an integer parameter (400 otherwise)."""
     try:
-        return int(text.strip())
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise UsageError(
+            f"{name}: {text!r} is out of range (in UTC it falls outside "
+            "the years 1 to 9999)") from None
+
+
+#: The largest integer a client may give where a bound is not stated
+#: otherwise (the database's 32-bit integers).
+INT_MAX = 2**31 - 1
+
+
+def parse_int(text: str, name: str, *,
+              maximum: int | None = INT_MAX) -> int:
+    """Parse an integer parameter (400 otherwise, or above ``maximum``)."""
+    try:
+        value = int(text.strip())
     except ValueError:
         raise UsageError(f"{name}: {text!r} is not an integer") from None
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{name}: {text.strip()[:30]!r} is too large (at "
+                         f"most {maximum})")
+    return value
 
 
 def install_inputs(params: JobParameters, job_dir: Path,

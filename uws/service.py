@@ -60,6 +60,7 @@ from uws.model import ErrorSummary, Job, JobInfo, JobRef, Result, Step, utcnow
 from uws.notify import NOTIFIED, JobEnd, Notifier
 from uws.params import (
     CONTROL_PARAMETERS,
+    INT_MAX,
     SCIENCE_PARAMETERS,
     JobParameters,
     check_names,
@@ -298,12 +299,15 @@ class JobService:
         settings = self.settings
         if value is None or not value.strip():
             return settings.execution_duration
-        seconds = parse_int(value, "EXECUTIONDURATION")
+        seconds = parse_int(value, "EXECUTIONDURATION", maximum=None)
         if seconds < 0:
             raise UsageError(f"EXECUTIONDURATION: {seconds} is negative")
         limit = settings.execution_duration_max
         if limit and (seconds == 0 or seconds > limit):
             return limit  # the server may substitute its maximum
+        if seconds > INT_MAX:
+            raise UsageError(f"EXECUTIONDURATION: {seconds} s is too long "
+                             f"(at most {INT_MAX})")
         return seconds
 
     def _destruction(self, value: str | None, created: datetime) -> datetime:
@@ -312,6 +316,10 @@ class JobService:
         if value is None or not value.strip():
             return created + timedelta(seconds=settings.destruction)
         when = parse_instant(value, "DESTRUCTION")
+        if when <= self.clock():
+            raise UsageError(
+                f"DESTRUCTION: {value.strip()!r} is in the past (the job "
+                "would be destroyed at once)")
         return min(when, latest)
 
     def _estimate(self, params: JobParameters) -> float:
@@ -382,9 +390,21 @@ class JobService:
             raise PermissionDeniedError(f"job {job.job_id} is not yours")
 
     def _quote(self, job: Job) -> datetime | None:
+        """When the job is likely to be done, in whole seconds.
+
+        Whole seconds of a whole-second clock: the job document and the
+        ``/quote`` resource read within one second say the same.
+        """
+        quote = self._quote_exact(job)
+        if quote is None:
+            return None
+        whole = quote.replace(microsecond=0)
+        return whole if whole == quote else whole + timedelta(seconds=1)
+
+    def _quote_exact(self, job: Job) -> datetime | None:
         if job.phase in phases.FINAL or job.estimate_s <= 0:
             return None
-        now = self.clock()
+        now = self.clock().replace(microsecond=0)
         if job.phase is Phase.EXECUTING and job.start_time is not None:
             return max(now, job.start_time
                        + timedelta(seconds=job.estimate_s))

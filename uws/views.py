@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import sqlalchemy.exc
+from pyramid.exceptions import URLDecodeError
 from pyramid.httpexceptions import HTTPMethodNotAllowed, HTTPNotFound
 from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
@@ -203,7 +204,7 @@ def job_view(request: Any) -> Response:
     query = form_of(request, body=False)
     wait = query.single("wait")
     if wait is not None:
-        seconds = parse_int(wait, "WAIT")
+        seconds = parse_int(wait, "WAIT", maximum=None)  # capped below
         if seconds < -1:
             raise UsageError(f"WAIT: {seconds} (use -1, 0 or a positive "
                              "number of seconds)")
@@ -466,11 +467,22 @@ def database_error_view(exc: Exception, request: Any) -> Response:
     return response
 
 
+@exception_view_config(URLDecodeError)
+def undecodable_url_view(exc: URLDecodeError, request: Any) -> Response:
+    """Answer 400 to a path that is not UTF-8 (``/jobs/%ff``)."""
+    del exc, request  # request.path itself cannot be decoded
+    response = _text("UsageError: the URL path is not valid UTF-8 "
+                     "(percent-encode the bytes of UTF-8 text)\n")
+    response.status_int = 400
+    return response
+
+
 @exception_view_config(Exception)
 def internal_error_view(exc: Exception, request: Any) -> Response:
     """Anything else: 500 in plain text, logged with the job id."""
     log.error("internal error on %s %s (job %s)", request.method,
-              request.path, request.matchdict.get("job_id", "-")
+              request.environ.get("PATH_INFO", "?"),
+              request.matchdict.get("job_id", "-")
               if request.matchdict else "-", exc_info=exc)
     response = _text(f"InternalError: {type(exc).__name__}: {exc}\n")
     response.status_int = 500
