@@ -167,7 +167,6 @@ def check_fits(name: str, path: Path) -> float:
         head = fh.read(_FITS_BLOCK)
     if head[:2] == _GZIP_MAGIC:
         import gzip  # noqa: PLC0415 - rare path
-
         import zlib  # noqa: PLC0415 - rare path
 
         try:
