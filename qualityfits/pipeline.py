@@ -1,33 +1,43 @@
 """`assess`: the whole assessment of an image, one extension at a time.
 
 Each image extension (CCD) is read, measured and released in turn, in a
-pool of worker processes (``jobs``), so that a 36-CCD, 700 MB mosaic is
-never held in memory at once, let alone as float64.  A failing extension
-does not stop the others: the report says which failed and why.  Only
-when no extension at all could be assessed does `assess` raise.
+pool of worker processes (``jobs``, see `qualityfits.parallel`), so
+that a 36-CCD, 700 MB mosaic is never held in memory at once, let alone
+as float64.  A failing extension does not stop the others: the report
+says which failed and why.  Only when no extension at all could be
+assessed does `assess` raise.
+
+One CCD is measured by `assess_extension`, one function per step of
+`STEPS` over a small per-CCD state (`_Ccd`); each step sets the metrics
+it measures:
+
+========================  ==============================================
+step (function)           metrics
+========================  ==============================================
+``background``            ZEROPOINT, PIXSCALE, GAIN, EXPTIME, SATLEV
+(`_prepare`,              (header and pixels); the sky itself is
+`_background`)            summarised after detection (`_sky_metrics`:
+                          SKY_*)
+``cosmic_rays``           NCR, CR_FRAC
+``detection``             SKY_* (with the sources masked), NOBJ
+``psf``                   NSTAR_PSF, NSTAR_FIT, STAR_CR_FRAC, FWHM_*,
+                          ELLIPTICITY, ELONGATION, THETA, E1, E2,
+                          ELLIP_PSFEX, ELONG, PSF_*; SATLEV when inferred
+``classification``        NSTAR, NGAL, NARTEFACT, MAG_TURNOVER,
+                          MAGLIM_5SIG
+``weights``               FRAC_W0, W_MEAN, NFLAG_*
+``metrics``               the QA flags
+========================  ==============================================
 """
 
 from __future__ import annotations
 
-import ctypes
-import logging
+import functools
 import math
-import multiprocessing as mp
-import os
-import sys
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Future,
-    ProcessPoolExecutor,
-    wait,
-)
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +49,11 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from numpy.typing import NDArray
-from threadpoolctl import threadpool_limits
 
 from qualityfits import errors
 from qualityfits._version import __version__
 from qualityfits.background import (
+    Background,
     masked_sky,
     sep_background,
     summarise_background,
@@ -82,6 +92,14 @@ from qualityfits.io import (
 )
 from qualityfits.metrics import METRICS, qa_flags
 from qualityfits.mosaic import aggregate, celestial_wcs
+from qualityfits.parallel import (
+    Poster,
+    ProgressCallback,
+    ProgressEvent,
+    default_jobs,
+    open_input,
+    run_tasks,
+)
 from qualityfits.parameters import QualityParameters
 from qualityfits.psf import PsfResult, measure_psf
 from qualityfits.report import (
@@ -100,7 +118,8 @@ from qualityfits.weights import (
     write_map_pieces,
 )
 
-log = logging.getLogger(__name__)
+__all__ = ["STEPS", "ProgressCallback", "ProgressEvent", "assess",
+           "assess_extension"]
 
 #: Processing steps of one extension, in order (progress reports these).
 STEPS: tuple[str, ...] = (
@@ -115,24 +134,6 @@ ZEROPOINT_KEYS = ("PHOTZP", "MAGZERO", "MAGZPT", "MAGZP", "ZEROPT", "ZP")
 PIXSCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
 GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
 RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One step of one extension started (or the extension finished).
-
-    ``step`` is one of `STEPS`, or ``"done"`` / ``"failed"`` when the
-    extension has finished.
-    """
-
-    extension: str
-    index: int
-    step: str
-    step_number: int
-    n_steps: int
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-# -- one extension ------------------------------------------------------------
+# -- helpers of the steps ----------------------------------------------------
 def _pixscale(header: fits.Header, wcs: WCS | None, given: float | None,
               notes: list[str]) -> float | None:
     if wcs is not None:
@@ -273,24 +274,6 @@ def _stars_table(psf: PsfResult) -> Table:
     return table
 
 
-def _cosmic_rays(sub: NDArray[np.float32], rms: NDArray[np.float32],
-                 bad: NDArray[np.bool_], *, gain: float | None,
-                 read_noise: float | None, saturation: float | None,
-                 sky: float, metrics: dict[str, float],
-                 ) -> NDArray[np.bool_]:
-    """Find the cosmic rays of a CCD; fill NCR and CR_FRAC."""
-    global _OPENMP_USED  # noqa: PLW0603 - a fact about this process
-    _OPENMP_USED = True
-    found = find_cosmic_rays(
-        sub, rms, bad, gain=gain, read_noise=read_noise,
-        saturation=None if saturation is None else saturation - sky)
-    # Cosmic rays, not the noise peaks that stay in the mask.
-    metrics["NCR"] = found.n_significant
-    metrics["CR_FRAC"] = float(np.count_nonzero(found.mask)
-                               / found.mask.size)
-    return found.mask
-
-
 def _require_noise(name: str, rms: float) -> None:
     """Raise `EmptyImageError` unless the sky has some noise."""
     if not rms > 0:
@@ -339,6 +322,382 @@ def _clipped_mean(values: NDArray[np.float64], kappa: float = 3.0) -> float:
             break
         keep = new
     return float(np.mean(values[keep])) if keep.any() else math.nan
+
+
+# -- the steps of one CCD -----------------------------------------------------
+@dataclass
+class _Ccd:
+    """What the steps of one CCD share.
+
+    The record (``metrics``, ``notes``, ``parts``: the report's tables
+    and pictures) grows step by step; the pixels are dropped as soon as
+    the last step that needs them is done.
+    """
+
+    name: str
+    config: QualityConfig
+    origin: tuple[int, int]
+    metrics: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+    parts: dict[str, Any] = field(default_factory=dict)
+    #: The image, sky included (cosmic-ray pixels get the sky's value).
+    image: NDArray[np.float32] | None = None
+    #: The image minus SExtractor's background (cosmic rays zeroed).
+    sky_sub: NDArray[np.float32] | None = None
+    #: The background RMS map.
+    sky_rms: NDArray[np.float32] | None = None
+    #: Pixels every measurement ignores.
+    bad: NDArray[np.bool_] = field(
+        default_factory=lambda: np.zeros((0, 0), bool))
+    #: Not finite, or blank (0 where the sky is far above 0).
+    nodata: NDArray[np.bool_] = field(
+        default_factory=lambda: np.zeros((0, 0), bool))
+    user_bad: NDArray[np.bool_] | None = None
+    flat_norm: NDArray[np.float32] | None = None
+    flat_bad: NDArray[np.bool_] | None = None
+    gain: float | None = None
+    read_noise: float | None = None
+    saturation: float | None = None
+    zeropoint: float | None = None
+    scale: float | None = None
+    wcs: WCS | None = None
+    preview: NDArray[np.float32] | None = None
+
+    @property
+    def pix(self) -> NDArray[np.float32]:
+        """The image (an error once it was dropped)."""
+        assert self.image is not None, "pixels already dropped"
+        return self.image
+
+    @property
+    def sub(self) -> NDArray[np.float32]:
+        """The background-subtracted image."""
+        assert self.sky_sub is not None, "pixels already dropped"
+        return self.sky_sub
+
+    @property
+    def rms(self) -> NDArray[np.float32]:
+        """The background RMS map."""
+        assert self.sky_rms is not None, "pixels already dropped"
+        return self.sky_rms
+
+
+class _Clock:
+    """Time each step and tell the caller which one starts."""
+
+    def __init__(self, post: Callable[[str], None] | None) -> None:
+        self.timings: dict[str, float] = {}
+        self._post = post
+        self._step: str | None = None
+        self._start = time.perf_counter()
+
+    def begin(self, step: str | None) -> None:
+        """End the current step (if any) and start ``step`` (if any)."""
+        now = time.perf_counter()
+        if self._step is not None:
+            self.timings[self._step] = now - self._start
+        self._step, self._start = step, now
+        if step is not None and self._post is not None:
+            self._post(step)
+
+
+def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
+             bad: NDArray[np.bool_] | None,
+             flat: NDArray[np.floating] | None,
+             zeropoint: float | None, pixscale: float | None,
+             overwrite_input: bool) -> None:
+    """Pixels to float32, the bad-pixel mask, and the header's facts.
+
+    Sets ZEROPOINT, PIXSCALE, GAIN, EXPTIME and SATLEV.
+    """
+    name, config, notes = ccd.name, ccd.config, ccd.notes
+    pix = np.array(data, dtype=np.float32, order="C",
+                   copy=not overwrite_input)
+    nonfinite = np.isfinite(pix)
+    np.logical_not(nonfinite, out=nonfinite)
+    n_nonfinite = int(np.count_nonzero(nonfinite))
+    if n_nonfinite == pix.size:
+        raise errors.EmptyImageError(
+            f"{name}: every pixel is NaN or infinite")
+    if n_nonfinite:
+        pix[nonfinite] = 0.0
+    if flat is not None:
+        ccd.flat_norm, ccd.flat_bad, flat_median = normalise_flat(
+            flat, config.flat_min, config.flat_max)
+        if not math.isfinite(flat_median):
+            raise errors.EmptyImageError(
+                f"{name}: the flat has no positive pixel (all zero, "
+                "negative or NaN)")
+        notes.extend(_flat_notes(ccd.flat_bad, flat_median))
+    badmask = nonfinite.copy()
+    for other in (bad, ccd.flat_bad):
+        if other is not None:
+            badmask |= other
+    check_pixels(pix, badmask, name=name)
+    ccd.image, ccd.bad, ccd.nodata, ccd.user_bad = pix, badmask, nonfinite, bad
+    ccd.gain = gain = header_number(header, *GAIN_KEYS)
+    ccd.read_noise = header_number(header, *RDNOISE_KEYS)
+    exptime = header_number(header, "EXPTIME", "EXPOSURE", "ITIME")
+    ccd.wcs = celestial_wcs(header)
+    ccd.scale = scale = _pixscale(header, ccd.wcs, pixscale, notes)
+    ccd.zeropoint = zp = _zeropoint(header, zeropoint, notes)
+    saturation = header_number(header, "SATURATE", "SATLEVEL",
+                               "SATURATION")
+    if saturation is None:
+        saturation = measure_saturation(pix, badmask)
+        if saturation is not None:
+            notes.append(f"saturation level {saturation:g} ADU read "
+                         "off the pixels (no SATURATE keyword)")
+    ccd.saturation = saturation
+    if gain is None:
+        notes.append("no GAIN keyword: flux errors and S/N from the "
+                     "background noise only")
+    ccd.metrics.update(
+        ZEROPOINT=zp if zp is not None else math.nan,
+        PIXSCALE=scale or math.nan,
+        GAIN=gain or math.nan,
+        EXPTIME=exptime or math.nan,
+        SATLEV=saturation or math.nan,
+    )
+
+
+def _background(ccd: _Ccd) -> sep.Background:
+    """SExtractor's background: its model, the image minus it, its RMS.
+
+    Used for detection and photometry as SExtractor uses it (sep
+    reproduces it exactly, and subtracts in place: no full-size
+    background map is made).  The sky metrics wait for the detected
+    sources (`_sky_metrics`).  Also bins the image for the preview and
+    marks the blank pixels.
+    """
+    pix, badmask = ccd.pix, ccd.bad
+    ccd.preview = bin_mean(pix, PREVIEW_BINNING,
+                           ~badmask if badmask.any() else None)
+    bkg = sep_background(pix, badmask, ccd.config)
+    sub = pix.copy()
+    bkg.subfrom(sub)
+    rms = bkg.rms()
+    ccd.sky_sub, ccd.sky_rms = sub, rms
+    _require_noise(ccd.name, bkg.globalrms)
+    # Exactly 0 where the sky is far above 0: a blank pixel.
+    if bkg.globalback > 5.0 * bkg.globalrms:
+        ccd.nodata |= pix == 0
+        badmask |= ccd.nodata
+    return bkg
+
+
+def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
+    """Find the cosmic rays of a CCD (None when off); NCR and CR_FRAC.
+
+    Their pixels are ignored from here on, as bad pixels; zero in the
+    background-subtracted image, so that the light the detection filter
+    spreads around them is not detected.  The image keeps its
+    background there (the sky map is image minus subtracted image).
+    """
+    if not ccd.config.cosmic_rays:
+        return None
+    sub = ccd.sub
+    found = find_cosmic_rays(
+        sub, ccd.rms, ccd.bad, gain=ccd.gain, read_noise=ccd.read_noise,
+        saturation=(None if ccd.saturation is None
+                    else ccd.saturation - sky))
+    # Cosmic rays, not the noise peaks that stay in the mask.
+    ccd.metrics["NCR"] = found.n_significant
+    ccd.metrics["CR_FRAC"] = float(np.count_nonzero(found.mask)
+                                   / found.mask.size)
+    cosmic = found.mask
+    ccd.pix[cosmic] -= sub[cosmic]
+    sub[cosmic] = 0.0
+    ccd.bad |= cosmic
+    return cosmic
+
+
+def _detection(ccd: _Ccd,
+               bkg: sep.Background) -> tuple[Sources, Background]:
+    """Detect and measure the sources; the sky metrics, NOBJ."""
+    sub, rms = ccd.sub, ccd.rms
+    objects, segmap = extract(sub, rms, ccd.bad, ccd.config)
+    # A second estimate with the sources masked: closer to the true
+    # sky in crowded fields; the difference measures the light of
+    # faint sources and wings in the meshes.
+    exclude = ccd.bad | object_mask(objects, segmap)
+    background = _sky_metrics(ccd, bkg, exclude)
+    del exclude
+    _require_noise(ccd.name, background.rms)
+    src = measure(sub, ccd.pix, rms, ccd.bad, objects, segmap,
+                  gain=ccd.gain, saturation=ccd.saturation,
+                  config=ccd.config)
+    ccd.metrics["NOBJ"] = len(src)
+    return src, background
+
+
+def _sky_metrics(ccd: _Ccd, bkg: sep.Background,
+                 exclude: NDArray[np.bool_]) -> Background:
+    """Summarise the sky (SKY_*), the sources masked where that helps."""
+    pix, config = ccd.pix, ccd.config
+    masked = masked_sky(pix, exclude, config)
+    background = summarise_background(pix, ccd.sub, bkg, ccd.rms, exclude,
+                                      config)
+    ccd.parts["background"] = background
+    ccd.metrics.update(
+        SKY_MEAN=background.mean, SKY_RMS=background.rms,
+        SKY_MEAN_MASKED=masked,
+        SKY_GRAD=background.gradient,
+        SKY_LUMPINESS=background.lumpiness,
+    )
+    zp, scale = ccd.zeropoint, ccd.scale
+    if zp is not None and scale and background.mean > 0:
+        ccd.metrics["SKY_MAG"] = zp - 2.5 * math.log10(
+            background.mean / scale**2)
+    return background
+
+
+def _psf(ccd: _Ccd, src: Sources,
+         cosmic: NDArray[np.bool_] | None) -> tuple[PsfResult, Sources]:
+    """Measure the PSF: stars, map, model; FWHM_*, ELL*, PSF_*, ...
+
+    Returns the PSF and the sources, flagged SATURATED when the
+    saturation level had to be inferred from the stars.
+    """
+    metrics, config = ccd.metrics, ccd.config
+    psf = measure_psf(ccd.sub, ccd.bad, src, gain=ccd.gain, config=config)
+    stars = psf.stars
+    metrics["NSTAR_PSF"] = psf.n_candidates
+    metrics["NSTAR_FIT"] = len(stars)
+    if cosmic is not None and len(stars):
+        metrics["STAR_CR_FRAC"] = float(np.mean(
+            _core_hit(cosmic, stars.x, stars.y)))
+    if len(stars) == 0:
+        raise errors.NoStarsError(
+            f"{ccd.name}: no star usable for the PSF among {len(src)} "
+            f"sources ({psf.n_candidates} bright, unflagged and "
+            "compact enough to be candidates)"
+        )
+    if ccd.saturation is None:
+        src = _infer_saturation(ccd, src, psf)
+    ccd.parts["psf_grid"] = psf.grid
+    ccd.parts["psf_model"] = psf.model
+    ccd.parts["psf_stars"] = _stars_table(psf)
+    # The PSF field at the stars, not their median: compact galaxies
+    # left among them (one-sided) cannot pull it up.
+    assert psf.field is not None
+    fwhm = float(np.median(psf.field.fwhm_at(stars.x, stars.y)))
+    t2 = np.radians(2.0 * stars.theta)
+    eps1 = _clipped_mean(stars.ellipticity * np.cos(t2))
+    eps2 = _clipped_mean(stars.ellipticity * np.sin(t2))
+    ell = math.hypot(eps1, eps2)
+    scale = ccd.scale
+    metrics.update(
+        FWHM_PIX=fwhm,
+        FWHM_ARCSEC=fwhm * scale if scale else math.nan,
+        FWHM_MIN=float(np.nanmin(psf.grid.fwhm)),
+        FWHM_MAX=float(np.nanmax(psf.grid.fwhm)),
+        # PSFEx's counterparts, on PSFEx's sample: the locus stars.
+        FWHM_RH=2.0 * float(np.median(src.r_half[psf.locus])),
+        ELLIPTICITY=ell,
+        ELONGATION=(1.0 + ell) / (1.0 - ell),
+        THETA=0.5 * math.degrees(math.atan2(eps2, eps1)),
+        E1=_clipped_mean(stars.e1),
+        E2=_clipped_mean(stars.e2),
+        ELONG=float(np.median(src.a[psf.locus] / src.b[psf.locus])),
+        PSF_BETA=float(np.median(stars.beta)),
+        PSF_CHI2=float(np.median(stars.chi2)),
+    )
+    if psf.model is not None:
+        metrics.update(
+            FWHM_MOFFAT=psf.model.fwhm,
+            ELLIP_PSFEX=psf.model.ellipticity,
+            PSF_RESID=psf.model.residual,
+            PSF_ASYM=psf.model.asymmetry,
+            PSF_AREA=psf.model.area,
+        )
+    return psf, src
+
+
+def _infer_saturation(ccd: _Ccd, src: Sources, psf: PsfResult) -> Sources:
+    """Read the saturation off flat-topped bright stars (SATLEV)."""
+    margin = ccd.config.saturation_margin
+    saturation = infer_saturation(src, psf.stars.index, margin)
+    if saturation is None:
+        return src
+    ccd.saturation = saturation
+    ccd.notes.append(f"saturation level {saturation:.0f} ADU "
+                     "inferred from flat-topped bright stars (no "
+                     "SATURATE keyword)")
+    ccd.metrics["SATLEV"] = saturation
+    hit = src.peak + src.background >= margin * saturation
+    return replace(src, flags=np.where(
+        hit, src.flags | SourceFlag.SATURATED, src.flags))
+
+
+def _classification(ccd: _Ccd, src: Sources, psf: PsfResult,
+                    background: Background) -> None:
+    """Stars, galaxies, artefacts; the counts; N*, MAG_*.
+
+    The background-subtracted image is dropped here.
+    """
+    metrics, config = ccd.metrics, ccd.config
+    klass = classify(ccd.sub, ccd.bad, src, psf, gain=ccd.gain,
+                     config=config)
+    ccd.sky_sub = None
+    zp_used = ccd.zeropoint if ccd.zeropoint is not None else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(src.flux > 0, zp_used - 2.5 * np.log10(src.flux),
+                       np.nan)
+    area_deg2 = None
+    if ccd.scale:
+        good_pix = ccd.bad.size - int(np.count_nonzero(ccd.bad))
+        area_deg2 = good_pix * (ccd.scale / 3600.0) ** 2
+    cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
+    ccd.parts["counts"] = cnt
+    ccd.parts["sources"] = _sources_table(src, klass, psf.stars.index,
+                                          zp_used, ccd.wcs, ccd.origin)
+    metrics.update(
+        NSTAR=int(np.sum(klass.cls == SourceClass.STAR)),
+        NGAL=int(np.sum(klass.cls == SourceClass.GALAXY)),
+        NARTEFACT=int(np.sum(klass.cls == SourceClass.ARTEFACT)),
+        MAG_TURNOVER=turnover(cnt),
+    )
+    if psf.model is not None:
+        flim = flux_limit(psf.model.area, background.rms, ccd.gain)
+        metrics["MAGLIM_5SIG"] = zp_used - 2.5 * math.log10(flim)
+
+
+def _weights(ccd: _Ccd, cosmic: NDArray[np.bool_] | None,
+             maps: Callable[[PixelMaps], None] | None) -> None:
+    """Make the flag and weight maps and previews; FRAC_W0, W_MEAN, ...
+
+    The image is dropped before the weight map is made, the RMS map
+    and the flat once it is.
+    """
+    saturated = None
+    if ccd.saturation is not None:
+        saturated = ccd.pix >= ccd.config.saturation_margin * ccd.saturation
+    flagmap = flag_map(ccd.pix.shape, bad_flat=ccd.flat_bad,
+                       cosmic_ray=cosmic, saturated=saturated,
+                       user_mask=ccd.user_bad, no_data=ccd.nodata)
+    del saturated
+    ccd.image = None
+    source = "flat" if ccd.flat_norm is not None else "rms"
+    weight = weight_map(flagmap, ccd.flat_norm, ccd.rms)
+    ccd.flat_norm = ccd.sky_rms = None
+    ccd.metrics.update(flag_counts(flagmap))
+    ccd.metrics["FRAC_W0"] = float(np.count_nonzero(weight == 0)
+                                   / weight.size)
+    ccd.metrics["W_MEAN"] = float(np.mean(weight, dtype=np.float64))
+    if source == "rms":
+        ccd.notes.append("no flat: the weight map is (median RMS / RMS)^2 "
+                         "of the background RMS map")
+    assert ccd.preview is not None
+    ccd.parts["preview"] = Preview(
+        image=ccd.preview, weight=bin_mean(weight, PREVIEW_BINNING),
+        binning=PREVIEW_BINNING, weight_source=source)
+    if maps is not None:
+        maps(PixelMaps(
+            weight=weight, flags=flagmap,
+            cosmic=(cosmic if cosmic is not None
+                    else np.zeros(weight.shape, bool)),
+            weight_source=source))
 
 
 def assess_extension(
@@ -398,266 +757,49 @@ def assess_extension(
     """
     config = config or QualityConfig()
     configure_sep()
-    notes: list[str] = []
-    metrics: dict[str, float] = {m.name: math.nan for m in METRICS}
-    timings: dict[str, float] = {}
-    parts: dict[str, Any] = {}
-    current: list[Any] = [None, time.perf_counter()]
-
-    def begin(stepname: str | None) -> None:
-        now = time.perf_counter()
-        if current[0] is not None:
-            timings[current[0]] = now - current[1]
-        current[0], current[1] = stepname, now
-        if stepname is not None and step is not None:
-            step(stepname)
-
+    ccd = _Ccd(name=name, config=config, origin=origin,
+               metrics={m.name: math.nan for m in METRICS})
+    clock = _Clock(step)
     try:
-        begin("background")
-        pix = np.array(data, dtype=np.float32, order="C",
-                       copy=not overwrite_input)
-        nonfinite = np.isfinite(pix)
-        np.logical_not(nonfinite, out=nonfinite)
-        n_nonfinite = int(np.count_nonzero(nonfinite))
-        if n_nonfinite == pix.size:
-            raise errors.EmptyImageError(
-                f"{name}: every pixel is NaN or infinite")
-        if n_nonfinite:
-            pix[nonfinite] = 0.0
-        user_bad = bad
-        flat_norm = flat_bad = None
-        if flat is not None:
-            flat_norm, flat_bad, flat_median = normalise_flat(
-                flat, config.flat_min, config.flat_max)
-            if not math.isfinite(flat_median):
-                raise errors.EmptyImageError(
-                    f"{name}: the flat has no positive pixel (all zero, "
-                    "negative or NaN)")
-            notes.extend(_flat_notes(flat_bad, flat_median))
-        badmask = nonfinite.copy()
-        for other in (user_bad, flat_bad):
-            if other is not None:
-                badmask |= other
-        check_pixels(pix, badmask, name=name)
-        gain = header_number(header, *GAIN_KEYS)
-        rdnoise = header_number(header, *RDNOISE_KEYS)
-        exptime = header_number(header, "EXPTIME", "EXPOSURE", "ITIME")
-        wcs = celestial_wcs(header)
-        scale = _pixscale(header, wcs, pixscale, notes)
-        zp = _zeropoint(header, zeropoint, notes)
-        saturation = header_number(header, "SATURATE", "SATLEVEL",
-                                   "SATURATION")
-        if saturation is None:
-            saturation = measure_saturation(pix, badmask)
-            if saturation is not None:
-                notes.append(f"saturation level {saturation:g} ADU read "
-                             "off the pixels (no SATURATE keyword)")
-        if gain is None:
-            notes.append("no GAIN keyword: flux errors and S/N from the "
-                         "background noise only")
-        metrics.update(
-            ZEROPOINT=zp if zp is not None else math.nan,
-            PIXSCALE=scale or math.nan,
-            GAIN=gain or math.nan,
-            EXPTIME=exptime or math.nan,
-            SATLEV=saturation or math.nan,
-        )
-        # SExtractor's background (sep reproduces it exactly), used for
-        # detection and photometry as SExtractor uses it.  (sep subtracts
-        # in place: no full-size background map is made.)
-        preview = bin_mean(pix, PREVIEW_BINNING,
-                           ~badmask if badmask.any() else None)
-        bkg = sep_background(pix, badmask, config)
-        sub = pix.copy()
-        bkg.subfrom(sub)
-        rms = bkg.rms()
-        _require_noise(name, bkg.globalrms)
-        # Exactly 0 where the sky is far above 0: a blank pixel.
-        nodata = nonfinite
-        del nonfinite
-        if bkg.globalback > 5.0 * bkg.globalrms:
-            nodata |= pix == 0
-            badmask |= nodata
-
-        begin("cosmic_rays")
-        cosmic = None
-        if config.cosmic_rays:
-            cosmic = _cosmic_rays(sub, rms, badmask, gain=gain,
-                                  read_noise=rdnoise, saturation=saturation,
-                                  sky=bkg.globalback, metrics=metrics)
-            # Ignored from here on, as bad pixels; zero in the
-            # background-subtracted image, so that the light the
-            # detection filter spreads around them is not detected.
-            # The image keeps its background there (the sky map is
-            # image minus subtracted image).
-            pix[cosmic] -= sub[cosmic]
-            sub[cosmic] = 0.0
-            badmask |= cosmic
-
-        begin("detection")
-        objects, segmap = extract(sub, rms, badmask, config)
-        # A second estimate with the sources masked: closer to the true
-        # sky in crowded fields; the difference measures the light of
-        # faint sources and wings in the meshes.
-        exclude = badmask | object_mask(objects, segmap)
-        masked = masked_sky(pix, exclude, config)
-        background = summarise_background(pix, sub, bkg, rms, exclude,
-                                          config)
-        del exclude
-        parts["background"] = background
-        metrics.update(
-            SKY_MEAN=background.mean, SKY_RMS=background.rms,
-            SKY_MEAN_MASKED=masked,
-            SKY_GRAD=background.gradient,
-            SKY_LUMPINESS=background.lumpiness,
-        )
-        if zp is not None and scale and background.mean > 0:
-            metrics["SKY_MAG"] = zp - 2.5 * math.log10(
-                background.mean / scale**2)
-        _require_noise(name, background.rms)
-        src = measure(sub, pix, rms, badmask, objects, segmap, gain=gain,
-                      saturation=saturation, config=config)
-        del objects
-        metrics["NOBJ"] = len(src)
-
-        begin("psf")
-        psf = measure_psf(sub, badmask, src, gain=gain, config=config)
-        stars = psf.stars
-        metrics["NSTAR_PSF"] = psf.n_candidates
-        metrics["NSTAR_FIT"] = len(stars)
-        if cosmic is not None and len(stars):
-            metrics["STAR_CR_FRAC"] = float(np.mean(
-                _core_hit(cosmic, stars.x, stars.y)))
-        if len(stars) == 0:
-            raise errors.NoStarsError(
-                f"{name}: no star usable for the PSF among {len(src)} "
-                f"sources ({psf.n_candidates} bright, unflagged and "
-                "compact enough to be candidates)"
-            )
-        if saturation is None:
-            saturation = infer_saturation(src, stars.index,
-                                          config.saturation_margin)
-            if saturation is not None:
-                notes.append(f"saturation level {saturation:.0f} ADU "
-                             "inferred from flat-topped bright stars (no "
-                             "SATURATE keyword)")
-                metrics["SATLEV"] = saturation
-                hit = (src.peak + src.background
-                       >= config.saturation_margin * saturation)
-                src = replace(src, flags=np.where(
-                    hit, src.flags | SourceFlag.SATURATED, src.flags))
-        parts["psf_grid"] = psf.grid
-        parts["psf_model"] = psf.model
-        parts["psf_stars"] = _stars_table(psf)
-        # The PSF field at the stars, not their median: compact galaxies
-        # left among them (one-sided) cannot pull it up.
-        assert psf.field is not None
-        fwhm = float(np.median(psf.field.fwhm_at(stars.x, stars.y)))
-        t2 = np.radians(2.0 * stars.theta)
-        eps1 = _clipped_mean(stars.ellipticity * np.cos(t2))
-        eps2 = _clipped_mean(stars.ellipticity * np.sin(t2))
-        ell = math.hypot(eps1, eps2)
-        metrics.update(
-            FWHM_PIX=fwhm,
-            FWHM_ARCSEC=fwhm * scale if scale else math.nan,
-            FWHM_MIN=float(np.nanmin(psf.grid.fwhm)),
-            FWHM_MAX=float(np.nanmax(psf.grid.fwhm)),
-            # PSFEx's counterparts, on PSFEx's sample: the locus stars.
-            FWHM_RH=2.0 * float(np.median(src.r_half[psf.locus])),
-            ELLIPTICITY=ell,
-            ELONGATION=(1.0 + ell) / (1.0 - ell),
-            THETA=0.5 * math.degrees(math.atan2(eps2, eps1)),
-            E1=_clipped_mean(stars.e1),
-            E2=_clipped_mean(stars.e2),
-            ELONG=float(np.median(src.a[psf.locus] / src.b[psf.locus])),
-            PSF_BETA=float(np.median(stars.beta)),
-            PSF_CHI2=float(np.median(stars.chi2)),
-        )
-        if psf.model is not None:
-            metrics.update(
-                FWHM_MOFFAT=psf.model.fwhm,
-                ELLIP_PSFEX=psf.model.ellipticity,
-                PSF_RESID=psf.model.residual,
-                PSF_ASYM=psf.model.asymmetry,
-                PSF_AREA=psf.model.area,
-            )
-
-        begin("classification")
-        klass = classify(sub, badmask, src, psf, gain=gain,
-                         config=config)
-        del sub
-        zp_used = zp if zp is not None else 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mag = np.where(src.flux > 0, zp_used - 2.5 * np.log10(src.flux),
-                           np.nan)
-        area_deg2 = None
-        if scale:
-            good_pix = badmask.size - int(np.count_nonzero(badmask))
-            area_deg2 = good_pix * (scale / 3600.0) ** 2
-        cnt = counts(mag, klass.cls, area_deg2=area_deg2, config=config)
-        parts["counts"] = cnt
-        parts["sources"] = _sources_table(src, klass, stars.index, zp_used,
-                                          wcs, origin)
-        metrics.update(
-            NSTAR=int(np.sum(klass.cls == SourceClass.STAR)),
-            NGAL=int(np.sum(klass.cls == SourceClass.GALAXY)),
-            NARTEFACT=int(np.sum(klass.cls == SourceClass.ARTEFACT)),
-            MAG_TURNOVER=turnover(cnt),
-        )
-        if psf.model is not None:
-            flim = flux_limit(psf.model.area, background.rms, gain)
-            metrics["MAGLIM_5SIG"] = zp_used - 2.5 * math.log10(flim)
-
-        begin("weights")
-        saturated = None
-        if saturation is not None:
-            saturated = pix >= config.saturation_margin * saturation
-        flagmap = flag_map(pix.shape, bad_flat=flat_bad, cosmic_ray=cosmic,
-                           saturated=saturated, user_mask=user_bad,
-                           no_data=nodata)
-        del saturated, pix
-        source = "flat" if flat_norm is not None else "rms"
-        weight = weight_map(flagmap, flat_norm, rms)
-        del flat_norm, rms
-        metrics.update(flag_counts(flagmap))
-        metrics["FRAC_W0"] = float(np.count_nonzero(weight == 0)
-                                   / weight.size)
-        metrics["W_MEAN"] = float(np.mean(weight, dtype=np.float64))
-        if source == "rms":
-            notes.append("no flat: the weight map is (median RMS / RMS)^2 "
-                         "of the background RMS map")
-        parts["preview"] = Preview(
-            image=preview, weight=bin_mean(weight, PREVIEW_BINNING),
-            binning=PREVIEW_BINNING, weight_source=source)
-        if maps is not None:
-            maps(PixelMaps(
-                weight=weight, flags=flagmap,
-                cosmic=(cosmic if cosmic is not None
-                        else np.zeros(weight.shape, bool)),
-                weight_source=source))
-        del weight, flagmap
-
-        begin("metrics")
-        flags = qa_flags(metrics, double_locus=psf.double_locus,
-                         read_noise=rdnoise, config=config)
-        begin(None)
+        clock.begin("background")
+        _prepare(data, header, ccd=ccd, bad=bad, flat=flat,
+                 zeropoint=zeropoint, pixscale=pixscale,
+                 overwrite_input=overwrite_input)
+        bkg = _background(ccd)
+        clock.begin("cosmic_rays")
+        cosmic = _cosmic_rays(ccd, bkg.globalback)
+        clock.begin("detection")
+        src, background = _detection(ccd, bkg)
+        clock.begin("psf")
+        psf, src = _psf(ccd, src, cosmic)
+        clock.begin("classification")
+        _classification(ccd, src, psf, background)
+        clock.begin("weights")
+        _weights(ccd, cosmic, maps)
+        clock.begin("metrics")
+        flags = qa_flags(ccd.metrics, double_locus=psf.double_locus,
+                         read_noise=ccd.read_noise, config=config)
+        clock.begin(None)
     except errors.QualityFitsError as exc:
-        begin(None)
+        clock.begin(None)
         return ExtensionReport(
             index=index, name=name, shape=data.shape, status="failed",
             error=ErrorInfo(type(exc).__name__, exc.code, str(exc)),
-            metrics=metrics, notes=tuple(notes), timings=timings, **parts,
+            metrics=ccd.metrics, notes=tuple(ccd.notes),
+            timings=clock.timings, **ccd.parts,
         )
     return ExtensionReport(
         index=index, name=name, shape=data.shape, status="ok",
-        metrics=metrics, flags=tuple(flags), notes=tuple(notes),
-        timings=timings, **parts,
+        metrics=ccd.metrics, flags=tuple(flags), notes=tuple(ccd.notes),
+        timings=clock.timings, **ccd.parts,
     )
 
 
-# -- workers ---------------------------------------------------------------
+# -- reading a CCD and its flat and mask --------------------------------------
 @dataclass(frozen=True)
 class _Task:
+    """One extension to assess, with its flat and mask if any."""
+
     ext: ImageExtension
     image: Path | NDArray[np.float32] | None  # None: read when submitted
     flat: tuple[Path | NDArray[np.float32], ImageExtension] | None
@@ -666,56 +808,6 @@ class _Task:
     context: _Context
     flat_label: str = "flat"
     mask_label: str = "mask"
-
-
-_EVENTS: Any = None  # the queue a worker posts progress events to
-_IN_WORKER = False  # True in the pool's worker processes
-
-
-def _init_worker(events: Any) -> None:
-    global _EVENTS, _IN_WORKER  # noqa: PLW0603 - per worker process
-    _EVENTS = events
-    _IN_WORKER = True
-    warnings.simplefilter("ignore")
-    _keep_freed_memory()
-    # One CCD per core: a worker's native libraries (astroscrappy's
-    # OpenMP median filters, BLAS) must not start a thread per core each,
-    # which left the cosmic-ray step 3 times slower, spinning.
-    threadpool_limits(1)
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed CCD-size buffers instead of returning them.
-
-    Each CCD allocates and frees many full-size arrays; by default glibc
-    maps and unmaps each one, and faulting the fresh pages in again cost
-    ~15 % of a worker's CPU in the benchmark.  Worker processes only;
-    harmless where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 2**31 - 1)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    except (OSError, AttributeError):
-        pass
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt codes
-_SOURCES: dict[Path, ImageSource] = {}  # a worker's open inputs
-
-
-def _open_cached(path: Path) -> ImageSource:
-    """Open an input once per worker process (its headers parsed once).
-
-    A 36-CCD file costs ~25 ms to open; each worker reads many of its
-    extensions.  The few most recent inputs stay open.
-    """
-    source = _SOURCES.get(path)
-    if source is None:
-        while len(_SOURCES) >= 4:
-            _SOURCES.pop(next(iter(_SOURCES))).close()
-        source = _SOURCES[path] = ImageSource(path)
-    return source
 
 
 def _read_ref(ref: Path | NDArray[np.float32], ext: ImageExtension,
@@ -730,62 +822,20 @@ def _read_ref(ref: Path | NDArray[np.float32], ext: ImageExtension,
         return source.read(ext, crop=ext.shape != image_ext.data_shape)
 
 
-def _queue_poster(ext: ImageExtension) -> Callable[[str], None] | None:
-    """Progress poster of a worker process (None without a queue)."""
-    if _EVENTS is None:
-        return None
-    events = _EVENTS
+def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
+    """Read one extension and its flat/mask, and assess it.
 
-    def post(stepname: str) -> None:
-        events.put((ext.index, ext.name, stepname))
-
-    return post
-
-
-def _internal_failure(ext: ImageExtension, why: str) -> ExtensionReport:
-    """Report a failure that is not the input's fault."""
-    log.error("extension %s: internal error: %s", ext.name, why)
-    return ExtensionReport(
-        index=ext.index, name=ext.name, shape=ext.data_shape,
-        status="failed",
-        error=ErrorInfo("InternalError", "internal-error",
-                        f"{ext.name}: internal error: {why}"),
-    )
-
-
-def _broken_pool_reason() -> str:
-    """Why worker processes died, as far as the parent can tell."""
-    main = sys.modules.get("__main__")
-    if main is not None and getattr(main, "__spec__", None) is None and (
-            getattr(main, "__file__", None) is not None):
-        # A script run by path is re-imported by every new worker: without
-        # the guard, each worker tries to start workers itself and dies.
-        return ("the worker processes died; a script that calls assess() "
-                "with jobs > 1 must do so under 'if __name__ == "
-                "\"__main__\":' (or use jobs=1); otherwise they were "
-                "killed or ran out of memory")
-    return "the worker process died (killed, or out of memory)"
-
-
-def _run_pooled(task: _Task) -> ExtensionReport:
-    """`_run_task` in a worker process, posting progress to the queue."""
-    return _run_task(task, _queue_poster(task.ext))
-
-
-def _run_task(task: _Task,
-              post: Callable[[str], None] | None) -> ExtensionReport:
-    """Read one extension and its flat/mask, and assess it."""
+    The work function of `qualityfits.parallel.run_tasks`: it runs in a
+    worker process or in this one.
+    """
     ext = task.ext
     start = time.perf_counter()
     if post is not None:
         post("read")
     try:
         if isinstance(task.image, Path):
-            if _IN_WORKER:
-                data = _open_cached(task.image).read(ext)
-            else:
-                with ImageSource(task.image) as source:
-                    data = source.read(ext)
+            with open_input(task.image) as source:
+                data = source.read(ext)
         else:
             assert task.image is not None
             data = task.image
@@ -846,52 +896,11 @@ def _map_writer(task: _Task) -> Callable[[PixelMaps], None] | None:
 
     return write
 
-
-def _default_jobs() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-_DONE = None  # sentinel that ends the progress pump
-
-
-@contextmanager
-def _progress_pump(callback: ProgressCallback | None,
-                   events: Any) -> Iterator[None]:
-    """Deliver worker events to the callback, in order, from one thread.
-
-    Every event -- steps, and "done"/"failed" -- goes through the one
-    queue, so the callback sees each extension's events in order and is
-    never called from two threads at once; on exit the queue is drained
-    before `assess` returns.
-    """
-    if callback is None or events is None:
-        yield
-        return
-
-    def pump() -> None:
-        while True:
-            try:
-                item = events.get()
-            except (EOFError, OSError):
-                return
-            if item is _DONE:
-                return
-            index, name, stepname = item
-            number = (STEPS.index(stepname) + 1 if stepname in STEPS
-                      else len(STEPS))
-            callback(ProgressEvent(name, index, stepname, number,
-                                   len(STEPS)))
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        events.put(_DONE)
-        thread.join()
+def _with_pixels(source: ImageSource, task: _Task) -> _Task:
+    """Give a task its pixels when its input is held in memory."""
+    if task.image is None:
+        return replace(task, image=source.read(task.ext))
+    return task
 
 
 def _refs(source: ImageSource, image: ImageSource,
@@ -993,7 +1002,10 @@ def assess(
                   mask_label=mask_src.display if mask_src else "mask")
             for ext in src.extensions
         ]
-        reports = _run(tasks, src, jobs or _default_jobs(), progress)
+        reports = run_tasks(
+            tasks, _run_task, jobs=jobs or default_jobs(), steps=STEPS,
+            prepare=functools.partial(_with_pixels, src),
+            progress=progress)
         exts = src.extensions
         display = src.display
     exposure = aggregate(exts, reports, config)
@@ -1048,138 +1060,3 @@ def _raise_all_failed(reports: list[ExtensionReport],
         f"{display}: all {len(reports)} extensions failed; first: "
         f"extension {first.message}"
     )
-
-
-def _run(tasks: list[_Task], source: ImageSource, jobs: int,
-         progress: ProgressCallback | None) -> list[ExtensionReport]:
-    """Run the tasks, in worker processes when that helps.
-
-    Tasks of an in-memory input get their pixels only when submitted, so
-    that few extensions are copied at a time.
-    """
-    n_steps = len(STEPS)
-
-    def ready(task: _Task) -> _Task:
-        if task.image is None:
-            return replace(task, image=source.read(task.ext))
-        return task
-
-    if jobs == 1 or len(tasks) == 1:
-        reports = []
-        for task in tasks:
-            post = None
-            if progress is not None:
-                def post(stepname: str, ext: ImageExtension = task.ext,
-                         ) -> None:
-                    assert progress is not None
-                    number = (STEPS.index(stepname) + 1
-                              if stepname in STEPS else n_steps)
-                    progress(ProgressEvent(ext.name, ext.index, stepname,
-                                           number, n_steps))
-            try:
-                rep = _run_task(ready(task), post)
-            except errors.QualityFitsError:
-                raise
-            except Exception as exc:
-                log.exception("extension %s failed", task.ext.name)
-                rep = _internal_failure(task.ext,
-                                        f"{type(exc).__name__}: {exc}")
-                if post is not None:
-                    post("failed")
-            reports.append(rep)
-        return reports
-    ctx = _pool_context()
-    events = ctx.Queue() if progress is not None else None
-    results: dict[int, ExtensionReport] = {}
-    pending: dict[Future[ExtensionReport], _Task] = {}
-    limit = 2 * jobs
-    todo = list(tasks)
-
-    def submit_more(pool: ProcessPoolExecutor) -> None:
-        while todo and len(pending) < limit:
-            task = ready(todo.pop(0))
-            pending[pool.submit(_run_pooled, task)] = task
-
-    with ProcessPoolExecutor(
-            max_workers=min(jobs, len(tasks)), mp_context=ctx,
-            initializer=_init_worker, initargs=(events,)) as pool:
-        # The first submission starts the workers (all of them, under
-        # "fork"): before the progress thread exists.
-        submit_more(pool)
-        with _progress_pump(progress, events):
-            try:
-                while pending:
-                    done, _ = wait(list(pending),
-                                   return_when=FIRST_COMPLETED)
-                    for future in done:
-                        task = pending.pop(future)
-                        results[task.ext.index] = _result(future, task,
-                                                          events)
-                    submit_more(pool)
-            finally:
-                # Workers gone, every event they posted is in the queue
-                # ahead of the pump's end marker.
-                pool.shutdown(wait=True, cancel_futures=True)
-    return [results[t.ext.index] for t in tasks]
-
-
-def _result(future: Future[ExtensionReport], task: _Task,
-            events: Any) -> ExtensionReport:
-    """Return a worker's report, or one saying why it could not give it."""
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        rep = _internal_failure(task.ext, _broken_pool_reason())
-    except Exception as exc:  # noqa: BLE001 - reported below
-        rep = _internal_failure(task.ext, f"{type(exc).__name__}: {exc}")
-    # The worker could not say it failed: say it for it.
-    if events is not None:
-        events.put((task.ext.index, task.ext.name, "failed"))
-    return rep
-
-
-def _native_threads() -> int:
-    """Threads of this process, native ones included (0 if unknown)."""
-    try:
-        return sum(1 for _ in Path("/proc/self/task").iterdir())
-    except OSError:  # not Linux
-        return 0
-
-
-#: Threads when the pipeline was loaded (numpy's BLAS starts its own,
-#: which are safe to fork: the library re-creates them in the child).
-_BASE_THREADS = _native_threads()
-
-
-#: True once this process has run astroscrappy's OpenMP code (a CCD
-#: assessed here, not in a worker): its thread pool is then alive.
-_OPENMP_USED = False
-
-
-def _single_threaded() -> bool:
-    """Say whether no thread was started since the pipeline was loaded.
-
-    Python's own count misses the threads of native libraries: an
-    OpenMP pool (astroscrappy's median filters start one when this
-    process assessed a CCD itself) whose lock a forked child inherits
-    held deadlocks the child.
-    """
-    return (threading.active_count() == 1 and not _OPENMP_USED
-            and _native_threads() <= _BASE_THREADS)
-
-
-def _pool_context() -> Any:
-    """Pick how worker processes start.
-
-    "fork" when this process runs no other thread: the workers start at
-    once with the pipeline already loaded (~0.5 s sooner, and ~2 s of
-    CPU less over a MegaCam exposure).  Forking a process with other
-    threads can deadlock (a lock held by one of them stays held in the
-    child), so otherwise "forkserver", preloaded with the pipeline.
-    """
-    if (_single_threaded()
-            and "fork" in mp.get_all_start_methods()):
-        return mp.get_context("fork")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["qualityfits.pipeline"])
-    return ctx

@@ -30,7 +30,8 @@ from pbs_bridge.jobfolder import Progress, WorkerError, WorkerSpec
 from pbs_bridge.worker import STEP_NAMES, _quality_error, main
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.errors import InternalError, NoStarsError, QualityFitsError
-from qualityfits.pipeline import STEPS, _internal_failure, _raise_all_failed
+from qualityfits.parallel import internal_failure
+from qualityfits.pipeline import STEPS, _raise_all_failed
 from qualityfits.products import PRODUCT_STEPS
 from qualityfits.report import ErrorInfo, ExtensionReport
 
@@ -453,7 +454,7 @@ def test_internal_failures_are_fatal_and_bad_input_is_usage():
         if kind == "internal":
             ext = SimpleNamespace(index=index, name=f"ccd{index:02d}",
                                   data_shape=(8, 8))
-            return _internal_failure(ext, "No space left on device")
+            return internal_failure(ext, "No space left on device")
         return ExtensionReport(
             index=index, name=f"ccd{index:02d}", shape=(8, 8),
             status="failed",

@@ -629,19 +629,19 @@ def test_jobs_2_gives_the_jobs_1_report(mef3):
 _START_METHODS = """
 import json, sys, threading
 import qualityfits
-from qualityfits import pipeline
+from qualityfits import parallel
 
 used = []
-pick = pipeline._pool_context
+pick = parallel._pool_context
 
 
-def spy():
-    ctx = pick()
+def spy(preload):
+    ctx = pick(preload)
     used.append(ctx.get_start_method())
     return ctx
 
 
-pipeline._pool_context = spy
+parallel._pool_context = spy
 if __name__ == "__main__":
     image = sys.argv[1]
     runs = [qualityfits.assess(image, jobs=2)]
