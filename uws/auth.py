@@ -30,13 +30,19 @@ import hmac
 import secrets
 import sys
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from pbs_bridge.config import SettingsError, option
 from pbs_bridge.runner import load_class
-from uws.errors import NotAuthenticatedError, ServiceUnavailableError
+from uws.errors import (
+    NotAuthenticatedError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+)
 
 ITERATIONS = 200_000
 
@@ -160,8 +166,26 @@ class BasicSettings:
                 "qfits.auth = basic needs qfits.auth_user_file")
 
 
+#: Failed logins of one user from one address within `FAILURE_WINDOW`
+#: seconds after which that pair is refused (429) without a password
+#: check until the window has passed.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
+#: Verified (user, password digest) pairs kept, and (address, user)
+#: pairs whose failures are counted: both bounded.
+VERIFIED_CACHE = 256
+FAILURE_TABLE = 4096
+
+
 class BasicPolicy:
-    """HTTP basic authentication against a user file."""
+    """HTTP basic authentication against a user file.
+
+    A password check costs a PBKDF2 (~30 ms): right ones are cached (at
+    most `VERIFIED_CACHE`, least recently used first out), wrong ones
+    never are, and `MAX_FAILURES` wrong ones for one user from one
+    address within `FAILURE_WINDOW` seconds make that pair wait (429)
+    until the window has passed.
+    """
 
     settings_type = BasicSettings
 
@@ -171,7 +195,9 @@ class BasicPolicy:
         self.realm = settings.auth_realm
         self._users: dict[str, str] = {}
         self._mtime = -1.0
-        self._verified: dict[tuple[str, str], bool] = {}
+        self._verified: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self._failures: OrderedDict[tuple[str, str], list[float]] = \
+            OrderedDict()
         self._lock = threading.Lock()
         self._load()
 
@@ -188,17 +214,47 @@ class BasicPolicy:
             raise NotAuthenticatedError("malformed basic credentials"
                                         ) from None
         self._load()
-        stored = self._users.get(user)
         key = (user, hashlib.sha256(password.encode()).hexdigest())
         with self._lock:
-            known = self._verified.get(key)
-        if known is None:
-            known = stored is not None and check_password(password, stored)
-            with self._lock:
-                self._verified[key] = known
-        if not known:
+            known = key in self._verified
+            if known:
+                self._verified.move_to_end(key)
+        if known:
+            return Identity(user)
+        who = (str(request.remote_addr or "?"), user)
+        self._check_throttle(who)
+        stored = self._users.get(user)
+        if stored is None or not check_password(password, stored):
+            self._fail(who)
             raise NotAuthenticatedError("unknown user or wrong password")
+        with self._lock:
+            self._verified[key] = True
+            if len(self._verified) > VERIFIED_CACHE:
+                self._verified.popitem(last=False)
+            self._failures.pop(who, None)
         return Identity(user)
+
+    def _check_throttle(self, who: tuple[str, str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.get(who, [])
+                      if now - t < FAILURE_WINDOW]
+            if len(recent) < MAX_FAILURES:
+                return
+            wait = FAILURE_WINDOW - (now - recent[0])
+        raise TooManyRequestsError(
+            f"{MAX_FAILURES} failed logins for this user from this "
+            f"address within {FAILURE_WINDOW:.0f} s: try again in "
+            f"{wait:.0f} s")
+
+    def _fail(self, who: tuple[str, str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.pop(who, [])
+                      if now - t < FAILURE_WINDOW]
+            self._failures[who] = [*recent, now][-MAX_FAILURES:]
+            while len(self._failures) > FAILURE_TABLE:
+                self._failures.popitem(last=False)
 
     def challenge(self) -> dict[str, str]:
         """Ask for basic credentials."""
@@ -221,7 +277,8 @@ class BasicPolicy:
                 name, _, stored = line.partition(":")
                 users[name.strip()] = stored.strip()
         with self._lock:
-            self._users, self._mtime, self._verified = users, mtime, {}
+            self._users, self._mtime = users, mtime
+            self._verified.clear()
 
 
 #: The policies known by a short name (``qfits.auth``).

@@ -60,6 +60,13 @@ class UploadTooLargeError(UWSError):
     code = "TooLarge"
 
 
+class TooManyRequestsError(UWSError):
+    """The caller must slow down (failed logins)."""
+
+    status = 429
+    code = "TooManyRequests"
+
+
 class ServiceUnavailableError(UWSError):
     """The database or the runner cannot serve now (HTTP 503)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -317,7 +318,7 @@ def result_view(request: Any) -> Response:
     allow_methods(request, "GET", "HEAD")
     found = service_of(request).result_file(
         _job_id(request), owner_of(request), request.matchdict["result_id"])
-    return _file(found)
+    return _file(found, request)
 
 
 @view_config(route_name="job_parameters")
@@ -342,7 +343,7 @@ def parameter_view(request: Any) -> Response:
     found = service_of(request).parameter_value(
         _job_id(request), owner_of(request), request.matchdict["name"])
     if isinstance(found, ResultFile):
-        return _file(found)
+        return _file(found, request)
     if request.matchdict["name"].lower() == "email":
         found = _mask_email(found)
     return _text(found)
@@ -402,13 +403,39 @@ class _RangeFile:
         self.file.close()
 
 
-def _file(found: ResultFile) -> Response:
+_SUFFIX_RANGE = re.compile(r"^\s*bytes\s*=\s*-\s*(\d+)\s*$")
+
+
+def _suffix_range(request: Any, size: int) -> Response | None:
+    """Apply RFC 9110 to a suffix range, which WebOb gets wrong.
+
+    ``bytes=-0`` selects nothing: 416.  A suffix longer than the file
+    selects the whole file: asked as ``bytes=0-`` (206).
+    """
+    match = _SUFFIX_RANGE.match(request.headers.get("Range", ""))
+    if match is None:
+        return None
+    length = int(match.group(1)[:20])
+    if length == 0:
+        response = _text("RangeNotSatisfiable: bytes=-0 selects no byte\n")
+        response.status_int = 416
+        response.headers["Content-Range"] = f"bytes */{size}"
+        return response
+    if length >= size:
+        request.headers["Range"] = "bytes=0-"
+    return None
+
+
+def _file(found: ResultFile, request: Any) -> Response:
     path = found.path
     try:
         stat = path.stat()
     except OSError:
         raise UnknownJobError(f"{path.name} is no longer available"
                               ) from None
+    refused = _suffix_range(request, stat.st_size)
+    if refused is not None:
+        return refused
     mime = found.mime or mimetypes.guess_type(path.name)[0] or \
         "application/octet-stream"
     charset = "utf-8" if mime.startswith("text/") else None

@@ -121,8 +121,14 @@ def render(request: Any, template: str, status: int = 200,
            **values: Any) -> Response:
     """Render a page template with the values every page needs."""
     service = service_of(request)
+    try:
+        owner = owner_of(request).name
+    except UWSError:
+        if template != "error.html":
+            raise  # a page is for a signed-in caller: 401, login prompt
+        owner = None  # the error page of a caller not signed in
     body = _env.get_template(template).render(
-        base=base_url(request), owner=owner_of(request).name,
+        base=base_url(request), owner=owner,
         limit=service.settings.upload_limit,
         limit_text=human_bytes(service.settings.upload_limit),
         step_words=STEP_WORDS, **values)
@@ -266,6 +272,7 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
         "rows": [{"cells": row.texts,
                   "flagged": row.flagged, "failed": row.failed,
                   "median": row.median} for row in table.rows],
+        "note": table.note,
     }
 
 
@@ -302,7 +309,8 @@ ERROR_TITLES = {400: "This request cannot be done", 401: "Please sign in",
                 503: "The service cannot take this now"}
 
 
-@exception_view_config(UWSError, path_info=r"^/ui/", request_method="GET")
+@exception_view_config(UWSError, path_info=r"^/(ui/.*)?$",
+                       request_method="GET")
 def page_error_view(exc: UWSError, request: Any) -> Response:
     """Render an error met by a page as a page (the API's are text)."""
     response = render(request, "error.html", status=exc.status,

@@ -295,3 +295,39 @@ def test_anonymous_jobs_have_no_owner(live: LiveService):
         other.auth = ("mallory", "x")
         assert set(listed(other, live)) == {job_id(url)}
         assert owner_of(xml(other.get(url))) is None
+
+
+# -- pages, throttling (issue 16, items 3 and 9) ------------------------------
+@pytest.mark.parametrize("path", ["/", "/ui/jobs", "/ui/check",
+                                  "/ui/jobs/0123456789abcdef",
+                                  "/ui/jobs/0123456789abcdef/results"])
+def test_pages_ask_for_a_login(basic: LiveService, path: str):
+    """A browser without credentials gets the login prompt, not a 500."""
+    r = requests.get(f"{basic.url}{path}", timeout=30)
+    assert r.status_code == 401, (r.status_code, r.text)
+    assert r.headers["Content-Type"].startswith("text/html")
+    assert r.headers["WWW-Authenticate"].startswith('Basic realm="')
+    assert "Please sign in" in r.text
+
+
+def test_pages_behind_the_proxy_say_401(proxied: LiveService):
+    r = requests.get(f"{proxied.url}/ui/jobs", timeout=30)
+    assert r.status_code == 401, (r.status_code, r.text)
+    assert "no X-Remote-User header from the proxy" in r.text
+
+
+def test_failed_logins_are_throttled(basic: LiveService):
+    policy = basic.app.registry.authenticator
+    with client("alice", "guess") as guesser:
+        for _ in range(10):
+            status_text(guesser.get(basic.jobs), 401, "wrong password")
+        status_text(guesser.get(basic.jobs), 429, "TooManyRequests:",
+                    "10 failed logins", "try again in")
+    # Right password, same user, same address: still waits (no check).
+    with client("alice") as right:
+        status_text(right.get(basic.jobs), 429, "TooManyRequests:")
+    # Another user from the same address is not held back.
+    with client("bob") as other:
+        assert other.get(basic.jobs).status_code == 200
+    # Wrong passwords are never cached: the cache holds bob alone.
+    assert len(policy._verified) == 1

@@ -134,3 +134,21 @@ def test_destruction_in_the_future_is_still_taken(live: LiveService):
     r = live.http.post(live.jobs, data={"DESTRUCTION": text},
                        allow_redirects=False)
     assert r.status_code == 303, r.text
+
+
+# -- byte ranges (RFC 9110 14.1.2) --------------------------------------------
+def test_suffix_ranges(live: LiveService, sample_image: Path):
+    with sample_image.open("rb") as fh:
+        job = live.create(files={"image": fh})
+    url = f"{job}/parameters/image"
+    size = sample_image.stat().st_size
+    r = live.http.get(url, headers={"Range": "bytes=-0"})
+    assert r.status_code == 416, r.status_code
+    assert r.headers["Content-Range"] == f"bytes */{size}"
+    r = live.http.get(url, headers={"Range": f"bytes=-{size + 100}"})
+    assert r.status_code == 206, r.status_code
+    assert r.headers["Content-Range"] == f"bytes 0-{size - 1}/{size}"
+    assert r.content == sample_image.read_bytes()
+    r = live.http.get(url, headers={"Range": "bytes=-10"})
+    assert r.status_code == 206
+    assert r.content == sample_image.read_bytes()[-10:]
