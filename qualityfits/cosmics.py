@@ -50,8 +50,8 @@ On simulated MegaCam CCDs (2048 x 4612, 330 hits and tracks) this takes
 ~0.6 s of one core, 25 times less than astroscrappy at its defaults, and
 finds more of the cosmic-ray pixels (98 % against 88 %);
 ``benchmarks/bench_cosmics.py`` measures both.  astroscrappy's filters
-use OpenMP: with one CCD per core, run the workers with
-``OMP_NUM_THREADS=1``.
+use OpenMP; `find_cosmic_rays` runs them on one thread whatever
+``OMP_NUM_THREADS`` says (more made it slower, see `_FILTER_THREADS`).
 
 >>> import numpy as np
 >>> from qualityfits.cosmics import find_cosmic_rays
@@ -76,6 +76,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "EDGE_NSIGMA",
@@ -177,6 +178,14 @@ _NOISE_ROW_STEP: Final = 16
 #: From the MAD of a pixel minus the mean of its 4 neighbours to the
 #: sigma of white noise (that difference has a variance of 1.25 sigma²).
 _MAD_TO_SIGMA: Final = 1.4826 / math.sqrt(1.25)
+
+#: OpenMP threads of astroscrappy's median filters.  They run on strips
+#: of a few hundred 28 x 28 windows, ~15 ms a call: a second thread
+#: saves little when a core is idle and, when it is not (another worker,
+#: another program), its spin-waits made the step 1.5-2.5 times slower
+#: (2 s instead of 0.85 s per 2048 x 4612 CCD in ``assess(jobs=1)``,
+#: where nothing else limits the threads).
+_FILTER_THREADS: Final = 1
 
 #: 8- and 4-connectivity within each window of a stack, none across.
 _STACK_EIGHT: Final = np.zeros((3, 3, 3), dtype=bool)
@@ -319,12 +328,15 @@ def find_cosmic_rays(
     )
     todo = tiler.tiles_of(seeds)
     done = np.zeros(tiler.n_tiles, dtype=bool)
-    for _ in range(_MAX_ROUNDS):
-        if todo.size == 0:
-            break
-        done[todo] = True
-        reached = tiler.tiles_of(tiler.process(todo))
-        todo = reached[~done[reached]]
+    # One OpenMP thread for astroscrappy's filters, whatever the caller
+    # set: see _FILTER_THREADS.
+    with threadpool_limits(limits=_FILTER_THREADS, user_api="openmp"):
+        for _ in range(_MAX_ROUNDS):
+            if todo.size == 0:
+                break
+            done[todo] = True
+            reached = tiler.tiles_of(tiler.process(todo))
+            todo = reached[~done[reached]]
     if event_sigclip is None or event_sigclip <= sigclip:
         *_, best = _group_peaks(tiler.mask, tiler.peaks)
         return CosmicRays(

@@ -24,7 +24,9 @@ import sep
 from astropy.io import fits
 from scipy import ndimage
 from testkit import shared_file
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from qualityfits import cosmics
 from qualityfits.background import sep_background
 from qualityfits.config import QualityConfig
 from qualityfits.cosmics import EVENT_SIGCLIP, CosmicRays, find_cosmic_rays
@@ -308,6 +310,38 @@ def test_tiny_images(shape):
                            saturation=None)
     assert crs.mask.shape == shape
     assert crs.mask.dtype == np.bool_
+
+
+def test_filters_run_on_one_openmp_thread(monkeypatch):
+    """Whatever the caller allows: more made the step 2x slower.
+
+    astroscrappy's median filters start an OpenMP thread per core; in
+    ``assess(jobs=1)`` nothing else limits them.  The filters are
+    watched (not replaced) for the number of threads they may use.
+    """
+    def openmp_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "openmp"}
+
+    seen: list[set[int]] = []
+    original = cosmics._Stack.sepmed
+
+    def watched(self, array, width):
+        seen.append(openmp_threads())
+        return original(self, array, width)
+
+    monkeypatch.setattr(cosmics._Stack, "sepmed", watched)
+    rng = np.random.default_rng(1)
+    sub = rng.normal(0.0, 10.0, (200, 200)).astype(np.float32)
+    sub[50, 60] += 500.0
+    with threadpool_limits(limits=2, user_api="openmp"):
+        assert openmp_threads() == {2}
+        crs = find_cosmic_rays(sub, 10.0, None, gain=1.5, read_noise=5.0,
+                               saturation=None)
+        assert openmp_threads() == {2}  # the caller's limit is back
+    assert crs.mask[50, 60]
+    assert seen
+    assert all(threads == {1} for threads in seen)
 
 
 def test_empty_result_is_valid():
