@@ -9,6 +9,7 @@ left active, and starts the poller and reaper threads.
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from pyramid.config import Configurator
 
 from pbs_bridge.runner import runner_class
 from uws.auth import make_policy
+from uws.security import TWEEN_OVER
 from uws.service import JobService
 from uws.settings import Settings, SettingsError
 from uws.store import JobStore, SchemaError
@@ -67,6 +69,10 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
     config.registry.job_service = service
     config.registry.authenticator = make_policy(settings.auth,
                                                 settings.auth_settings)
+    config.registry.csrf_secret = (settings.csrf_secret.encode()
+                                   or secrets.token_bytes(32))
+    config.add_tween("uws.security.origin_tween_factory",
+                     over=TWEEN_OVER)
     for name, pattern in (*ROUTES, *WEB_ROUTES):
         config.add_route(name, pattern)
     config.add_static_view("static", str(STATIC), cache_max_age=3600)

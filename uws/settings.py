@@ -106,6 +106,10 @@ class Settings:
     smtp_password: str = option("", "str", secret=True)
     smtp_starttls: bool = option(default=False, kind="bool")
     smtp_timeout: float = option(10.0, "float", minimum=0.01)
+    #: Key of the pages' form tokens (`uws.security`); empty: a random
+    #: one per process (forms opened before a restart must be
+    #: reloaded; give one when several processes serve the pages).
+    csrf_secret: str = option("", "str", secret=True)
     #: The chosen runner's and authentication policy's own settings
     #: (their ``settings_type``), read from the same keys.
     runner_settings: Any = field(default=None, repr=False, compare=False)

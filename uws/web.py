@@ -32,10 +32,13 @@ from pyramid.view import exception_view_config, view_config
 
 from qualityfits import presentation
 from qualityfits.parameters import PARAMETERS
+from uws.auth import Identity
 from uws.errors import UnknownJobError, UWSError
+from uws.forms import Form
 from uws.model import Job, Result
 from uws.notify import RESULTS_PAGE
 from uws.phases import FINAL, Phase
+from uws.security import TOKEN_FIELD, check_token, form_token
 from uws.settings import human_bytes
 from uws.views import (
     allow_methods,
@@ -129,6 +132,7 @@ def render(request: Any, template: str, status: int = 200,
         owner = None  # the error page of a caller not signed in
     body = _env.get_template(template).render(
         base=base_url(request), owner=owner,
+        csrf_token=form_token(request.registry.csrf_secret, owner),
         limit=service.settings.upload_limit,
         limit_text=human_bytes(service.settings.upload_limit),
         step_words=STEP_WORDS, **values)
@@ -171,7 +175,13 @@ def submit_view(request: Any) -> Response:
     (``image_url``); empty fields and unchosen files are dropped.
     """
     allow_methods(request, "POST")
+    owner = owner_of(request)
     form = form_of(request)
+    try:
+        _check_form_token(request, owner, form)
+    except UWSError:
+        form.discard()
+        raise
     for name, upload in list(form.uploads.items()):
         if upload.size == 0 and not upload.filename:
             del form.uploads[name]
@@ -185,8 +195,15 @@ def submit_view(request: Any) -> Response:
     if url is not None:
         form.values["image"] = url
     form.values["phase"] = ["RUN"]
-    job_id = service_of(request).create(owner_of(request), form)
+    job_id = service_of(request).create(owner, form)
     return see_other(f"{base_url(request)}/ui/jobs/{job_id}")
+
+
+def _check_form_token(request: Any, owner: Identity, form: Form) -> None:
+    """Refuse a page's form without the caller's token (`uws.security`)."""
+    given = form.values.pop(TOKEN_FIELD, [None])
+    check_token(request.registry.csrf_secret, owner.name,
+                given[0] if len(given) == 1 else None)
 
 
 # -- one job -----------------------------------------------------------
@@ -223,7 +240,9 @@ def abort_view(request: Any) -> Response:
     """Abort the job (the page's button); back to its page."""
     allow_methods(request, "POST")
     job_id = request.matchdict["job_id"]
-    service_of(request).abort(job_id, owner_of(request))
+    owner = owner_of(request)
+    _check_form_token(request, owner, form_of(request))
+    service_of(request).abort(job_id, owner)
     return see_other(f"{base_url(request)}/ui/jobs/{job_id}")
 
 
@@ -231,7 +250,9 @@ def abort_view(request: Any) -> Response:
 def delete_view(request: Any) -> Response:
     """Delete the job (the page's button); to the job list."""
     allow_methods(request, "POST")
-    service_of(request).delete(request.matchdict["job_id"], owner_of(request))
+    owner = owner_of(request)
+    _check_form_token(request, owner, form_of(request))
+    service_of(request).delete(request.matchdict["job_id"], owner)
     return see_other(f"{base_url(request)}/ui/jobs?deleted=1")
 
 

@@ -331,3 +331,57 @@ def test_failed_logins_are_throttled(basic: LiveService):
         assert other.get(basic.jobs).status_code == 200
     # Wrong passwords are never cached: the cache holds bob alone.
     assert len(policy._verified) == 1
+
+
+# -- cross-site requests (issue 16, item 5) -----------------------------------
+def test_a_foreign_origin_cannot_create_or_delete(basic: LiveService,
+                                                  alice):
+    mine = create(alice, basic)
+    for header, value in (("Origin", "https://evil.example"),
+                          ("Origin", "null"),
+                          ("Referer", "https://evil.example/page.html"),
+                          ("Origin", basic.url.replace("127.0.0.1",
+                                                       "localhost"))):
+        r = alice.post(basic.jobs, data={"IMAGE": IMAGE},
+                       headers={header: value}, allow_redirects=False)
+        status_text(r, 403, "cross-site request refused", header)
+        r = alice.delete(mine, headers={header: value},
+                         allow_redirects=False)
+        status_text(r, 403, "cross-site request refused")
+    assert set(listed(alice, basic)) == {job_id(mine)}
+    # The service's own pages (same origin) and API clients (no Origin).
+    r = alice.post(basic.jobs, data={"IMAGE": IMAGE},
+                   headers={"Origin": basic.url,
+                            "Referer": f"{basic.url}/"},
+                   allow_redirects=False)
+    assert r.status_code == 303, r.text
+    assert create(alice, basic)  # no Origin: a script
+
+
+def test_page_forms_need_their_token(basic: LiveService, alice):
+    page = alice.get(f"{basic.url}/").text
+    token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    assert len(token) == 40
+    form = {"image_url": IMAGE}
+    r = alice.post(f"{basic.url}/ui/submit", data=form,
+                   allow_redirects=False)
+    status_text(r, 403, "this form is stale or comes from another site")
+    with client("bob") as bob:  # another user's token is not alice's
+        bobs = bob.get(f"{basic.url}/").text.split(
+            'name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    assert bobs != token
+    r = alice.post(f"{basic.url}/ui/submit",
+                   data={**form, "csrf_token": bobs}, allow_redirects=False)
+    assert r.status_code == 403
+    assert listed(alice, basic) == {}
+    r = alice.post(f"{basic.url}/ui/submit",
+                   data={**form, "csrf_token": token}, allow_redirects=False)
+    assert r.status_code == 303, r.text
+    job = r.headers["Location"].rsplit("/", 1)[1]
+    r = alice.post(f"{basic.url}/ui/jobs/{job}/delete",
+                   allow_redirects=False)
+    status_text(r, 403, "reload the page")
+    r = alice.post(f"{basic.url}/ui/jobs/{job}/delete",
+                   data={"csrf_token": token}, allow_redirects=False)
+    assert r.status_code == 303
+    assert listed(alice, basic) == {}
