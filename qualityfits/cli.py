@@ -28,6 +28,7 @@ from qualityfits.errors import InvalidParameterError, QualityFitsError
 from qualityfits.io import image_stem, primary_header
 from qualityfits.parameters import PARAMETERS, QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
+from qualityfits.presentation import instrumental, instrumental_note
 from qualityfits.products import write_products
 from qualityfits.report import QualityReport
 
@@ -172,12 +173,26 @@ def summary_text(report: QualityReport) -> str:
         ("NOBJ", "NOBJ", 0), ("NSTAR", "NSTAR", 0), ("NGAL", "NGAL", 0),
         ("MLIM5", "MAGLIM_5SIG", 2),
     ]
+    # Magnitudes without a zero point are instrumental: a "*" on the
+    # heading when every CCD's are, else on each such value (and on the
+    # median, which then mixes both), explained below the table.
+    assessed = [e for e in report.extensions if e.ok]
+    inst = [e.name for e in assessed if instrumental(e.metrics)]
+    every = bool(inst) and len(inst) == len(assessed)
+    mags = {"MAGLIM_5SIG"}
+
+    def cell(key: str, value: float, digits: int, starred: bool) -> str:
+        text = _fmt(value, digits)
+        return text + "*" if starred and key in mags and text != "-" \
+            else text
+
     rows = []
     for ext in report.extensions:
         row = [ext.name]
         for _, key, digits in cols[1:]:
             assert key is not None
-            row.append(_fmt(ext.metrics.get(key, math.nan), digits))
+            row.append(cell(key, ext.metrics.get(key, math.nan), digits,
+                            not every and ext.name in inst))
         row.append(",".join(ext.flags) if ext.ok else "FAILED")
         rows.append(row)
     agg = report.exposure.metrics
@@ -185,10 +200,12 @@ def summary_text(report: QualityReport) -> str:
         row = ["median"]
         for _, key, digits in cols[1:]:
             assert key is not None
-            row.append(_fmt(agg[key]["median"], digits))
+            row.append(cell(key, agg[key]["median"], digits,
+                            not every and bool(inst)))
         row.append(",".join(report.exposure.flags))
         rows.append(row)
-    heads = [c[0] for c in cols] + ["QA FLAGS"]
+    heads = [f"{c[0]}*" if every and c[1] in mags else c[0] for c in cols]
+    heads.append("QA FLAGS")
     widths = [max(len(h), *(len(r[i]) for r in rows))
               for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) if i in (0, len(heads) - 1) else h.rjust(w)
@@ -201,6 +218,10 @@ def summary_text(report: QualityReport) -> str:
         lines.append("  ".join(
             v.ljust(w) if i in (0, len(heads) - 1) else v.rjust(w)
             for i, (v, w) in enumerate(zip(r, widths, strict=True))))
+    why = instrumental_note(inst, len(assessed), "MLIM5 magnitudes",
+                            marks=("*", "*"))
+    if why is not None:
+        lines.append(f"* {why}")
     lines.extend(f"FAILED {ext.name}: {ext.error.message}"
                  for ext in report.extensions if ext.error is not None)
     notes = sorted({n for e in report.extensions for n in e.notes})

@@ -41,14 +41,15 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .thumbs figure { max-width: 9em; }
 figcaption { font-size: 0.85em; color: #444; }
 .wide { overflow-x: auto; }
+.note { font-size: 0.9em; color: #444; }
 """
 
 def _summary_table(report: QualityReport) -> Any:
     table = ccd_table(report.to_dict())
-    head = E.TR(E.TH("CCD", scope="col"), E.TH("Status", scope="col"),
-                *(E.TH(c.label, title=c.title, scope="col")
-                  for c in table.columns),
-                E.TH("QA flags", scope="col"))
+    head = E.TR(*(E.TH(text, title=title, scope="col") if title
+                  else E.TH(text, scope="col")
+                  for text, title in zip(table.headings, table.titles,
+                                         strict=True)))
     rows = []
     for row in table.rows:
         name: Any = E.B(row.name) if row.median else row.name
@@ -62,7 +63,10 @@ def _summary_table(report: QualityReport) -> Any:
             cells.append(E.TD(row.flags,
                               E.CLASS("flag" if row.flagged else "ok")))
             rows.append(E.TR(*cells))
-    return E.DIV(E.TABLE(E.THEAD(head), E.TBODY(*rows)), E.CLASS("wide"))
+    parts = [E.TABLE(E.THEAD(head), E.TBODY(*rows))]
+    if table.note is not None:
+        parts.append(E.P(table.note, E.CLASS("note"), id="instrumental"))
+    return E.DIV(*parts, E.CLASS("wide"))
 
 
 def _figure(product: Product, caption: str, *, lazy: bool = True) -> Any:

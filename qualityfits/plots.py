@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from qualityfits.moffat import fwhm_factor
+from qualityfits.presentation import instrumental
 from qualityfits.report import ExtensionReport, Preview, QualityReport
 
 if TYPE_CHECKING:
@@ -85,6 +86,24 @@ _STAR_COLOUR: Final = "tab:blue"
 _GALAXY_COLOUR: Final = "0.45"
 _ARTEFACT_COLOUR: Final = "tab:orange"
 _PSF_STAR_COLOUR: Final = "red"
+#: The PSF FWHM map's colour scale is in per cent of the map's median
+#: and spans at least this much either side of it, so that the few per
+#: cent of variation usual over a mosaic stay pale ...
+PSF_MAP_MIN_SPAN: Final = 10.0
+#: ... and, when the map varies more, its largest deviation rounded up
+#: to a multiple of this many per cent.
+PSF_MAP_SPAN_STEP: Final = 5.0
+#: Diverging colours about the median: blue sharper, red broader.
+_PSF_MAP_CMAP: Final = "RdBu_r"
+#: CCD names in the mosaics: font size limits, points (8 pt is 11
+#: pixels at `DPI`) ...
+CCD_LABEL_MIN_PT: Final = 7.0
+CCD_LABEL_MAX_PT: Final = 11.0
+#: ... and the fraction of a CCD's width the name may take.
+_CCD_LABEL_WIDTH: Final = 0.85
+#: Width of a character of the label font (DejaVu Sans, upper case and
+#: digits included), in ems.
+_CHAR_EM: Final = 0.7
 
 
 @dataclass(frozen=True)
@@ -692,11 +711,15 @@ def _pixscale(exts: Sequence[ExtensionReport]) -> float | None:
 
 
 def _zp_note(exts: Sequence[ExtensionReport]) -> str:
-    if any(n.startswith("no zero point") for e in exts for n in e.notes):
-        return "instrumental, ZP = 0"
-    zps = [e.metrics.get("ZEROPOINT", math.nan) for e in exts]
-    zps = [z for z in zps if math.isfinite(z)]
-    return f"ZP = {np.median(zps):.2f}" if zps else "instrumental"
+    """How the magnitudes of the plots are calibrated, in a few words."""
+    inst = [e for e in exts if instrumental(e.metrics)]
+    if inst and len(inst) == len(exts):
+        return "instrumental: no zero point, ZP = 0"
+    zps = [e.metrics["ZEROPOINT"] for e in exts if e not in inst]
+    text = f"ZP = {np.median(zps):.2f}" if zps else "instrumental"
+    if inst:
+        text += f"; instrumental on {len(inst)} of {len(exts)} CCDs"
+    return text
 
 
 def _prepare(report: QualityReport, stem: str) -> _Report:
@@ -731,6 +754,7 @@ class _MosaicAxes:
 
 def _mosaic_axes(fig: Figure, rep: _Report, what: str, *,
                  colorbar: bool, strip: float = 0.0) -> _MosaicAxes:
+    # A title of two lines (``what`` holds a newline) gets the room.
     """Size the figure to the mosaic's shape; axes, colour bar, limits.
 
     ``strip`` adds that fraction of the mosaic's height below it (room
@@ -745,7 +769,7 @@ def _mosaic_axes(fig: Figure, rep: _Report, what: str, *,
     limits = (xmin - pad, xmax + pad,
               ymin - pad - strip * (ymax - ymin), ymax + pad)
     aspect = (limits[3] - limits[2]) / max(limits[1] - limits[0], 1e-30)
-    left, bottom, top = 0.95, 0.7, 0.45
+    left, bottom, top = 0.95, 0.7, 0.45 + 0.22 * what.count("\n")
     right = 1.55 if colorbar else 0.35
     width = 8.0 - left - right
     height = width * aspect
@@ -770,11 +794,38 @@ def _mosaic_axes(fig: Figure, rep: _Report, what: str, *,
     return _MosaicAxes(ax, cax, limits)
 
 
+def ccd_label_size(width_pt: float, height_pt: float, text: str) -> float:
+    """Font size of a CCD's name in a mosaic drawn ``width_pt`` wide.
+
+    The name takes at most `_CCD_LABEL_WIDTH` of the CCD's width and a
+    quarter of its height, within `CCD_LABEL_MIN_PT` ..
+    `CCD_LABEL_MAX_PT` (on a mosaic so dense that the minimum does not
+    fit, the names may touch: they stay readable).
+    """
+    fit = min(_CCD_LABEL_WIDTH * width_pt / (_CHAR_EM * max(len(text), 1)),
+              0.25 * height_pt)
+    return float(np.clip(fit, CCD_LABEL_MIN_PT, CCD_LABEL_MAX_PT))
+
+
+def _points_per_unit(ax: Axes) -> float:
+    """Typographic points per data unit of an equal-aspect axes."""
+    box = ax.get_window_extent()  # display pixels
+    to_pt = 72.0 / ax.figure.dpi
+    width_pt = box.width * to_pt
+    height_pt = box.height * to_pt
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    # With aspect "equal" and an adjustable box the tighter axis rules.
+    return min(width_pt / max(abs(x1 - x0), 1e-30),
+               height_pt / max(abs(y1 - y0), 1e-30))
+
+
 def _outline_ccds(ax: Axes, rep: _Report, *, names: bool) -> None:
     """Draw every CCD's outline, its name, and mark failed CCDs."""
     from matplotlib.patches import Rectangle  # noqa: PLC0415
 
     s = rep.frame.sign
+    per_unit = _points_per_unit(ax)
     for ext, place in rep.ccds:
         left, right, bottom, top = rep.data_box(place)
         failed = ext is None or not ext.ok
@@ -784,14 +835,18 @@ def _outline_ccds(ax: Axes, rep: _Report, *, names: bool) -> None:
             ec="tab:red" if failed else "0.35",
             ls="--" if failed else "-", zorder=3))
         cx, cy = place.centre()
+        size = ccd_label_size(abs(right - left) * per_unit,
+                              (top - bottom) * per_unit, place.name)
         if failed:
             ax.text(s * cx, cy, f"{place.name}\nfailed", ha="center",
-                    va="center", fontsize=8, color="tab:red", zorder=4)
+                    va="center", fontsize=size, color="tab:red", zorder=4,
+                    gid=f"ccd-label-{place.name}")
         elif names:
             ax.text(s * cx, bottom + 0.02 * (top - bottom), place.name,
-                    ha="center", va="bottom", fontsize=6.5, color="0.1",
-                    zorder=4, bbox={"fc": "white", "ec": "none",
-                                    "alpha": 0.6, "pad": 0.5})
+                    ha="center", va="bottom", fontsize=size, color="0.1",
+                    zorder=4, gid=f"ccd-label-{place.name}",
+                    bbox={"fc": "white", "ec": "none", "alpha": 0.75,
+                          "pad": 0.6})
 
 
 def _map_ccds(fig: Figure, axes: _MosaicAxes, rep: _Report,
@@ -1036,11 +1091,39 @@ def _plot_fwhm_histo(fig: Figure, rep: _Report) -> None:
         top.tick_params(labelsize=8)
 
 
+def psf_map_scale(values: ArrayLike) -> tuple[float, float]:
+    """Return the PSF FWHM map's colour scale: its median and span in %.
+
+    Parameters
+    ----------
+    values : array_like
+        The FWHM of every cell of the map (NaN ignored).
+
+    Returns
+    -------
+    median : float
+        The median of the finite values (NaN when there is none).
+    span : float
+        The scale runs from ``-span`` to ``+span`` per cent of the
+        median: `PSF_MAP_MIN_SPAN`, or the largest deviation rounded up
+        to a multiple of `PSF_MAP_SPAN_STEP` when that is larger.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, PSF_MAP_MIN_SPAN
+    med = float(np.median(v))
+    if not med > 0:
+        return med, PSF_MAP_MIN_SPAN
+    worst = float(np.max(np.abs(v / med - 1.0))) * 100.0
+    steps = math.ceil(round(worst / PSF_MAP_SPAN_STEP, 9))
+    return med, max(PSF_MAP_MIN_SPAN, steps * PSF_MAP_SPAN_STEP)
+
+
 def _plot_psf_m(fig: Figure, rep: _Report) -> None:
+    from matplotlib.colors import Normalize  # noqa: PLC0415
 
     unit, _ = _fwhm_unit(rep)
-    axes = _mosaic_axes(fig, rep, "PSF FWHM map (pixel-free)",
-                        colorbar=True)
     grids = []
     for ext, place in rep.ccds:
         if ext is None or not ext.ok or ext.psf_grid is None:
@@ -1053,9 +1136,28 @@ def _plot_psf_m(fig: Figure, rep: _Report) -> None:
             continue
         grids.append((place, fwhm, place.nx / fwhm.shape[1],
                       place.ny / fwhm.shape[0]))
-    _show_grids(fig, axes, rep, grids, empty="no PSF map",
-                percentiles=(0.0, 100.0), cmap="plasma",
-                label=f"PSF FWHM [{unit}]")
+    values = np.concatenate([g.ravel() for _, g, _, _ in grids]) \
+        if grids else np.empty(0)
+    med, span = psf_map_scale(values)
+    what = "PSF FWHM map (pixel-free)"
+    shown = ""
+    if math.isfinite(med) and med > 0:
+        finite = values[np.isfinite(values)]
+        low, high = ((float(f(finite)) / med - 1.0) * 100.0
+                     for f in (np.min, np.max))
+        shown = f"{med:.3f}" if unit == "arcsec" else f"{med:.2f}"
+        what += (f"\nmedian {shown} {unit}, from {low:+.1f} % to "
+                 f"{high:+.1f} % of it")
+    axes = _mosaic_axes(fig, rep, what, colorbar=True)
+    if not grids or not (math.isfinite(med) and med > 0):
+        _no_data(axes.ax, "no PSF map")
+    else:
+        relative = [(place, (g / med - 1.0) * 100.0, bx, by)
+                    for place, g, bx, by in grids]
+        _map_ccds(fig, axes, rep, relative, Normalize(-span, span),
+                  _PSF_MAP_CMAP,
+                  f"FWHM / median {shown} {unit} - 1 [%]")
+    _outline_ccds(axes.ax, rep, names=True)
 
 
 def _whisker_scale(x: FloatArray, y: FloatArray, e: FloatArray,
@@ -1295,7 +1397,9 @@ def _counts(fig: Figure, rep: _Report, attr: str, what: str,
     limit = _exposure_metric(rep, "MAGLIM_5SIG")
     if math.isfinite(limit):
         ax.axvline(limit, color="k", ls="--", lw=1,
-                   label=f"MAGLIM_5SIG (point source) {limit:.2f}")
+                   label=f"MAGLIM_5SIG (point source) {limit:.2f}"
+                   + (" instrumental" if any(instrumental(e.metrics)
+                                             for e in rep.ok) else ""))
     if attr == "ngal":
         turn = _exposure_metric(rep, "MAG_TURNOVER")
         if math.isfinite(turn):

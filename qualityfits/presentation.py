@@ -10,6 +10,10 @@ renders (lxml for one, Jinja2 for the other).
 
 Adding a column to both pages is one entry of `CCD_COLUMNS`; a picture,
 one entry of `PICTURES`.
+
+Magnitudes measured without a zero point are instrumental; `instrumental`
+says so for a CCD, from its metrics, for every place that shows a
+magnitude (these pages, the command line's table, the plots).
 """
 
 from __future__ import annotations
@@ -23,6 +27,75 @@ from qualityfits.metrics import METRIC_BY_NAME
 
 #: Shown where a value is missing (not measured, not finite).
 MISSING: Final = "–"
+#: Appended to a magnitude of a CCD without a zero point when other
+#: CCDs have one (when none has, the column's heading says it).
+INSTRUMENTAL_MARK: Final = " (instr.)"
+#: Appended to the exposure's median of a magnitude over CCDs of which
+#: some have a zero point and some have not.
+MIXED_MARK: Final = " (mixed)"
+#: Why magnitudes are instrumental, and what it means.
+INSTRUMENTAL_WHY: Final = (
+    "no zero point was given (zeropoint parameter) or found in the "
+    "header (PHOTZP, MAGZERO, ...), so they are -2.5 log10(ADU) "
+    "(zero point 0)")
+
+
+def is_magnitude(metric: str) -> bool:
+    """Say whether a metric is a magnitude (its unit starts with mag).
+
+    The zero point itself is not: it is what calibrates the others.
+    """
+    return (metric != "ZEROPOINT"
+            and METRIC_BY_NAME[metric].unit.startswith("mag"))
+
+
+def instrumental(metrics: Mapping[str, Any]) -> bool:
+    """Say whether a CCD's magnitudes are instrumental.
+
+    The pipeline records the zero point it used as the metric
+    ``ZEROPOINT`` (given, or read from the header); without one it is
+    NaN (``None`` in the JSON summary) and magnitudes are instrumental,
+    ``-2.5 log10(ADU)``.  A zero point of 0 (an image in maggies) is a
+    zero point.
+
+    Parameters
+    ----------
+    metrics : mapping
+        A CCD's metrics (`ExtensionReport.metrics`, or ``"metrics"`` of
+        an extension of the JSON summary).
+    """
+    zp = metrics.get("ZEROPOINT")
+    return (isinstance(zp, bool) or not isinstance(zp, int | float)
+            or not math.isfinite(zp))
+
+
+def instrumental_note(instrumental_ccds: Sequence[str], n_ccds: int,
+                      what: str = "Magnitudes", *,
+                      marks: tuple[str, str] = (INSTRUMENTAL_MARK,
+                                                MIXED_MARK),
+                      ) -> str | None:
+    """One sentence on the instrumental magnitudes of a report, or None.
+
+    Parameters
+    ----------
+    instrumental_ccds : sequence of str
+        The assessed CCDs whose magnitudes are instrumental.
+    n_ccds : int
+        The number of assessed CCDs.
+    what : str
+        What the sentence is about (``"MLIM5"``, ``"Magnitudes"``).
+    marks : (str, str)
+        How the values of those CCDs, and the exposure's median, are
+        marked when only some CCDs have no zero point.
+    """
+    if not instrumental_ccds:
+        return None
+    if len(instrumental_ccds) >= n_ccds:
+        return f"{what} are instrumental: {INSTRUMENTAL_WHY}."
+    own, mixed = (m.strip() for m in marks)
+    return (f"{what} of {', '.join(instrumental_ccds)} are instrumental "
+            f"(marked {own}): {INSTRUMENTAL_WHY}; the exposure's median "
+            f"mixes them with calibrated ones (marked {mixed}).")
 
 
 @dataclass(frozen=True)
@@ -46,13 +119,24 @@ class CcdColumn:
     @property
     def label(self) -> str:
         """The heading with the metric's unit: ``FWHM [arcsec]``."""
-        unit = METRIC_BY_NAME[self.metric].unit
-        return f"{self.heading} [{unit}]" if unit else self.heading
+        return self.label_for(instrumental=False)
 
     @property
     def title(self) -> str:
         """The metric's name and description (a heading's tooltip)."""
         return f"{self.metric}: {METRIC_BY_NAME[self.metric].description}"
+
+    @property
+    def magnitude(self) -> bool:
+        """The column holds magnitudes (see `is_magnitude`)."""
+        return is_magnitude(self.metric)
+
+    def label_for(self, *, instrumental: bool) -> str:
+        """Write the heading with the unit (``instrumental mag`` if so)."""
+        unit = METRIC_BY_NAME[self.metric].unit
+        if instrumental and self.magnitude:
+            unit = f"instrumental {unit}"
+        return f"{self.heading} [{unit}]" if unit else self.heading
 
     def format(self, value: Any) -> str:
         """Write a value with the column's digits (`MISSING` if none)."""
@@ -123,17 +207,42 @@ class CcdTable:
 
     columns: tuple[CcdColumn, ...]
     rows: tuple[CcdRow, ...]
+    #: The assessed CCDs whose magnitudes are instrumental.
+    instrumental: tuple[str, ...] = ()
+    #: The number of assessed CCDs.
+    n_assessed: int = 0
+
+    @property
+    def all_instrumental(self) -> bool:
+        """Every assessed CCD's magnitudes are instrumental."""
+        return bool(self.instrumental) and (
+            len(self.instrumental) >= self.n_assessed)
 
     @property
     def headings(self) -> tuple[str, ...]:
-        """Every heading, the name, status and QA flags included."""
-        return ("CCD", "Status", *(c.label for c in self.columns),
-                "QA flags")
+        """Every heading, the name, status and QA flags included.
+
+        Magnitude columns say ``instrumental mag`` when every CCD's
+        magnitudes are instrumental.
+        """
+        return ("CCD", "Status", *(
+            c.label_for(instrumental=self.all_instrumental)
+            for c in self.columns), "QA flags")
 
     @property
     def titles(self) -> tuple[str, ...]:
         """Each heading's tooltip (the metric's description; or "")."""
-        return ("", "", *(c.title for c in self.columns), "")
+        return ("", "", *(
+            f"{c.title}. Instrumental: {INSTRUMENTAL_WHY}"
+            if c.magnitude and self.instrumental else c.title
+            for c in self.columns), "")
+
+    @property
+    def note(self) -> str | None:
+        """Why magnitudes are instrumental, when a shown one is."""
+        if not any(c.magnitude for c in self.columns):
+            return None
+        return instrumental_note(self.instrumental, self.n_assessed)
 
 
 def ccd_table(summary: Mapping[str, Any]) -> CcdTable:
@@ -150,6 +259,9 @@ def ccd_table(summary: Mapping[str, Any]) -> CcdTable:
     CcdTable
         The columns of `CCD_COLUMNS` with a value on some CCD (the first
         if none has), one row per CCD, and a ``median`` row for a mosaic.
+        When only some CCDs have a zero point, the magnitudes of the
+        others end with `INSTRUMENTAL_MARK` and their median with
+        `MIXED_MARK`.
 
     Raises
     ------
@@ -160,9 +272,19 @@ def ccd_table(summary: Mapping[str, Any]) -> CcdTable:
     columns = tuple(c for c in CCD_COLUMNS if any(
         c.format(e["metrics"].get(c.metric)) != MISSING
         for e in extensions)) or CCD_COLUMNS[:1]
+    assessed = [e for e in extensions if e["status"] == "ok"]
+    inst = tuple(e["name"] for e in assessed if instrumental(e["metrics"]))
+    mixed = 0 < len(inst) < len(assessed)
+
+    def marked(column: CcdColumn, text: str, mark: str) -> str:
+        if mixed and column.magnitude and text != MISSING:
+            return text + mark
+        return text
+
     rows = []
     for ext in extensions:
-        cells = tuple(c.format(ext["metrics"].get(c.metric))
+        mark = INSTRUMENTAL_MARK if ext["name"] in inst else ""
+        cells = tuple(marked(c, c.format(ext["metrics"].get(c.metric)), mark)
                       for c in columns)
         flags = ", ".join(ext["flags"])
         if ext["status"] == "ok":
@@ -175,12 +297,14 @@ def ccd_table(summary: Mapping[str, Any]) -> CcdTable:
                                flagged=False, failed=True))
     if len(extensions) > 1:
         exposure = summary["exposure"]
-        cells = tuple(c.format(exposure["metrics"].get(c.metric, {})
-                               .get("median")) for c in columns)
+        cells = tuple(marked(c, c.format(exposure["metrics"]
+                                         .get(c.metric, {}).get("median")),
+                             MIXED_MARK) for c in columns)
         flags = ", ".join(exposure["flags"])
         rows.append(CcdRow("median", "median", cells, flags or "none",
                            flagged=bool(flags), failed=False, median=True))
-    return CcdTable(columns, tuple(rows))
+    return CcdTable(columns, tuple(rows), instrumental=inst,
+                    n_assessed=len(assessed))
 
 
 @dataclass(frozen=True)

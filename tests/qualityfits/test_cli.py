@@ -165,6 +165,78 @@ def test_compressed_input_writes_the_stem_json(tmp_path, single, suffix):
     assert "median" not in result.stdout.split()
 
 
+# -- instrumental magnitudes -------------------------------------------------
+def _table_head_and_mlim(stdout):
+    """The heading line and the MLIM5 cell of the first row."""
+    lines = stdout.splitlines()
+    heads = lines[0].split()
+    k = next(i for i, h in enumerate(heads) if h.startswith("MLIM5"))
+    return heads[k], lines[2].split()[k]
+
+
+@pytest.fixture(scope="module")
+def no_zeropoint(single, tmp_path_factory):
+    """The single image without PHOTZP: no zero point anywhere."""
+    _, sim = single
+    header = sim.header.copy()
+    del header["PHOTZP"]
+    target = tmp_path_factory.mktemp("nozp") / "nozp.fits"
+    fits.PrimaryHDU(sim.data, header).writeto(target)
+    return target
+
+
+def test_magnitudes_without_a_zero_point_are_marked_instrumental(
+        no_zeropoint, tmp_path):
+    result = run_cli(no_zeropoint, "-o", tmp_path / "out", "--no-progress",
+                     "--summary-only", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    head, value = _table_head_and_mlim(result.stdout)
+    assert head == "MLIM5*"
+    assert float(value) < 0  # -2.5 log10(ADU) of a faint star
+    why = [line for line in result.stdout.splitlines()
+           if line.startswith("* ")]
+    assert len(why) == 1
+    assert "MLIM5 magnitudes are instrumental" in why[0]
+    assert "no zero point" in why[0]
+
+
+def test_a_given_zero_point_is_not_instrumental(no_zeropoint, tmp_path):
+    result = run_cli(no_zeropoint, "-o", tmp_path / "out", "--no-progress",
+                     "--summary-only", "--zeropoint", "30", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    head, value = _table_head_and_mlim(result.stdout)
+    assert head == "MLIM5"
+    assert float(value) > 20
+    assert "instrumental" not in result.stdout
+
+
+def test_only_the_ccds_without_a_zero_point_are_starred(single, tmp_path):
+    """A mosaic whose second CCD has PHOTZP and the first has not."""
+    _, sim = single
+    header = sim.header.copy()
+    del header["PHOTZP"]
+    target = tmp_path / "mixed.fits"
+    fits.HDUList([fits.PrimaryHDU(),
+                  fits.ImageHDU(sim.data, header, name="ccd00"),
+                  fits.ImageHDU(sim.data, sim.header, name="ccd01")]
+                 ).writeto(target)
+    result = run_cli(target, "-o", tmp_path / "out", "--no-progress",
+                     "--summary-only", "--jobs", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    heads = lines[0].split()
+    k = heads.index("MLIM5")
+    rows = {line.split()[0]: line.split()[k] for line in lines[2:]
+            if line.split() and line.split()[0] in ("CCD00", "CCD01",
+                                                    "median")}
+    assert rows["CCD00"].endswith("*")
+    assert not rows["CCD01"].endswith("*")
+    assert rows["median"].endswith("*")  # it mixes both
+    assert any(line.startswith("* MLIM5 magnitudes of CCD00 are "
+                               "instrumental (marked *)")
+               for line in lines)
+
+
 # -- bad input ---------------------------------------------------------------
 @pytest.fixture
 def not_fits(tmp_path):

@@ -449,3 +449,102 @@ def test_importing_the_module_does_not_load_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- the PSF FWHM map: colour scale and CCD names ----------------------------
+class TestPsfMapScale:
+    def test_a_seven_percent_spread_uses_the_minimum_span(self):
+        values = 0.645 * np.array([0.94, 0.97, 1.0, 1.0, 1.03, 1.07])
+        median, span = plots.psf_map_scale(values)
+        assert median == pytest.approx(0.645)
+        assert span == plots.PSF_MAP_MIN_SPAN == 10.0
+
+    def test_a_larger_spread_is_rounded_up(self):
+        values = np.array([4.0, 4.0, 4.0, 4.92, 3.5, np.nan])  # +23 %
+        median, span = plots.psf_map_scale(values)
+        assert median == 4.0
+        assert span == 25.0
+        assert plots.psf_map_scale([4.0, 4.8])[1] == 10.0  # exactly +-9 %
+        assert plots.psf_map_scale([4.0, 5.0, 4.5])[1] == 15.0
+
+    def test_nothing_to_show(self):
+        median, span = plots.psf_map_scale([np.nan, np.inf])
+        assert math.isnan(median)
+        assert span == plots.PSF_MAP_MIN_SPAN
+
+    def test_the_drawn_map_is_in_percent_of_the_median(self, mosaic_report):
+        fig = plots._new_figure()
+        rep = plots._prepare(mosaic_report, "m")
+        plots._plot_psf_m(fig, rep)
+        values = np.concatenate([
+            np.asarray(e.psf_grid.fwhm, float).ravel()
+            for e in mosaic_report.extensions if e.ok])
+        median, span = plots.psf_map_scale(values)
+        ax, cax = fig.axes
+        assert cax.get_ylim() == pytest.approx((-span, span))
+        assert "[%]" in cax.get_ylabel()
+        assert "median" in ax.get_title()
+        shown = np.concatenate([im.get_array().compressed()
+                                for im in ax.get_images()])
+        expected = (values[np.isfinite(values)] / median - 1.0) * 100.0
+        assert_allclose(np.sort(shown), np.sort(expected), rtol=1e-6,
+                        atol=1e-9)
+
+
+def _mosaic_of(report, n_x, n_y, shape):
+    """``n_x`` x ``n_y`` copies of the report's first CCD on a DETSEC grid.
+
+    ``shape`` is each CCD's (ny, nx); gaps of 5 % between them.
+    """
+    ext = report.extensions[0]
+    ny, nx = shape
+    rows = []
+    exts = []
+    for k in range(n_x * n_y):
+        name = f"ccd{k:02d}"
+        exts.append(dataclasses.replace(ext, index=k + 1, name=name,
+                                        shape=shape))
+        x0 = (k % n_x) * 1.05 * nx + 0.5
+        y0 = (k // n_x) * 1.05 * ny + 0.5
+        rows.append((name, nx, ny, x0, y0, x0 + nx, y0, x0, y0 + ny))
+    layout = layout_table(rows)
+    return dataclasses.replace(
+        report, extensions=tuple(exts), exposure=dataclasses.replace(
+            report.exposure, placement="detsec", layout=layout))
+
+
+@pytest.mark.parametrize(("n_x", "n_y"), [(9, 4), (1, 1)])
+def test_ccd_names_fit_their_ccd_and_are_legible(mosaic_report, n_x, n_y):
+    """On a MegaCam-like 36-CCD mosaic and on one CCD."""
+    report = _mosaic_of(mosaic_report, n_x, n_y, (4612, 2048))
+    fig = plots._new_figure()
+    plots._plot_psf_m(fig, plots._prepare(report, "m"))
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts
+              if (t.get_gid() or "").startswith("ccd-label-")]
+    assert len(labels) == n_x * n_y
+    # the CCD's width on the canvas, pixels
+    (x0, _), (x1, _) = ax.transData.transform([(0.0, 0.0), (2048.0, 0.0)])
+    cell = abs(x1 - x0)
+    for text in labels:
+        # 8 pt is 11 pixels at 100 dpi: readable without a magnifier
+        assert text.get_fontsize() >= 8.0
+        assert text.get_window_extent(renderer).width <= cell
+    if n_x * n_y == 1:
+        assert labels[0].get_fontsize() == plots.CCD_LABEL_MAX_PT
+    else:
+        # not the 6.5 pt of before: 40 % of the CCD's width at least
+        assert labels[0].get_window_extent(renderer).width > 0.4 * cell
+
+
+def test_ccd_label_size_limits():
+    assert plots.ccd_label_size(1000.0, 2000.0, "ccd00") == (
+        plots.CCD_LABEL_MAX_PT)
+    assert plots.ccd_label_size(5.0, 10.0, "ccd00") == (
+        plots.CCD_LABEL_MIN_PT)
+    # in between, the name takes 85 % of the width at most
+    size = plots.ccd_label_size(40.0, 90.0, "ccd00")
+    assert plots.CCD_LABEL_MIN_PT < size < plots.CCD_LABEL_MAX_PT
+    assert size * 0.7 * 5 <= 0.85 * 40.0 + 1e-9

@@ -29,9 +29,13 @@ from qualityfits.metrics import METRICS
 from qualityfits.plots import PLOT_IDS
 from qualityfits.presentation import (
     CCD_COLUMNS,
+    INSTRUMENTAL_MARK,
     MISSING,
+    MIXED_MARK,
     PICTURES,
     ccd_table,
+    instrumental,
+    is_magnitude,
     pictures,
     previews,
 )
@@ -291,3 +295,78 @@ class TestPresentation:
             ("gal_histo", "Galaxy counts")]
         assert [(p.id, c) for p, c in previews(items)] == [
             ("preview_ccd00", "about preview_ccd00")]
+
+
+# -- instrumental magnitudes --------------------------------------------------
+def _without_zeropoint(summary, names):
+    """The summary with no zero point on the CCDs ``names``."""
+    out = json.loads(json.dumps(summary))
+    for ext in out["extensions"]:
+        if ext["name"] in names:
+            ext["metrics"]["ZEROPOINT"] = None  # NaN in the JSON
+    return out
+
+
+class TestInstrumental:
+    def test_what_is_instrumental(self):
+        assert instrumental({"ZEROPOINT": None})
+        assert instrumental({"ZEROPOINT": math.nan})
+        assert instrumental({})
+        assert not instrumental({"ZEROPOINT": 30.0})
+        assert not instrumental({"ZEROPOINT": 0.0})  # maggies: a zero point
+        assert is_magnitude("MAGLIM_5SIG")
+        assert is_magnitude("SKY_MAG")
+        assert not is_magnitude("ZEROPOINT")
+        assert not is_magnitude("FWHM_ARCSEC")
+
+    def test_calibrated_report_says_nothing(self, report):
+        assert all(not instrumental(e.metrics) for e in report.extensions
+                   if e.ok)
+        table = ccd_table(report.to_dict())
+        assert table.note is None
+        assert not any("instrumental" in h for h in table.headings)
+
+    def test_no_zero_point_anywhere_marks_the_headings(self, report):
+        table = ccd_table(_without_zeropoint(report.to_dict(),
+                                             {"ccd00", "ccd02"}))
+        k = [c.metric for c in table.columns].index("MAGLIM_5SIG")
+        assert table.headings[2 + k] == "5σ depth [instrumental mag]"
+        assert "Instrumental" in table.titles[2 + k]
+        # other columns keep their headings; values are not marked
+        assert table.headings[2] == "FWHM [arcsec]"
+        assert not any(r.cells[k].endswith(INSTRUMENTAL_MARK)
+                       for r in table.rows)
+        assert table.note is not None
+        assert table.note.startswith("Magnitudes are instrumental: no zero "
+                                     "point was given")
+
+    def test_some_ccds_without_a_zero_point_are_marked(self, report):
+        table = ccd_table(_without_zeropoint(report.to_dict(), {"ccd02"}))
+        k = [c.metric for c in table.columns].index("MAGLIM_5SIG")
+        assert table.headings[2 + k] == "5σ depth [mag]"
+        cells = {r.name: r.cells[k] for r in table.rows}
+        assert not cells["ccd00"].endswith(INSTRUMENTAL_MARK)
+        assert cells["ccd02"].endswith(INSTRUMENTAL_MARK)
+        assert cells["ccd01"] == MISSING  # the failed CCD: nothing to mark
+        assert cells["median"].endswith(MIXED_MARK)
+        assert table.note is not None
+        assert "of ccd02 are instrumental" in table.note
+        # the FWHM is no magnitude: never marked
+        assert not table.rows[2].cells[0].endswith(INSTRUMENTAL_MARK)
+
+    def test_static_page_says_why(self, report, tmp_path):
+        uncalibrated = dataclasses.replace(report, extensions=tuple(
+            dataclasses.replace(e, metrics={**e.metrics,
+                                            "ZEROPOINT": math.nan})
+            for e in report.extensions))
+        page = tmp_path / "index.html"
+        html.write_report(uncalibrated, page, "exposure", [])
+        root = lxml_html.parse(str(page)).getroot()
+        heads = [th.text_content() for th in root.xpath("(//table)[1]//th")]
+        assert "5σ depth [instrumental mag]" in heads
+        note = root.get_element_by_id("instrumental").text_content()
+        assert note == ccd_table(uncalibrated.to_dict()).note
+        # a calibrated report has no such paragraph
+        html.write_report(report, page, "exposure", [])
+        assert not lxml_html.parse(str(page)).getroot().xpath(
+            "//*[@id='instrumental']")
