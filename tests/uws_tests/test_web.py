@@ -180,6 +180,9 @@ def test_a_real_image_from_upload_to_archive(start_service: Starter,
     rows = page.locator("#ccds tbody tr")
     assert rows.count() == 1  # one CCD
     assert "ok" in rows.first.inner_text()
+    # The NTT field has no zero point: its depth is instrumental, said so.
+    assert "5σ depth [instrumental mag]" in page.inner_text("#ccds thead")
+    assert "instrumental" in page.inner_text("#instrumental")
     pictures = page.locator(".pictures img")
     assert pictures.count() >= 8
     assert pictures.first.get_attribute("loading") == "lazy"
