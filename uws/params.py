@@ -201,7 +201,10 @@ def _fits_mpix(name: str, path: Path) -> float:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+            # Our own handle: astropy leaves its own open when a header
+            # card is unreadable (found by tests/uws_tests/test_fuzz.py).
+            with path.open("rb") as raw, fits.open(
+                    raw, memmap=True, lazy_load_hdus=False) as hdul:
                 end = 0
                 for index, hdu in enumerate(hdul):
                     info = hdul.fileinfo(index)

@@ -347,22 +347,24 @@ def page_error_view(exc: UWSError, request: Any) -> Response:
 def jobs_page(request: Any) -> Response:
     """List the caller's jobs, newest first, filtered by phase."""
     allow_methods(request, "GET", "HEAD")
-    wanted = request.GET.get("phase", "").strip()
+    query = form_of(request, body=False)
+    wanted = (query.single("phase") or "").strip()
     phases = [parse_phase(wanted, "phase")] if wanted else []
     refs = service_of(request).list_jobs(owner_of(request),
                                          phases_=phases, last=500)
     return render(request, "jobs.html", refs=refs, wanted=wanted,
                   phases=[p.value for p in Phase if p is not
                           Phase.ARCHIVED],
-                  deleted=bool(request.GET.get("deleted")))
+                  deleted=bool(query.single("deleted")))
 
 
 @view_config(route_name="ui_check")
 def check_view(request: Any) -> Response:
     """Say whether a job's results are there (job id and e-mail)."""
     allow_methods(request, "GET", "HEAD")
-    job_id = request.GET.get("job", "").strip()
-    email = request.GET.get("email", "").strip()
+    query = form_of(request, body=False)
+    job_id = (query.single("job") or "").strip()
+    email = (query.single("email") or "").strip()
     if not job_id:
         return render(request, "check.html", job_id="", email="",
                       message="", job=None)
