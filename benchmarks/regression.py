@@ -52,6 +52,14 @@ What the columns mean
 ``gal>*``
     simulations only: of the truth galaxies with r_e > 2 px that a side
     detected, the fraction it calls a star.
+``CR@core``
+    simulations only, ours only: the fraction of star cores our
+    cosmic-ray mask flags -- unsaturated truth stars with S/N > 20 whose
+    3 x 3 core (around the pixel nearest the true centre) holds a pixel
+    of our cosmic-ray map (``maps_dir``), out of those with no true
+    cosmic ray near the core (no hit centre within 4 px, no track
+    within 3 px of its segment); then our ``STAR_CR_FRAC``, which
+    claims to measure the same.
 
 Inputs that do not fit
 ----------------------
@@ -238,6 +246,8 @@ class Side:
     gal_as_star: float = math.nan
     psf_stars: float = math.nan
     sky_masked: float = math.nan  # ours only: SKY_MEAN_MASKED
+    cr_cores: float = math.nan  # ours only: star cores in the CR map
+    star_cr_frac: float = math.nan  # ours only: STAR_CR_FRAC
 
 
 @dataclass
@@ -302,7 +312,8 @@ def _ours_side(ext: Any, truth: dict[str, Table] | None) -> Side:
     side = Side(fwhm=_f(m.get("FWHM_PIX")), ell=_f(m.get("ELLIPTICITY")),
                 sky=_f(m.get("SKY_MEAN")), rms=_f(m.get("SKY_RMS")),
                 psf_stars=_f(m.get("NSTAR_PSF")),
-                sky_masked=_f(m.get("SKY_MEAN_MASKED")))
+                sky_masked=_f(m.get("SKY_MEAN_MASKED")),
+                star_cr_frac=_f(m.get("STAR_CR_FRAC")))
     src = ext.sources
     if src is not None and len(src):
         cls = np.asarray(src["CLASS"]).astype(str)
@@ -335,6 +346,46 @@ def _ref_side(ref: terapix.ReferenceExtension,
     return side
 
 
+def _near_true_cosmic(x: np.ndarray, y: np.ndarray,
+                      events: Table) -> np.ndarray:
+    """Whether each position is near a true cosmic ray (hit or track)."""
+    near = np.zeros(len(x), dtype=bool)
+    for ev in events:
+        dx, dy = x - float(ev["x"]), y - float(ev["y"])
+        if str(ev["kind"]).strip() == "track":
+            ang = math.radians(float(ev["angle"]))
+            along = np.clip(dx * math.cos(ang) + dy * math.sin(ang),
+                            -float(ev["length"]) / 2,
+                            float(ev["length"]) / 2)
+            dist = np.hypot(dx - along * math.cos(ang),
+                            dy - along * math.sin(ang))
+            near |= dist <= 3.0
+        else:
+            near |= np.hypot(dx, dy) <= 4.0
+    return near
+
+
+def cosmic_cores(cosmic: np.ndarray, truth: dict[str, Table]) -> float:
+    """Fraction of clean star cores our cosmic-ray map flags."""
+    stars = truth["stars"]
+    ok = (np.asarray(stars["snr"]) > MIN_SNR) & ~np.asarray(
+        stars["saturated"], dtype=bool)
+    x = np.asarray(stars["x"])[ok]
+    y = np.asarray(stars["y"])[ok]
+    clean = ~_near_true_cosmic(x, y, truth["cosmics"])
+    x, y = x[clean], y[clean]
+    if len(x) == 0:
+        return math.nan
+    ny, nx = cosmic.shape
+    i = np.clip(np.rint(x).astype(int), 1, nx - 2)
+    j = np.clip(np.rint(y).astype(int), 1, ny - 2)
+    hit = np.zeros(len(x), dtype=bool)
+    for dj in (-1, 0, 1):
+        for di in (-1, 0, 1):
+            hit |= cosmic[j + dj, i + di]
+    return float(hit.mean())
+
+
 def _message(exc: BaseException) -> str:
     """One line: the exception's type and message, no traceback."""
     text = " ".join(str(exc).split())
@@ -347,6 +398,7 @@ def _message(exc: BaseException) -> str:
 def run_ours(
     image: Path, *, mask: Path | None = None,
     mask_convention: MaskConvention = "auto",
+    maps_dir: Path | None = None,
 ) -> tuple[Any, str, float]:
     """(report or None, message, seconds) of our pipeline's defaults."""
     start = time.perf_counter()
@@ -354,6 +406,8 @@ def run_ours(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
             kwargs: dict[str, Any] = {"jobs": 1}
+            if maps_dir is not None:
+                kwargs["maps_dir"] = maps_dir
             if mask is not None:
                 kwargs["mask"] = mask
                 kwargs["parameters"] = qualityfits.QualityParameters(
@@ -392,8 +446,10 @@ def _rows_for(source: str, label: str, image: Path, *, run_reference: bool,
               truth_hdu: int | None = None,
               notes: tuple[str, ...] = ()) -> list[Row]:
     """Run both sides on ``image`` and give its rows."""
+    maps = workdir / "maps" if truth is not None else None
     ours, our_msg, t_ours = run_ours(image, mask=mask,
-                                     mask_convention=mask_convention)
+                                     mask_convention=mask_convention,
+                                     maps_dir=maps)
     ref, ref_msg, t_ref = (run_ref(image, workdir) if run_reference
                            else (None, "", math.nan))
     refs = {e.index: e for e in ref.extensions} if ref is not None else {}
@@ -423,6 +479,12 @@ def _rows_for(source: str, label: str, image: Path, *, run_reference: bool,
             row.notes.append("auxiliary plane assessed as a CCD")
         if ext.ok:
             row.ours = _ours_side(ext, t)
+            cosmic_file = (maps / "cosmic" / f"{ext.index:04d}.fits"
+                           if maps is not None else None)
+            if t is not None and cosmic_file and cosmic_file.exists():
+                with fits.open(cosmic_file) as hdus:
+                    cosmic = np.asarray(hdus[1].data) != 0
+                row.ours.cr_cores = cosmic_cores(cosmic, t)
         else:
             error = getattr(ext.error, "message", ext.error)
             error = " ".join(str(error).split())[:200]
@@ -430,6 +492,9 @@ def _rows_for(source: str, label: str, image: Path, *, run_reference: bool,
         flags = [f for f in getattr(ext, "flags", ()) if f]
         if flags:
             row.notes.append("flags " + ",".join(str(f) for f in flags))
+        row.notes.extend(" ".join(str(n).split())[:200]
+                         for n in getattr(ext, "notes", ())
+                         if "withheld" in str(n))
         rext = refs.get(ext.index)
         if rext is not None:
             row.ref = _ref_side(rext, t)
@@ -478,7 +543,8 @@ def real_rows(*, quick: bool, workdir: Path,
 def _read_truth(path: Path, ccd: str) -> dict[str, Table]:
     out = {}
     with fits.open(path) as hdus:
-        for kind, hdu in (("stars", "STARS"), ("galaxies", "GALAXIES")):
+        for kind, hdu in (("stars", "STARS"), ("galaxies", "GALAXIES"),
+                          ("cosmics", "COSMICS")):
             table = Table(hdus[hdu].data)
             out[kind] = table[np.asarray(table["ccd"]).astype(str) == ccd]
     return out
@@ -563,6 +629,7 @@ COLUMNS = (
     ("rms ours", 13), ("rms SEx", 13), ("truth", 5),
     ("N*>20 tru/our/SEx", 17),
     ("compl our/SEx", 13), ("gal>* our/SEx", 13),
+    ("CR@core/FRAC", 12),
 )
 
 
@@ -582,6 +649,8 @@ def format_table(rows: list[Row]) -> str:
                                                row.ref.completeness))
         gal = "/".join(_num(v, 3) for v in (row.ours.gal_as_star,
                                              row.ref.gal_as_star))
+        cr = "/".join(_num(v, 3) for v in (row.ours.cr_cores,
+                                            row.ours.star_cr_frac))
         cells = [
             label,
             _cell(row, row.ours, "fwhm"), _cell(row, row.ref, "fwhm"),
@@ -592,7 +661,7 @@ def format_table(rows: list[Row]) -> str:
             _num(row.truth.sky, 0),
             _cell(row, row.ours, "rms", 2), _cell(row, row.ref, "rms", 2),
             _num(row.truth.rms, 1),
-            counts, compl, gal,
+            counts, compl, gal, cr,
         ]
         refs = []
         for note in row.notes:
@@ -614,7 +683,9 @@ LEGEND = (
     "and rms, absolute for ell, truth sigmas 's' for the sky). N*>20: "
     "stars with S/N > 20 (truth / ours CLASS=star / SExtractor "
     "CLASS_STAR>0.9); compl: detected S/N>20 truth stars called stars; "
-    "gal>*: detected galaxies r_e>2 px called stars. '-': not measured."
+    "gal>*: detected galaxies r_e>2 px called stars; CR@core/FRAC: "
+    "clean S/N>20 star cores in our cosmic-ray map / our STAR_CR_FRAC. "
+    "'-': not measured."
 )
 
 
