@@ -270,6 +270,10 @@ def run_simulated(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = exposure_params(dtype="float32", quick=args.quick)
     if args.fwhm is not None:
         kwargs["fwhm"] = args.fwhm
+    if args.stars is not None:
+        kwargs["n_stars"] = args.stars
+    if args.cr_hits is not None:
+        kwargs["n_cr_hits"] = args.cr_hits
     params = SimulationParams(**kwargs)
     ny, nx = params.shape
     print(f"\nsimulated CCDs: {args.ccds} x {nx}x{ny}, FWHM "
@@ -646,6 +650,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fwhm", type=float, default=None,
                         help="PSF FWHM of the simulated CCDs, px (default "
                              "4.0, the exposure benchmark's)")
+    parser.add_argument("--stars", type=int, default=None,
+                        help="stars per simulated CCD (default 400, the "
+                             "exposure benchmark's)")
+    parser.add_argument("--cr-hits", type=int, default=None,
+                        help="cosmic-ray hits per simulated CCD, besides "
+                             "the 30 tracks (default 300)")
     parser.add_argument("--event-sigclip", type=float, default=None,
                         help="event_sigclip of find_cosmic_rays (default: "
                              "none, every group kept as by L.A.Cosmic)")
@@ -690,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = {"machine": machine,
                    "settings": {"ccds": args.ccds, "seed": args.seed,
                                 "quick": args.quick, "fwhm": args.fwhm,
+                                "stars": args.stars,
+                                "cr_hits": args.cr_hits,
                                 "event_sigclip": args.event_sigclip,
                                 "repeat": args.repeat,
                                 "skip_reference": args.skip_reference},

@@ -150,8 +150,14 @@ def exposure_params(*, dtype: str, quick: bool) -> dict[str, Any]:
 
 
 def build_exposure(workdir: Path, *, dtype: str, quick: bool, n_ccds: int,
-                   jobs: int, regenerate: bool) -> dict[str, Any]:
-    """Write the exposure, or reuse the cached one if its recipe matches."""
+                   jobs: int, regenerate: bool,
+                   overrides: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Write the exposure, or reuse the cached one if its recipe matches.
+
+    ``overrides`` replaces values of `exposure_params` (``n_stars``,
+    ``n_cr_hits``); the file name then says which.
+    """
     # Imported here: the timed children must pay for their own imports.
     from qualityfits import __version__  # noqa: PLC0415
     from qualityfits.datasets import (  # noqa: PLC0415
@@ -160,9 +166,14 @@ def build_exposure(workdir: Path, *, dtype: str, quick: bool, n_ccds: int,
     )
 
     kwargs = exposure_params(dtype=dtype, quick=quick)
+    changed = {k: v for k, v in (overrides or {}).items()
+               if kwargs.get(k) != v}
+    kwargs.update(changed)
     params = SimulationParams(**kwargs)
     ny, nx = params.shape
-    path = workdir / f"megacam-{n_ccds}x{nx}x{ny}-{dtype}-s{SEED}.fits"
+    tag = "".join(f"-{k.removeprefix('n_').replace('_', '')}{v}"
+                  for k, v in sorted(changed.items()))
+    path = workdir / f"megacam-{n_ccds}x{nx}x{ny}-{dtype}{tag}-s{SEED}.fits"
     meta_path = path.with_name(path.name + ".json")
     recipe = {
         "recipe": RECIPE,
@@ -590,11 +601,14 @@ def _finite(value: Any) -> Any:
 
 
 def child_ours(image: Path, jobs: int, result: Path,
-               flat: Path | None = None) -> int:
+               flat: Path | None = None, *,
+               cosmic_rays: bool = False) -> int:
     """Assess the image; write what the parent prints to ``result``.
 
     With ``flat``, the whole product set is written (in a folder beside
-    ``result``) and timed too.
+    ``result``) and timed too.  With ``cosmic_rays``, `assess` runs with
+    its defaults (cosmic-ray detection on) instead of the measurement
+    core.
     """
     t0 = time.perf_counter()
     import qualityfits  # noqa: PLC0415 - its import time is measured
@@ -613,7 +627,7 @@ def child_ours(image: Path, jobs: int, result: Path,
         # cosmic-ray detection (the product set, --products, has it).
         report = qualityfits.assess(
             image, jobs=jobs,
-            config=qualityfits.QualityConfig(cosmic_rays=False))
+            config=qualityfits.QualityConfig(cosmic_rays=cosmic_rays))
     else:
         outdir = result.with_name("ours-products")
         maps = outdir / ".maps.partial"
@@ -1017,6 +1031,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="time the whole product set (with a "
                         "simulated flat) against WeightWatcher + "
                         "SExtractor + PSFEx")
+    parser.add_argument("--stars", type=int, default=None,
+                        help="stars per CCD (default: the recipe's 400, "
+                             "scaled by area with --quick)")
+    parser.add_argument("--cr-hits", type=int, default=None,
+                        help="cosmic-ray hits per CCD, besides the "
+                             "tracks (default: the recipe's 300)")
+    parser.add_argument("--cosmic-rays", action="store_true",
+                        help="time assess with its defaults (cosmic-ray "
+                             "detection on) instead of the measurement "
+                             "core")
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser
 
@@ -1034,9 +1058,10 @@ def _run_rounds(args: argparse.Namespace, image: Path, jobs: int,
               f"(file read in {warm:.1f} s to warm the page cache) ...",
               flush=True)
         with_flat = [] if flat is None else ["--flat", str(flat)]
+        with_cr = ["--cosmic-rays"] if args.cosmic_rays else []
         ours = _run_side("ours", [
             python, script, "--child", "ours", "--image", str(image),
-            "--jobs", str(jobs), *with_flat], work, args)
+            "--jobs", str(jobs), *with_flat, *with_cr], work, args)
         _print_ours(ours)
         ref = None
         if not args.skip_reference:
@@ -1058,16 +1083,21 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     if args.child == "ours":
         return child_ours(args.image, args.jobs or cores, args.result,
-                          args.flat)
+                          args.flat, cosmic_rays=args.cosmic_rays)
     if args.child == "reference":
         return child_reference(args.image, args.workdir, args.result,
                                args.flat)
-    for name in ("ccds", "jobs", "gen_jobs"):
+    for name in ("ccds", "jobs", "gen_jobs", "stars"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.cr_hits is not None and args.cr_hits < 0:
+        parser.error("--cr-hits must be >= 0")
+    overrides = {k: v for k, v in (("n_stars", args.stars),
+                                   ("n_cr_hits", args.cr_hits))
+                 if v is not None}
 
     jobs = args.jobs or cores
     n_ccds = args.ccds or (4 if args.quick else TARGET_CCDS)
@@ -1079,7 +1109,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(f'{x:.2f}' for x in machine['loadavg'])}")
     exposure = build_exposure(work, dtype=args.dtype, quick=args.quick,
                               n_ccds=n_ccds, jobs=args.gen_jobs or cores,
-                              regenerate=args.regenerate)
+                              regenerate=args.regenerate,
+                              overrides=overrides)
     image = Path(exposure["path"])
     p = exposure["params"]
     print(f"exposure: {image} ({exposure['size'] / _MB:.0f} MB, "
@@ -1116,6 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
                          "dtype": args.dtype, "quick": args.quick,
                          "repeat": args.repeat,
                          "products": args.products,
+                         "cosmic_rays": args.cosmic_rays,
+                         "overrides": overrides,
                          "sample_interval": args.sample_interval,
                          "subreaper": subreaper},
             "exposure": exposure,
