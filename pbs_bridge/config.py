@@ -38,7 +38,7 @@ _NAME = re.compile(r"^[A-Za-z_]\w*$")
 
 #: How the text of a key becomes a value (`option`'s ``kind``).
 KINDS = ("str", "int", "float", "bool", "duration", "size", "path",
-         "optional_path", "words", "names", "url")
+         "optional_path", "words", "names", "url", "list")
 
 
 class SettingsError(ValueError):
@@ -125,6 +125,8 @@ def convert(spec: Field[Any], raw: Any, name: str) -> Any:  # noqa: PLR0911
         return text.rstrip("/")
     if kind == "words":
         return tuple(text.split())
+    if kind == "list":
+        return tuple(text.replace(",", " ").split())
     if kind == "names":
         names = tuple(text.replace(",", " ").split())
         bad = [n for n in names if not _NAME.match(n)]

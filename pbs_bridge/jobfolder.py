@@ -87,6 +87,9 @@ class WorkerSpec:
     fetch_limit: int = 800_000_000
     #: Seconds before a URL fetch gives up.
     fetch_timeout: float = 60.0
+    #: Hosts and networks a fetch may reach besides public addresses
+    #: (`pbs_bridge.fetch.FetchPolicy`).
+    fetch_allow: list[str] = field(default_factory=list)
     run_id: str | None = None
 
     def to_json(self) -> str:

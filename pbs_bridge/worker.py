@@ -23,7 +23,6 @@ the science core.
 
 from __future__ import annotations
 
-import http.client
 import math
 import multiprocessing
 import os
@@ -35,17 +34,16 @@ import sys
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from pbs_bridge.fetch import URL_SCHEMES, FetchError, fetch, policy_from
 from pbs_bridge.jobfolder import (
     ERROR_FILE,
     PROGRESS_FILE,
@@ -79,13 +77,6 @@ STEP_NAMES: tuple[str, ...] = ("fetch", "check", *STEPS, *PRODUCT_STEPS)
 #: change only a detail (a step changing state is always written) [s].
 PROGRESS_INTERVAL = 0.5
 
-#: URL schemes the worker fetches.
-URL_SCHEMES = ("http", "https")
-
-#: HTTP statuses worth trying again later (besides 5xx).
-_TRANSIENT_HTTP = (408, 429)
-
-_CHUNK = 1 << 20  # bytes read from the network at a time
 _FINAL = ("done", "failed")
 _USAGE = f"usage: uws-worker JOBDIR  (qualityfits {__version__})"
 
@@ -375,115 +366,6 @@ class ProgressFile:
 # -- fetching inputs -----------------------------------------------------
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http(s) URLs only (urllib also allows ftp)."""
-
-    def redirect_request(
-            self, req: urllib.request.Request, fp: IO[bytes], code: int,
-            msg: str, headers: Any, newurl: str,
-    ) -> urllib.request.Request | None:
-        """Refuse a redirect to another scheme with an HTTP error."""
-        scheme = urlsplit(newurl).scheme.lower()
-        if scheme not in URL_SCHEMES:
-            raise urllib.error.HTTPError(
-                newurl, code, f"{msg}, redirect to {newurl} refused "
-                "(http or https only)", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _network_reason(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    return str(reason if reason is not None else exc) or type(exc).__name__
-
-
-def fetch(label: str, url: str, dest: Path, *, limit: int,
-          timeout: float, cleanup: list[Path] | None = None) -> int:
-    """Download ``url`` into ``dest``; return the number of bytes.
-
-    Parameters
-    ----------
-    label : str
-        Which input (``"image"``, ``"flat"``, ``"mask"``), for messages.
-    url : str
-        An http or https URL.
-    dest : Path
-        Where to write the file (replaced only once it is complete).
-    limit : int
-        Largest size accepted [bytes].
-    timeout : float
-        Seconds to wait for the connection and for each read.
-    cleanup : list of Path, optional
-        The partial file is listed here while it exists (removed by a
-        signal handler).
-
-    Raises
-    ------
-    JobError
-        "usage" for an HTTP error status, a file over the limit or a
-        malformed URL; "transient" for a network failure or a 5xx, 408
-        or 429 status; "fatal" when the file cannot be written.
-    """
-    where = f"{label}: cannot fetch {url}"
-    opener = urllib.request.build_opener(_HttpOnlyRedirects())
-    request = urllib.request.Request(  # noqa: S310 - scheme checked
-        url, headers={"User-Agent": f"qualityfits-uws-worker/{__version__}"})
-    try:
-        response = opener.open(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        kind = ("transient" if exc.code >= 500 or exc.code in _TRANSIENT_HTTP
-                else "usage")
-        message = f"{where}: HTTP {exc.code} {exc.reason}"
-        raise JobError(kind, message) from None
-    except (http.client.InvalidURL, ValueError) as exc:
-        message = f"{label}: invalid URL {url}: {exc}"
-        raise JobError("usage", message) from None
-    except (OSError, http.client.HTTPException) as exc:
-        message = f"{where}: {_network_reason(exc, timeout)}"
-        raise JobError("transient", message) from None
-    too_big = JobError(
-        "usage", f"{label}: {url} is larger than the fetch limit of "
-        f"{limit} bytes")
-    part = dest.with_name(f".{dest.name}.part")
-    with response:
-        length = response.headers.get("Content-Length", "")
-        if length.strip().isdigit() and int(length) > limit:
-            raise too_big
-        if cleanup is not None:
-            cleanup.append(part)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            total = 0
-            with part.open("wb") as out:
-                while True:
-                    try:
-                        chunk = response.read(_CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise JobError(
-                            "transient",
-                            f"{where}: {_network_reason(exc, timeout)}",
-                        ) from None
-                    if not chunk:
-                        break
-                    total += len(chunk)
-                    if total > limit:
-                        raise too_big
-                    out.write(chunk)
-            part.replace(dest)
-        except OSError as exc:
-            raise JobError("fatal", f"{label}: cannot write {dest}: "
-                           f"{exc}") from None
-        finally:
-            part.unlink(missing_ok=True)
-            if cleanup is not None:
-                cleanup.remove(part)
-    return total
-
-
 def _size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -622,6 +504,7 @@ class Job:
             self.progress.set("fetch", "skipped")
             return paths
         self.progress.set("fetch", "running")
+        policy = policy_from(spec.fetch_allow)
         fetched = []
         for label, value in urls.items():
             scheme = urlsplit(value).scheme.lower()
@@ -632,8 +515,13 @@ class Job:
                     "only)")
             dest = self.folder.inputs / f"{label}.fits"
             begin = time.monotonic()
-            size = fetch(label, value, dest, limit=spec.fetch_limit,
-                         timeout=spec.fetch_timeout, cleanup=self.cleanup)
+            try:
+                size = fetch(label, value, dest, limit=spec.fetch_limit,
+                             timeout=spec.fetch_timeout, policy=policy,
+                             user_agent=f"qualityfits-uws-worker/"
+                             f"{__version__}", cleanup=self.cleanup)
+            except FetchError as exc:
+                raise JobError(exc.kind, exc.message) from None
             log(f"fetched {label} {value}: {_size(size)} in "
                 f"{time.monotonic() - begin:.1f} s")
             fetched.append(f"{label} {_size(size)}")

@@ -805,6 +805,7 @@ class JobService:
             ccd_jobs=self.runner.ccd_jobs,
             fetch_limit=self.settings.upload_limit,
             fetch_timeout=self.settings.fetch_timeout,
+            fetch_allow=list(self.settings.fetch_allow),
             run_id=job.run_id)
         try:
             self.folder(job.job_id).write_spec(spec)

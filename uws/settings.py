@@ -86,6 +86,10 @@ class Settings:
     auth: str = option("anonymous", "str")
     #: Seconds a worker waits on a URL given as an input.
     fetch_timeout: float = option(60.0, "float", minimum=0.0)
+    #: Hosts (names) and networks (``10.2.0.0/16``) a URL input may
+    #: reach besides public addresses: a data centre's own archive
+    #: (`pbs_bridge.fetch`; everything else private is refused).
+    fetch_allow: tuple[str, ...] = option((), "list")
     #: Expected processing rate for the quote [s per megapixel], and the
     #: fixed cost of a job [s] (measured: benchmarks/README.md).
     quote_s_per_mpix: float = option(0.11, "float", minimum=0.0)

@@ -133,6 +133,9 @@ def settings_for(root: Path, url: str, **overrides: Any) -> Settings:
         "qfits.poll_interval": "0.2",
         "qfits.reaper_interval": "3600",
         "qfits.ccd_jobs": "1",
+        # The test service's own address, as a data centre's archive:
+        # jobs fetch inputs from it (every other private one is refused).
+        "qfits.fetch_allow": "127.0.0.1",
     }
     if overrides.get("runner", "local") == "local":
         ini["qfits.max_running"] = "1"  # a setting of the local runner
