@@ -90,6 +90,12 @@ class WorkerSpec:
     #: Hosts and networks a fetch may reach besides public addresses
     #: (`pbs_bridge.fetch.FetchPolicy`).
     fetch_allow: list[str] = field(default_factory=list)
+    #: Largest input once decompressed [bytes] and most pixels of its
+    #: images (`qualityfits.fitsscan`), checked before the pipeline.
+    decompressed_limit: int = 2 * 10**9
+    pixel_limit: int = 500 * 10**6
+    #: Bytes of the uploaded image once decompressed (0: unknown, a URL).
+    image_bytes: int = 0
     run_id: str | None = None
 
     def to_json(self) -> str:

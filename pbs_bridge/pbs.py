@@ -20,7 +20,6 @@ keys, and ``ccd_jobs`` and ``worker_command`` as the local runner).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -41,7 +40,7 @@ from pbs_bridge.batch import (
     torque_ending,
 )
 from pbs_bridge.config import SettingsError, option
-from pbs_bridge.jobfolder import ContractError, WorkerSpec
+from pbs_bridge.jobfolder import WorkerSpec
 from pbs_bridge.qstat import BatchJob
 from pbs_bridge.runner import (
     BackendPhase,
@@ -249,13 +248,12 @@ class PbsRunner:
     def _memory_mb(self, job: RunnerJob, spec: WorkerSpec) -> int:
         """Memory to request: a base plus a multiple of the image size.
 
-        An image given by URL is not fetched yet: the fetch limit is
-        its size at most.
+        The size is that of the decompressed image, which the service
+        measured (``spec.image_bytes``); an image given by URL is not
+        fetched yet: the decompressed limit is its size at most.
         """
-        size = spec.fetch_limit
-        if "://" not in spec.image:
-            with contextlib.suppress(OSError, ContractError):
-                size = job.folder.input_path(spec.image).stat().st_size
+        del job
+        size = spec.image_bytes or spec.decompressed_limit
         total = self.settings.pbs_memory_base + \
             self.settings.pbs_memory_factor * size
         return math.ceil(total / 2**20)

@@ -57,7 +57,12 @@ from pbs_bridge.jobfolder import (
     write_atomic,
 )
 from qualityfits._version import __version__
-from qualityfits.errors import InternalError, QualityFitsError
+from qualityfits.errors import (
+    InternalError,
+    InvalidImageError,
+    QualityFitsError,
+)
+from qualityfits.fitsscan import FitsTooLargeError, scan_fits
 from qualityfits.io import (
     ImageSource,
     image_stem,
@@ -448,7 +453,7 @@ class Job:
                 + (f", flat {spec.flat}" if spec.flat else "")
                 + (f", mask {spec.mask}" if spec.mask else ""))
             inputs = self._inputs(spec)
-            self._check(inputs)
+            self._check(inputs, spec)
             count = self._assess_and_write(spec, inputs)
         except JobError as exc:
             return self._failed(exc.error)
@@ -537,9 +542,25 @@ class Job:
                 "fatal", f"{SPEC_FILE}: {label} {value!r} is not a path "
                 "inside the job directory") from None
 
-    def _check(self, inputs: dict[str, Path]) -> None:
-        """Open the inputs (flat and mask matching the image)."""
+    def _check(self, inputs: dict[str, Path], spec: WorkerSpec) -> None:
+        """Open the inputs (flat and mask matching the image).
+
+        First their headers are walked, bounded (`qualityfits.fitsscan`):
+        an input that announces or inflates to more than the limits is
+        refused before the pipeline reads a pixel of it.
+        """
         self.progress.set("check", "running")
+        for label, path in inputs.items():
+            if not path.is_file():
+                continue  # a missing one: ImageSource says so below
+            try:
+                scan_fits(path, max_bytes=spec.decompressed_limit,
+                          max_pixels=spec.pixel_limit,
+                          label=f"{label} {path.name}")
+            except FitsTooLargeError:
+                raise
+            except InvalidImageError:
+                pass  # ImageSource names what is wrong with it below
         with ExitStack() as stack:
             image = stack.enter_context(ImageSource(inputs["image"]))
             for label in ("flat", "mask"):

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from qualityfits.errors import InvalidParameterError
+from qualityfits.errors import InvalidImageError, InvalidParameterError
+from qualityfits.fitsscan import FitsTooLargeError, scan_fits
 from qualityfits.parameters import PARAMETERS, QualityParameters
-from uws.errors import UsageError
+from uws.errors import UploadTooLargeError, UsageError
 from uws.forms import Form, Upload
 from uws.model import Parameter, ParameterValue
 
@@ -41,6 +42,16 @@ _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 _RUNID_MAX = 64
 _FITS_BLOCK = 2880
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class FitsLimits:
+    """How large an input may be once decompressed (settings)."""
+
+    #: Bytes of the decompressed file (``qfits.decompressed_limit``).
+    max_bytes: int = 2 * 10**9
+    #: Pixels of its images together (``qfits.pixel_limit``).
+    max_pixels: int = 500 * 10**6
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,8 @@ def check_names(form: Form, allowed: tuple[str, ...], *,
             + allowed_message(at_creation))
 
 
-def parse_job_parameters(form: Form) -> JobParameters:
+def parse_job_parameters(form: Form,
+                         limits: FitsLimits = FitsLimits()) -> JobParameters:
     """Check the science parameters of ``form`` (400 on a bad value)."""
     files: dict[str, FileInput] = {}
     for name in FILE_PARAMETERS:
@@ -99,7 +111,8 @@ def parse_job_parameters(form: Form) -> JobParameters:
         value = form.single(name)
         if upload is not None:
             files[name] = FileInput(name, upload=upload,
-                                    mpix=check_fits(name, upload.path))
+                                    mpix=check_fits(name, upload.path,
+                                                   limits))
         elif value is not None and value.strip():
             files[name] = FileInput(name, url=check_url(name, value))
     science = _science(form)
@@ -157,27 +170,30 @@ def check_url(name: str, value: str) -> str:
     return url
 
 
-def check_fits(name: str, path: Path) -> float:
+def check_fits(name: str, path: Path,
+               limits: FitsLimits = FitsLimits()) -> float:
     """Check that an upload is a complete FITS file; return its Mpx.
 
-    Reads headers only.  Gzip-compressed files are accepted as they are
-    (the pipeline decompresses them) after a look at their first block.
+    Reads headers only (`qualityfits.fitsscan`): what they announce is
+    checked against ``limits`` before any pixel is read, and a
+    gzip-compressed file is inflated (and dropped) block by block to
+    count what it really holds: a decompression bomb is a 413, a
+    corrupt stream a 400.
     """
     with path.open("rb") as fh:
         head = fh.read(_FITS_BLOCK)
-    if head[:2] == _GZIP_MAGIC:
-        import gzip  # noqa: PLC0415 - rare path
-        import zlib  # noqa: PLC0415 - rare path
-
-        try:
-            with gzip.open(path, "rb") as fh:
-                head = fh.read(_FITS_BLOCK)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise UsageError(f"{name.upper()}: not a readable gzip file "
-                             f"({exc})") from None
+    gzipped = head[:2] == _GZIP_MAGIC
+    if not gzipped:
         _check_primary_card(name, head)
-        return 0.0
-    _check_primary_card(name, head)
+    try:
+        layout = scan_fits(path, max_bytes=limits.max_bytes,
+                           max_pixels=limits.max_pixels, label=name.upper())
+    except FitsTooLargeError as exc:
+        raise UploadTooLargeError(str(exc)) from None
+    except InvalidImageError as exc:
+        raise UsageError(str(exc)) from None
+    if gzipped:
+        return layout.pixels / 1e6
     return _fits_mpix(name, path)
 
 

@@ -43,7 +43,8 @@ from pbs_bridge.runner import (
     RunnerError,
     RunnerJob,
 )
-from qualityfits.errors import InvalidParameterError
+from qualityfits.errors import InvalidParameterError, QualityFitsError
+from qualityfits.fitsscan import scan_fits
 from qualityfits.manifest import Manifest
 from qualityfits.parameters import QualityParameters
 from uws import phases
@@ -62,6 +63,7 @@ from uws.params import (
     CONTROL_PARAMETERS,
     INT_MAX,
     SCIENCE_PARAMETERS,
+    FitsLimits,
     JobParameters,
     check_names,
     control_values,
@@ -169,6 +171,8 @@ class JobService:
         self._cache_lock = threading.Lock()
         self.runner_health: str | None = None
         self.notifier = Notifier(settings)
+        self.limits = FitsLimits(settings.decompressed_limit,
+                                 settings.pixel_limit)
         self.job_root.mkdir(parents=True, exist_ok=True)
 
     # -- lifecycle ---------------------------------------------------------
@@ -206,7 +210,7 @@ class JobService:
             check_names(form, SCIENCE_PARAMETERS + CONTROL_PARAMETERS,
                         at_creation=True)
             run, run_id, duration, destruction = control_values(form)
-            params = parse_job_parameters(form)
+            params = parse_job_parameters(form, self.limits)
             # Kept at the precision the job shows (milliseconds): AFTER
             # compares with the stored instant, clients with the shown
             # one; AFTER=<a job's creationTime> must exclude that job.
@@ -255,7 +259,7 @@ class JobService:
                 raise InvalidPhaseError(
                     f"parameters can change only while the job is PENDING "
                     f"(it is {job.phase})")
-            params = parse_job_parameters(form)
+            params = parse_job_parameters(form, self.limits)
             try:
                 stored = install_inputs(params, self.folder(job_id).path,
                                         INPUTS_DIR)
@@ -785,6 +789,23 @@ class JobService:
         return ok, notes
 
     # -- worker spec ---------------------------------------------------------
+    def _image_bytes(self, job_id: str, image: object) -> int:
+        """Bytes of an uploaded image once decompressed (0: by URL).
+
+        The memory a batch job asks for follows them, not the size of a
+        compressed upload (`pbs_bridge.pbs`).
+        """
+        if "://" in str(image):
+            return 0
+        try:
+            path = self.folder(job_id).input_path(str(image))
+            return scan_fits(path, max_bytes=self.limits.max_bytes,
+                             max_pixels=self.limits.max_pixels).size
+        except (ContractError, OSError):
+            return 0  # the worker says what is wrong with it
+        except QualityFitsError as exc:
+            raise UsageError(f"IMAGE: {exc}") from None
+
     def _write_spec(self, job: Job) -> WorkerSpec:
         """Write the worker's spec from the stored parameters; return it.
 
@@ -806,6 +827,9 @@ class JobService:
             fetch_limit=self.settings.upload_limit,
             fetch_timeout=self.settings.fetch_timeout,
             fetch_allow=list(self.settings.fetch_allow),
+            decompressed_limit=self.settings.decompressed_limit,
+            pixel_limit=self.settings.pixel_limit,
+            image_bytes=self._image_bytes(job.job_id, values["image"]),
             run_id=job.run_id)
         try:
             self.folder(job.job_id).write_spec(spec)

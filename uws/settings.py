@@ -77,6 +77,12 @@ class Settings:
     reaper_interval: float = option(600.0, "float", minimum=0.01)
     #: Largest upload or fetched file [bytes].
     upload_limit: int = option(800 * 10**6, "size")
+    #: Largest input once decompressed [bytes], and most pixels of its
+    #: images together: checked from the headers before any pixel is
+    #: read, and while a compressed stream is inflated (a MegaCam
+    #: exposure: 1.36 GB in float32, 340 million pixels).
+    decompressed_limit: int = option(2 * 10**9, "size", minimum=2880)
+    pixel_limit: int = option(500 * 10**6, "size", minimum=1)
     #: Cap of a blocking WAIT [s], and WAITs blocked at once (beyond it,
     #: WAIT answers at once: keep it below the server's thread count).
     wait_max: int = option(60, "int", minimum=0)

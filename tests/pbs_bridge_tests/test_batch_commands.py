@@ -26,8 +26,8 @@ from pbs_bridge.batch import (
     slurm_ending,
     torque_ending,
 )
-from pbs_bridge.jobfolder import JobFolder
-from pbs_bridge.pbs import ended_status
+from pbs_bridge.jobfolder import JobFolder, WorkerSpec
+from pbs_bridge.pbs import PbsRunner, PbsSettings, ended_status
 from pbs_bridge.qstat import BatchJob, batch_job, parse_qstat_full
 from pbs_bridge.runner import BackendPhase, RunnerJob
 
@@ -228,3 +228,15 @@ def test_a_vanished_job_without_any_record():
     assert status.ended
     assert status.message == ("batch job 12 is gone from the batch system "
                               "without a result; see the log")
+
+
+def test_memory_follows_the_decompressed_image():
+    """A compressed upload asks for memory by what it inflates to."""
+    runner = PbsRunner(PbsSettings(pbs_memory_base=2**20,
+                                   pbs_memory_factor=2.0), Path("/data"))
+    spec = WorkerSpec(job_id="abc", image="inputs/image.fits.gz",
+                      image_bytes=700 * 2**20)
+    assert runner._memory_mb(JOB, spec) == 1 + 1400
+    by_url = WorkerSpec(job_id="abc", image="https://example.org/x.fits",
+                        decompressed_limit=2**30)
+    assert runner._memory_mb(JOB, by_url) == 1 + 2048

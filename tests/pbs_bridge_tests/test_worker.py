@@ -9,6 +9,7 @@ SIGTERM ends the job at once, without ``error.json`` or stray processes.
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import json
 import os
@@ -195,6 +196,19 @@ class TestBadInput:
         job = make_job(tmp_path)
         assert main([str(job)]) == 2
         assert error(job).message == "image image.fits: no such file"
+
+    def test_a_bomb_is_refused_before_the_pipeline(self, tmp_path,
+                                                    image_file):
+        """Past the service (a URL input, or an older job): the worker."""
+        packed = gzip.compress(image_file.read_bytes() + bytes(3 * 10**6))
+        job = make_job(tmp_path, packed, decompressed_limit=2 * 10**6)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message == ("image image.fits: decompresses to more "
+                               "than the limit of 2.0 MB")
+        assert states(job)["check"] == "failed"
+        assert states(job)["read"] == "pending"
 
     def test_results_not_writable(self, tmp_path, image_file):
         job = make_job(tmp_path, image_file)

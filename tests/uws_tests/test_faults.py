@@ -234,7 +234,7 @@ BAD_UPLOADS = [
                  "IMAGE: not a FITS file", id="empty"),
     pytest.param("image", "image.fits.gz",
                  lambda _: b"\x1f\x8b" + b"not gzip at all" * 300,
-                 "IMAGE: not a readable gzip file", id="bad-gzip"),
+                 "IMAGE: not a readable gzip FITS file", id="bad-gzip"),
     pytest.param("image", "notes.txt.gz",
                  lambda _: gzip.compress(b"plain text, gzipped\n" * 300),
                  "IMAGE: not a FITS file", id="gzipped-text"),

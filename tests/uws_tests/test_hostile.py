@@ -152,3 +152,39 @@ def test_suffix_ranges(live: LiveService, sample_image: Path):
     r = live.http.get(url, headers={"Range": "bytes=-10"})
     assert r.status_code == 206
     assert r.content == sample_image.read_bytes()[-10:]
+
+
+# -- decompression bombs (issue 16, item 1) -----------------------------------
+def _bomb(path: Path, tail_mb: int) -> Path:
+    """A valid 100x100 image, then ``tail_mb`` MB of zeros, gzipped."""
+    header = "".join(c.ljust(80) for c in (
+        "SIMPLE  =                    T", "BITPIX  =                   16",
+        "NAXIS   =                    2", "NAXIS1  =                  100",
+        "NAXIS2  =                  100", "END")).encode().ljust(2880)
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(header + bytes(20160))
+        for _ in range(tail_mb):
+            out.write(bytes(10**6))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_at_upload(start_service,
+                                                   tmp_path: Path):
+    live = start_service(decompressed_limit="10MB", pixel_limit="1M")
+    bomb = _bomb(tmp_path / "bomb.fits.gz", 200)
+    assert bomb.stat().st_size < 10**6  # 200 MB inflated
+    with bomb.open("rb") as fh:
+        r = live.http.post(live.jobs, files={"image": ("b.fits.gz", fh)},
+                           allow_redirects=False)
+    _refused(r, 413, "TooLarge: IMAGE: decompresses to more than the "
+             "limit of 10.0 MB")
+    liar = tmp_path / "liar.fits"
+    liar.write_bytes("".join(c.ljust(80) for c in (
+        "SIMPLE  =                    T", "BITPIX  =                  -32",
+        "NAXIS   =                    2", "NAXIS1  =                20000",
+        "NAXIS2  =                20000", "END")).encode().ljust(2880))
+    with liar.open("rb") as fh:
+        r = live.http.post(live.jobs, files={"image": ("l.fits", fh)},
+                           allow_redirects=False)
+    _refused(r, 413, "IMAGE: its headers announce 1.6 GB")
+    assert live.http.get(live.jobs).text.count("jobref") == 0
