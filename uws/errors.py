@@ -61,7 +61,7 @@ class UploadTooLargeError(UWSError):
 
 
 class TooManyRequestsError(UWSError):
-    """The caller must slow down (failed logins)."""
+    """The caller must slow down (failed logins, too many active jobs)."""
 
     status = 429
     code = "TooManyRequests"

@@ -53,6 +53,7 @@ from uws.errors import (
     InvalidPhaseError,
     PermissionDeniedError,
     ServiceUnavailableError,
+    TooManyRequestsError,
     UnknownJobError,
     UsageError,
 )
@@ -222,6 +223,7 @@ class JobService:
                 raise UsageError(
                     "PHASE=RUN: the job has no IMAGE (upload a FITS file "
                     "or give its http(s) URL)")
+            self._check_stored(owner)
             job_id = self._new_id()
             job_dir = self.folder(job_id).path
             try:
@@ -334,6 +336,24 @@ class JobService:
 
     def _new_id(self) -> str:
         return secrets.token_hex(8)
+
+    def _check_stored(self, owner: Identity) -> None:
+        """Refuse a creation beyond ``qfits.max_stored_jobs`` (403)."""
+        limit = self.settings.max_stored_jobs
+        if limit and self.store.count_of(owner.name) >= limit:
+            raise PermissionDeniedError(
+                f"{_whose(owner.name)} {limit} stored jobs are the limit "
+                "(qfits.max_stored_jobs): delete some, or wait for their "
+                "destruction")
+
+    def _check_active(self, owner: str | None) -> None:
+        """Refuse a RUN beyond ``qfits.max_active_jobs`` (429)."""
+        limit = self.settings.max_active_jobs
+        if limit and self.store.count_of(owner, ACTIVE_PHASES) >= limit:
+            raise TooManyRequestsError(
+                f"{_whose(owner)} {limit} queued or executing jobs are the "
+                "limit (qfits.max_active_jobs): run this one when one of "
+                "them has ended")
 
     def folder(self, job_id: str) -> JobFolder:
         """Return the folder of a job (`pbs_bridge.jobfolder`)."""
@@ -476,6 +496,7 @@ class JobService:
         if job.phase is Phase.HELD and job.backend_id:
             self._release(job)
             return
+        self._check_active(job.owner)
         spec = self._write_spec(job)
         if not self.store.transition(job_id, [job.phase], Phase.QUEUED,
                                      queued_time=self.clock()):
@@ -837,6 +858,15 @@ class JobService:
             raise ServiceUnavailableError(
                 f"cannot write the job spec: {exc.strerror}") from exc
         return spec
+
+
+#: The phases that count as active for ``qfits.max_active_jobs``.
+ACTIVE_PHASES = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD,
+                 Phase.SUSPENDED)
+
+
+def _whose(owner: str | None) -> str:
+    return "everybody's" if owner is None else f"{owner}'s"
 
 
 def _optional_text(value: object) -> str | None:

@@ -77,6 +77,11 @@ class Settings:
     reaper_interval: float = option(600.0, "float", minimum=0.01)
     #: Largest upload or fetched file [bytes].
     upload_limit: int = option(800 * 10**6, "size")
+    #: Per owner (in anonymous mode: for everybody together): jobs
+    #: queued or executing at once (a RUN beyond it is a 429), and jobs
+    #: kept (a creation beyond it is a 403: delete some); 0: no limit.
+    max_active_jobs: int = option(100, "int", minimum=0)
+    max_stored_jobs: int = option(20000, "int", minimum=0)
     #: Largest input once decompressed [bytes], and most pixels of its
     #: images together: checked from the headers before any pixel is
     #: read, and while a compressed stream is inflated (a MegaCam

@@ -498,6 +498,17 @@ class JobStore:
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).scalars())
 
+    def count_of(self, owner: str | None,
+                 phases: Sequence[Phase] = ()) -> int:
+        """Return the number of ``owner``'s jobs (in ``phases``: all)."""
+        c = jobs_table.c
+        who = c.owner.is_(None) if owner is None else c.owner == owner
+        stmt = sa.select(sa.func.count()).select_from(jobs_table).where(who)
+        if phases:
+            stmt = stmt.where(c.phase.in_([p.value for p in phases]))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
     def count(self) -> int:
         """Return the number of jobs (every phase, every owner)."""
         with self.engine.connect() as conn:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from lxml import etree
-from uwskit import UWS, XSI_NIL, LiveService
+from uwskit import UWS, XSI_NIL, LiveService, wait_for
 
 PROJECT = Path(__file__).resolve().parents[2]
 PASSWORDS = {"alice": "wonderland", "bob": "the builder:2"}
@@ -385,3 +385,39 @@ def test_page_forms_need_their_token(basic: LiveService, alice):
                    data={"csrf_token": token}, allow_redirects=False)
     assert r.status_code == 303
     assert listed(alice, basic) == {}
+
+
+# -- quotas (issue 16, item 6) ------------------------------------------------
+def test_quotas_are_per_owner(start_service: Starter, user_file: Path,
+                              alice, bob):
+    live = start_service(auth="basic", auth_user_file=str(user_file),
+                         max_stored_jobs="3", max_active_jobs="1",
+                         worker_command="sleep 30")
+    jobs = [create(alice, live) for _ in range(3)]
+    r = alice.post(live.jobs, data={"IMAGE": IMAGE}, allow_redirects=False)
+    status_text(r, 403, "alice's 3 stored jobs are the limit "
+                "(qfits.max_stored_jobs)")
+    assert create(bob, live)  # bob's own quota
+    assert alice.post(f"{jobs[0]}/phase", data={"PHASE": "RUN"},
+                      allow_redirects=False).status_code == 303
+    r = alice.post(f"{jobs[1]}/phase", data={"PHASE": "RUN"},
+                   allow_redirects=False)
+    status_text(r, 429, "TooManyRequests: alice's 1 queued or executing "
+                "jobs are the limit (qfits.max_active_jobs)")
+    assert alice.get(f"{jobs[1]}/phase").text == "PENDING"
+    # Deleting frees room.
+    assert alice.delete(jobs[2], allow_redirects=False).status_code == 303
+    assert create(alice, live)
+    # The running worker is stopped and reaped before the service goes.
+    wait_for(lambda: alice.get(f"{jobs[0]}/phase").text == "EXECUTING",
+             30, "the first job running")
+    workers = _popens(live.service.runner)
+    assert len(workers) == 1
+    assert alice.post(f"{jobs[0]}/phase", data={"PHASE": "ABORT"},
+                      allow_redirects=False).status_code == 303
+    wait_for(lambda: all(p.poll() is not None for p in workers), 30,
+             "the worker gone")
+
+
+def _popens(runner: Any) -> list[Any]:
+    return [c.popen for c in runner._children.values() if c.popen]
