@@ -23,11 +23,32 @@ class Metric:
     ucd: str
     description: str
     integer: bool = False
+    #: The count of stars the value rests on (``NSTAR_FIT``: the fitted
+    #: PSF stars, ``NSTAR_PSF``: the locus stars); it is withheld (NaN)
+    #: when that count is below ``QualityConfig.psf_min_stars``.
+    rests_on: str = ""
 
 
 def _m(name: str, unit: str, ucd: str, description: str,
-       integer: bool = False) -> Metric:
-    return Metric(name, unit, ucd, description, integer)
+       integer: bool = False, rests_on: str = "") -> Metric:
+    return Metric(name, unit, ucd, description, integer, rests_on)
+
+
+_FIT, _LOCUS = "NSTAR_FIT", "NSTAR_PSF"
+
+
+def _psf(name: str, unit: str, ucd: str, description: str,
+         rests_on: str = _FIT) -> Metric:
+    """Define a PSF metric, published only on enough stars."""
+    return Metric(name, unit, ucd, description, rests_on=rests_on)
+
+
+def _err(name: str, unit: str, how: str, rests_on: str = _FIT) -> Metric:
+    """Define the standard error of the PSF metric ``name``."""
+    return Metric(f"{name}_ERR", unit, "stat.error;instr.det.psf",
+                  f"Standard error of {name}: {how}", rests_on=rests_on)
+
+
 
 
 METRICS: tuple[Metric, ...] = (
@@ -56,51 +77,82 @@ METRICS: tuple[Metric, ...] = (
     _m("NSTAR_FIT", "", "meta.number;src",
        "PSF stars whose pixel-free fit was kept: FWHM_PIX, ELLIPTICITY "
        "and the PSF map rest on them", integer=True),
-    _m("FWHM_PIX", "pix", "instr.det.psf",
-       "PSF FWHM before pixel sampling: the FWHM field of the stars' "
-       "pixel-free Moffat fits, median at the PSF stars"),
-    _m("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
-       "FWHM_PIX times the pixel scale: the seeing"),
-    _m("FWHM_MIN", "pix", "instr.det.psf;stat.min",
-       "Smallest FWHM of the PSF map over the grid of the CCD"),
-    _m("FWHM_MAX", "pix", "instr.det.psf;stat.max",
-       "Largest FWHM of the PSF map over the grid of the CCD"),
-    _m("FWHM_RH", "pix", "instr.det.psf",
-       "Twice the median half-light radius of the stars on the locus, "
-       "PSFEx's sample (PSFEx FWHM_FromFluxRadius)"),
-    _m("FWHM_MOFFAT", "pix", "instr.det.psf",
-       "FWHM of a Moffat fitted to the empirical (pixel-convolved) PSF "
-       "model (PSFEx FWHM)"),
-    _m("ELLIPTICITY", "", "src.ellipticity;instr.det.psf",
-       "PSF (A-B)/(A+B), pixel-free: modulus of the mean ellipticity "
-       "vector of the PSF stars"),
-    _m("ELONGATION", "", "phys.size.axisRatio;instr.det.psf",
-       "PSF A/B, pixel-free: (1 + ELLIPTICITY) / (1 - ELLIPTICITY)"),
-    _m("THETA", "deg", "pos.posAng;instr.det.psf",
-       "Position angle of the PSF major axis, counter-clockwise from +x"),
-    _m("E1", "", "src.ellipticity;instr.det.psf",
-       "Mean (C11 - C22)/(C11 + C22) of the PSF second moments "
-       "(pixel-free)"),
-    _m("E2", "", "src.ellipticity;instr.det.psf",
-       "Mean 2 C12/(C11 + C22) of the PSF second moments (pixel-free)"),
-    _m("ELLIP_PSFEX", "", "src.ellipticity;instr.det.psf",
-       "(FWHMmax - FWHMmin)/(FWHMmax + FWHMmin) of the Moffat fitted to "
-       "the pixel-convolved PSF model (PSFEx Ellipticity)"),
-    _m("ELONG", "", "phys.size.axisRatio;instr.det.psf",
-       "Median isophotal A/B of the stars on the locus (SExtractor "
-       "ELONGATION of PSFEx's stars)"),
-    _m("PSF_BETA", "", "instr.det.psf",
-       "Moffat beta, median of the pixel-free star fits"),
-    _m("PSF_CHI2", "", "stat.fit.chi2;instr.det.psf",
-       "Median reduced chi-square of the star fits"),
-    _m("PSF_RESID", "", "stat.fit.residual;instr.det.psf",
-       "RMS of PSF model minus its Moffat fit within 2 FWHM, over the "
-       "model peak"),
-    _m("PSF_ASYM", "", "instr.det.psf",
-       "RMS of the part of the PSF model odd under a 180 deg rotation "
-       "over that of the even part"),
-    _m("PSF_AREA", "pix**2", "instr.det.psf",
-       "Effective area 1/sum(phi^2) of the normalised pixel-sampled PSF"),
+    _psf("FWHM_PIX", "pix", "instr.det.psf",
+         "PSF FWHM before pixel sampling: the FWHM field of the stars' "
+         "pixel-free Moffat fits, median at the PSF stars"),
+    _err("FWHM_PIX", "pix",
+         "bootstrap over the PSF stars of the level of the FWHM field "
+         "(the shorth mode of the stars' FWHM over the field)"),
+    _psf("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
+         "FWHM_PIX times the pixel scale: the seeing"),
+    _err("FWHM_ARCSEC", "arcsec", "FWHM_PIX_ERR times the pixel scale"),
+    _psf("FWHM_MIN", "pix", "instr.det.psf;stat.min",
+         "Smallest FWHM of the PSF map over the grid of the CCD"),
+    _psf("FWHM_MAX", "pix", "instr.det.psf;stat.max",
+         "Largest FWHM of the PSF map over the grid of the CCD"),
+    _psf("FWHM_RH", "pix", "instr.det.psf",
+         "Twice the median half-light radius of the stars on the locus, "
+         "PSFEx's sample (PSFEx FWHM_FromFluxRadius)", rests_on=_LOCUS),
+    _err("FWHM_RH", "pix",
+         "of the median, 1.2533 x 1.4826 MAD / sqrt(n) of twice the "
+         "locus stars' half-light radii", rests_on=_LOCUS),
+    _psf("FWHM_MOFFAT", "pix", "instr.det.psf",
+         "FWHM of a Moffat fitted to the empirical (pixel-convolved) PSF "
+         "model (PSFEx FWHM)"),
+    _err("FWHM_MOFFAT", "pix",
+         "FWHM_MOFFAT FWHM_PIX_ERR / FWHM_PIX (the model is the FWHM "
+         "field's Moffat at the centre)"),
+    _psf("ELLIPTICITY", "", "src.ellipticity;instr.det.psf",
+         "PSF (A-B)/(A+B), pixel-free: modulus of the mean ellipticity "
+         "vector of the PSF stars"),
+    _err("ELLIPTICITY", "",
+         "propagated from the standard errors of the two clipped-mean "
+         "components (sample standard deviation / sqrt(n))"),
+    _psf("ELONGATION", "", "phys.size.axisRatio;instr.det.psf",
+         "PSF A/B, pixel-free: (1 + ELLIPTICITY) / (1 - ELLIPTICITY)"),
+    _err("ELONGATION", "", "2 ELLIPTICITY_ERR / (1 - ELLIPTICITY)^2"),
+    _psf("THETA", "deg", "pos.posAng;instr.det.psf",
+         "Position angle of the PSF major axis, counter-clockwise from +x"),
+    _err("THETA", "deg",
+         "propagated from the ellipticity components (at most 52 deg, "
+         "that of a uniform angle, when the PSF is round)"),
+    _psf("E1", "", "src.ellipticity;instr.det.psf",
+         "Mean (C11 - C22)/(C11 + C22) of the PSF second moments "
+         "(pixel-free)"),
+    _err("E1", "", "clipped sample standard deviation / sqrt(n)"),
+    _psf("E2", "", "src.ellipticity;instr.det.psf",
+         "Mean 2 C12/(C11 + C22) of the PSF second moments (pixel-free)"),
+    _err("E2", "", "clipped sample standard deviation / sqrt(n)"),
+    _psf("ELLIP_PSFEX", "", "src.ellipticity;instr.det.psf",
+         "(FWHMmax - FWHMmin)/(FWHMmax + FWHMmin) of the Moffat fitted to "
+         "the pixel-convolved PSF model (PSFEx Ellipticity)"),
+    _err("ELLIP_PSFEX", "",
+         "ELLIPTICITY_ERR (the model's shape is the ellipticity field's "
+         "at the centre)"),
+    _psf("ELONG", "", "phys.size.axisRatio;instr.det.psf",
+         "Median isophotal A/B of the stars on the locus (SExtractor "
+         "ELONGATION of PSFEx's stars)", rests_on=_LOCUS),
+    _err("ELONG", "",
+         "of the median, 1.2533 x 1.4826 MAD / sqrt(n) of the locus "
+         "stars' A/B", rests_on=_LOCUS),
+    _psf("PSF_BETA", "", "instr.det.psf",
+         "Moffat beta, median of the pixel-free star fits"),
+    _err("PSF_BETA", "",
+         "of the inverse-variance weighted mean of the brightest stars' "
+         "beta, scaled up by their scatter when it exceeds their errors"),
+    _psf("PSF_CHI2", "", "stat.fit.chi2;instr.det.psf",
+         "Median reduced chi-square of the star fits"),
+    _psf("PSF_RESID", "", "stat.fit.residual;instr.det.psf",
+         "RMS of PSF model minus its Moffat fit within 2 FWHM, over the "
+         "model peak"),
+    _psf("PSF_ASYM", "", "instr.det.psf",
+         "RMS of the part of the PSF model odd under a 180 deg rotation "
+         "over that of the even part"),
+    _psf("PSF_AREA", "pix**2", "instr.det.psf",
+         "Effective area 1/sum(phi^2) of the normalised pixel-sampled PSF"),
+    _err("PSF_AREA", "pix**2",
+         "2 PSF_AREA FWHM_PIX_ERR / FWHM_PIX (the area scales as the "
+         "square of the FWHM field's level)"),
     _m("NSTAR", "", "meta.number;src",
        "Sources classified as stars", integer=True),
     _m("NGAL", "", "meta.number;src",
@@ -161,6 +213,9 @@ QA_FLAGS: tuple[QaFlag, ...] = (
     QaFlag("POOR_SEEING", "FWHM_ARCSEC above poor_seeing_arcsec"),
     QaFlag("ELONGATED", "ELLIPTICITY above elongated_ellipticity"),
     QaFlag("FEW_PSF_STARS", "NSTAR_FIT below few_psf_stars"),
+    QaFlag("PSF_WITHHELD",
+           "NSTAR_FIT (or NSTAR_PSF) below psf_min_stars: the PSF metrics "
+           "resting on those stars are withheld (null)"),
     QaFlag("BKG_ANOMALY",
            "SKY_GRAD above bkg_gradient, or SKY_RMS above "
            "bkg_noise_excess times the noise the sky level, gain and "
@@ -189,6 +244,8 @@ def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
         flags.append("ELONGATED")
     if metrics["NSTAR_FIT"] < config.few_psf_stars:
         flags.append("FEW_PSF_STARS")
+    if any(_too_few(metrics, count, config) for count in (_FIT, _LOCUS)):
+        flags.append("PSF_WITHHELD")
     gain = metrics["GAIN"]
     expected = float("nan")
     if math.isfinite(gain) and metrics["SKY_MEAN"] > 0:
@@ -207,3 +264,39 @@ def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
     if _gt(metrics["STAR_CR_FRAC"], config.cr_heavy):
         flags.append("CR_HEAVY")
     return flags
+
+
+def _too_few(metrics: Mapping[str, float], count: str,
+             config: QualityConfig) -> bool:
+    """Whether the stars counted by ``count`` are too few to publish."""
+    n = metrics.get(count, math.nan)
+    return math.isfinite(n) and n < config.psf_min_stars
+
+
+def withhold(metrics: dict[str, float],
+             config: QualityConfig) -> list[str]:
+    """Withhold the PSF metrics that rest on too few stars.
+
+    Every metric whose `Metric.rests_on` count is below
+    ``config.psf_min_stars`` becomes NaN (null in every product).
+    Returns the notes that say what was withheld and why (none where
+    nothing had been measured on those stars).
+    """
+    notes = []
+    for count, what, one, many in (
+            (_FIT, "FWHM, ellipticity, beta, the PSF model and map",
+             "PSF star", "PSF stars"),
+            (_LOCUS, "FWHM_RH and ELONG", "star on the stellar locus",
+             "stars on the stellar locus")):
+        names = [m.name for m in METRICS if m.rests_on == count]
+        if not _too_few(metrics, count, config) or not any(
+                math.isfinite(metrics.get(name, math.nan))
+                for name in names):
+            continue  # enough stars, or nothing measured on them
+        for name in names:
+            metrics[name] = math.nan
+        n = int(metrics[count])
+        notes.append(f"{what} withheld: {n} {one if n == 1 else many}, "
+                     f"at least {config.psf_min_stars} needed "
+                     "(psf_min_stars)")
+    return notes

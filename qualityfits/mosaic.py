@@ -211,8 +211,9 @@ def aggregate(exts: Sequence[ImageExtension],
               config: QualityConfig) -> ExposureReport:
     """Aggregate the CCDs of an exposure.
 
-    Median, min and max of each metric over the assessed CCDs, the
-    mosaic PSF map, and the exposure QA flags.
+    Median, min and max of each metric over the assessed CCDs (those
+    where it is null, e.g. withheld, left out), the mosaic PSF map, and
+    the exposure QA flags.
     """
     ok = [r for r in reports if r.ok]
     metrics: dict[str, dict[str, float]] = {}
@@ -241,6 +242,9 @@ def aggregate(exts: Sequence[ImageExtension],
         flags.append("ELONGATED")
     if not med["NSTAR_FIT"] >= config.few_psf_stars:
         flags.append("FEW_PSF_STARS")
+    if "PSF_WITHHELD" in ccd_flags:
+        # Its CCDs' PSF numbers are null, and left out of the medians.
+        flags.append("PSF_WITHHELD")
     sky = metrics["SKY_MEAN"]
     if "BKG_ANOMALY" in ccd_flags or (
             len(ok) > 1 and sky["median"] > 0

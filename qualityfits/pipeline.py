@@ -90,7 +90,7 @@ from qualityfits.io import (
     match_extensions,
     resolve_mask_convention,
 )
-from qualityfits.metrics import METRICS, qa_flags
+from qualityfits.metrics import METRICS, qa_flags, withhold
 from qualityfits.mosaic import aggregate, celestial_wcs
 from qualityfits.parallel import (
     Poster,
@@ -101,7 +101,7 @@ from qualityfits.parallel import (
     run_tasks,
 )
 from qualityfits.parameters import QualityParameters
-from qualityfits.psf import PsfResult, measure_psf
+from qualityfits.psf import PsfResult, level_error, measure_psf
 from qualityfits.report import (
     ErrorInfo,
     ExtensionReport,
@@ -308,7 +308,9 @@ def _flat_notes(flat_bad: NDArray[np.bool_], median: float) -> list[str]:
     return notes
 
 
-def _clipped_mean(values: NDArray[np.float64], kappa: float = 3.0) -> float:
+def _clipped_mean(values: NDArray[np.float64],
+                  kappa: float = 3.0) -> tuple[float, float]:
+    """Return the clipped mean and its standard error (std / sqrt(n))."""
     keep = np.isfinite(values)
     for _ in range(5):
         if keep.sum() < 3:
@@ -321,7 +323,21 @@ def _clipped_mean(values: NDArray[np.float64], kappa: float = 3.0) -> float:
         if np.array_equal(new, keep):
             break
         keep = new
-    return float(np.mean(values[keep])) if keep.any() else math.nan
+    kept = values[keep]
+    if kept.size == 0:
+        return math.nan, math.nan
+    err = (float(np.std(kept, ddof=1) / math.sqrt(kept.size))
+           if kept.size > 1 else math.nan)
+    return float(np.mean(kept)), err
+
+
+def _median_error(values: NDArray[np.float64]) -> float:
+    """Return the standard error of a median, 1.2533 x 1.4826 MAD / √n."""
+    v = values[np.isfinite(values)]
+    if v.size < 2:
+        return math.nan
+    mad = float(np.median(np.abs(v - np.median(v))))
+    return 1.2533 * 1.4826 * mad / math.sqrt(v.size)
 
 
 # -- the steps of one CCD -----------------------------------------------------
@@ -581,37 +597,76 @@ def _psf(ccd: _Ccd, src: Sources,
     # The PSF field at the stars, not their median: compact galaxies
     # left among them (one-sided) cannot pull it up.
     assert psf.field is not None
-    fwhm = float(np.median(psf.field.fwhm_at(stars.x, stars.y)))
+    field = psf.field.fwhm_at(stars.x, stars.y)
+    fwhm = float(np.median(field))
+    fwhm_rel_err = level_error(stars.fwhm / field)
     t2 = np.radians(2.0 * stars.theta)
-    eps1 = _clipped_mean(stars.ellipticity * np.cos(t2))
-    eps2 = _clipped_mean(stars.ellipticity * np.sin(t2))
+    eps1, s1 = _clipped_mean(stars.ellipticity * np.cos(t2))
+    eps2, s2 = _clipped_mean(stars.ellipticity * np.sin(t2))
     ell = math.hypot(eps1, eps2)
+    ell_err, theta_err = _ellipticity_errors(eps1, eps2, s1, s2)
+    e1, e1_err = _clipped_mean(stars.e1)
+    e2, e2_err = _clipped_mean(stars.e2)
+    r_h = 2.0 * src.r_half[psf.locus]
+    elong = src.a[psf.locus] / src.b[psf.locus]
     scale = ccd.scale
     metrics.update(
         FWHM_PIX=fwhm,
+        FWHM_PIX_ERR=fwhm * fwhm_rel_err,
         FWHM_ARCSEC=fwhm * scale if scale else math.nan,
+        FWHM_ARCSEC_ERR=fwhm * fwhm_rel_err * scale if scale else math.nan,
         FWHM_MIN=float(np.nanmin(psf.grid.fwhm)),
         FWHM_MAX=float(np.nanmax(psf.grid.fwhm)),
         # PSFEx's counterparts, on PSFEx's sample: the locus stars.
-        FWHM_RH=2.0 * float(np.median(src.r_half[psf.locus])),
+        FWHM_RH=float(np.median(r_h)),
+        FWHM_RH_ERR=_median_error(r_h),
         ELLIPTICITY=ell,
+        ELLIPTICITY_ERR=ell_err,
         ELONGATION=(1.0 + ell) / (1.0 - ell),
+        ELONGATION_ERR=2.0 * ell_err / (1.0 - ell) ** 2,
         THETA=0.5 * math.degrees(math.atan2(eps2, eps1)),
-        E1=_clipped_mean(stars.e1),
-        E2=_clipped_mean(stars.e2),
-        ELONG=float(np.median(src.a[psf.locus] / src.b[psf.locus])),
+        THETA_ERR=theta_err,
+        E1=e1, E1_ERR=e1_err,
+        E2=e2, E2_ERR=e2_err,
+        ELONG=float(np.median(elong)),
+        ELONG_ERR=_median_error(elong),
         PSF_BETA=float(np.median(stars.beta)),
+        PSF_BETA_ERR=psf.field.beta_err,
         PSF_CHI2=float(np.median(stars.chi2)),
     )
     if psf.model is not None:
+        model = psf.model
         metrics.update(
-            FWHM_MOFFAT=psf.model.fwhm,
-            ELLIP_PSFEX=psf.model.ellipticity,
-            PSF_RESID=psf.model.residual,
-            PSF_ASYM=psf.model.asymmetry,
-            PSF_AREA=psf.model.area,
+            FWHM_MOFFAT=model.fwhm,
+            FWHM_MOFFAT_ERR=model.fwhm * fwhm_rel_err,
+            ELLIP_PSFEX=model.ellipticity,
+            ELLIP_PSFEX_ERR=ell_err,
+            PSF_RESID=model.residual,
+            PSF_ASYM=model.asymmetry,
+            PSF_AREA=model.area,
+            PSF_AREA_ERR=2.0 * model.area * fwhm_rel_err,
         )
     return psf, src
+
+
+def _ellipticity_errors(eps1: float, eps2: float, s1: float,
+                        s2: float) -> tuple[float, float]:
+    """Errors of the modulus and angle (deg) of an ellipticity vector.
+
+    Propagated from the errors ``s1``, ``s2`` of its components; the
+    angle's is at most 180/sqrt(12) deg, that of an angle uniform over
+    180 deg (a round PSF has none).
+    """
+    ell = math.hypot(eps1, eps2)
+    if not ell > 0:
+        return math.sqrt(0.5 * (s1 * s1 + s2 * s2)), _THETA_ERR_MAX
+    ell_err = math.hypot(eps1 * s1, eps2 * s2) / ell
+    theta_err = 0.5 * math.degrees(math.hypot(eps2 * s1, eps1 * s2)
+                                   / ell**2)
+    return ell_err, min(theta_err, _THETA_ERR_MAX)
+
+
+_THETA_ERR_MAX = 180.0 / math.sqrt(12.0)
 
 
 def _infer_saturation(ccd: _Ccd, src: Sources, psf: PsfResult) -> Sources:
@@ -700,6 +755,21 @@ def _weights(ccd: _Ccd, cosmic: NDArray[np.bool_] | None,
             weight_source=source))
 
 
+def _withhold(ccd: _Ccd) -> None:
+    """Withhold the PSF numbers that rest on too few stars.
+
+    The metrics (`qualityfits.metrics.withhold`) become NaN, the PSF
+    model and map are not published, and a note says why.
+    """
+    notes = withhold(ccd.metrics, ccd.config)
+    if notes:
+        ccd.notes.extend(notes)
+    n_fit = ccd.metrics["NSTAR_FIT"]
+    if math.isfinite(n_fit) and n_fit < ccd.config.psf_min_stars:
+        ccd.parts.pop("psf_grid", None)
+        ccd.parts.pop("psf_model", None)
+
+
 def assess_extension(
     data: NDArray[np.float32],
     header: fits.Header,
@@ -777,11 +847,13 @@ def assess_extension(
         clock.begin("weights")
         _weights(ccd, cosmic, maps)
         clock.begin("metrics")
+        _withhold(ccd)
         flags = qa_flags(ccd.metrics, double_locus=psf.double_locus,
                          read_noise=ccd.read_noise, config=config)
         clock.begin(None)
     except errors.QualityFitsError as exc:
         clock.begin(None)
+        _withhold(ccd)
         return ExtensionReport(
             index=index, name=name, shape=data.shape, status="failed",
             error=ErrorInfo(type(exc).__name__, exc.code, str(exc)),

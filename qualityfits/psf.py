@@ -151,7 +151,7 @@ class PsfField:
     """The pixel-free PSF anywhere on a CCD.
 
     Polynomials in (x, y) of the FWHM and of the ellipticity vector, and
-    the CCD's Moffat beta.
+    the CCD's Moffat beta (with its standard error).
     """
 
     shape: tuple[int, int]
@@ -161,6 +161,7 @@ class PsfField:
     e1_coef: FloatArray
     e2_coef: FloatArray
     beta: float
+    beta_err: float = float("nan")
 
     def evaluate(self, coef: FloatArray, x: FloatArray,
                  y: FloatArray) -> FloatArray:
@@ -192,7 +193,8 @@ class PsfField:
 
     @classmethod
     def fit(cls, stars: PsfStars, shape: tuple[int, int], beta: float,
-            fwhm_coef: FloatArray) -> PsfField:
+            fwhm_coef: FloatArray, beta_err: float = float("nan"),
+            ) -> PsfField:
         """Fit the ellipticity polynomials to the PSF stars.
 
         The FWHM polynomial comes from `compact_clip`, which levels it on
@@ -206,7 +208,8 @@ class PsfField:
                            stars.e2)
         )
         return cls(shape=shape, fwhm_coef=fwhm_coef, eps1_coef=eps1,
-                   eps2_coef=eps2, e1_coef=e1, e2_coef=e2, beta=beta)
+                   eps2_coef=eps2, e1_coef=e1, e2_coef=e2, beta=beta,
+                   beta_err=beta_err)
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,33 @@ def _shorth_mode(values: FloatArray) -> float:
     widths = v[w:] - v[:-w]
     i = int(np.argmin(widths))
     return float(0.5 * (v[i] + v[i + w]))
+
+
+def level_error(ratios: FloatArray, *, n_boot: int = 200) -> float:
+    """Relative standard error of the level of the FWHM field.
+
+    ``ratios`` are the PSF stars' FWHM over the field at each: the
+    field's level is their shorth mode (`compact_clip`; their median
+    below 3 stars).  The error is the standard deviation of that
+    estimator over ``n_boot`` bootstrap resamples of the stars
+    (seeded by their number: the same stars give the same error).
+    NaN below 2 stars.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    n = r.size
+    if n < 2:
+        return float("nan")
+    rng = np.random.default_rng(n)
+    sample = np.sort(r[rng.integers(0, n, (n_boot, n))], axis=1)
+    if n < 3:
+        level = np.median(sample, axis=1)
+    else:
+        w = n // 4 if n >= 16 else 1  # as _shorth_mode
+        i = np.argmin(sample[:, w:] - sample[:, :-w], axis=1)
+        rows = np.arange(n_boot)
+        level = 0.5 * (sample[rows, i] + sample[rows, i + w])
+    return float(np.std(level, ddof=1))
 
 
 def _log_histogram(r: FloatArray, bin_dex: float) -> tuple[
@@ -963,17 +993,21 @@ def _eval_coef(coef: FloatArray, x: FloatArray, y: FloatArray,
     return np.asarray(design @ coef, dtype=np.float64)
 
 
-def ccd_beta(fit: moffat.FitResult, good: NDArray[np.bool_]) -> float:
-    """Estimate the Moffat beta of the CCD.
+def ccd_beta(fit: moffat.FitResult,
+             good: NDArray[np.bool_]) -> tuple[float, float]:
+    """Estimate the Moffat beta of the CCD, and its standard error.
 
     The inverse-variance weighted, clipped mean of the stars' beta (the
-    bright stars, which constrain it, dominate).
+    bright stars, which constrain it, dominate).  Its error is that of
+    a weighted mean, scaled up by the robust scatter of the pulls when
+    the stars disagree by more than their own errors; NaN when no star
+    constrains beta (3 is then assumed).
     """
     beta = fit.params[:, moffat.BETA]
     var = fit.variance[:, moffat.BETA]
     use = good & np.isfinite(var) & (var > 0)
     if use.sum() == 0:
-        return 3.0
+        return 3.0, float("nan")
     keep = use.copy()
     for _ in range(5):
         w = 1.0 / var[keep]
@@ -984,8 +1018,9 @@ def ccd_beta(fit: moffat.FitResult, good: NDArray[np.bool_]) -> float:
         if new.sum() == 0 or np.array_equal(new, keep):
             break
         keep = new
+    err = max(sig, 1.0) / float(np.sqrt(np.sum(w)))
     return float(np.clip(mean, moffat.BETA_RANGE[0] + 0.1,
-                         0.9 * moffat.BETA_RANGE[1]))
+                         0.9 * moffat.BETA_RANGE[1])), err
 
 
 def measure_psf(
@@ -1037,7 +1072,7 @@ def measure_psf(
     )
     good, _ = compact_clip(xfit, yfit, shp.fwhm, src.snr[first], good,
                            shape, seed=np.isin(first, seeds))
-    beta = ccd_beta(fit, good)
+    beta, beta_err = ccd_beta(fit, good)
     start = np.full((idx.size, moffat.NPARAM), np.nan)
     if good.any():
         # The others start from the PSF of the first fit (its median
@@ -1085,7 +1120,7 @@ def measure_psf(
         beta=shp.beta[sel], chi2=chi2[sel],
         elongation_iso=src.a[idx[sel]] / src.b[idx[sel]],
     )
-    field = PsfField.fit(stars, shape, beta, fwhm_coef)
+    field = PsfField.fit(stars, shape, beta, fwhm_coef, beta_err)
     grid = _grid(field, stars, cells)
     model = build_model(data_sub, bad, src, stars, fit.params[sel], field,
                         config=config)

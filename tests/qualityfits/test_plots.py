@@ -23,6 +23,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import qualityfits
 from qualityfits import plots
+from qualityfits.config import QualityConfig
 from qualityfits.datasets import (
     SimulationParams,
     simulate_exposure,
@@ -59,7 +60,10 @@ def mosaic_report(tmp_path_factory):
     hdus[3].data = np.full(hdus[3].data.shape, 7.0, np.float32)
     path = tmp_path_factory.mktemp("plots") / "mosaic.fits"
     hdus.writeto(path)
-    return qualityfits.assess(path, jobs=1)
+    # 8-9 PSF stars per CCD: published anyway (psf_min_stars), so that
+    # the PSF maps and model are drawn.
+    return qualityfits.assess(path, jobs=1,
+                              config=QualityConfig(psf_min_stars=5))
 
 
 @pytest.fixture(scope="module")
