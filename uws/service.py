@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import shutil
 import signal
@@ -86,6 +87,8 @@ OBSERVED = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED,
             Phase.UNKNOWN)
 #: Finished jobs kept in memory for reads.
 CACHE_SIZE = 4096
+#: Seconds an owner's count of stored jobs is trusted (quota check).
+STORED_RECOUNT = 10.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ class JobService:
         self.notifier = Notifier(settings)
         self.limits = FitsLimits(settings.decompressed_limit,
                                  settings.pixel_limit)
+        self._stored: dict[str | None, tuple[int, float]] = {}
+        self._stored_lock = threading.Lock()
         self.job_root.mkdir(parents=True, exist_ok=True)
 
     # -- lifecycle ---------------------------------------------------------
@@ -338,13 +343,32 @@ class JobService:
         return secrets.token_hex(8)
 
     def _check_stored(self, owner: Identity) -> None:
-        """Refuse a creation beyond ``qfits.max_stored_jobs`` (403)."""
+        """Refuse a creation beyond ``qfits.max_stored_jobs`` (403).
+
+        The count is read from the database at most every
+        `STORED_RECOUNT` seconds per owner and kept up to date by this
+        process's creations in between (a count of 10 000 jobs costs
+        as much as a creation).
+        """
         limit = self.settings.max_stored_jobs
-        if limit and self.store.count_of(owner.name) >= limit:
+        if not limit:
+            return
+        with self._stored_lock:
+            count, when = self._stored.get(owner.name, (0, -math.inf))
+            if time.monotonic() - when > STORED_RECOUNT:
+                count, when = self.store.count_of(owner.name), \
+                    time.monotonic()
+            if count < limit:
+                self._stored[owner.name] = (count + 1, when)
+                return
+        count = self.store.count_of(owner.name)  # deletions since?
+        if count >= limit:
             raise PermissionDeniedError(
                 f"{_whose(owner.name)} {limit} stored jobs are the limit "
                 "(qfits.max_stored_jobs): delete some, or wait for their "
                 "destruction")
+        with self._stored_lock:
+            self._stored[owner.name] = (count + 1, time.monotonic())
 
     def _check_active(self, owner: str | None) -> None:
         """Refuse a RUN beyond ``qfits.max_active_jobs`` (429)."""
