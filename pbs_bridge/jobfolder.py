@@ -56,6 +56,7 @@ RESULTS_DIR = "results"
 MANIFEST_FILE = "manifest.json"  # inside RESULTS_DIR
 ERROR_FILE = "error.json"
 LOG_FILE = "worker.log"
+BATCH_SCRIPT = "batch.sh"
 DERIVED_DIR = "derived"
 
 #: Error types of `WorkerError` (UWS errorSummary ``type`` is fatal or
@@ -94,8 +95,6 @@ class WorkerSpec:
     #: images (`qualityfits.fitsscan`), checked before the pipeline.
     decompressed_limit: int = 2 * 10**9
     pixel_limit: int = 500 * 10**6
-    #: Bytes of the uploaded image once decompressed (0: unknown, a URL).
-    image_bytes: int = 0
     run_id: str | None = None
 
     def to_json(self) -> str:
@@ -106,15 +105,12 @@ class WorkerSpec:
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         """Parse a document written by `to_json` (or a version 1 spec)."""
-        data = _load_versioned(text, SPEC_FILE, (1, SPEC_VERSION))
-        if data.get("_version") == 1:
+        version, data = _load_versioned(text, SPEC_FILE, (1, SPEC_VERSION))
+        if version == 1:
             # Version 1 named the two science parameters of its time.
-            data["parameters"] = {k: data.pop(k) for k in
-                                  ("zeropoint", "pixscale")
-                                  if data.get(k) is not None}
-            data.pop("zeropoint", None)
-            data.pop("pixscale", None)
-        data.pop("_version")
+            old = {k: data.pop(k, None) for k in ("zeropoint", "pixscale")}
+            data["parameters"] = {k: v for k, v in old.items()
+                                  if v is not None}
         if not isinstance(data.get("parameters", {}), dict):
             raise ContractError(f"{SPEC_FILE}: parameters is not an object")
         known = set(cls.__dataclass_fields__)
@@ -143,7 +139,7 @@ class WorkerError:
     @classmethod
     def from_json(cls, text: str) -> WorkerError:
         """Parse a document written by `to_json`."""
-        data = _load_versioned(text, ERROR_FILE)
+        _, data = _load_versioned(text, ERROR_FILE)
         try:
             error = cls(type=str(data["type"]),
                         message=str(data["message"]),
@@ -194,7 +190,7 @@ class Progress:
     @classmethod
     def from_json(cls, text: str) -> Progress:
         """Parse a document written by `to_json`."""
-        data = _load_versioned(text, PROGRESS_FILE)
+        _, data = _load_versioned(text, PROGRESS_FILE)
         try:
             steps = tuple(StepState(**s) for s in data.pop("steps", []))
             return cls(steps=steps, **data)
@@ -204,7 +200,8 @@ class Progress:
 
 def _load_versioned(text: str, name: str,
                     versions: tuple[int, ...] = (CONTRACT_VERSION,)
-                    ) -> dict[str, Any]:
+                    ) -> tuple[int, dict[str, Any]]:
+    """Return the version and the other keys of a JSON document."""
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -217,9 +214,7 @@ def _load_versioned(text: str, name: str,
         raise ContractError(
             f"{name}: version {version!r}, this program reads "
             f"version {readable}")
-    if len(versions) > 1:
-        data["_version"] = version
-    return data
+    return version, data
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -283,6 +278,7 @@ class JobFolder:
         self.manifest_file = self.results / MANIFEST_FILE
         self.error_file = path / ERROR_FILE
         self.log_file = path / LOG_FILE
+        self.batch_script = path / BATCH_SCRIPT
         self.derived = path / DERIVED_DIR
 
     def __repr__(self) -> str:
@@ -298,10 +294,6 @@ class JobFolder:
         """Read ``spec.json`` (OSError, ContractError)."""
         return WorkerSpec.from_json(self.spec_file.read_text(
             encoding="utf-8"))
-
-    def has_spec(self) -> bool:
-        """Whether the service wrote the spec (the folder survived)."""
-        return self.spec_file.exists()
 
     def input_path(self, relative: str) -> Path:
         """Return the file of an input given relative to the folder.

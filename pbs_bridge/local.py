@@ -67,11 +67,9 @@ class LocalRunner:
     name = "local"
     settings_type = LocalSettings
 
-    def __init__(self, settings: LocalSettings, job_root: Path) -> None:
-        self.max_running = settings.max_running
+    def __init__(self, settings: LocalSettings) -> None:
         self.slots = settings.max_running
         self.ccd_jobs = settings.ccd_jobs
-        self.job_root = job_root
         self.command = worker_command(settings.worker_command)
         self.host = socket.gethostname()
         self._children: dict[str, _Child] = {}
@@ -116,7 +114,7 @@ class LocalRunner:
             running = sum(1 for j in jobs if j.job_id in self._children)
             for job in jobs:
                 if job.phase is not BackendPhase.QUEUED or running >= \
-                        self.max_running:
+                        self.slots:
                     continue
                 if job.job_id in self._children:
                     continue

@@ -20,6 +20,7 @@ keys, and ``ccd_jobs`` and ``worker_command`` as the local runner).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -40,7 +41,7 @@ from pbs_bridge.batch import (
     torque_ending,
 )
 from pbs_bridge.config import SettingsError, option
-from pbs_bridge.jobfolder import WorkerSpec
+from pbs_bridge.jobfolder import ContractError, WorkerSpec
 from pbs_bridge.qstat import BatchJob
 from pbs_bridge.runner import (
     BackendPhase,
@@ -49,11 +50,10 @@ from pbs_bridge.runner import (
     RunnerJob,
     worker_command,
 )
+from qualityfits.errors import QualityFitsError
+from qualityfits.fitsscan import scan_fits
 
 log = logging.getLogger(__name__)
-
-#: The batch script written in each job folder.
-SCRIPT_FILE = "batch.sh"
 
 #: Prefix of batch job names (``qf-<job id>``).
 NAME_PREFIX = "qf-"
@@ -106,9 +106,8 @@ class PbsRunner:
     name = "pbs"
     settings_type = PbsSettings
 
-    def __init__(self, settings: PbsSettings, job_root: Path) -> None:
+    def __init__(self, settings: PbsSettings) -> None:
         self.settings = settings
-        self.job_root = job_root
         self.slots = settings.pbs_slots
         self.ccd_jobs = settings.ccd_jobs
         self.batch = BatchSystem(settings.pbs_bin, settings.pbs_timeout)
@@ -123,10 +122,9 @@ class PbsRunner:
                execution_duration: int) -> str:
         """Write the batch script and ``qsub`` it; return the batch id."""
         job_id, folder = job.job_id, job.folder
-        job_dir = folder.path
-        script = job_dir / SCRIPT_FILE
+        script = folder.batch_script
         try:
-            script.write_text(self._script(job_dir))
+            script.write_text(self._script(folder.path))
             script.chmod(0o755)
         except OSError as exc:
             raise RunnerError(
@@ -135,7 +133,7 @@ class PbsRunner:
             name=NAME_PREFIX + job_id, script=script,
             log=folder.log_file, walltime_s=execution_duration,
             memory_mb=self._memory_mb(job, spec),
-            cpus=max(1, self.settings.ccd_jobs),
+            cpus=self.ccd_jobs,  # PbsSettings refuses 0
             queue=self.settings.pbs_queue,
             environment=self._environment(job_id))
         try:
@@ -248,12 +246,19 @@ class PbsRunner:
     def _memory_mb(self, job: RunnerJob, spec: WorkerSpec) -> int:
         """Memory to request: a base plus a multiple of the image size.
 
-        The size is that of the decompressed image, which the service
-        measured (``spec.image_bytes``); an image given by URL is not
-        fetched yet: the decompressed limit is its size at most.
+        The size is that of the image once decompressed (its headers
+        walked, a compressed stream inflated: `qualityfits.fitsscan`);
+        an image given by URL is not fetched yet, nor is one that cannot
+        be read (the worker will say why): the decompressed limit is
+        its size at most.
         """
-        del job
-        size = spec.image_bytes or spec.decompressed_limit
+        size = spec.decompressed_limit
+        if "://" not in spec.image:
+            with contextlib.suppress(ContractError, OSError,
+                                     QualityFitsError):
+                size = scan_fits(job.folder.input_path(spec.image),
+                                 max_bytes=spec.decompressed_limit,
+                                 max_pixels=spec.pixel_limit).size
         total = self.settings.pbs_memory_base + \
             self.settings.pbs_memory_factor * size
         return math.ceil(total / 2**20)

@@ -12,8 +12,8 @@ is named ``module:Class`` and needs no change in the service:
   `pbs_bridge.config.option` fields, read from the ``qfits.*`` keys of
   the ini (the service refuses keys that neither it nor the chosen
   runner and authentication policy declare);
-* it is built as ``Class(settings, job_root)`` and implements
-  `JobRunner`.
+* it is built as ``Class(settings)`` and implements `JobRunner`
+  (each job comes with its folder, in `RunnerJob`).
 
 This module and the runners import nothing from ``uws``: the service
 speaks to them in `RunnerJob` and `BackendStatus`, whose phases are

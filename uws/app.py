@@ -52,8 +52,7 @@ def build_service(settings: Settings) -> JobService:
     settings (`pbs_bridge.runner`).
     """
     store = JobStore(settings.database_url)
-    runner = runner_class(settings.runner)(settings.runner_settings,
-                                           settings.job_dir)
+    runner = runner_class(settings.runner)(settings.runner_settings)
     return JobService(settings, store, runner)
 
 

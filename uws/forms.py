@@ -118,7 +118,7 @@ def read_form(request: Any, *, staging_root: Path, upload_limit: int,
             if length is None else request.body
         if len(body) > FORM_LIMIT:
             raise too_large
-        for name, value in _decoded_pairs(body, _charset(request)):
+        for name, value in _decoded_pairs(body, _body_charset(request)):
             form.add(name, value)
     else:
         raise UsageError(
@@ -127,16 +127,23 @@ def read_form(request: Any, *, staging_root: Path, upload_limit: int,
     return form
 
 
-def _charset(request: Any) -> str:
-    """Return the charset a body's Content-Type names (UTF-8 if none)."""
+def _charset(name: str | None, where: str) -> str:
+    """Return the codec of a charset name (UTF-8 if none); 400 if unknown.
+
+    ``where`` says whose charset it is, for the message.
+    """
+    wanted = (name or "utf-8").strip()
+    try:
+        return codecs.lookup(wanted).name
+    except LookupError:
+        raise UsageError(f"unknown charset {wanted[:40]!r} {where} (use "
+                         "UTF-8)") from None
+
+
+def _body_charset(request: Any) -> str:
     _, options = multipart.parse_options_header(
         request.headers.get("Content-Type", ""))
-    name = (options.get("charset") or "utf-8").strip()
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        raise UsageError(f"unknown charset {name[:40]!r} in the "
-                         "Content-Type (use UTF-8)") from None
+    return _charset(options.get("charset"), "in the Content-Type")
 
 
 def _decoded_pairs(raw: bytes, charset: str) -> list[tuple[str, str]]:
@@ -152,12 +159,21 @@ def _decoded_pairs(raw: bytes, charset: str) -> list[tuple[str, str]]:
 
 
 def _decode(raw: bytes, charset: str, name: str | None) -> str:
-    data = urllib.parse.unquote_to_bytes(raw.replace(b"+", b" "))
+    """Decode one percent-encoded part of a query string or form."""
+    return _text(urllib.parse.unquote_to_bytes(raw.replace(b"+", b" ")),
+                 charset, name)
+
+
+def _text(data: bytes, charset: str, name: str | None) -> str:
+    """Decode ``data`` strictly: 400 naming the parameter otherwise.
+
+    ``name`` is the parameter's (None: the bytes are a name).
+    """
     try:
         return data.decode(charset)
     except UnicodeDecodeError:
         what = "a parameter name" if name is None else \
-            f"{name.upper()}: the value"
+            f"{name.upper()[:40]}: the value"
         label = "UTF-8" if charset == "utf-8" else charset
         raise UsageError(
             f"{what} is not valid {label} (percent-encode the bytes of "
@@ -197,8 +213,7 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
                     sink = None
                     _record_upload(form, part)
                 else:
-                    form.add(part.name or "",
-                             _decode_field(part, bytes(text)))
+                    form.add(part.name or "", _field_text(part, text))
             elif sink is not None:
                 _check_size(part, part.bytes_received, upload_limit)
                 sink.write(event)
@@ -223,16 +238,11 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
         raise
 
 
-def _decode_field(part: Any, data: bytes) -> str:
-    charset = part.charset or "utf-8"
-    try:
-        return data.decode(charset)
-    except LookupError:
-        raise UsageError(f"unknown charset {charset[:40]!r} of form field "
-                         f"{(part.name or '')[:40]!r}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{(part.name or '').upper()[:40]}: the value is "
-                         f"not valid {charset}") from None
+def _field_text(part: Any, data: bytearray) -> str:
+    """Decode a multipart text field in its own charset (400)."""
+    name = part.name or ""
+    return _text(bytes(data), _charset(
+        part.charset, f"of form field {name[:40]!r}"), name)
 
 
 def _check_size(part: Any, size: int, limit: int, *,

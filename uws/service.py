@@ -44,8 +44,7 @@ from pbs_bridge.runner import (
     RunnerError,
     RunnerJob,
 )
-from qualityfits.errors import InvalidParameterError, QualityFitsError
-from qualityfits.fitsscan import scan_fits
+from qualityfits.errors import InvalidParameterError
 from qualityfits.manifest import Manifest
 from qualityfits.parameters import QualityParameters
 from uws import phases
@@ -355,20 +354,16 @@ class JobService:
             return
         with self._stored_lock:
             count, when = self._stored.get(owner.name, (0, -math.inf))
-            if time.monotonic() - when > STORED_RECOUNT:
+            # At the limit, count again: deletions since free room.
+            if count >= limit or time.monotonic() - when > STORED_RECOUNT:
                 count, when = self.store.count_of(owner.name), \
                     time.monotonic()
-            if count < limit:
-                self._stored[owner.name] = (count + 1, when)
-                return
-        count = self.store.count_of(owner.name)  # deletions since?
-        if count >= limit:
-            raise PermissionDeniedError(
-                f"{_whose(owner.name)} {limit} stored jobs are the limit "
-                "(qfits.max_stored_jobs): delete some, or wait for their "
-                "destruction")
-        with self._stored_lock:
-            self._stored[owner.name] = (count + 1, time.monotonic())
+            if count >= limit:
+                raise PermissionDeniedError(
+                    f"{_whose(owner.name)} {limit} stored jobs are the "
+                    "limit (qfits.max_stored_jobs): delete some, or wait "
+                    "for their destruction")
+            self._stored[owner.name] = (count + 1, when)
 
     def _check_active(self, owner: str | None) -> None:
         """Refuse a RUN beyond ``qfits.max_active_jobs`` (429)."""
@@ -834,23 +829,6 @@ class JobService:
         return ok, notes
 
     # -- worker spec ---------------------------------------------------------
-    def _image_bytes(self, job_id: str, image: object) -> int:
-        """Bytes of an uploaded image once decompressed (0: by URL).
-
-        The memory a batch job asks for follows them, not the size of a
-        compressed upload (`pbs_bridge.pbs`).
-        """
-        if "://" in str(image):
-            return 0
-        try:
-            path = self.folder(job_id).input_path(str(image))
-            return scan_fits(path, max_bytes=self.limits.max_bytes,
-                             max_pixels=self.limits.max_pixels).size
-        except (ContractError, OSError):
-            return 0  # the worker says what is wrong with it
-        except QualityFitsError as exc:
-            raise UsageError(f"IMAGE: {exc}") from None
-
     def _write_spec(self, job: Job) -> WorkerSpec:
         """Write the worker's spec from the stored parameters; return it.
 
@@ -874,7 +852,6 @@ class JobService:
             fetch_allow=list(self.settings.fetch_allow),
             decompressed_limit=self.settings.decompressed_limit,
             pixel_limit=self.settings.pixel_limit,
-            image_bytes=self._image_bytes(job.job_id, values["image"]),
             run_id=job.run_id)
         try:
             self.folder(job.job_id).write_spec(spec)

@@ -134,7 +134,7 @@ def public_job(job: Job, url: str) -> Job:
             params.append(Parameter(p.name, f"{url}/parameters/{p.name}",
                                     by_reference=True, is_post=True))
         elif p.name == "email":
-            params.append(replace(p, value=_mask_email(str(p.value))))
+            params.append(replace(p, value=_mask_email(p.text)))
         else:
             params.append(p)
     return replace(job, parameters=tuple(params))

@@ -373,7 +373,7 @@ def check_view(request: Any) -> Response:
     with contextlib.suppress(UnknownJobError):
         job = service.get(job_id, owner_of(request))
     given = "" if job is None else next(
-        (str(p.value) for p in job.parameters if p.name == "email"), "")
+        (p.text for p in job.parameters if p.name == "email"), "")
     if job is None or (given and given.lower() != email.lower()):
         return render(request, "check.html", status=404, job_id=job_id,
                       email=email, job=None,

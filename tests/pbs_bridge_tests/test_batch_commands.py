@@ -8,6 +8,8 @@ a real batch system in ``tests/uws_tests/test_batch.py``.
 
 from __future__ import annotations
 
+import gzip
+import math
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,13 +232,22 @@ def test_a_vanished_job_without_any_record():
                               "without a result; see the log")
 
 
-def test_memory_follows_the_decompressed_image():
+def test_memory_follows_the_decompressed_image(tmp_path):
     """A compressed upload asks for memory by what it inflates to."""
     runner = PbsRunner(PbsSettings(pbs_memory_base=2**20,
-                                   pbs_memory_factor=2.0), Path("/data"))
-    spec = WorkerSpec(job_id="abc", image="inputs/image.fits.gz",
-                      image_bytes=700 * 2**20)
-    assert runner._memory_mb(JOB, spec) == 1 + 1400
+                                   pbs_memory_factor=2.0))
+    folder = JobFolder(tmp_path / "abc")
+    folder.inputs.mkdir(parents=True)
+    header = "".join(c.ljust(80) for c in (
+        "SIMPLE  =                    T", "BITPIX  =                   16",
+        "NAXIS   =                    2", "NAXIS1  =                 1024",
+        "NAXIS2  =                 1024", "END")).encode().ljust(2880)
+    image = header + bytes(2 * 2**20)  # 2 MiB of pixels, 2880 of header
+    (folder.inputs / "image.fits.gz").write_bytes(gzip.compress(image))
+    job = RunnerJob("abc", BackendPhase.QUEUED, "", None, folder)
+    spec = WorkerSpec(job_id="abc", image="inputs/image.fits.gz")
+    assert runner._memory_mb(job, spec) == math.ceil(
+        (2**20 + 2 * len(image)) / 2**20)
     by_url = WorkerSpec(job_id="abc", image="https://example.org/x.fits",
                         decompressed_limit=2**30)
-    assert runner._memory_mb(JOB, by_url) == 1 + 2048
+    assert runner._memory_mb(job, by_url) == 1 + 2048

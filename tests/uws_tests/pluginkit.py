@@ -35,8 +35,8 @@ class NiceRunner(LocalRunner):
     name = "nice"
     settings_type = NiceSettings
 
-    def __init__(self, settings: NiceSettings, job_root: Path) -> None:
-        super().__init__(settings, job_root)
+    def __init__(self, settings: NiceSettings) -> None:
+        super().__init__(settings)
         self.command = ["nice", "-n", str(settings.nice_level),
                         *self.command]
 
