@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qualityfits.errors import InvalidImageError
+from qualityfits.html import human_size
 
 BLOCK = 2880
 CARD = 80
@@ -102,8 +103,8 @@ def _walk(stream: Any, *, max_bytes: int, max_pixels: int,
         announced = size + data
         if announced > max_bytes:
             raise FitsTooLargeError(
-                f"{label}: its headers announce {_human(announced)}, more "
-                f"than the limit of {_human(max_bytes)}")
+                f"{label}: its headers announce {human_size(announced)}, more "
+                f"than the limit of {human_size(max_bytes)}")
         if pixels > max_pixels:
             raise FitsTooLargeError(
                 f"{label}: its images hold {pixels / 1e6:.0f} million "
@@ -125,7 +126,7 @@ def _walk(stream: Any, *, max_bytes: int, max_pixels: int,
     if size > max_bytes:
         raise FitsTooLargeError(
             f"{label}: decompresses to more than the limit of "
-            f"{_human(max_bytes)}")
+            f"{human_size(max_bytes)}")
     return FitsLayout(hdus=hdus, pixels=pixels, size=size, gzipped=gzipped)
 
 
@@ -236,12 +237,3 @@ def _skip(stream: Any, count: int, *, inflate: bool) -> int:
             break
         done += len(chunk)
     return done
-
-
-def _human(size: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else \
-                f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"  # pragma: no cover - the loop returns
