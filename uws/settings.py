@@ -153,9 +153,8 @@ class Settings:
                 "unknown settings: " + ", ".join(unknown)
                 + f" (not settings of the service, of runner {runner} or "
                 f"of auth {auth}; see docs/service.md)")
-        core = {k: v for k, v in values.items()
-                if k.removeprefix(PREFIX) in setting_keys(cls)}
-        made = replace(read_settings(cls, core),
+        # Each reader takes the keys it declares and ignores the others.
+        made = replace(read_settings(cls, values),
                        runner_settings=read_settings(runner_type, values),
                        auth_settings=read_settings(auth_type, values))
         made.check()
