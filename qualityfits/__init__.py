@@ -27,6 +27,7 @@ from qualityfits.errors import (
     InvalidParameterError,
     NoImageDataError,
     NoStarsError,
+    NotScienceError,
     QualityFitsError,
     ShapeMismatchError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidParameterError",
     "NoImageDataError",
     "NoStarsError",
+    "NotScienceError",
     "QualityConfig",
     "QualityFitsError",
     "QualityParameters",

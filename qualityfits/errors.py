@@ -46,6 +46,16 @@ class NoStarsError(QualityFitsError):
     code = "no-stars"
 
 
+class NotScienceError(QualityFitsError):
+    """The image is not a sky exposure (a flat, a bias, saturated...).
+
+    Said by its header (IMAGETYP, OBSTYPE...) or read off its pixels;
+    see `qualityfits.verdicts`.
+    """
+
+    code = "not-science"
+
+
 class ShapeMismatchError(QualityFitsError):
     """A flat or mask does not match the image (shape or extension count)."""
 

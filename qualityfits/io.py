@@ -47,6 +47,12 @@ _SECTION = re.compile(
 )
 _READ_ERRORS = (OSError, ValueError, EOFError, TypeError, zlib.error,
                 KeyError, IndexError)
+try:  # cfitsio's error on a tile that does not decompress
+    from astropy.io.fits.hdu.compressed._compression import (
+        CfitsioException as _TileError,
+    )
+except ImportError:  # pragma: no cover - another astropy layout
+    _TileError = OSError
 
 
 def parse_section(value: Any) -> tuple[int, int, int, int] | None:
@@ -341,6 +347,11 @@ class ImageSource:
                 # values (it leaves BZERO in the header of unsigned data).
                 data = np.array(raw, dtype=np.float32, order="C",
                                 copy=True)
+        except _TileError as exc:
+            raise InvalidImageError(
+                f"{self.display}, extension {ext.name}: corrupt "
+                f"compressed tile data ({exc})"
+            ) from None
         except _READ_ERRORS as exc:
             raise InvalidImageError(
                 f"{self.display}, extension {ext.name}: unreadable pixels "

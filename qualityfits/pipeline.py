@@ -50,7 +50,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from numpy.typing import NDArray
 
-from qualityfits import errors
+from qualityfits import errors, verdicts
 from qualityfits._version import __version__
 from qualityfits.background import (
     Background,
@@ -378,6 +378,9 @@ class _Ccd:
     scale: float | None = None
     wcs: WCS | None = None
     preview: NDArray[np.float32] | None = None
+    #: The header (what kind of frame it says this is).
+    header: fits.Header | None = None
+    saturation_source: str = ""
 
     @property
     def pix(self) -> NDArray[np.float32]:
@@ -427,6 +430,8 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
     Sets ZEROPOINT, PIXSCALE, GAIN, EXPTIME and SATLEV.
     """
     name, config, notes = ccd.name, ccd.config, ccd.notes
+    verdicts.header_verdict(header, name)
+    ccd.header = header
     pix = np.array(data, dtype=np.float32, order="C",
                    copy=not overwrite_input)
     nonfinite = np.isfinite(pix)
@@ -459,11 +464,17 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
     ccd.zeropoint = zp = _zeropoint(header, zeropoint, notes)
     saturation = header_number(header, "SATURATE", "SATLEVEL",
                                "SATURATION")
+    ccd.saturation_source = "header SATURATE"
     if saturation is None:
         saturation = measure_saturation(pix, badmask)
+        ccd.saturation_source = "read off the pixels"
         if saturation is not None:
             notes.append(f"saturation level {saturation:g} ADU read "
                          "off the pixels (no SATURATE keyword)")
+    if saturation is not None:
+        verdicts.saturation_verdict(
+            pix, badmask, saturation, margin=config.saturation_margin,
+            source=ccd.saturation_source, name=name)
     ccd.saturation = saturation
     if gain is None:
         notes.append("no GAIN keyword: flux errors and S/N from the "
@@ -494,6 +505,8 @@ def _background(ccd: _Ccd) -> sep.Background:
     bkg.subfrom(sub)
     rms = bkg.rms()
     ccd.sky_sub, ccd.sky_rms = sub, rms
+    verdicts.sky_verdict(bkg.globalback, ccd.saturation,
+                         source=ccd.saturation_source, name=ccd.name)
     _require_noise(ccd.name, bkg.globalrms)
     # Exactly 0 where the sky is far above 0: a blank pixel.
     if bkg.globalback > 5.0 * bkg.globalrms:
@@ -584,6 +597,12 @@ def _psf(ccd: _Ccd, src: Sources,
         metrics["STAR_CR_FRAC"] = float(np.mean(
             _core_hit(cosmic, stars.x, stars.y)))
     if len(stars) == 0:
+        assert ccd.header is not None
+        background: Background = ccd.parts["background"]
+        verdicts.no_star_verdict(
+            ccd.header, name=ccd.name, n_sources=len(src),
+            sky_rms=background.rms, mesh_back=background.mesh_back,
+            gain=ccd.gain, read_noise=ccd.read_noise)
         raise errors.NoStarsError(
             f"{ccd.name}: no star usable for the PSF among {len(src)} "
             f"sources ({psf.n_candidates} bright, unflagged and "
@@ -1111,6 +1130,7 @@ _ERROR_TYPES: Mapping[str, type[errors.QualityFitsError]] = {
     cls.__name__: cls for cls in (
         errors.InvalidImageError, errors.NoImageDataError,
         errors.EmptyImageError, errors.NoStarsError,
+        errors.NotScienceError,
         errors.ShapeMismatchError, errors.InvalidParameterError,
         errors.InternalError,
     )
@@ -1124,11 +1144,15 @@ def _raise_all_failed(reports: list[ExtensionReport],
     assert first is not None
     kinds = {r.error.type for r in reports if r.error is not None}
     cls = _ERROR_TYPES.get(first.type, errors.QualityFitsError)
+    # A reading error names the input and extension already.
+    where = ("" if first.message.startswith(f"{display}, extension ")
+             else "extension ")
     if len(reports) == 1:
-        raise cls(f"{display}, extension {first.message}")
+        raise cls(f"{display}, {where}{first.message}" if where
+                  else first.message)
     if len(kinds) > 1 and cls is not errors.InternalError:
         cls = errors.QualityFitsError
     raise cls(
         f"{display}: all {len(reports)} extensions failed; first: "
-        f"extension {first.message}"
+        f"{where}{first.message}"
     )

@@ -210,6 +210,50 @@ class TestBadInput:
         assert states(job)["check"] == "failed"
         assert states(job)["read"] == "pending"
 
+    def test_saturated_flat_is_refused(self, tmp_path):
+        # A raw twilight flat over the 16-bit limit on 80 % of its
+        # pixels: bad input in one line, not an internal error.
+        rng = np.random.default_rng(3)
+        light = np.linspace(40000.0, 160000.0, 500)[None, :] * np.ones(
+            (300, 1))
+        data = np.clip(rng.poisson(light), 0, 65535).astype(np.uint16)
+        path = tmp_path / "twiflat.fits"
+        fits.PrimaryHDU(data).writeto(path)
+        job = make_job(tmp_path, path)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message == (
+            "image image.fits, extension PRIMARY: 80 % of the pixels are "
+            "at the saturation level 65535 (read off the pixels): not a "
+            "science exposure")
+        assert err.detail == ""
+        assert states(job)["background"] == "failed"
+
+    def test_corrupt_tile_is_refused(self, tmp_path):
+        sim = simulate_image(SMALL, seed=701)
+        path = tmp_path / "field.fits.fz"
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+            sim.data, sim.header, name="ccd00", compression_type="RICE_1",
+            tile_shape=(16, 512))]).writeto(path)
+        with fits.open(path, disable_image_compression=True) as hdul:
+            table = hdul[1]
+            heap = (table.fileinfo()["datLoc"]
+                    + table.header["NAXIS1"] * table.header["NAXIS2"])
+        raw = bytearray(path.read_bytes())
+        for i in range(heap + 3000, heap + 6000):
+            raw[i] ^= 0x5A
+        job = make_job(tmp_path, bytes(raw))
+        result = run_worker(job)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message.startswith(
+            "image image.fits, extension CCD00: corrupt compressed tile "
+            "data (")
+        assert "\n" not in err.message
+
     def test_results_not_writable(self, tmp_path, image_file):
         job = make_job(tmp_path, image_file)
         (job / "results").write_text("a file where the folder goes")

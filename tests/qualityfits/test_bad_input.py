@@ -28,6 +28,7 @@ from qualityfits.errors import (
     InvalidParameterError,
     NoImageDataError,
     NoStarsError,
+    NotScienceError,
     QualityFitsError,
     ShapeMismatchError,
 )
@@ -86,11 +87,12 @@ def resource_warnings(func):
 def test_error_codes_are_stable():
     assert {cls.__name__: cls.code for cls in (
         InvalidImageError, NoImageDataError, EmptyImageError, NoStarsError,
-        ShapeMismatchError, InvalidParameterError)} == {
+        NotScienceError, ShapeMismatchError, InvalidParameterError)} == {
         "InvalidImageError": "invalid-image",
         "NoImageDataError": "no-image-data",
         "EmptyImageError": "empty-image",
         "NoStarsError": "no-stars",
+        "NotScienceError": "not-science",
         "ShapeMismatchError": "shape-mismatch",
         "InvalidParameterError": "invalid-parameter",
     }
@@ -206,10 +208,12 @@ class TestNothingToMeasure:
 
     @pytest.mark.realdata
     def test_real_bias_frame(self):
+        # Refused as what it is (tests/qualityfits/test_verdicts.py).
         path = shared_file("ntt_susi_bias_raw.fits.gz")
-        _, message = assess_error(NoStarsError, path)
+        code, message = assess_error(NotScienceError, path)
+        assert code == "not-science"
         assert "ntt_susi_bias_raw.fits.gz" in message
-        assert re.search(r"among \d+ sources", message)
+        assert "a bias frame, not a sky exposure" in message
 
 
 # -- flats and masks ---------------------------------------------------------
