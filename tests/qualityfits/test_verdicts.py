@@ -157,10 +157,10 @@ class TestRealCalibrations:
         path = shared_file("ntt_susi_bias_raw.fits.gz")
         status, err = run_cli(path, tmp_path, capsys)
         assert status == 2
-        assert err == [
+        assert err == [(
             "qualityfits: error: image ntt_susi_bias_raw.fits.gz, "
             "extension PRIMARY: a bias frame, not a sky exposure "
-            "(ESO OBS TYPE = 'BIAS')"]
+            "(ESO OBS TYPE = 'BIAS')")]
 
     def test_not_flat_without_its_keywords(self, tmp_path):
         # The pixels: no star, a smooth illumination (vignetting).
@@ -279,10 +279,10 @@ class TestBuiltFrames:
         fits.PrimaryHDU(data, header(**cards)).writeto(path)
         status, err = run_cli(path, tmp_path, capsys)
         assert status == 2
-        assert err == [
+        assert err == [(
             "qualityfits: error: image twilight.fits, extension PRIMARY: "
             f"{share} % of the pixels are at the saturation level 65535 "
-            f"({source}): not a science exposure"]
+            f"({source}): not a science exposure")]
 
     def test_a_third_saturated_is_measured(self, tmp_path):
         # Below the refusal's 50 %: measured, no crash; no star, and the
