@@ -167,11 +167,13 @@ def saturation_verdict(pix: NDArray[np.float32], bad: NDArray[np.bool_],
     threshold = np.float32(margin * saturation)
     hit = int(np.count_nonzero(pix >= threshold))
     nbad = int(np.count_nonzero(bad))
-    if nbad:
-        hit -= int(np.count_nonzero(pix[bad] >= threshold))
     usable = pix.size - nbad
     if usable <= 0 or hit < SATURATED_FRACTION * usable:
-        return
+        return  # a science frame ends here (the bad ones only lower hit)
+    if nbad:
+        hit -= int(np.count_nonzero(pix[bad] >= threshold))
+        if hit < SATURATED_FRACTION * usable:
+            return
     share = f"{100.0 * hit / usable:.0f} % of the pixels"
     top = float(np.max(pix, where=~bad, initial=-np.inf))
     if top > saturation / margin:
