@@ -12,13 +12,15 @@ records from RegTAP rows, which need a searchable registry online), so
 the record's capabilities are read by ``pyvo.io.vosi`` (pedantic) once
 wrapped in a ``vosi:capabilities`` element, and the rest with lxml.
 The harvest test walks the endpoint as a searchable registry does
-(Identify, then ListRecords of the set ``ivo_managed``).
+(Identify, then ListRecords of the set ``ivo_managed``).  Marked
+``reference``, STILTS (Xerces) validates the same live documents.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +31,7 @@ import requests
 from lxml import etree
 from lxml.builder import ElementMaker
 from pyvo.io.vosi import parse_capabilities
+from testkit import require_tool
 from uwskit import SCHEMAS, LiveService, settings_for
 
 from uws.settings import Settings, SettingsError
@@ -441,8 +444,60 @@ def test_post(live: LiveService, xsd: etree.XMLSchema) -> None:
     assert r.text.startswith("UsageError: POST to /oai takes application/"
                              "x-www-form-urlencoded")
     assert len(r.text.strip().splitlines()) == 1
+    r = live.http.post(f"{live.url}/oai", data={
+        "verb": "Identify", "x": "y" * 70_000}, timeout=TIMEOUT)
+    assert r.status_code == 413
+    assert "at most 65536 bytes" in r.text
     r = live.http.delete(f"{live.url}/oai", timeout=TIMEOUT)
     assert r.status_code == 405
+
+
+def test_authority_managed_elsewhere(
+        start_service: Callable[..., LiveService],
+        xsd: etree.XMLSchema) -> None:
+    live = start_service(threads=4, **REGISTRY, registry_authority="false",
+                         registry_ivoid="ivo://example.org/qfits/oai")
+    listed = oai(live, xsd, verb="ListRecords", metadataPrefix="ivo_vor")
+    records = {r.findtext("oai:header/oai:identifier", namespaces=NS):
+               r.find("oai:metadata/ri:Resource", NS)
+               for r in listed.iterfind(".//oai:record", NS)}
+    assert list(records) == [IVOID, "ivo://example.org/qfits/oai"]
+    assert records["ivo://example.org/qfits/oai"].find(
+        "managedAuthority") is None
+    code, _ = oai_error(oai(live, xsd, verb="GetRecord",
+                            identifier="ivo://example.org",
+                            metadataPrefix="ivo_vor"))
+    assert code == "idDoesNotExist"
+
+
+STILTS_QUERIES = [
+    "", "?verb=Identify", "?verb=ListRecords&metadataPrefix=ivo_vor",
+    "?verb=ListRecords&metadataPrefix=oai_dc&set=ivo_managed",
+    "?verb=ListMetadataFormats", "?verb=ListSets",
+    "?verb=GetRecord&metadataPrefix=oai_dc&identifier=ivo://example.org",
+    "?verb=ListIdentifiers&metadataPrefix=ivo_vor&from=2030-01-01",
+    "?verb=Bogus"]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("query", STILTS_QUERIES)
+def test_stilts_validates(live: LiveService, xsd: etree.XMLSchema,
+                          query: str) -> None:
+    """A second validator (Xerces in STILTS) over the live documents."""
+    stilts = require_tool("stilts")
+    del xsd  # skips when the schemas are absent
+    url = f"{live.url}/resource.xml" if not query else f"{live.url}/oai"
+    locations = " ".join(f"{namespace}={SCHEMAS / name}" for namespace, name
+                         in ((OAI, "OAI-PMH.xsd"), (OAI_DC, "oai_dc.xsd"),
+                             (RI, "RegistryInterface.xsd"),
+                             (VG, "VORegistry.xsd"),
+                             (VS, "VODataService.xsd")))
+    run = subprocess.run(
+        [stilts, "xsdvalidate", f"doc={url}{query}", "uselocals=true",
+         f"schemaloc={locations}"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ERROR" not in run.stdout + run.stderr
 
 
 # -- settings --------------------------------------------------------------
