@@ -67,6 +67,11 @@ _TOKEN_VERBS: Final = frozenset({"ListSets", "ListIdentifiers",
 _PREFIX: Final = re.compile(r"[A-Za-z0-9\-_.!~*'()]+")
 _SET: Final = re.compile(
     r"[A-Za-z0-9\-_.!~*'()]+(:[A-Za-z0-9\-_.!~*'()]+)*")
+#: What an identifier may be: a URI, no space, nothing to escape.
+_URI: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+")
+#: Characters XML 1.0 cannot carry (control characters, surrogates).
+_XML_ILLEGAL: Final = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _DAY: Final = re.compile(r"\d{4}-\d\d-\d\d")
 _SECOND: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 GRANULARITY: Final = "YYYY-MM-DDThh:mm:ssZ"
@@ -129,12 +134,16 @@ def _check_arguments(verb: str, args: Mapping[str, str]) -> None:
     if unknown:
         allowed = sorted(required | optional)
         raise OAIError("badArgument", (
-            f"{verb} does not take {', '.join(unknown)} (its arguments: "
-            f"{', '.join(allowed) or 'none'})"))
+            f"{verb} does not take {', '.join(map(repr, unknown))} (its "
+            f"arguments: {', '.join(allowed) or 'none'})"))
     missing = sorted(required - set(args))
     if missing:
         raise OAIError("badArgument",
                        f"{verb} needs {', '.join(missing)}")
+    identifier = args.get("identifier")
+    if identifier is not None and not _URI.fullmatch(identifier):
+        raise OAIError("badArgument",
+                       f"identifier={identifier!r} is not a URI")
     prefix = args.get("metadataPrefix")
     if prefix is not None and not _PREFIX.fullmatch(prefix):
         raise OAIError("badArgument",
@@ -292,7 +301,10 @@ def _arguments(pairs: Sequence[tuple[str, str]]) -> tuple[str, dict[
         if name == "verb":
             continue
         if name in args:
-            raise OAIError("badArgument", f"{name} is given twice")
+            raise OAIError("badArgument", f"{name!r} is given twice")
+        if _XML_ILLEGAL.search(name + value):
+            raise OAIError("badArgument", (
+                f"{name}={value!r}: control characters are no argument"))
         args[name] = value
     _check_arguments(verbs[0], args)
     if "resumptionToken" in args:

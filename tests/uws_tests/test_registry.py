@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lxml import etree
 from lxml.builder import ElementMaker
 from pyvo.io.vosi import parse_capabilities
@@ -539,3 +541,94 @@ def test_registry_settings_are_optional(tmp_path: Path) -> None:
     # Without qfits.ivoid the record settings are not required.
     assert _settings(tmp_path, record_short_name="x" * 20).ivoid == ""
     assert _settings(tmp_path, **GOOD).registry_authority is True
+
+
+# -- generated requests ----------------------------------------------------
+OAI_NAMES = ["verb", "identifier", "metadataPrefix", "from", "until", "set",
+             "resumptionToken", "Verb", "x"]
+OAI_VALUES = st.one_of(
+    st.sampled_from(["Identify", "ListMetadataFormats", "ListSets",
+                     "GetRecord", "ListIdentifiers", "ListRecords",
+                     "ivo_vor", "oai_dc", "ivo_managed", IVOID,
+                     "ivo://example.org/registry", UPDATED, "2026-03-04",
+                     "2026-13-45", "", " ", "ivo://", "\x01",
+                     "ivo://example.org/a\x0cb", "ivo://example.org/a b",
+                     "ivo://example.org/\u00e9\U0001f600"]),
+    st.text(max_size=30),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=10).map(
+        lambda s: "ivo://example.org/" + s),
+    st.datetimes().map(lambda d: d.isoformat()),
+)
+#: Well-formed requests, of which the generated ones change one value.
+OAI_REQUESTS = [
+    [("verb", "GetRecord"), ("metadataPrefix", "ivo_vor"),
+     ("identifier", IVOID)],
+    [("verb", "ListRecords"), ("metadataPrefix", "oai_dc"),
+     ("from", "2026-03-04"), ("until", UPDATED), ("set", "ivo_managed")],
+    [("verb", "ListIdentifiers"), ("metadataPrefix", "ivo_vor")],
+    [("verb", "ListSets"), ("resumptionToken", "0")],
+    [("verb", "ListMetadataFormats"), ("identifier", IVOID)],
+]
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> list[tuple[str, str]]:
+    pairs = list(draw(st.sampled_from(OAI_REQUESTS)))
+    index = draw(st.integers(0, len(pairs) - 1))
+    name = pairs[index][0]
+    pairs[index] = (draw(st.sampled_from([name, name.upper(), "x"])),
+                    draw(OAI_VALUES))
+    return pairs
+
+
+OAI_ARGS = st.one_of(
+    st.lists(st.tuples(st.sampled_from(OAI_NAMES), OAI_VALUES),
+             max_size=5),
+    _mutated())
+
+
+ODD_VALUES = ["", " ", "\x01", "a\x00b", "\x0c", "ivo://example.org/a b",
+              "ivo://example.org/a\x7fb", "ivo://example.org/\u00e9",
+              "<x/>", "2026-03-04T05:06:07+01:00", "9999-12-31",
+              "0000-01-01", "\U0001f600" * 3]
+
+
+def test_every_argument_with_odd_values(live: LiveService,
+                                        xsd: etree.XMLSchema) -> None:
+    """Each argument of each well-formed request given each odd value."""
+    for pairs in OAI_REQUESTS:
+        for index, (name, _) in enumerate(pairs):
+            for value in ODD_VALUES:
+                changed = [*pairs[:index], (name, value), *pairs[index + 1:]]
+                for post in (False, True):
+                    if post:
+                        r = live.http.post(f"{live.url}/oai", data=changed,
+                                           timeout=TIMEOUT)
+                    else:
+                        r = live.http.get(f"{live.url}/oai", params=changed,
+                                          timeout=TIMEOUT)
+                    assert r.status_code == 200, (changed, r.text)
+                    xsd.assertValid(etree.fromstring(r.content))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(pairs=OAI_ARGS, post=st.booleans())
+def test_generated_oai_requests(live: LiveService, xsd: etree.XMLSchema,
+                                pairs: list[tuple[str, str]],
+                                post: bool) -> None:
+    """Any arguments: a valid OAI-PMH answer, or a one-line 400."""
+    if post:
+        r = live.http.post(f"{live.url}/oai", data=pairs, timeout=TIMEOUT)
+    else:
+        r = live.http.get(f"{live.url}/oai", params=pairs, timeout=TIMEOUT)
+    if r.status_code == 400:
+        assert r.text.startswith("UsageError: ")
+        assert r.text.count("\n") == 1, r.text
+        return
+    root = valid(xsd, r)
+    verbs = [v for k, v in pairs if k == "verb"]
+    if root.find("oai:error", NS) is None:
+        assert len(verbs) == 1
+        assert root.find(f"oai:{verbs[0]}", NS) is not None
