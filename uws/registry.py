@@ -66,6 +66,11 @@ REGISTRY_ID: Final = "ivo://ivoa.net/std/Registry"
 #: VOResource's ``IdentifierURI``, the form of an IVOA identifier.
 IVOID: Final = re.compile(
     r"ivo://[\w\-.!~*'()+=]{3,}(/[\w\-.!~*'()+=]+)*")
+#: An address OAI-PMH accepts as ``adminEmail`` (its ``emailType``).
+_EMAIL: Final = re.compile(r"\S+@(\S+\.)+\S+")
+#: Characters XML 1.0 cannot carry.
+_XML_ILLEGAL: Final = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 #: The OAI set of the records a publishing registry manages (RI 1.0).
 MANAGED_SET: Final = "ivo_managed"
 
@@ -174,24 +179,28 @@ def check_settings(settings: Settings) -> None:
     """
     if not settings.ivoid:
         return
-    for key, value in (("ivoid", settings.ivoid),
-                       ("registry_ivoid", settings.registry_ivoid)):
-        if value and not IVOID.fullmatch(value):
-            raise SettingsError(
-                f"qfits.{key}: {value!r} is not an IVOA identifier "
-                "(ivo://authority/path, e.g. ivo://example.org/qfits)")
+    _check_identifiers(settings)
     for key in ("record_publisher", "record_contact_email"):
         if not getattr(settings, key).strip():
             raise SettingsError(
                 f"qfits.{key} is required with qfits.ivoid (who runs the "
                 'service, and whom to write to: docs/service.md, "The '
                 'VO registry")')
-    if "@" not in settings.record_contact_email:
+    for key in ("record_title", "record_short_name", "record_publisher",
+                "record_contact_name", "record_contact_email",
+                "record_description", "record_subjects",
+                "record_reference_url"):
+        if _XML_ILLEGAL.search(getattr(settings, key)):
+            raise SettingsError(
+                f"qfits.{key}: control characters cannot be written in "
+                "the record")
+    if not _EMAIL.fullmatch(settings.record_contact_email):
         raise SettingsError(
             f"qfits.record_contact_email: {settings.record_contact_email!r}"
-            " is not an e-mail address")
-    if not settings.record_title.strip():
-        raise SettingsError("qfits.record_title must not be empty")
+            " is not an e-mail address (name@host.domain)")
+    for key in ("record_title", "record_description"):
+        if not getattr(settings, key).strip():
+            raise SettingsError(f"qfits.{key} must not be empty")
     if len(settings.record_short_name) > 16:
         raise SettingsError(
             f"qfits.record_short_name: {settings.record_short_name!r} is "
@@ -199,8 +208,6 @@ def check_settings(settings: Settings) -> None:
     if not subject_list(settings.record_subjects):
         raise SettingsError("qfits.record_subjects: give at least one "
                             "subject (separated by commas)")
-    if not settings.record_description.strip():
-        raise SettingsError("qfits.record_description must not be empty")
     url = settings.record_reference_url
     if url and not re.match(r"^https?://[^/\s]+\S*$", url):
         raise SettingsError(
@@ -209,12 +216,30 @@ def check_settings(settings: Settings) -> None:
                                 "qfits.record_created")
     updated = parse_record_time(settings.record_updated,
                                 "qfits.record_updated")
-    if settings.registry_ivoid == settings.ivoid:
-        raise SettingsError("qfits.registry_ivoid must differ from "
-                            "qfits.ivoid (two records, two identifiers)")
     if created and updated and created > updated:
         raise SettingsError("qfits.record_created is after "
                             "qfits.record_updated")
+
+
+def _check_identifiers(settings: Settings) -> None:
+    """Refuse IVOIDs that are malformed, or that two records would share.
+
+    The service's and the registry's identifiers need a path: the bare
+    ``ivo://authority`` is the authority's record.
+    """
+    for key, value in (("ivoid", settings.ivoid),
+                       ("registry_ivoid", settings.registry_ivoid)):
+        if value and not IVOID.fullmatch(value):
+            raise SettingsError(
+                f"qfits.{key}: {value!r} is not an IVOA identifier "
+                "(ivo://authority/path, e.g. ivo://example.org/qfits)")
+        if value and "/" not in value.removeprefix("ivo://"):
+            raise SettingsError(
+                f"qfits.{key}: {value!r} names an authority, not a "
+                "resource: add a path (e.g. ivo://example.org/qfits)")
+    if settings.registry_ivoid == settings.ivoid:
+        raise SettingsError("qfits.registry_ivoid must differ from "
+                            "qfits.ivoid (two records, two identifiers)")
 
 
 @dataclass(frozen=True)

@@ -522,6 +522,12 @@ GOOD = {"ivoid": IVOID, "record_publisher": "Example",
     ({"record_publisher": ""}, "qfits.record_publisher is required"),
     ({"record_contact_email": ""}, "qfits.record_contact_email is required"),
     ({"record_contact_email": "nobody"}, "not an e-mail address"),
+    ({"record_contact_email": "vo@localhost"}, "not an e-mail address"),
+    ({"ivoid": "ivo://example.org"}, "names an authority, not a resource"),
+    ({"registry_ivoid": "ivo://example.org"}, ("qfits.registry_ivoid: "
+     "'ivo://example.org' names an authority")),
+    ({"record_description": "a\x01b"}, ("qfits.record_description: "
+     "control characters")),
     ({"record_short_name": "QualityFITS-UWS-X"}, "longer than 16"),
     ({"record_subjects": " , "}, "qfits.record_subjects"),
     ({"record_title": " "}, "qfits.record_title"),
