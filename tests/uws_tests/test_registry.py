@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -452,6 +453,31 @@ def test_post(live: LiveService, xsd: etree.XMLSchema) -> None:
     assert "at most 65536 bytes" in r.text
     r = live.http.delete(f"{live.url}/oai", timeout=TIMEOUT)
     assert r.status_code == 405
+
+
+def test_public_under_basic_authentication(
+        start_service: Callable[..., LiveService], xsd: etree.XMLSchema,
+        tmp_path: Path) -> None:
+    """A harvester has no account: the record and /oai need none."""
+    users = tmp_path / "users"
+    # As an operator adds a user (tests/uws_tests/test_auth.py).
+    done = subprocess.run(
+        [sys.executable, "-m", "uws.auth", str(users), "alice"],
+        input="a long enough password\n", text=True, capture_output=True,
+        check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    live = start_service(threads=4, **REGISTRY, auth="basic",
+                         auth_user_file=str(users))
+    anonymous = requests.Session()
+    try:
+        assert anonymous.get(live.jobs, timeout=TIMEOUT).status_code == 401
+        valid(xsd, anonymous.get(f"{live.url}/resource.xml",
+                                 timeout=TIMEOUT))
+        root = valid(xsd, anonymous.post(
+            f"{live.url}/oai", data={"verb": "Identify"}, timeout=TIMEOUT))
+        assert root.find("oai:Identify", NS) is not None
+    finally:
+        anonymous.close()
 
 
 def test_authority_managed_elsewhere(
