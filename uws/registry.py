@@ -28,7 +28,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from lxml import etree
 from lxml.builder import ElementMaker
@@ -42,9 +42,6 @@ from uws.xml import (
     VS_NS,
     XSI_NS,
 )
-
-if TYPE_CHECKING:
-    from uws.settings import Settings
 
 __all__ = [
     "IVOID",
@@ -79,6 +76,42 @@ _NSMAP: Final = {"ri": RI_NS, "vr": VR_NS, "vs": VS_NS, "vg": VG_NS,
 _RI: Final = ElementMaker(namespace=RI_NS, nsmap=_NSMAP)
 _E: Final = ElementMaker()
 _XSI_TYPE: Final = f"{{{XSI_NS}}}type"
+
+
+class Settings(Protocol):
+    """The settings the records are written from (`uws.settings`).
+
+    A protocol, so that `uws.settings` may use this module's checks
+    without the two importing each other.  Read-only: the settings are
+    a frozen dataclass.
+    """
+
+    @property
+    def ivoid(self) -> str: ...
+    @property
+    def registry_ivoid(self) -> str: ...
+    @property
+    def registry_authority(self) -> bool: ...
+    @property
+    def record_title(self) -> str: ...
+    @property
+    def record_short_name(self) -> str: ...
+    @property
+    def record_publisher(self) -> str: ...
+    @property
+    def record_contact_name(self) -> str: ...
+    @property
+    def record_contact_email(self) -> str: ...
+    @property
+    def record_description(self) -> str: ...
+    @property
+    def record_subjects(self) -> str: ...
+    @property
+    def record_reference_url(self) -> str: ...
+    @property
+    def record_created(self) -> str: ...
+    @property
+    def record_updated(self) -> str: ...
 
 
 def parse_record_time(text: str, key: str) -> datetime | None:
