@@ -177,11 +177,9 @@ class RecordSettings:
                                     "qfits.record_updated")
         if updated is None:
             updated = max(start, created or start)
-        authority = "ivo://" + settings.ivoid[6:].split("/")[0]
         return cls(
             ivoid=settings.ivoid,
-            registry_ivoid=(settings.registry_ivoid
-                            or f"{authority}/registry"),
+            registry_ivoid=_registry_ivoid(settings),
             manage_authority=settings.registry_authority,
             title=settings.record_title,
             short_name=settings.record_short_name,
@@ -270,9 +268,16 @@ def _check_identifiers(settings: Settings) -> None:
             raise SettingsError(
                 f"qfits.{key}: {value!r} names an authority, not a "
                 "resource: add a path (e.g. ivo://example.org/qfits)")
-    if settings.registry_ivoid == settings.ivoid:
-        raise SettingsError("qfits.registry_ivoid must differ from "
-                            "qfits.ivoid (two records, two identifiers)")
+    if _registry_ivoid(settings) == settings.ivoid:
+        raise SettingsError(
+            f"qfits.registry_ivoid ({_registry_ivoid(settings)}) must "
+            "differ from qfits.ivoid (two records, two identifiers)")
+
+
+def _registry_ivoid(settings: Settings) -> str:
+    """Return the registry's IVOID (default: ``ivo://{authority}/registry``)."""
+    authority = settings.ivoid.removeprefix("ivo://").split("/")[0]
+    return settings.registry_ivoid or f"ivo://{authority}/registry"
 
 
 @dataclass(frozen=True)

@@ -544,7 +544,10 @@ GOOD = {"ivoid": IVOID, "record_publisher": "Example",
      "not an IVOA identifier")),
     ({"ivoid": "ivo://ex"}, "qfits.ivoid"),
     ({"registry_ivoid": "http://example.org/reg"}, "qfits.registry_ivoid"),
-    ({"registry_ivoid": IVOID}, "qfits.registry_ivoid must differ"),
+    ({"registry_ivoid": IVOID}, ("qfits.registry_ivoid (ivo://example.org/"
+     "qfits) must differ")),
+    ({"ivoid": "ivo://example.org/registry"}, ("qfits.registry_ivoid "
+     "(ivo://example.org/registry) must differ")),
     ({"record_publisher": ""}, "qfits.record_publisher is required"),
     ({"record_contact_email": ""}, "qfits.record_contact_email is required"),
     ({"record_contact_email": "nobody"}, "not an e-mail address"),
