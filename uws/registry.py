@@ -127,13 +127,13 @@ def parse_record_time(text: str, key: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).replace(microsecond=0)
+    except (ValueError, OverflowError):
         raise SettingsError(
-            f"{key}: {text!r} is not an ISO 8601 instant (e.g. "
-            "2026-01-02T03:04:05Z)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).replace(microsecond=0)
+            f"{key}: {text!r} is not an ISO 8601 instant of the years "
+            "1 to 9999 (e.g. 2026-01-02T03:04:05Z)") from None
 
 
 @dataclass(frozen=True)

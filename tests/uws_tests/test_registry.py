@@ -562,6 +562,8 @@ GOOD = {"ivoid": IVOID, "record_publisher": "Example",
     ({"record_title": " "}, "qfits.record_title"),
     ({"record_reference_url": "docs"}, "qfits.record_reference_url"),
     ({"record_updated": "last week"}, "qfits.record_updated: 'last week'"),
+    ({"record_created": "0001-01-01T00:00:00+14:00"},
+     "qfits.record_created: '0001-01-01T00:00:00+14:00' is not"),
     ({"record_created": "2026-02-01", "record_updated": "2026-01-01"},
      "qfits.record_created is after"),
 ])
