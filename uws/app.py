@@ -21,6 +21,7 @@ from uws.security import TWEEN_OVER
 from uws.service import JobService
 from uws.settings import Settings, SettingsError
 from uws.store import JobStore, SchemaError
+from uws.vo_views import VO_ROUTES
 from uws.web import STATIC, WEB_ROUTES
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,12 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
                                    or secrets.token_bytes(32))
     config.add_tween("uws.security.origin_tween_factory",
                      over=TWEEN_OVER)
-    for name, pattern in (*ROUTES, *WEB_ROUTES):
+    for name, pattern in (*ROUTES, *WEB_ROUTES, *VO_ROUTES):
         config.add_route(name, pattern)
     config.add_static_view("static", str(STATIC), cache_max_age=3600)
     config.scan("uws.views")
     config.scan("uws.web")
+    config.scan("uws.vo_views")
     app = config.make_wsgi_app()
     service.recover()
     service.start()

@@ -29,6 +29,7 @@ from pbs_bridge.config import (
 )
 from pbs_bridge.runner import runner_class
 from uws.auth import policy_class
+from uws.registry import check_settings as check_registry
 
 __all__ = ["PREFIX", "Settings", "SettingsError", "human_bytes",
            "parse_duration", "parse_size"]
@@ -129,6 +130,37 @@ class Settings:
     #: (their ``settings_type``), read from the same keys.
     runner_settings: Any = field(default=None, repr=False, compare=False)
     auth_settings: Any = field(default=None, repr=False, compare=False)
+    #: The VO registry (`uws.registry`, ``/resource.xml`` and ``/oai``):
+    #: the service's IVOA identifier (empty: no record, both 404), the
+    #: publishing registry's own (empty: ``ivo://{authority}/registry``)
+    #: and whether it manages (and describes) the service's authority.
+    ivoid: str = option("", "str")
+    registry_ivoid: str = option("", "str")
+    registry_authority: bool = option(default=True, kind="bool")
+    #: What the records say: title, short name (16 characters at most),
+    #: publisher, contact (name: the publisher's when empty), a
+    #: description, subjects (separated by commas), the page describing
+    #: the service (empty: the web page) and when the record was
+    #: created and last changed (ISO 8601; empty: the process's start).
+    record_title: str = option("QualityFITS-UWS image quality assessment",
+                               "str")
+    record_short_name: str = option("QualityFITS", "str")
+    record_publisher: str = option("", "str")
+    record_contact_name: str = option("", "str")
+    record_contact_email: str = option("", "str")
+    record_description: str = option(
+        "Assesses the quality of astronomical CCD images (FITS, single "
+        "exposures or mosaics): seeing (PSF FWHM and ellipticity across "
+        "the field), sky background and its noise, limiting depth, "
+        "cosmic rays and defects, with per-CCD tables, plots and a "
+        "report, in the manner of the TERAPIX QualityFITS tool.  Jobs "
+        "are submitted through the IVOA UWS 1.1 protocol.", "str")
+    record_subjects: str = option(
+        "Astronomical instrumentation, Astronomical techniques, "
+        "Photometry, Astrometry", "str")
+    record_reference_url: str = option("", "str")
+    record_created: str = option("", "str")
+    record_updated: str = option("", "str")
 
     @classmethod
     def from_ini(cls, settings: dict[str, Any]) -> Settings:
@@ -177,6 +209,7 @@ class Settings:
                 f"{PREFIX}base_url: {self.base_url!r} is not an http(s) "
                 "URL")
         self._check_smtp()
+        check_registry(self)
 
     def _check_smtp(self) -> None:
         if self.smtp_host and not _HOST.match(self.smtp_host):

@@ -364,7 +364,11 @@ def availability_view(request: Any) -> Response:
 def capabilities_view(request: Any) -> Response:
     """VOSI capabilities."""
     allow_methods(request, "GET", "HEAD")
-    return _xml(xml.capabilities_document(base_url(request)))
+    base = base_url(request)
+    # The VOResource record, when there is one (``qfits.ivoid``).
+    record = f"{base}/resource.xml" if service_of(
+        request).settings.ivoid else None
+    return _xml(xml.capabilities_document(base, record_url=record))
 
 
 # -- files -------------------------------------------------------------

@@ -432,7 +432,8 @@ def _capabilities(entries: Iterable[tuple[str, str]]) -> etree._Element:
                                for standard_id, url in entries))
 
 
-def capabilities_document(base_url: str) -> bytes:
+def capabilities_document(base_url: str, *,
+                          record_url: str | None = None) -> bytes:
     """Return the VOSI capabilities document (``GET …/capabilities``).
 
     Declares the capabilities endpoint itself, availability, and the
@@ -443,6 +444,10 @@ def capabilities_document(base_url: str) -> bytes:
     base_url : str
         Absolute public URL of the service; the endpoints are
         ``{base_url}/capabilities``, ``/availability`` and ``/jobs``.
+    record_url : str, optional
+        URL of the service's VOResource record (``/resource.xml``):
+        declared, when given, as a capability without a standardID
+        (VOSI defines none for it), described in words.
 
     Returns
     -------
@@ -450,8 +455,16 @@ def capabilities_document(base_url: str) -> bytes:
         UTF-8 XML with declaration.
     """
     base = base_url.rstrip("/")
-    return _serialise(_capabilities((
+    root = _capabilities((
         (CAPABILITIES_ID, f"{base}/capabilities"),
         (AVAILABILITY_ID, f"{base}/availability"),
         (UWS_ID, f"{base}/jobs"),
-    )))
+    ))
+    if record_url is not None:
+        root.append(_PLAIN.capability(
+            _PLAIN.description("The VOResource record of this service "
+                               "(ri:Resource), as its publishing "
+                               "registry gives it (OAI-PMH: /oai)."),
+            _PLAIN.interface(_PLAIN.accessURL(record_url, use="full"),
+                             {_XSI_TYPE: "vs:ParamHTTP"})))
+    return _serialise(root)
