@@ -25,6 +25,7 @@ from typing import IO, Any, NoReturn
 from qualityfits._version import __version__
 from qualityfits.config import QualityConfig
 from qualityfits.errors import InvalidParameterError, QualityFitsError
+from qualityfits.grades import MEANING
 from qualityfits.io import image_stem, primary_header
 from qualityfits.parameters import PARAMETERS, QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
@@ -224,6 +225,10 @@ def summary_text(report: QualityReport) -> str:
         lines.append(f"* {why}")
     lines.extend(f"FAILED {ext.name}: {ext.error.message}"
                  for ext in report.extensions if ext.error is not None)
+    grade = report.exposure.grade
+    why = "; ".join(grade.reasons) or "no defect found"
+    lines.append(f"grade {grade.letter} ({MEANING[grade.letter]}): {why}")
+    lines.extend(f"note: {n}" for n in grade.notes)
     notes = sorted({n for e in report.extensions for n in e.notes})
     lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines)

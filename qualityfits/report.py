@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from qualityfits.background import Background
 from qualityfits.classify import Counts
 from qualityfits.config import QualityConfig
+from qualityfits.grades import Grade
 from qualityfits.metrics import METRIC_BY_NAME, METRICS
 from qualityfits.psf import PsfGrid, PsfModel
 
@@ -248,6 +249,9 @@ class ExposureReport:
         coordinates of three outer corners of its data section: X00,
         Y00 (corner of the first pixel), X10, Y10 (end of the first
         row), X01, Y01 (start of the last row).
+    grade : Grade
+        The exposure's grade, A to D, with its reasons
+        (`qualityfits.grades`).
     """
 
     metrics: Mapping[str, Mapping[str, float]]
@@ -256,6 +260,7 @@ class ExposureReport:
     placement: str
     mosaic_psf: Table
     layout: Table
+    grade: Grade
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
@@ -268,6 +273,7 @@ class ExposureReport:
         return _json({
             "metrics": {k: dict(v) for k, v in self.metrics.items()},
             "flags": list(self.flags),
+            "grade": self.grade.to_dict(),
             "ccd_flags": {k: list(v) for k, v in self.ccd_flags.items()},
             "placement": self.placement,
             "mosaic_psf": {
