@@ -240,7 +240,7 @@ class QualityConfig:
             raise InvalidParameterError(
                 f"unknown config key(s): {', '.join(unknown)}"
             )
-        kwargs = {
+        kwargs: dict[str, Any] = {
             key: tuple(value) if isinstance(value, list) else value
             for key, value in values.items()
         }

@@ -62,6 +62,10 @@ FLAG_CAPS: Final = {
 }
 
 
+#: The reason of an exposure whose FWHM was withheld on every CCD.
+NO_SEEING: Final = "seeing not measured: no CCD has enough PSF stars"
+
+
 @dataclass(frozen=True)
 class Grade:
     """The grade of one exposure.
@@ -125,44 +129,32 @@ def grade_exposure(medians: Mapping[str, float], *,
     caps: list[tuple[str, str]] = []
     notes: list[str] = []
 
-    fwhm = float(medians.get("FWHM_ARCSEC", math.nan))
-    fwhm_pix = float(medians.get("FWHM_PIX", math.nan))
-    limits = config.grade_fwhm_arcsec
-    if math.isfinite(fwhm):
-        letter = _cap(fwhm, limits)
+    def limit_rule(value: float, limits: Sequence[float], what: str,
+                   unit: str, digits: int, scale: float = 1.0) -> None:
+        letter = _cap(value, limits)
         if letter != "A":
             limit = limits[LETTERS.index(letter) - 1]
-            caps.append((letter, f"FWHM {_number(fwhm, 2)}″ > "
-                                 f"{_number(limit, 2)}″"))
+            shown = _number(scale * value, digits)
+            bound = _number(scale * limit, digits)
+            caps.append((letter, f"{what} {shown}{unit} > {bound}{unit}"))
+
+    fwhm = float(medians.get("FWHM_ARCSEC", math.nan))
+    fwhm_pix = float(medians.get("FWHM_PIX", math.nan))
+    if math.isfinite(fwhm):
+        limit_rule(fwhm, config.grade_fwhm_arcsec, "FWHM", "″", 2)
     elif math.isfinite(fwhm_pix):
         notes.append(f"seeing not graded: no pixel scale (FWHM "
                      f"{_number(fwhm_pix, 2)} px)")
     else:
-        caps.append(("C", "seeing not measured: no CCD has enough PSF "
-                          "stars"))
-
+        caps.append(("C", NO_SEEING))
     ell = float(medians.get("ELLIPTICITY", math.nan))
-    limits = config.grade_ellipticity
     if math.isfinite(ell):
-        letter = _cap(ell, limits)
-        if letter != "A":
-            limit = limits[LETTERS.index(letter) - 1]
-            caps.append((letter, f"ellipticity {_number(ell, 3)} > "
-                                 f"{_number(limit, 3)}"))
-
+        limit_rule(ell, config.grade_ellipticity, "ellipticity", "", 3)
     if n_ccds > 0 and n_failed > 0:
-        frac = n_failed / n_ccds
-        limits = config.grade_missing_frac
-        letter = _cap(frac, limits)
-        if letter != "A":
-            limit = limits[LETTERS.index(letter) - 1]
-            caps.append((letter, f"{n_failed} of {n_ccds} CCDs not "
-                                 f"assessed ({_number(100 * frac, 1)} % > "
-                                 f"{_number(100 * limit, 1)} %)"))
-
-    for flag in flags:
-        if flag in FLAG_CAPS:
-            caps.append(FLAG_CAPS[flag])
+        limit_rule(n_failed / n_ccds, config.grade_missing_frac,
+                   f"{n_failed} of {n_ccds} CCDs not assessed:", " %", 1,
+                   scale=100.0)
+    caps.extend(FLAG_CAPS[flag] for flag in flags if flag in FLAG_CAPS)
 
     if not caps:
         return Grade("A", (), tuple(notes))

@@ -24,7 +24,8 @@ from qualityfits.metrics import QA_FLAGS
 from qualityfits.presentation import ccd_table, pictures, previews
 from qualityfits.report import QualityReport
 
-_STYLE = """
+#: The style sheet of the report page (the run page reuses it).
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto;
        max-width: 72em; padding: 0 1em; color: #1a1a1a; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
@@ -162,7 +163,7 @@ def write_report(report: QualityReport, path: Path, stem: str,
                E.META(name="viewport",
                       content="width=device-width, initial-scale=1"),
                E.TITLE(f"QualityFITS: {report.image}"),
-               E.STYLE(_STYLE)),
+               E.STYLE(STYLE)),
         E.BODY(*body),
         lang="en",
     )

@@ -305,6 +305,10 @@ class QualityReport:
         The inputs: flat, mask, zeropoint, pixscale as given.
     versions : Mapping
         Software versions.
+    observation : Mapping
+        When, through which filter, how long and at what airmass the
+        exposure was taken, as its header says
+        (`qualityfits.observation.observation`; None where it does not).
     """
 
     image: str
@@ -313,11 +317,14 @@ class QualityReport:
     config: QualityConfig
     parameters: Mapping[str, Any]
     versions: Mapping[str, str]
+    observation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
         object.__setattr__(self, "parameters", _readonly(self.parameters))
         object.__setattr__(self, "versions", _readonly(self.versions))
+        object.__setattr__(self, "observation",
+                           _readonly(self.observation))
 
     @property
     def failed(self) -> tuple[ExtensionReport, ...]:
@@ -330,6 +337,7 @@ class QualityReport:
             "image": self.image,
             "versions": dict(self.versions),
             "parameters": dict(self.parameters),
+            "observation": dict(self.observation),
             "config": self.config.to_dict(),
             "n_extensions": len(self.extensions),
             "n_failed": len(self.failed),
