@@ -96,6 +96,9 @@ class WorkerSpec:
     decompressed_limit: int = 2 * 10**9
     pixel_limit: int = 500 * 10**6
     run_id: str | None = None
+    #: `qualityfits.QualityConfig` values the service sets for every job
+    #: (its ``qfits.grade_*`` limits); the rest keep their defaults.
+    config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Return the versioned JSON document."""

@@ -57,6 +57,7 @@ from pbs_bridge.jobfolder import (
     write_atomic,
 )
 from qualityfits._version import __version__
+from qualityfits.config import QualityConfig
 from qualityfits.errors import (
     InternalError,
     InvalidImageError,
@@ -590,6 +591,7 @@ class Job:
             report = assess(
                 image, flat=inputs.get("flat"), mask=inputs.get("mask"),
                 parameters=QualityParameters.from_json(spec.parameters),
+                config=QualityConfig.from_dict(spec.config),
                 jobs=spec.ccd_jobs or None,
                 progress=self.progress.ccd_event, maps_dir=maps_dir)
             self.progress.pipeline_done()

@@ -20,11 +20,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from qualityfits._version import __version__
-from qualityfits.config import QualityConfig
-from qualityfits.errors import InvalidParameterError, QualityFitsError
+from qualityfits.cliutil import OneLineParser, config_from_pairs
+from qualityfits.errors import QualityFitsError
+from qualityfits.grades import MEANING
 from qualityfits.io import image_stem, primary_header
 from qualityfits.parameters import PARAMETERS, QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
@@ -33,16 +34,8 @@ from qualityfits.products import write_products
 from qualityfits.report import QualityReport
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors in one line, like every other error (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print ``qualityfits: error: ...`` and exit with status 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="qualityfits",
         description="Assess the quality of a flat-fielded FITS image: sky, "
         "PSF FWHM and ellipticity, PSF model, star and galaxy counts.",
@@ -74,34 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version",
                    version=f"%(prog)s {__version__}")
     return p
-
-
-def _config(pairs: Sequence[str]) -> QualityConfig:
-    defaults = QualityConfig().to_dict()
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep_, raw = pair.partition("=")
-        key = key.strip()
-        if not sep_ or key not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise InvalidParameterError(
-                f"--set {pair!r}: expected KEY=VALUE with KEY one of {known}"
-            )
-        default = defaults[key]
-        try:
-            if isinstance(default, list):
-                values[key] = [float(v) for v in raw.split(",")]
-            elif isinstance(default, bool):
-                values[key] = raw.lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                values[key] = int(raw)
-            else:
-                values[key] = float(raw)
-        except ValueError:
-            raise InvalidParameterError(
-                f"--set {pair!r}: {raw!r} is not a valid value for {key}"
-            ) from None
-    return QualityConfig.from_dict(values)
 
 
 class _Progress:
@@ -224,13 +189,26 @@ def summary_text(report: QualityReport) -> str:
         lines.append(f"* {why}")
     lines.extend(f"FAILED {ext.name}: {ext.error.message}"
                  for ext in report.extensions if ext.error is not None)
+    grade = report.exposure.grade
+    why = "; ".join(grade.reasons) or "no defect found"
+    lines.append(f"grade {grade.letter} ({MEANING[grade.letter]}): {why}")
+    lines.extend(f"note: {n}" for n in grade.notes)
     notes = sorted({n for e in report.extensions for n in e.notes})
     lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status.
+
+    ``qualityfits run IMAGE...`` assesses a run (`qualityfits.runcli`);
+    a file named ``run`` is ``./run``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        from qualityfits.runcli import main as run_main  # noqa: PLC0415
+
+        return run_main(argv[1:])
     args = _parser().parse_args(argv)
     stem = image_stem(args.image)
     # Where the workers write each CCD's maps until they are joined;
@@ -250,7 +228,7 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
     if not args.no_progress and sys.stderr.isatty():
         progress = _Progress(args.image, sys.stderr)
     try:
-        config = _config(args.set)
+        config = config_from_pairs(args.set)
         parameters = QualityParameters.from_text(
             {param.name: getattr(args, param.name) for param in PARAMETERS})
         outdir = Path(args.outdir)

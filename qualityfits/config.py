@@ -7,6 +7,7 @@ TERAPIX grading comments.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -113,6 +114,14 @@ class QualityConfig:
     cr_heavy : float
         ``CR_HEAVY`` when the fraction of PSF stars whose core is hit by
         a cosmic ray exceeds this.
+    grade_fwhm_arcsec : tuple of float
+        The exposure's grade (`qualityfits.grades`) is at best B, C, D
+        when its median FWHM exceeds the first, second, third value
+        [arcsec].
+    grade_ellipticity : tuple of float
+        The same limits for the median (A-B)/(A+B).
+    grade_missing_frac : tuple of float
+        The same limits for the fraction of CCDs not assessed.
     """
 
     back_size: int = 64
@@ -150,6 +159,9 @@ class QualityConfig:
     bkg_noise_excess: float = 1.5
     cosmic_rays: bool = True
     cr_heavy: float = 0.1
+    grade_fwhm_arcsec: tuple[float, float, float] = (1.0, 1.2, 2.0)
+    grade_ellipticity: tuple[float, float, float] = (0.05, 0.1, 0.2)
+    grade_missing_frac: tuple[float, float, float] = (0.0, 0.1, 0.5)
 
     def __post_init__(self) -> None:
         """Check every value; raise `InvalidParameterError` if one is bad."""
@@ -196,6 +208,16 @@ class QualityConfig:
                 f"config class_confidence must be in (0.5, 1), got "
                 f"{self.class_confidence!r}"
             )
+        for name in ("grade_fwhm_arcsec", "grade_ellipticity",
+                     "grade_missing_frac"):
+            limits = getattr(self, name)
+            if (len(limits) != 3 or not all(math.isfinite(v) and v >= 0
+                                             for v in limits)
+                    or list(limits) != sorted(limits)):
+                raise InvalidParameterError(
+                    f"config {name} must be three increasing limits >= 0 "
+                    f"(grades B, C, D), got {limits!r}"
+                )
         if not 0 < self.deblend_cont <= 1:
             raise InvalidParameterError(
                 f"config deblend_cont must be in (0, 1], got "
@@ -218,7 +240,8 @@ class QualityConfig:
             raise InvalidParameterError(
                 f"unknown config key(s): {', '.join(unknown)}"
             )
-        kwargs = dict(values)
-        if "psf_fwhm_range" in kwargs:
-            kwargs["psf_fwhm_range"] = tuple(kwargs["psf_fwhm_range"])
+        kwargs: dict[str, Any] = {
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in values.items()
+        }
         return cls(**kwargs)

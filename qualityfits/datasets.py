@@ -2256,6 +2256,16 @@ def _parser() -> argparse.ArgumentParser:
         help="bad columns per CCD (half dead, half hot; default 0)",
     )
     parser.add_argument(
+        "--mjd-obs",
+        type=float,
+        metavar="MJD",
+        help="start of the exposure, written as MJD-OBS and DATE-OBS "
+        "(default: none, as the header of an undated image)",
+    )
+    parser.add_argument(
+        "--airmass", type=float, help="airmass, written as AIRMASS"
+    )
+    parser.add_argument(
         "--layout",
         choices=LAYOUTS,
         help=(
@@ -2273,6 +2283,27 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="worker processes (default 1)"
     )
     return parser
+
+
+def _date(path: Path, mjd: float | None, airmass: float | None) -> None:
+    """Write when and at what airmass the exposure was taken."""
+    if mjd is not None:
+        if not (math.isfinite(mjd) and 0 < mjd < 100_000):
+            raise InvalidParameterError(
+                f"--mjd-obs: {mjd} is not a modified Julian date")
+        from astropy.time import Time  # noqa: PLC0415
+
+        fits.setval(path, "MJD-OBS", value=mjd,
+                    comment="[d] start of the exposure (simulated)")
+        fits.setval(path, "DATE-OBS",
+                    value=Time(mjd, format="mjd", scale="utc").isot,
+                    comment="start of the exposure, UTC (simulated)")
+    if airmass is not None:
+        if not (math.isfinite(airmass) and airmass >= 1):
+            raise InvalidParameterError(
+                f"--airmass: {airmass} is below 1")
+        fits.setval(path, "AIRMASS", value=airmass,
+                    comment="airmass (simulated)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -2327,6 +2358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs=args.jobs,
             truth=args.truth,
         )
+        _date(path, args.mjd_obs, args.airmass)
     except InvalidParameterError as exc:
         print(f"qualityfits-simulate: error: {exc}", file=sys.stderr)
         return 2

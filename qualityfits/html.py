@@ -18,12 +18,14 @@ from typing import Any
 from lxml import etree
 from lxml.html import builder as E  # noqa: N812 - lxml's own idiom
 
+from qualityfits.grades import MEANING
 from qualityfits.manifest import Product
 from qualityfits.metrics import QA_FLAGS
 from qualityfits.presentation import ccd_table, pictures, previews
 from qualityfits.report import QualityReport
 
-_STYLE = """
+#: The style sheet of the report page (the run page reuses it).
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto;
        max-width: 72em; padding: 0 1em; color: #1a1a1a; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
@@ -42,6 +44,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figcaption { font-size: 0.85em; color: #444; }
 .wide { overflow-x: auto; }
 .note { font-size: 0.9em; color: #444; }
+.grade { display: inline-block; min-width: 1.6em; text-align: center;
+         font-weight: bold; border-radius: 4px; color: #fff; }
+.grade-A { background: #176b1d; } .grade-B { background: #5b7f16; }
+.grade-C { background: #a35d00; } .grade-D { background: #b42318; }
 """
 
 def _summary_table(report: QualityReport) -> Any:
@@ -99,6 +105,15 @@ def _products_table(products: Sequence[Product]) -> Any:
         E.TBODY(*rows)), E.CLASS("wide"))
 
 
+def _grade(report: QualityReport) -> Any:
+    grade = report.exposure.grade
+    head = E.P(E.SPAN(grade.letter, E.CLASS(f"grade grade-{grade.letter}")),
+               f" {MEANING[grade.letter]}", E.CLASS("grade-line"))
+    items = [E.LI(r) for r in grade.reasons]
+    items += [E.LI(n, E.CLASS("note")) for n in grade.notes]
+    return E.DIV(head, E.UL(*items)) if items else head
+
+
 def write_report(report: QualityReport, path: Path, stem: str,
                  products: Sequence[Product]) -> None:
     """Write the report page ``path`` linking ``products``."""
@@ -113,6 +128,7 @@ def write_report(report: QualityReport, path: Path, stem: str,
         E.P(f"{len(report.extensions)} extension(s), "
             f"{len(report.failed)} failed; qualityfits "
             f"{report.versions.get('qualityfits', '?')}."),
+        E.H2("Grade"), _grade(report),
         E.H2("Quality flags"),
         E.UL(*(E.LI(E.SPAN(f, E.CLASS("flag")), f": {meaning.get(f, '')}")
                for f in flags)) if flags
@@ -147,7 +163,7 @@ def write_report(report: QualityReport, path: Path, stem: str,
                E.META(name="viewport",
                       content="width=device-width, initial-scale=1"),
                E.TITLE(f"QualityFITS: {report.image}"),
-               E.STYLE(_STYLE)),
+               E.STYLE(STYLE)),
         E.BODY(*body),
         lang="en",
     )

@@ -26,6 +26,7 @@ from astropy.wcs import WCS
 from numpy.typing import NDArray
 
 from qualityfits.config import QualityConfig
+from qualityfits.grades import grade_exposure
 from qualityfits.io import ImageExtension, parse_section
 from qualityfits.metrics import METRICS
 from qualityfits.report import ExposureReport, ExtensionReport
@@ -262,9 +263,12 @@ def aggregate(exts: Sequence[ImageExtension],
     if len(ok) < len(reports):
         flags.append("MISSING_CCD")
         ccd_flags["MISSING_CCD"] = [r.name for r in reports if not r.ok]
+    grade = grade_exposure(med, flags=flags, n_ccds=len(reports),
+                           n_failed=len(reports) - len(ok), config=config)
     return ExposureReport(
         metrics=metrics,
         flags=tuple(flags),
+        grade=grade,
         ccd_flags={k: tuple(v) for k, v in ccd_flags.items()},
         placement=kind,
         mosaic_psf=table,

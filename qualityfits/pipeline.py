@@ -92,6 +92,7 @@ from qualityfits.io import (
 )
 from qualityfits.metrics import METRICS, qa_flags, withhold
 from qualityfits.mosaic import aggregate, celestial_wcs
+from qualityfits.observation import observation
 from qualityfits.parallel import (
     Poster,
     ProgressCallback,
@@ -1112,6 +1113,7 @@ def assess(
             "mask_convention": convention,
         },
         versions=_versions(),
+        observation=observation(exts[0].header),
     )
     if not any(r.ok for r in reports):
         _raise_all_failed(reports, display)

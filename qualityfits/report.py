@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from qualityfits.background import Background
 from qualityfits.classify import Counts
 from qualityfits.config import QualityConfig
+from qualityfits.grades import Grade
 from qualityfits.metrics import METRIC_BY_NAME, METRICS
 from qualityfits.psf import PsfGrid, PsfModel
 
@@ -248,6 +249,9 @@ class ExposureReport:
         coordinates of three outer corners of its data section: X00,
         Y00 (corner of the first pixel), X10, Y10 (end of the first
         row), X01, Y01 (start of the last row).
+    grade : Grade
+        The exposure's grade, A to D, with its reasons
+        (`qualityfits.grades`).
     """
 
     metrics: Mapping[str, Mapping[str, float]]
@@ -256,6 +260,7 @@ class ExposureReport:
     placement: str
     mosaic_psf: Table
     layout: Table
+    grade: Grade
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
@@ -268,6 +273,7 @@ class ExposureReport:
         return _json({
             "metrics": {k: dict(v) for k, v in self.metrics.items()},
             "flags": list(self.flags),
+            "grade": self.grade.to_dict(),
             "ccd_flags": {k: list(v) for k, v in self.ccd_flags.items()},
             "placement": self.placement,
             "mosaic_psf": {
@@ -299,6 +305,10 @@ class QualityReport:
         The inputs: flat, mask, zeropoint, pixscale as given.
     versions : Mapping
         Software versions.
+    observation : Mapping
+        When, through which filter, how long and at what airmass the
+        exposure was taken, as its header says
+        (`qualityfits.observation.observation`; None where it does not).
     """
 
     image: str
@@ -307,11 +317,14 @@ class QualityReport:
     config: QualityConfig
     parameters: Mapping[str, Any]
     versions: Mapping[str, str]
+    observation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
         object.__setattr__(self, "parameters", _readonly(self.parameters))
         object.__setattr__(self, "versions", _readonly(self.versions))
+        object.__setattr__(self, "observation",
+                           _readonly(self.observation))
 
     @property
     def failed(self) -> tuple[ExtensionReport, ...]:
@@ -324,6 +337,7 @@ class QualityReport:
             "image": self.image,
             "versions": dict(self.versions),
             "parameters": dict(self.parameters),
+            "observation": dict(self.observation),
             "config": self.config.to_dict(),
             "n_extensions": len(self.extensions),
             "n_failed": len(self.failed),

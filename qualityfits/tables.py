@@ -285,6 +285,14 @@ def exposure_table(report: QualityReport) -> TableSpec:
     columns.append(_text(
         "QA_FLAGS", [",".join(report.exposure.flags)], "meta.code.qual",
         "Exposure QA flags, comma-separated (docs/metrics.md)"))
+    grade = report.exposure.grade
+    columns.append(_text(
+        "GRADE", [grade.letter], "meta.code.qual",
+        "Grade of the exposure: A good, B usable with a defect, C poor, "
+        "D unusable (docs/metrics.md, Grades)"))
+    columns.append(_text(
+        "GRADE_REASONS", ["; ".join(grade.reasons)], "meta.note",
+        "Why the grade is below A, worst first, semicolon-separated"))
     return TableSpec(
         "exposure", "EXPOSURE",
         "Aggregate over the assessed extensions of the exposure, one row",

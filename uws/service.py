@@ -852,7 +852,8 @@ class JobService:
             fetch_allow=list(self.settings.fetch_allow),
             decompressed_limit=self.settings.decompressed_limit,
             pixel_limit=self.settings.pixel_limit,
-            run_id=job.run_id)
+            run_id=job.run_id,
+            config=self.settings.grade_config())
         try:
             self.folder(job.job_id).write_spec(spec)
         except OSError as exc:

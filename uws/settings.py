@@ -28,6 +28,8 @@ from pbs_bridge.config import (
     setting_keys,
 )
 from pbs_bridge.runner import runner_class
+from qualityfits.config import QualityConfig
+from qualityfits.errors import InvalidParameterError
 from uws.auth import policy_class
 from uws.registry import check_settings as check_registry
 
@@ -48,6 +50,10 @@ def human_bytes(size: int, decimals: int | None = None) -> str:
         if size >= scale:
             return f"{size / scale:{spec}} {unit}"
     return f"{size} bytes"
+
+
+#: The settings that set `QualityConfig`'s grade limits.
+GRADE_KEYS = ("grade_fwhm_arcsec", "grade_ellipticity", "grade_missing_frac")
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,14 @@ class Settings:
     #: one per process (forms opened before a restart must be
     #: reloaded; give one when several processes serve the pages).
     csrf_secret: str = option("", "str", secret=True)
+    #: The limits of the exposure grades B, C and D (`qualityfits.grades`;
+    #: three increasing numbers each; empty: QualityConfig's defaults,
+    #: 1.0 1.2 2.0 arcsec, 0.05 0.1 0.2, 0 0.1 0.5): the median FWHM, the
+    #: median ellipticity and the fraction of CCDs not assessed.  Jobs
+    #: are graded with the values set when they run.
+    grade_fwhm_arcsec: tuple[str, ...] = option((), "list")
+    grade_ellipticity: tuple[str, ...] = option((), "list")
+    grade_missing_frac: tuple[str, ...] = option((), "list")
     #: The chosen runner's and authentication policy's own settings
     #: (their ``settings_type``), read from the same keys.
     runner_settings: Any = field(default=None, repr=False, compare=False)
@@ -210,6 +224,34 @@ class Settings:
                 "URL")
         self._check_smtp()
         check_registry(self)
+        self.grade_config()
+
+    def grade_config(self) -> dict[str, list[float]]:
+        """Return the ``qfits.grade_*`` limits as QualityConfig values.
+
+        Raises
+        ------
+        SettingsError
+            When a limit is not a number, or the three are not
+            increasing limits >= 0.
+        """
+        values: dict[str, list[float]] = {}
+        for name in GRADE_KEYS:
+            words = getattr(self, name)
+            if not words:
+                continue
+            try:
+                values[name] = [float(w) for w in words]
+            except ValueError:
+                raise SettingsError(
+                    f"{PREFIX}{name}: {' '.join(words)!r} is not three "
+                    "numbers") from None
+        try:
+            QualityConfig.from_dict(values)
+        except InvalidParameterError as exc:
+            raise SettingsError(
+                f"{PREFIX}{str(exc).removeprefix('config ')}") from None
+        return values
 
     def _check_smtp(self) -> None:
         if self.smtp_host and not _HOST.match(self.smtp_host):

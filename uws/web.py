@@ -31,6 +31,7 @@ from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
 
 from qualityfits import presentation
+from qualityfits.grades import MEANING
 from qualityfits.parameters import PARAMETERS
 from uws.auth import Identity
 from uws.errors import UnknownJobError, UWSError
@@ -284,7 +285,8 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
     found = service_of(request).result_file(job.job_id, owner_of(request),
                                             SUMMARY_JSON)
     try:
-        table = presentation.ccd_table(json.loads(found.path.read_bytes()))
+        summary = json.loads(found.path.read_bytes())
+        table = presentation.ccd_table(summary)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return {"error": f"the summary cannot be read: {exc!r}"}
     return {
@@ -294,7 +296,18 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
                   "flagged": row.flagged, "failed": row.failed,
                   "median": row.median} for row in table.rows],
         "note": table.note,
+        "grade": _grade(summary),
     }
+
+
+def _grade(summary: Any) -> dict[str, Any] | None:
+    """Return the exposure's grade from a summary (None before grades)."""
+    grade = summary.get("exposure", {}).get("grade")
+    if not isinstance(grade, dict) or grade.get("letter") not in MEANING:
+        return None
+    return {"letter": grade["letter"], "meaning": MEANING[grade["letter"]],
+            "reasons": [str(r) for r in grade.get("reasons", [])],
+            "notes": [str(n) for n in grade.get("notes", [])]}
 
 
 @view_config(route_name="ui_thumb")

@@ -92,6 +92,21 @@ def leftovers(job):
     return sorted(str(p.relative_to(job)) for p in job.rglob(".*"))
 
 
+def test_the_service_grade_limits_grade_the_job(image_file, tmp_path):
+    # Limits far below any seeing: the same image graded D for its FWHM.
+    job = make_job(tmp_path, image_file,
+                   config={"grade_fwhm_arcsec": [0.01, 0.02, 0.03]})
+    result = run_worker(job)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(next((job / "results").glob("*.summary.json"))
+                         .read_text())
+    grade = summary["exposure"]["grade"]
+    assert grade["letter"] == "D"
+    assert grade["reasons"][0].startswith("FWHM ")
+    assert grade["reasons"][0].endswith("> 0.03″")
+    assert summary["config"]["grade_fwhm_arcsec"] == [0.01, 0.02, 0.03]
+
+
 # -- a good job ------------------------------------------------------------
 
 

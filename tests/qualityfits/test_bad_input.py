@@ -19,7 +19,7 @@ from astropy.io import fits
 from testkit import shared_file
 
 import qualityfits
-from qualityfits import cli
+from qualityfits.cliutil import config_from_pairs
 from qualityfits.config import QualityConfig
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.errors import (
@@ -301,12 +301,12 @@ class TestParameters:
     def test_bad_set_option(self, pair, named):
         # what the command line (and a UWS parameter) turns --set into
         with pytest.raises(InvalidParameterError) as info:
-            cli._config([pair])
+            config_from_pairs([pair])
         assert named in str(info.value)
 
     def test_bad_set_option_is_a_quality_error(self):
         with pytest.raises(QualityFitsError, match="no_such_key"):
-            cli._config(["no_such_key=1"])
+            config_from_pairs(["no_such_key=1"])
 
 
 # -- one bad CCD in a mosaic -------------------------------------------------

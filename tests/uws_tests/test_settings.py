@@ -106,6 +106,12 @@ def test_sizes(text, size):
      "qfits.smtp_user and qfits.smtp_password go together"),
     ({"smtp_password": "secret"},
      "qfits.smtp_user and qfits.smtp_password go together"),
+    ({"grade_fwhm_arcsec": "1.0 1.2 fast"},
+     "qfits.grade_fwhm_arcsec: '1.0 1.2 fast' is not three numbers"),
+    ({"grade_ellipticity": "0.2 0.1 0.3"},
+     "qfits.grade_ellipticity must be three increasing limits"),
+    ({"grade_missing_frac": "0.1 0.5"},
+     "qfits.grade_missing_frac must be three increasing limits"),
 ])
 def test_bad_settings_are_refused_naming_the_key(values, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
@@ -197,3 +203,12 @@ def test_science_packages_do_not_import_the_service():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_grade_limits_reach_the_jobs_config():
+    settings = Settings.from_ini(_ini(grade_fwhm_arcsec="0.8, 1.0, 1.5",
+                                      grade_missing_frac="0 0 0.25"))
+    assert settings.grade_config() == {
+        "grade_fwhm_arcsec": [0.8, 1.0, 1.5],
+        "grade_missing_frac": [0.0, 0.0, 0.25]}
+    assert Settings.from_ini(_ini()).grade_config() == {}

@@ -177,6 +177,10 @@ def test_a_real_image_from_upload_to_archive(start_service: Starter,
     page.click("#results-link")
     assert page.url == f"{live.url}/ui/jobs/{job_id}/results"
     page.wait_for_selector("#ccds")
+    # The exposure's grade, with its reasons when below A.
+    letter = page.inner_text("#grade .grade")
+    assert letter in ("A", "B", "C", "D")
+    assert (page.locator("#grade-reasons li").count() > 0) == (letter != "A")
     rows = page.locator("#ccds tbody tr")
     assert rows.count() == 1  # one CCD
     assert "ok" in rows.first.inner_text()
