@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lxml.html
 import pytest
 from astropy.io import fits, votable
 from pyvo.samp import (
@@ -266,3 +268,27 @@ def test_signed_in_pages_say_the_tools_do_not_get_the_sign_in(
     finally:
         context.close()
 
+
+
+def samp_buttons(live: LiveService, job_id: str) -> dict[str, Any]:
+    """Return id -> items of the SAMP buttons of a results page."""
+    answer = live.http.get(f"{live.url}/ui/jobs/{job_id}/results")
+    assert answer.status_code == 200, answer.text
+    tree = lxml.html.fromstring(answer.text)
+    return {b.get("id"): json.loads(b.get("data-samp-items"))
+            for b in tree.xpath("//button[@data-samp-mtype]")}
+
+
+def test_an_image_given_by_url_is_sent_by_its_url(live: LiveService):
+    # Pending (never run): no results yet, only the input to show.
+    image = "http://archive.example.org/raw/night1/exp042.fits"
+    job_id = live.create(IMAGE=image).rsplit("/", 1)[1]
+    buttons = samp_buttons(live, job_id)
+    assert buttons == {"samp-images": [{
+        "url": image, "id": image, "name": f"{job_id}-image",
+        "label": "image"}]}
+    # Nothing to send: no SAMP block at all.
+    bare = live.create().rsplit("/", 1)[1]
+    assert samp_buttons(live, bare) == {}
+    page_text = live.http.get(f"{live.url}/ui/jobs/{bare}/results").text
+    assert 'id="samp"' not in page_text
