@@ -177,6 +177,8 @@ def test_the_page_sends_tables_and_images_to_a_hub(
     live = start_service()
     job_id = completed_job(live, sample_image)
     job = f"{live.url}/jobs/{job_id}"
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(f"{live.url}/ui/jobs/{job_id}/results")
     # Shown by the script (hidden without it), keyboard reachable.
     assert page.is_visible("#samp-tables")
@@ -225,6 +227,15 @@ def test_the_page_sends_tables_and_images_to_a_hub(
         page.evaluate("() => qfitsSamp.unregister()")
         wait_for(lambda: "QualityFITS-UWS" not in receiver.others(), 10,
                  "the page unregistered")
+        # ... and when it goes away (a new registration, a new consent).
+        page.click("#samp-tables")
+        status(page, "Sent 2 tables")
+        assert len(dialog.asked) == 2
+        assert "QualityFITS-UWS" in receiver.others()
+        page.goto("about:blank")
+        wait_for(lambda: "QualityFITS-UWS" not in receiver.others(), 10,
+                 "the page unregistered when left")
+    assert errors == []  # no script error in the page
     # Without scripts: no button that cannot work, the rest is there.
     context = page.context.browser.new_context(java_script_enabled=False)
     try:
