@@ -74,6 +74,9 @@ SUMMARY_JSON = "summary_json"
 #: Pictures of the results page, in order: (result id, caption), as on
 #: the static report page (`qualityfits.presentation.PICTURES`).
 PICTURES = tuple((p.id, p.caption) for p in presentation.PICTURES)
+#: MIME types of the results the SAMP buttons send (`samp_items`).
+VOTABLE = "application/x-votable+xml"
+FITS = "application/fits"
 #: Steps of the processing, in words.
 STEP_WORDS = {
     "fetch": "fetch the image", "check": "check the input",
@@ -271,7 +274,39 @@ def results_page(request: Any) -> Response:
     return render(request, "results.html", job=job, links=links,
                   pictures=pictures, table=table,
                   archive=by_id.get("archive"),
-                  api=job_url(request, job.job_id))
+                  api=job_url(request, job.job_id),
+                  samp=samp_items(request, job, links))
+
+
+def samp_items(request: Any, job: Job,
+               links: list[Link]) -> dict[str, list[dict[str, str]]]:
+    """Return what the page's SAMP buttons send (``uws/static/samp.js``).
+
+    ``tables``: the VOTable results (``table.load.votable``);
+    ``images``: the input image (its upload's URL, or the URL it was
+    given by) and the FITS results that are not the FITS twin
+    (``<id>_fits``) of a VOTable (``image.load.fits``).  Each item is
+    ``{url, id, name, label}`` (``label`` the result id, for the
+    page), the URL the job's own, absolute.
+    """
+    def item(url: str, rid: str) -> dict[str, str]:
+        return {"url": url, "id": url, "name": f"{job.job_id}-{rid}",
+                "label": rid}
+
+    tables = [link for link in links if link.result.mime == VOTABLE]
+    twins = {f"{link.result.id}_fits" for link in tables}
+    images = []
+    image = next((p for p in job.parameters if p.name == "image"), None)
+    if image is not None and image.is_post:
+        images.append(item(f"{job_url(request, job.job_id)}/parameters/"
+                           "image", "image"))
+    elif image is not None and image.text.startswith(("http://",
+                                                      "https://")):
+        images.append(item(image.text, "image"))
+    images += [item(link.url, link.result.id) for link in links
+               if link.result.mime == FITS and link.result.id not in twins]
+    return {"tables": [item(link.url, link.result.id) for link in tables],
+            "images": images}
 
 
 def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
