@@ -37,11 +37,16 @@ from qualityfits._version import __version__
 from qualityfits.runplots import write_run_plots
 from qualityfits.runs import RunExposure
 from uws.auth import Identity
-from uws.errors import UnknownJobError, UsageError, UWSError
+from uws.errors import (
+    ServiceUnavailableError,
+    UnknownJobError,
+    UsageError,
+    UWSError,
+)
 from uws.model import Job
 from uws.phases import FINAL, Phase
 from uws.service import JobService
-from uws.store import ANY_OWNER
+from uws.store import ANY_OWNER, StoreError
 
 #: A RUNID that has run resources (it is a path segment of their URLs).
 SAFE_RUN_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -111,10 +116,20 @@ def find_run(service: JobService, owner: Identity, run_id: str) -> Run:
     refs = service.store.list_jobs(owner=who(owner), run_id=run_id)
     jobs = []
     for ref in refs:
+        if ref.phase in FINAL:  # served from the service's cache
+            try:
+                jobs.append(service.get(ref.job_id, owner))
+            except UnknownJobError:
+                continue  # deleted meanwhile
+            continue
+        # Not the service's get: no progress file and no quote (a quote
+        # of a queued job reads the whole queue) for each of a run.
         try:
-            jobs.append(service.get(ref.job_id, owner))
-        except UnknownJobError:
-            continue  # deleted meanwhile
+            job = service.store.get(ref.job_id)
+        except StoreError as exc:
+            raise ServiceUnavailableError(str(exc)) from exc
+        if job is not None:
+            jobs.append(job)
     if not jobs:
         raise UnknownJobError(
             f"no run {run_id!r}: none of your jobs has RUNID={run_id}")

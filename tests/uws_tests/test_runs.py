@@ -216,6 +216,8 @@ def test_the_run_page_lists_the_night_and_follows_it(
         night: LiveService, alice_page: Any, images: list[Path]):
     page = alice_page
     page.goto(f"{night.url}/ui/runs")
+    assert "3" in page.inner_text(f"#runs tr:has(a[href$='/ui/runs/{RUN}'])")
+    shot(page, "runs-0-list")
     page.click(f"#runs a[href$='/ui/runs/{RUN}']")
     page.wait_for_url(f"**/ui/runs/{RUN}")
     rows = page.locator("#run-table tbody tr")
