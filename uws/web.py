@@ -195,7 +195,7 @@ def submit_view(request: Any) -> Response:
         else:
             del form.values[name]
     run_id = form.values.get("runid")
-    if run_id is not None:
+    if run_id is not None and len(run_id) == 1:
         try:  # a run named on the form gets a page: a safe token
             check_run_id(run_id[0].strip())
         except UWSError:

@@ -24,7 +24,7 @@ import requests
 from astropy.io import fits
 from astropy.io.votable import parse
 from test_web import browser, shot  # noqa: F401 - a fixture, a helper
-from uwskit import LiveService, settings_for
+from uwskit import LiveService, error_summary, job_xml, settings_for
 
 from qualityfits.datasets import SimulationParams, simulate_image
 
@@ -176,6 +176,23 @@ def test_an_unfinished_job_is_a_row_with_its_phase(night: LiveService):
             {"COMPLETED": 3, "PENDING": 1}
     finally:
         night.http.delete(url)
+
+
+def test_a_failed_job_is_a_row_with_its_error(night: LiveService,
+                                             noise_image: Path):
+    url = night.run_image(noise_image, RUNID="failed-night")
+    assert night.wait_phase(url, {"COMPLETED", "ERROR"}) == "ERROR"
+    message = error_summary(job_xml(night, url))[2]
+    table = exposures_of(get(night, "/runs/failed-night/summary.vot",
+                             ALICE).content)
+    (row,) = table
+    assert row["PHASE"] == "ERROR"
+    assert row["ERROR"] == message
+    assert "no star usable for the PSF" in message
+    assert row["GRADE"] == ""
+    page = get(night, "/ui/runs/failed-night", ALICE).text
+    assert 'class="failed"' in page
+    assert message in html.unescape(page)
 
 
 # -- the page ---------------------------------------------------------------
