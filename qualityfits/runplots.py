@@ -130,6 +130,7 @@ def write_trends(exposures: Sequence[RunExposure], path: Path) -> Plot:
 
 def write_ccd_strip(exposures: Sequence[RunExposure], path: Path) -> Plot:
     """Draw every CCD's FWHM relative to its exposure's median."""
+    from matplotlib import colormaps  # noqa: PLC0415
     from matplotlib.colors import Normalize  # noqa: PLC0415
 
     exposures = [e for e in in_time_order(exposures) if e.ccds]
@@ -151,9 +152,10 @@ def write_ccd_strip(exposures: Sequence[RunExposure], path: Path) -> Plot:
                         max(2.6, 1.4 + 0.3 * len(exposures)))
     ax = fig.add_subplot()
     shown = np.ma.masked_invalid((rel - 1.0) * 100.0)
-    image = ax.imshow(shown, cmap="RdBu_r", aspect="auto",
+    # A copy with grey for the masked cells (set_bad is going away).
+    cmap = colormaps["RdBu_r"].with_extremes(bad="0.85")
+    image = ax.imshow(shown, cmap=cmap, aspect="auto",
                       norm=Normalize(-span, span), interpolation="nearest")
-    image.cmap.set_bad("0.85")
     ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 6
                   else 0, fontsize=8)
     ax.set_yticks(range(len(exposures)),

@@ -17,6 +17,7 @@ from pyramid.config import Configurator
 
 from pbs_bridge.runner import runner_class
 from uws.auth import make_policy
+from uws.runs_views import RUN_ROUTES
 from uws.security import TWEEN_OVER
 from uws.service import JobService
 from uws.settings import Settings, SettingsError
@@ -73,12 +74,14 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
                                    or secrets.token_bytes(32))
     config.add_tween("uws.security.origin_tween_factory",
                      over=TWEEN_OVER)
-    for name, pattern in (*ROUTES, *WEB_ROUTES, *VO_ROUTES):
+    for name, pattern in (*ROUTES, *WEB_ROUTES, *VO_ROUTES,
+                          *RUN_ROUTES):
         config.add_route(name, pattern)
     config.add_static_view("static", str(STATIC), cache_max_age=3600)
     config.scan("uws.views")
     config.scan("uws.web")
     config.scan("uws.vo_views")
+    config.scan("uws.runs_views")
     app = config.make_wsgi_app()
     service.recover()
     service.start()

@@ -205,6 +205,25 @@ class ActiveJob:
     queued_time: datetime | None
 
 
+@dataclass(frozen=True)
+class RunRef:
+    """A run (the jobs sharing a RUNID) as `JobStore.list_runs` lists it.
+
+    ``phases`` counts its jobs by phase; ``first`` and ``last`` are the
+    creation times of its oldest and newest jobs.
+    """
+
+    run_id: str
+    phases: dict[Phase, int]
+    first: datetime
+    last: datetime
+
+    @property
+    def n_jobs(self) -> int:
+        """Return the number of jobs of the run."""
+        return sum(self.phases.values())
+
+
 def _naive(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -434,7 +453,8 @@ class JobStore:
 
     def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
              after: datetime | None = None,
-             last: int | None = None) -> list[JobRef]:
+             last: int | None = None,
+             run_id: str | None = None) -> list[JobRef]:
         """List jobs, newest first.
 
         Parameters
@@ -448,6 +468,8 @@ class JobStore:
             Only jobs created strictly after this instant.
         last : int, optional
             Only the ``last`` most recent of those.
+        run_id : str, optional
+            Only the jobs of this run (RUNID).
         """
         c = jobs_table.c
         stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner,
@@ -461,6 +483,8 @@ class JobStore:
             stmt = stmt.where(c.phase != Phase.ARCHIVED.value)
         if after is not None:
             stmt = stmt.where(c.creation_time > _naive(after))
+        if run_id is not None:
+            stmt = stmt.where(c.run_id == run_id)
         stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
         if last is not None:
             stmt = stmt.limit(last)
@@ -468,6 +492,34 @@ class JobStore:
             rows = conn.execute(stmt).all()
         return [JobRef(r.job_id, Phase(r.phase), r.run_id, r.owner,
                        _aware_required(r.creation_time)) for r in rows]
+
+    def list_runs(self, *, owner: object) -> list[RunRef]:
+        """List the runs (RUNIDs) of ``owner`` as `list_jobs` sees them.
+
+        One `RunRef` per RUNID with its jobs counted by phase (ARCHIVED
+        left out), the most recently created run first.
+        """
+        c = jobs_table.c
+        stmt = sa.select(c.run_id, c.phase, sa.func.count(),
+                         sa.func.min(c.creation_time),
+                         sa.func.max(c.creation_time)).where(
+            c.run_id.is_not(None), c.phase != Phase.ARCHIVED.value)
+        if owner is not ANY_OWNER:
+            stmt = stmt.where(c.owner.is_(None) if owner is None
+                              else c.owner == owner)
+        stmt = stmt.group_by(c.run_id, c.phase)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        runs: dict[str, RunRef] = {}
+        for run_id, phase, count, first, last in rows:
+            ref = runs.get(run_id) or RunRef(
+                run_id, {}, _aware_required(first), _aware_required(last))
+            ref.phases[Phase(phase)] = int(count)
+            runs[run_id] = RunRef(
+                run_id, ref.phases, min(ref.first, _aware_required(first)),
+                max(ref.last, _aware_required(last)))
+        return sorted(runs.values(), key=lambda r: (r.last, r.run_id),
+                      reverse=True)
 
     def active(self, phases: Iterable[Phase]) -> list[ActiveJob]:
         """Jobs in these phases, in the order they were queued."""

@@ -39,6 +39,7 @@ from uws.forms import Form
 from uws.model import Job, Result
 from uws.notify import RESULTS_PAGE
 from uws.phases import FINAL, Phase
+from uws.runs import check_run_id, run_page_path
 from uws.security import TOKEN_FIELD, check_token, form_token
 from uws.settings import human_bytes
 from uws.views import (
@@ -122,6 +123,7 @@ def _span(step: Any) -> str:
 
 
 _env.filters.update(when=_when, size=_size, seconds=_seconds, span=_span)
+_env.globals.update(run_page=run_page_path)
 
 
 def render(request: Any, template: str, status: int = 200,
@@ -195,6 +197,14 @@ def submit_view(request: Any) -> Response:
             form.values[name] = kept
         else:
             del form.values[name]
+    run_id = form.values.get("runid")
+    if run_id is not None and len(run_id) == 1:
+        try:  # a run named on the form gets a page: a safe token
+            check_run_id(run_id[0].strip())
+        except UWSError:
+            form.discard()
+            raise
+        form.values["runid"] = [run_id[0].strip()]
     url = form.values.pop("image_url", None)
     if url is not None:
         form.values["image"] = url
