@@ -7,7 +7,7 @@ QA flags, and an exposure aggregate over the CCDs of a mosaic.
 
 Import boundary: the package direction of the project is
 ``uws -> pbs_bridge -> qualityfits -> votable``.  The measurement imports
-only the scientific stack (numpy, scipy, astropy, sep, photutils,
+only the scientific stack (numpy, scipy, astropy, sep,
 astroscrappy, matplotlib) and the standard library; the report's tables
 (`qualityfits.tables`, used by the product writer) import ``votable``, a
 leaf that writes generic tables.  No module imports ``uws`` or

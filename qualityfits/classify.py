@@ -17,15 +17,22 @@ radius does on undersampled images.
 
 The decision is taken against a *reference galaxy*: an exponential disc
 of half-light radius ``class_galaxy_re`` pixels seen through the local
-PSF, whose S (S_ref) is computed once per CCD.  A source is a star when
-it is closer to 0 than to S_ref and resolvable -- its σ_S small enough
-that the reference galaxy would be called a star in at most
-1 - ``class_confidence`` (10 %) of cases, galaxies larger than it far
-less often -- bright enough (``class_min_snr``) and not clearly
-broader than the PSF in half-light radius (S, computed after removing a
-local plane, loses sources larger than its stamp); an artefact when it
-is significantly sharper than the PSF; a galaxy otherwise.  Faint
-sources that cannot be told apart are galaxies: at high galactic
+PSF, whose S (S_ref) is computed once per CCD on the same stamp as the
+sources' (its half-size scales with the FWHM, `spread_radius`).  A
+source is a star when it is closer to 0 than to S_ref, its S rejects
+the reference galaxy at ``class_confidence`` (S < S_ref - z σ_S: the
+reference galaxy is called a star in at most 1 - ``class_confidence``
+(10 %) of cases whatever σ_S, larger galaxies less often), it is
+resolvable (z σ_S < S_ref: a point source's expected S passes that
+test), bright enough (``class_min_snr``) and not clearly broader than
+the PSF in half-light radius (S, computed after removing a local plane,
+loses sources larger than its stamp); an artefact when it is
+significantly sharper than the PSF; a galaxy otherwise.  Where
+neighbours share a source's pixels (BLENDED, NEIGHBOURS) their light
+inflates its half-light radius: there the radius vetoes only with S's
+agreement, or beyond the stamp.  The tests scale with σ_S, so that they
+hold from undersampled to 10 px PSFs, where S is noisy at S/N 20.
+Faint sources that cannot be told apart are galaxies: at high galactic
 latitude they mostly are, and star counts are only quoted where stars
 are recognisable (SExtractor's CLASS_STAR tends to 0.5 there).
 Saturated sources are stars.
@@ -49,6 +56,8 @@ FloatArray = NDArray[np.float64]
 
 #: Broadening of the comparison template G: its FWHM is this much larger.
 SPREAD_BROADENING = 0.25
+#: Half-size of the stamps of S, in units of the local FWHM.
+SPREAD_RADIUS = 1.25
 #: Relative noise of a half-light radius times the source's S/N.
 SIZE_NOISE = 0.9
 #: Sources fainter than this S/N are not classified (they are galaxies).
@@ -79,6 +88,17 @@ class Classification:
     spread: FloatArray
     spread_err: FloatArray
     spread_ref: float
+
+
+def spread_radius(fwhm: float) -> int:
+    """Half-size [px] of the stamps S is measured on.
+
+    It scales with the PSF, so that S weighs the same part of the
+    profile at every FWHM: the reference galaxy's S is computed on the
+    same stamp as the sources'.  At most 24 px (a FWHM of 19 px, beyond
+    ``psf_fwhm_range``), which bounds the memory of the stamps.
+    """
+    return int(np.clip(np.ceil(SPREAD_RADIUS * fwhm), 3, 24))
 
 
 def _broadened(params: FloatArray) -> FloatArray:
@@ -170,7 +190,7 @@ def measure_spread(
     if idx.size == 0:
         return np.zeros(0), np.zeros(0)
     fwhm = float(np.median(field.fwhm_at(src.x[idx], src.y[idx])))
-    radius = int(np.clip(np.ceil(1.25 * fwhm), 3, 10))
+    radius = spread_radius(fwhm)
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
     data, usable = source_stamps(data_sub, bad, src.segmap, idx, ix, iy,
@@ -213,7 +233,7 @@ def reference_spread(field: PsfField, r_e: float) -> float:
     cx, cy = np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2])
     params = field.params_at(cx, cy)
     fwhm = float(field.fwhm_at(cx, cy)[0])
-    radius = int(np.clip(np.ceil(1.5 * fwhm), 3, 12))
+    radius = spread_radius(fwhm)
     big = radius + int(np.ceil(6 * r_e + 3 * fwhm))
     sub = 3  # sub-samples per pixel (S within 0.4 % of 5 per pixel)
     n = 2 * big * sub + sub
@@ -285,32 +305,54 @@ def classify(
         # precise enough to tell them apart.
         # On the sharp side only cosmic rays and hot pixels go beyond the
         # PSF stars' own scatter; a galaxy is never sharper than the PSF.
-        band = config.class_star_nsigma * np.sqrt(eps**2 + err**2)
+        point = config.class_star_nsigma * np.sqrt(eps**2 + err**2)
         # A deblended source shares pixels with its neighbour: its S is
         # only trusted to tell a point from the reference galaxy.
         blended = (src.flags & SourceFlag.BLENDED) != 0
-        band = np.where(blended, np.inf, band)
+        band = np.where(blended, np.inf, point)
         sharp_band = k * np.sqrt(eps**2 + err**2)
         # Larger than a star by more than a quarter (and 3 sigma of the
-        # r_h noise): extended whatever S says.
+        # r_h noise): extended whatever S says (S, computed after
+        # removing a local plane, loses sources larger than its stamp)
+        # -- unless neighbours share the source's pixels: their light
+        # inflates r_h (in a crowded field, most stars' r_h), so there
+        # S must also find the source broader than a point, or r_h
+        # exceed the stamp S is measured on.
         r_psf = float(np.median(src.r_half[psf.stars.index]))
         snr = np.maximum(np.nan_to_num(src.snr), 1e-3)
-        extended = src.r_half > r_psf * (1.0 + np.maximum(
-            0.25, 3.0 * SIZE_NOISE / snr))
+        crowded = (src.flags & (SourceFlag.BLENDED
+                                | SourceFlag.NEIGHBOURS)) != 0
+        fwhm = field.fwhm_at(src.x, src.y)
+        extended = (src.r_half > r_psf * (1.0 + np.maximum(
+            0.25, 3.0 * SIZE_NOISE / snr))) & (
+                ~crowded | (spread > point)
+                | (src.r_half > SPREAD_RADIUS * fwhm))
+        # The reference galaxy is rejected at ``class_confidence``: S
+        # below S_ref - z σ_S, which the reference galaxy reaches in at
+        # most 1 - class_confidence of cases whatever σ_S, larger
+        # galaxies less often.  Resolvable: a point source's expected S
+        # (0) passes that test.  Precise sources keep the midpoint rule.
+        z = ndtri(config.class_confidence)
         star = (
             measured
             & ~extended
             & (src.snr >= config.class_min_snr)
             & (spread <= np.minimum(band, 0.5 * ref))
-            & (spread >= -0.5 * ref)
-            & (err <= 0.5 * ref / ndtri(config.class_confidence))
+            & (spread <= ref - z * err)
+            # Sharper than the reference galaxy is broad, but within
+            # the noise: a star (noise, not a cosmic ray, where the PSF
+            # is large and S noisy).
+            & (spread >= -np.maximum(sharp_band, 0.5 * ref))
+            & (err <= ref / z)
         )
-        fwhm = field.fwhm_at(src.x, src.y)
         sharp_psf = float(np.median(src.peak[psf.stars.index]
                                     / src.flux[psf.stars.index]))
         artefact = (
-            (measured & (spread < -sharp_band) & (spread < -0.5 * ref))
-            | (src.peak / src.flux > 1.6 * sharp_psf)
+            (measured & ~blended & (spread < -sharp_band)
+             & (spread < -0.5 * ref))
+            # Peakier than the PSF stars by more than the noise of
+            # the peak pixel (large where the PSF is broad).
+            | (src.peak - k * src.noise > 1.6 * sharp_psf * src.flux)
             | (src.r_half < 0.25 * fwhm)
         )
     cls[star] = SourceClass.STAR
