@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-class _RunProgress:
+class RunProgress:
     """One tqdm bar over the images, advanced by each CCD finished."""
 
     def __init__(self, n_images: int, stream: IO[str]) -> None:
@@ -73,14 +73,16 @@ class _RunProgress:
                          "|{bar}| {postfix} [{elapsed}<{remaining}]")
         self._image = ""
         self._ccds: set[str] = set()
-        self._done = 0.0
+        self.done = 0.0  #: images done, fractions of the current one
 
     def start(self, image: str, n_ccds: int) -> None:
+        """Begin an image of ``n_ccds`` CCDs."""
         self._image, self._n = image, max(n_ccds, 1)
         self._ccds = set()
         self._bar.set_postfix_str(image)
 
     def __call__(self, event: ProgressEvent) -> None:
+        """Advance by a CCD as it ends (the pipeline's progress)."""
         if event.step in ("done", "failed") and \
                 event.extension not in self._ccds:
             self._ccds.add(event.extension)
@@ -89,14 +91,16 @@ class _RunProgress:
             f"{self._image}: {len(self._ccds)}/{self._n} CCDs")
 
     def finish_image(self) -> None:
+        """Complete the image (refused before its CCDs ended, say)."""
         self._advance(1.0 - len(self._ccds) / self._n)
 
     def _advance(self, amount: float) -> None:
         amount = max(0.0, amount)
-        self._done += amount
+        self.done += amount
         self._bar.update(amount)
 
     def close(self) -> None:
+        """Close the bar."""
         self._bar.close()
 
 
@@ -112,7 +116,7 @@ def _extension_count(image: str) -> int:
 
 def _assess_one(image: str, outdir: Path, args: argparse.Namespace,
                 settings: tuple[Any, QualityParameters],
-                progress: _RunProgress | None) -> RunExposure:
+                progress: RunProgress | None) -> RunExposure:
     config, parameters = settings
     stem = image_stem(image)
     folder = outdir / stem
@@ -162,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     progress = None
     if not args.no_progress and sys.stderr.isatty():
-        progress = _RunProgress(len(args.images), sys.stderr)
+        progress = RunProgress(len(args.images), sys.stderr)
     exposures = []
     try:
         for image in args.images:

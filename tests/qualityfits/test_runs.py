@@ -4,6 +4,7 @@ page, and an exposure that cannot be assessed."""
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from testkit import shared_file
 from qualityfits.cli import main
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.observation import observation
+from qualityfits.parallel import ProgressEvent
+from qualityfits.runcli import RunProgress
 from qualityfits.runs import RunExposure, in_time_order, run_rows
 
 # -- what the header says ---------------------------------------------------
@@ -173,3 +176,23 @@ def test_a_file_named_run_is_still_an_image(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("run").write_bytes(b"not FITS")
     assert main(["./run", "-o", "out", "--no-progress"]) == 2
+
+
+def test_one_progress_bar_over_the_run():
+    stream = io.StringIO()  # a terminal in the CLI
+    bar = RunProgress(2, stream)
+    bar.start("a.fits", 2)
+    for ccd in ("ccd00", "ccd01"):
+        bar(ProgressEvent(extension=ccd, index=1, step="done",
+                          step_number=0, n_steps=0))
+    bar.finish_image()
+    bar.start("b.fits", 4)
+    bar(ProgressEvent(extension="ccd00", index=1, step="failed",
+                      step_number=0, n_steps=0))
+    assert bar.done == pytest.approx(1.25)
+    bar.finish_image()
+    assert bar.done == pytest.approx(2.0)
+    bar.close()
+    text = stream.getvalue()
+    assert "b.fits: 1/4 CCDs" in text
+    assert "100%" in text
