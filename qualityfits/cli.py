@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    "single or multi-extension)")
     p.add_argument("--flat", help="master flat with the same extensions")
     p.add_argument("--mask", help="bad-pixel mask with the same extensions")
+    p.add_argument("--weight", help="weight map with the same extensions "
+                   "(its kind: --weight-type)")
     for param in PARAMETERS:
         # Parsed and checked by QualityParameters.from_text, the one
         # validator: the options only collect the text.
@@ -261,7 +263,7 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
                 f"cannot create output directory {outdir}: {exc.strerror}"
             ) from None
         report = assess(
-            args.image, flat=args.flat, mask=args.mask,
+            args.image, flat=args.flat, mask=args.mask, weight=args.weight,
             parameters=parameters, config=config, jobs=args.jobs,
             progress=progress, maps_dir=maps_dir,
         )

@@ -192,6 +192,29 @@ class TestBadInput:
         assert "shape 64x64" in err.message
         assert states(job)["check"] == "failed"
 
+    def test_weight_of_another_shape(self, tmp_path, image_file):
+        job = make_job(tmp_path, image_file, weight="inputs/weight.fits")
+        fits.PrimaryHDU(np.ones((64, 64), np.float32)).writeto(
+            job / "inputs" / "weight.fits")
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert "weight weight.fits" in err.message
+        assert "shape 64x64" in err.message
+        assert states(job)["check"] == "failed"
+
+    def test_negative_weight(self, tmp_path, image_file):
+        job = make_job(tmp_path, image_file, weight="inputs/weight.fits")
+        fits.PrimaryHDU(np.full((512, 512), -1.0, np.float32)).writeto(
+            job / "inputs" / "weight.fits")
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message.endswith(
+            "weight weight.fits, extension PRIMARY: 262144 negative "
+            "pixels (min -1): not a MAP_WEIGHT weight map (a bad pixel "
+            "has weight 0)")
+
     def test_missing_upload(self, tmp_path):
         job = make_job(tmp_path)
         assert main([str(job)]) == 2
