@@ -564,7 +564,8 @@ class Job:
             except InvalidImageError:
                 pass  # ImageSource names what is wrong with it below
         with ExitStack() as stack:
-            image = stack.enter_context(ImageSource(inputs["image"]))
+            image = stack.enter_context(ImageSource(inputs["image"],
+                                                    roles=True))
             for label in ("flat", "mask", "weight"):
                 if label in inputs:
                     other = stack.enter_context(

@@ -28,7 +28,11 @@ from qualityfits.errors import InvalidParameterError, QualityFitsError
 from qualityfits.io import image_stem, primary_header
 from qualityfits.parameters import PARAMETERS, QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
-from qualityfits.presentation import instrumental, instrumental_note
+from qualityfits.presentation import (
+    hdu_lines,
+    instrumental,
+    instrumental_note,
+)
 from qualityfits.products import write_products
 from qualityfits.report import QualityReport
 
@@ -224,6 +228,10 @@ def summary_text(report: QualityReport) -> str:
                             marks=("*", "*"))
     if why is not None:
         lines.append(f"* {why}")
+    # What each HDU of the file is (one sky image alone: nothing to say).
+    roles = [h.to_dict() for h in report.hdus]
+    if len(roles) > 1 or any(h["role"] != "sky image" for h in roles):
+        lines.extend(hdu_lines(roles))
     lines.extend(f"FAILED {ext.name}: {ext.error.message}"
                  for ext in report.extensions if ext.error is not None)
     notes = sorted({n for e in report.extensions for n in e.notes})

@@ -80,6 +80,7 @@ from qualityfits.detection import (
     object_mask,
 )
 from qualityfits.io import (
+    HduRole,
     ImageExtension,
     ImageInput,
     ImageSource,
@@ -967,6 +968,11 @@ class _Task:
     #: The weight is a plane of the image's own file (not the user's):
     #: its NaN and negative values weigh 0 instead of being refused.
     weight_auto: bool = False
+    #: The mask's bad bits (a plane of the image's own file that says
+    #: which of its bits are bad); None: ``mask_convention``.
+    mask_bits: int | None = None
+    #: What the report notes about the CCD's inputs (planes used).
+    notes: tuple[str, ...] = ()
 
 
 def _read_ref(ref: Path | NDArray[np.float32], ext: ImageExtension,
@@ -1007,9 +1013,15 @@ def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
                 f"{task.weight[1].name}")
         if task.mask is not None:
             values = _read_ref(task.mask[0], task.mask[1], ext, "mask")
-            bad = mask_to_bad(
-                values, task.mask_convention,
-                name=f"{task.mask_label}, extension {task.mask[1].name}")
+            if task.mask_bits is not None:
+                ints = np.nan_to_num(values, nan=0.0).astype(np.int64)
+                bad = (ints & task.mask_bits) != 0
+                del ints
+            else:
+                bad = mask_to_bad(
+                    values, task.mask_convention,
+                    name=f"{task.mask_label}, extension "
+                    f"{task.mask[1].name}")
             if bad.all():
                 raise errors.EmptyImageError(
                     f"{ext.name}: every pixel is masked by "
@@ -1042,7 +1054,8 @@ def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
             # A buffer read for this task alone; not a caller's array.
             overwrite_input=isinstance(task.image, Path),
         )
-        rep = replace(rep, timings={"read": read, **rep.timings})
+        rep = replace(rep, timings={"read": read, **rep.timings},
+                      notes=task.notes + rep.notes)
     if post is not None:
         post("done" if rep.ok else "failed")
     return rep
@@ -1067,6 +1080,86 @@ def _with_pixels(source: ImageSource, task: _Task) -> _Task:
     if task.image is None:
         return replace(task, image=source.read(task.ext))
     return task
+
+
+#: Bits of a Rubin-style mask plane (``MP_<NAME> = bit`` cards) that say
+#: something about a pixel but not that it is bad.
+_INFORMATIVE_PLANES = frozenset({
+    "DETECTED", "DETECTED_NEGATIVE", "NOT_DEBLENDED", "INEXACT_PSF",
+    "CLIPPED", "INJECTED", "INJECTED_TEMPLATE"})
+
+
+def _mask_bits(header: fits.Header) -> tuple[int | None, str]:
+    """Return the bad bits of a mask plane and how they were chosen.
+
+    Rubin-style planes name their bits (``MP_BAD = 0``...): all but the
+    informative ones (DETECTED...) are bad.  JWST DQ: DO_NOT_USE (bit
+    1).  Otherwise None: any non-zero value is bad.
+    """
+    named = {str(k)[3:]: v for k, v in header.items()
+             if str(k).startswith("MP_") and isinstance(v, int)
+             and not isinstance(v, bool) and 0 <= v < 63}
+    if named:
+        bad = sorted(k for k in named if k not in _INFORMATIVE_PLANES)
+        bits = 0
+        for key in bad:
+            bits |= 1 << named[key]
+        return bits, f"bits {', '.join(bad)} are bad"
+    if str(header.get("TELESCOP", "")).strip().upper() == "JWST":
+        return 1, "DO_NOT_USE (bit 1) is bad"
+    return None, "non-zero is bad"
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """The mask and weight planes of one CCD, from the image's own file."""
+
+    mask: tuple[Path | NDArray[np.float32], ImageExtension] | None = None
+    mask_bits: int | None = None
+    weight: tuple[Path | NDArray[np.float32], ImageExtension] | None = None
+    weight_type: WeightType = "MAP_WEIGHT"
+    notes: tuple[str, ...] = ()
+
+
+def _own_planes(src: ImageSource, *, user_mask: bool, user_weight: bool,
+                ) -> tuple[dict[int, _Planes], tuple[HduRole, ...]]:
+    """Use each CCD's own DQ/MASK and ERR/VAR/WHT planes (unless given).
+
+    Returns the planes by CCD HDU index, and the roles with those that
+    the user's file replaces marked as not used.
+    """
+    planes: dict[int, _Planes] = {}
+    roles = []
+    for role in src.hdus:
+        if not role.used or role.serves is None:
+            roles.append(role)
+            continue
+        given = user_mask if role.role == "mask" else user_weight
+        if given:
+            roles.append(replace(
+                role, used=False,
+                reason=f"{role.reason}; not used: --{role.role} given"))
+            continue
+        roles.append(role)
+        ext = src.plane(role.index)
+        ref: Path | NDArray[np.float32] = (
+            src.path if src.path is not None
+            else src.read(ext, crop=False))
+        have = planes.get(role.serves, _Planes())
+        if role.role == "mask":
+            bits, how = _mask_bits(ext.header)
+            planes[role.serves] = replace(
+                have, mask=(ref, ext), mask_bits=bits,
+                notes=(*have.notes, (f"mask: the {role.name} plane of "
+                                     f"the file (HDU {role.index}, {how})")))
+        else:
+            assert role.weight_type is not None
+            planes[role.serves] = replace(
+                have, weight=(ref, ext), weight_type=role.weight_type,
+                notes=(*have.notes, (f"weight: the {role.name} plane "
+                                     f"of the file (HDU {role.index}) as "
+                                     f"{role.weight_type}")))
+    return planes, tuple(roles)
 
 
 def _refs(source: ImageSource, image: ImageSource,
@@ -1158,7 +1251,7 @@ def assess(
                        maps_dir=None if maps_dir is None else Path(maps_dir))
     name = _input_name(image)
     with ExitStack() as stack:
-        src = stack.enter_context(ImageSource(image))
+        src = stack.enter_context(ImageSource(image, roles=True))
         flat_src = (stack.enter_context(ImageSource(flat, label="flat"))
                     if flat is not None else None)
         mask_src = (stack.enter_context(ImageSource(mask, label="mask"))
@@ -1172,6 +1265,8 @@ def assess(
         convention: MaskConvention = parameters.mask_convention
         if mask_src is not None and convention == "auto":
             convention = resolve_mask_convention(mask_src)
+        own, hdus = _own_planes(src, user_mask=mask_src is not None,
+                                user_weight=weight_src is not None)
         tasks = [
             _Task(ext=ext, image=src.path, flat=flats.get(ext.index),
                   mask=masks.get(ext.index), mask_convention=convention,
@@ -1184,6 +1279,8 @@ def assess(
                                 else "weight"))
             for ext in src.extensions
         ]
+        tasks = [_with_planes(task, own.get(task.ext.index), src.display)
+                 for task in tasks]
         reports = run_tasks(
             tasks, _run_task, jobs=jobs or default_jobs(), steps=STEPS,
             prepare=functools.partial(_with_pixels, src),
@@ -1193,6 +1290,7 @@ def assess(
     exposure = aggregate(exts, reports, config)
     report = QualityReport(
         image=name,
+        hdus=hdus,
         extensions=tuple(reports),
         exposure=exposure,
         config=config,
@@ -1209,6 +1307,22 @@ def assess(
     if not any(r.ok for r in reports):
         _raise_all_failed(reports, display)
     return report
+
+
+def _with_planes(task: _Task, planes: _Planes | None,
+                 display: str) -> _Task:
+    """Give a task its CCD's own mask and weight planes, if any."""
+    if planes is None:
+        return task
+    if planes.mask is not None:
+        task = replace(task, mask=planes.mask, mask_bits=planes.mask_bits,
+                       mask_convention="nonzero",
+                       mask_label=f"{display}, its mask plane")
+    if planes.weight is not None:
+        task = replace(task, weight=planes.weight,
+                       weight_type=planes.weight_type, weight_auto=True,
+                       weight_label=f"{display}, its weight plane")
+    return replace(task, notes=planes.notes)
 
 
 def _input_name(item: ImageInput) -> str:

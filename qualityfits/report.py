@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from qualityfits.background import Background
 from qualityfits.classify import Counts
 from qualityfits.config import QualityConfig
+from qualityfits.io import HduRole
 from qualityfits.metrics import METRIC_BY_NAME, METRICS
 from qualityfits.psf import PsfGrid, PsfModel
 
@@ -299,6 +300,10 @@ class QualityReport:
         The inputs: flat, mask, zeropoint, pixscale as given.
     versions : Mapping
         Software versions.
+    hdus : tuple of HduRole
+        Every HDU of the image file with its role (sky image, mask,
+        weight, ...) and why (`qualityfits.io.hdu_roles`); only the sky
+        images are in ``extensions``.
     """
 
     image: str
@@ -307,6 +312,7 @@ class QualityReport:
     config: QualityConfig
     parameters: Mapping[str, Any]
     versions: Mapping[str, str]
+    hdus: tuple[HduRole, ...] = ()
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
@@ -327,6 +333,7 @@ class QualityReport:
             "config": self.config.to_dict(),
             "n_extensions": len(self.extensions),
             "n_failed": len(self.failed),
+            "hdus": [h.to_dict() for h in self.hdus],
             "exposure": self.exposure.to_dict(),
             "extensions": [e.to_dict() for e in self.extensions],
         })

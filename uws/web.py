@@ -284,7 +284,9 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
     found = service_of(request).result_file(job.job_id, owner_of(request),
                                             SUMMARY_JSON)
     try:
-        table = presentation.ccd_table(json.loads(found.path.read_bytes()))
+        summary = json.loads(found.path.read_bytes())
+        table = presentation.ccd_table(summary)
+        hdus = presentation.hdu_lines(summary.get("hdus", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return {"error": f"the summary cannot be read: {exc!r}"}
     return {
@@ -294,6 +296,7 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
                   "flagged": row.flagged, "failed": row.failed,
                   "median": row.median} for row in table.rows],
         "note": table.note,
+        "hdus": hdus,
     }
 
 
