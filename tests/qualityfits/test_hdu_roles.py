@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 
+import lxml.html
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -22,6 +23,7 @@ from testkit import shared_file
 from qualityfits.config import QualityConfig
 from qualityfits.datasets import SimulationParams, write_exposure
 from qualityfits.errors import NoImageDataError
+from qualityfits.html import write_report
 from qualityfits.io import ImageSource
 from qualityfits.parameters import QualityParameters
 from qualityfits.pipeline import assess
@@ -252,3 +254,14 @@ def test_real_integer_images_stay_sky_images(name):
     with ImageSource(shared_file(name), roles=True) as source:
         assert [h.role for h in source.hdus] == ["sky image"]
         assert len(source.extensions) == 1
+
+
+def test_the_report_page_lists_every_hdu(hst, tmp_path):
+    _, report = hst
+    write_report(report, tmp_path / "index.html", "sim_flt", [])
+    page = lxml.html.parse(str(tmp_path / "index.html"))
+    items = [li.text_content() for li in page.getroot().get_element_by_id(
+        "hdus").iter("li")]
+    assert items == list(hdu_lines(report.to_dict()["hdus"]))
+    assert "HDU 6 DQ,2: mask (EXTNAME DQ), used as the mask of SCI,2" in (
+        items)
