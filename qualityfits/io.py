@@ -773,7 +773,6 @@ def match_extensions(
                    f" sky image(s) among {len(image.images)} image HDUs")
             )
         wanted = {e.index for e in ccds}
-        ccds = tuple(e for e in image.images if e.index in wanted)
         kept = [o for i, o in zip(image.images, other.extensions,
                                   strict=True) if i.index in wanted]
     else:

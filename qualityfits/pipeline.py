@@ -505,8 +505,10 @@ def _noise_from_weight(ccd: _Ccd, bkg: sep.Background,
     """Per-pixel noise from the weight map, as SExtractor makes it.
 
     MAP_WEIGHT and MAP_VAR maps are relative: scaled so that their
-    median noise is the sky's (SExtractor scales them on the
-    background); MAP_RMS is in ADU and used as it is.
+    mean variance over the good pixels is the sky's, as sep measured it
+    (SExtractor scales them on the background too); MAP_RMS is in ADU
+    and used as it is.  Bad pixels get the global sky RMS (they are
+    masked anyway).
     """
     assert ccd.ivar is not None
     good = ~ccd.bad

@@ -215,6 +215,20 @@ class TestBadInput:
             "pixels (min -1): not a MAP_WEIGHT weight map (a bad pixel "
             "has weight 0)")
 
+    def test_a_mask_given_as_the_image(self, tmp_path):
+        values = np.ones((256, 256), np.int16)
+        values[::9, ::4] = 0
+        buf = tmp_path / "mask.fits"
+        fits.PrimaryHDU(values).writeto(buf)
+        job = make_job(tmp_path, buf)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message == (
+            "image image.fits: extension PRIMARY holds 2 distinct integer "
+            "values: a mask, not an image")
+        assert states(job)["check"] == "failed"
+
     def test_missing_upload(self, tmp_path):
         job = make_job(tmp_path)
         assert main([str(job)]) == 2

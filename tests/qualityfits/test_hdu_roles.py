@@ -11,6 +11,7 @@ Elixir bad-pixel mask given as the image (refused in one line).
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ from testkit import shared_file
 
 from qualityfits.config import QualityConfig
 from qualityfits.datasets import SimulationParams, write_exposure
-from qualityfits.errors import NoImageDataError
+from qualityfits.errors import NoImageDataError, ShapeMismatchError
 from qualityfits.html import write_report
 from qualityfits.io import ImageSource
 from qualityfits.parameters import QualityParameters
@@ -265,3 +266,26 @@ def test_the_report_page_lists_every_hdu(hst, tmp_path):
     assert items == list(hdu_lines(report.to_dict()["hdus"]))
     assert "HDU 6 DQ,2: mask (EXTNAME DQ), used as the mask of SCI,2" in (
         items)
+
+
+def test_a_mask_may_have_one_extension_per_image_hdu(hst, tmp_path):
+    """SCI, ERR, DQ x 2 in the mask file too: the SCI positions serve."""
+    path, _ = hst
+    with fits.open(path) as hdul:
+        shape = hdul["SCI", 1].data.shape
+    planes = []
+    for k in range(6):
+        values = np.zeros(shape, np.int16)
+        values[:, 10 * k:10 * k + 3] = 1  # 3 columns, not the same ones
+        planes.append(fits.ImageHDU(values))
+    fits.HDUList([fits.PrimaryHDU(), *planes]).writeto(tmp_path / "m.fits")
+    report = assess(path, mask=tmp_path / "m.fits", config=NO_CR, jobs=1,
+                    parameters=QualityParameters(mask_convention="nonzero"))
+    for ext in report.extensions:
+        assert ext.metrics["NFLAG_USERMASK"] == 3 * shape[0]
+    bad = fits.HDUList([fits.PrimaryHDU(), *planes[:4]])
+    bad.writeto(tmp_path / "bad.fits")
+    with pytest.raises(ShapeMismatchError, match=re.escape(
+            "mask bad.fits has 4 image extension(s), image sim_flt.fits "
+            "has 2 sky image(s) among 6 image HDUs")):
+        assess(path, mask=tmp_path / "bad.fits", config=NO_CR, jobs=1)
