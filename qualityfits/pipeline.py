@@ -1007,12 +1007,23 @@ def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
             assert task.image is not None
             data = task.image
         bad = flat = ivar = None
+        notes = task.notes
         if task.weight is not None:
-            ivar = inverse_variance(
-                _read_ref(task.weight[0], task.weight[1], ext, "weight"),
-                task.weight_type, strict=not task.weight_auto,
-                name=f"{ext.name}: {task.weight_label}, extension "
-                f"{task.weight[1].name}")
+            try:
+                ivar = inverse_variance(
+                    _read_ref(task.weight[0], task.weight[1], ext,
+                              "weight"),
+                    task.weight_type, strict=not task.weight_auto,
+                    name=f"{ext.name}: {task.weight_label}, extension "
+                    f"{task.weight[1].name}")
+            except errors.EmptyImageError:
+                if not task.weight_auto:
+                    raise
+                # The file's own plane says nothing: measure without it.
+                unused = (f"weight: the {task.weight[1].name} plane has "
+                          "no positive weight: not used")
+                notes = (*(n for n in notes
+                           if not n.startswith("weight:")), unused)
         if task.mask is not None:
             values = _read_ref(task.mask[0], task.mask[1], ext, "mask")
             if task.mask_bits is not None:
@@ -1057,7 +1068,7 @@ def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
             overwrite_input=isinstance(task.image, Path),
         )
         rep = replace(rep, timings={"read": read, **rep.timings},
-                      notes=task.notes + rep.notes)
+                      notes=tuple(notes) + rep.notes)
     if post is not None:
         post("done" if rep.ok else "failed")
     return rep

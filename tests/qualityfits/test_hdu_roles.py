@@ -289,3 +289,18 @@ def test_a_mask_may_have_one_extension_per_image_hdu(hst, tmp_path):
             "mask bad.fits has 4 image extension(s), image sim_flt.fits "
             "has 2 sky image(s) among 6 image HDUs")):
         assess(path, mask=tmp_path / "bad.fits", config=NO_CR, jobs=1)
+
+
+def test_an_empty_err_plane_is_not_used(hst, tmp_path):
+    """ERR all 0 (a chip the calibration gave up on): measured without."""
+    path, report = hst
+    with fits.open(path) as hdul:
+        hdul["ERR", 2].data[:] = 0.0
+        hdul.writeto(tmp_path / "flt.fits")
+    got = assess(tmp_path / "flt.fits", config=NO_CR, jobs=1)
+    second = got.extensions[1]
+    assert second.ok, second.error
+    assert "weight: the ERR,2 plane has no positive weight: not used" in (
+        second.notes)
+    assert second.metrics["NFLAG_ZEROWEIGHT"] == 0
+    assert got.extensions[0].metrics == report.extensions[0].metrics
