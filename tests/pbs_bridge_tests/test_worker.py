@@ -361,6 +361,21 @@ class TestUrlInput:
         assert got["read"] == "failed"  # assess refused the zero point
         assert "zeropoint" in error(job).message
 
+    def test_weight_by_url(self, tmp_path, server, image_file):
+        """The image itself as a MAP_WEIGHT map: fetched, and used."""
+        job = make_job(tmp_path, image_file,
+                       weight=f"{server}/field.fits")
+        assert main([str(job)]) == 0
+        assert (job / "inputs" / "weight.fits").read_bytes() == (
+            image_file.read_bytes())
+        steps = {s.name: s for s in progress(job).steps}
+        assert steps["fetch"].detail.startswith("weight ")
+        summary = json.loads(
+            (job / "results" / "image.summary.json").read_text())
+        assert summary["parameters"]["weight"] == "weight.fits"
+        assert any(n.startswith("detection thresholds from the MAP_WEIGHT")
+                   for n in summary["extensions"][0]["notes"])
+
     @pytest.mark.parametrize("url", [
         "ftp://127.0.0.1/field.fits", "file:///etc/passwd",
     ])
