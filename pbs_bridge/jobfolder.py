@@ -80,6 +80,7 @@ class WorkerSpec:
     image: str
     flat: str | None = None
     mask: str | None = None
+    weight: str | None = None
     #: The science parameters, `qualityfits.QualityParameters.to_json`.
     parameters: dict[str, Any] = field(default_factory=dict)
     #: CCD worker processes of the pipeline (0: its default).

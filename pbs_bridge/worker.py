@@ -389,7 +389,7 @@ def _check_spec(spec: WorkerSpec) -> WorkerSpec:
     if not isinstance(spec.image, str) or not spec.image:
         problems.append("image must be a non-empty string")
     problems.extend(f"{name} must be a string or null"
-                    for name in ("flat", "mask")
+                    for name in ("flat", "mask", "weight")
                     if getattr(spec, name) is not None
                     and not isinstance(getattr(spec, name), str))
     if (not isinstance(spec.ccd_jobs, int) or isinstance(spec.ccd_jobs, bool)
@@ -452,7 +452,8 @@ class Job:
             self.progress.set_extra(job_id=spec.job_id)
             log(f"job {spec.job_id}: image {spec.image}"
                 + (f", flat {spec.flat}" if spec.flat else "")
-                + (f", mask {spec.mask}" if spec.mask else ""))
+                + (f", mask {spec.mask}" if spec.mask else "")
+                + (f", weight {spec.weight}" if spec.weight else ""))
             inputs = self._inputs(spec)
             self._check(inputs, spec)
             count = self._assess_and_write(spec, inputs)
@@ -501,7 +502,8 @@ class Job:
         """Return the local path of each input; fetch those given by URL."""
         given = {label: value for label, value in
                  (("image", spec.image), ("flat", spec.flat),
-                  ("mask", spec.mask)) if value is not None}
+                  ("mask", spec.mask), ("weight", spec.weight))
+                 if value is not None}
         urls = {label: value for label, value in given.items()
                 if urlsplit(value).scheme}
         paths = {label: self._local(label, value)
@@ -563,8 +565,9 @@ class Job:
             except InvalidImageError:
                 pass  # ImageSource names what is wrong with it below
         with ExitStack() as stack:
-            image = stack.enter_context(ImageSource(inputs["image"]))
-            for label in ("flat", "mask"):
+            image = stack.enter_context(ImageSource(inputs["image"],
+                                                    roles=True))
+            for label in ("flat", "mask", "weight"):
                 if label in inputs:
                     other = stack.enter_context(
                         ImageSource(inputs[label], label=label))
@@ -590,6 +593,7 @@ class Job:
         try:
             report = assess(
                 image, flat=inputs.get("flat"), mask=inputs.get("mask"),
+                weight=inputs.get("weight"),
                 parameters=QualityParameters.from_json(spec.parameters),
                 config=QualityConfig.from_dict(spec.config),
                 jobs=spec.ccd_jobs or None,

@@ -29,7 +29,11 @@ from qualityfits.grades import MEANING
 from qualityfits.io import image_stem, primary_header
 from qualityfits.parameters import PARAMETERS, QualityParameters
 from qualityfits.pipeline import STEPS, ProgressEvent, assess
-from qualityfits.presentation import instrumental, instrumental_note
+from qualityfits.presentation import (
+    hdu_lines,
+    instrumental,
+    instrumental_note,
+)
 from qualityfits.products import write_products
 from qualityfits.report import QualityReport
 
@@ -44,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    "single or multi-extension)")
     p.add_argument("--flat", help="master flat with the same extensions")
     p.add_argument("--mask", help="bad-pixel mask with the same extensions")
+    p.add_argument("--weight", help="weight map with the same extensions "
+                   "(its kind: --weight-type)")
     for param in PARAMETERS:
         # Parsed and checked by QualityParameters.from_text, the one
         # validator: the options only collect the text.
@@ -187,6 +193,10 @@ def summary_text(report: QualityReport) -> str:
                             marks=("*", "*"))
     if why is not None:
         lines.append(f"* {why}")
+    # What each HDU of the file is (one sky image alone: nothing to say).
+    roles = [h.to_dict() for h in report.hdus]
+    if len(roles) > 1 or any(h["role"] != "sky image" for h in roles):
+        lines.extend(hdu_lines(roles))
     lines.extend(f"FAILED {ext.name}: {ext.error.message}"
                  for ext in report.extensions if ext.error is not None)
     grade = report.exposure.grade
@@ -239,7 +249,7 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
                 f"cannot create output directory {outdir}: {exc.strerror}"
             ) from None
         report = assess(
-            args.image, flat=args.flat, mask=args.mask,
+            args.image, flat=args.flat, mask=args.mask, weight=args.weight,
             parameters=parameters, config=config, jobs=args.jobs,
             progress=progress, maps_dir=maps_dir,
         )

@@ -21,7 +21,12 @@ from lxml.html import builder as E  # noqa: N812 - lxml's own idiom
 from qualityfits.grades import MEANING
 from qualityfits.manifest import Product
 from qualityfits.metrics import QA_FLAGS
-from qualityfits.presentation import ccd_table, pictures, previews
+from qualityfits.presentation import (
+    ccd_table,
+    hdu_lines,
+    pictures,
+    previews,
+)
 from qualityfits.report import QualityReport
 
 #: The style sheet of the report page (the run page reuses it).
@@ -136,8 +141,14 @@ def write_report(report: QualityReport, path: Path, stem: str,
     ]
     if notes:
         body += [E.H2("Notes"), E.UL(*(E.LI(n) for n in notes))]
+    roles = hdu_lines([h.to_dict() for h in report.hdus])
     body += [
         E.H2("Summary per CCD"), _summary_table(report),
+        E.P("What each HDU of the file is (only the sky images are "
+            "assessed):", E.CLASS("note")),
+        E.UL(*(E.LI(line) for line in roles), id="hdus"),
+    ] if roles else [E.H2("Summary per CCD"), _summary_table(report)]
+    body += [
         E.P("Full statistics: ", E.A(f"{stem}_summary.vot",
                                      href=f"{stem}_summary.vot"),
             " (VOTable, for TOPCAT) and ",

@@ -5,9 +5,19 @@ Algorithms never see a FITS file or a big-endian array: this module opens
 their image HDUs (each one a CCD; table HDUs are skipped; an empty
 primary HDU is fine), and reads one extension at a time as a native
 ``float32`` array cropped to its data section, with the matching flat and
-mask.  A gzip file is decompressed once to a temporary file so that
-worker processes can memory-map any extension without decompressing the
-ones before it.
+mask.
+
+In the image itself every HDU gets a role (`HduRole`, `hdu_roles`): a
+sky image to assess, or an auxiliary plane -- a mask (EXTNAME DQ, MASK,
+FLAGS, BPM..., or an integer image with a few distinct values), a weight
+(ERR, SIGMA, VAR, IVAR, WHT, WEIGHT...), another plane, a table, a
+header -- and each mask or weight plane is paired with the sky image it
+serves (same EXTVER, else the nearest sky image before it, else after).
+Only sky images are CCDs.
+
+A gzip file is decompressed once to a temporary file so that worker
+processes can memory-map any extension without decompressing the ones
+before it.
 """
 
 from __future__ import annotations
@@ -18,7 +28,8 @@ import shutil
 import tempfile
 import warnings
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -39,6 +50,35 @@ if TYPE_CHECKING:
 
 ImageInput: TypeAlias = str | Path | fits.HDUList
 MaskConvention: TypeAlias = Literal["auto", "zero", "nonzero"]
+#: What an HDU of the image file is (`HduRole.role`).
+Role: TypeAlias = Literal["sky image", "mask", "weight", "auxiliary",
+                          "table", "header only"]
+#: SExtractor's WEIGHT_TYPE of a weight plane.
+PlaneWeightType: TypeAlias = Literal["MAP_WEIGHT", "MAP_VAR", "MAP_RMS"]
+
+#: EXTNAMEs of data-quality and mask planes (HST, JWST, NOIRLab CP,
+#: Rubin, SDSS...).
+MASK_EXTNAMES: frozenset[str] = frozenset({
+    "DQ", "MASK", "FLAGS", "FLAG", "BPM", "BADPIX", "DQMASK", "QUAL",
+    "QUALITY", "OOD", "DATA_QUALITY"})
+#: EXTNAMEs of weight planes, and their WEIGHT_TYPE.
+WEIGHT_EXTNAMES: dict[str, PlaneWeightType] = {
+    "ERR": "MAP_RMS", "ERROR": "MAP_RMS", "SIGMA": "MAP_RMS",
+    "RMS": "MAP_RMS", "NOISE": "MAP_RMS", "STDEV": "MAP_RMS",
+    "UNCERT": "MAP_RMS",
+    "VAR": "MAP_VAR", "VARIANCE": "MAP_VAR",
+    "IVAR": "MAP_WEIGHT", "INVVAR": "MAP_WEIGHT", "WHT": "MAP_WEIGHT",
+    "WEIGHT": "MAP_WEIGHT", "WGT": "MAP_WEIGHT", "OOW": "MAP_WEIGHT",
+}
+#: EXTNAMEs (or their prefixes, ending in ``_``) of other planes that are
+#: not sky images: JWST's variance parts and context, drizzle context,
+#: exposure and area maps, HST's SAMP/TIME.
+OTHER_EXTNAMES: tuple[str, ...] = (
+    "VAR_", "CON", "CTX", "CONTEXT", "EXP", "EXPMAP", "AREA", "SAMP",
+    "TIME", "NSAMP", "COVERAGE", "WMAP", "PSF", "BACKGROUND", "BKG")
+#: An integer image is a mask when a sample of it holds at most this many
+#: distinct values, the commonest on at least half of its pixels.
+MASK_MAX_VALUES = 16
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _FITS_MAGIC = b"SIMPLE  ="
@@ -123,6 +163,54 @@ class ImageExtension:
         return (y1 - y0, x1 - x0)
 
 
+@dataclass(frozen=True)
+class HduRole:
+    """What one HDU of the image file is, and why.
+
+    Attributes
+    ----------
+    index : int
+        HDU index (0 = primary).
+    name : str
+        EXTNAME (with ``,EXTVER`` when it has one), ``PRIMARY`` or
+        ``HDU<n>``.
+    role : str
+        ``"sky image"`` (assessed), ``"mask"``, ``"weight"``,
+        ``"auxiliary"``, ``"table"`` or ``"header only"``.
+    reason : str
+        Why, for a person (``"EXTNAME DQ"``, ``"integer, 2 distinct
+        values"``...).
+    weight_type : str or None
+        A weight plane's WEIGHT_TYPE.
+    serves : int or None
+        HDU index of the sky image whose mask or weight it is (None: not
+        paired, or not used).
+    used : bool
+        Whether the pipeline uses it as that sky image's mask or weight
+        (not when the user gave one).
+    """
+
+    index: int
+    name: str
+    role: Role
+    reason: str
+    weight_type: PlaneWeightType | None = None
+    serves: int | None = None
+    used: bool = False
+
+    @property
+    def distinct(self) -> int | None:
+        """Distinct integer values of a mask found by its pixels."""
+        match = re.match(r"integer, (\d+) distinct value", self.reason)
+        return int(match.group(1)) if match else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the role as JSON-friendly data."""
+        return {"index": self.index, "name": self.name, "role": self.role,
+                "reason": self.reason, "weight_type": self.weight_type,
+                "serves": self.serves, "used": self.used}
+
+
 def _datasec(header: fits.Header, shape: tuple[int, int]) -> (
         tuple[int, int, int, int] | None):
     """0-based slice bounds of DATASEC if it is a proper sub-area."""
@@ -153,6 +241,190 @@ def _image_shape(hdu: Any) -> tuple[int, int] | None:
     return (dims[1], dims[0])
 
 
+def _extname(hdu: Any) -> str:
+    return str(hdu.header.get("EXTNAME", "")).strip()
+
+
+def _hdu_name(hdu: Any, index: int) -> str:
+    name = _extname(hdu) or ("PRIMARY" if index == 0 else f"HDU{index}")
+    extver = hdu.header.get("EXTVER")
+    if _extname(hdu) and isinstance(extver, int) and not isinstance(
+            extver, bool):
+        return f"{name},{extver}"
+    return name
+
+
+def _integer_sample(hdu: Any, shape: tuple[int, int]) -> (
+        tuple[int, float] | None):
+    """Distinct values of an integer image and its commonest's share.
+
+    Counted on three bands of 32 rows (a quarter, half and three
+    quarters of the way up), read alone; None for a floating-point or
+    scaled (BSCALE != 1) image.
+    """
+    header = hdu.header
+    bitpix = header.get("BITPIX")
+    if not isinstance(bitpix, int) or bitpix <= 0:
+        return None
+    if header.get("BSCALE", 1) != 1:
+        return None
+    ny = shape[0]
+    starts = sorted({max(0, min(ny - 32, ny * k // 4)) for k in (1, 2, 3)})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bands = [np.asarray(hdu.section[y:y + 32]) for y in starts]
+    except (*_READ_ERRORS, AttributeError):
+        return None
+    sample = np.concatenate([b.reshape(-1) for b in bands])
+    if sample.size == 0:
+        return None
+    _, counts = np.unique(sample, return_counts=True)
+    return int(counts.size), float(counts.max() / sample.size)
+
+
+def _role_of(hdu: Any, index: int, name: str) -> HduRole:
+    """Decide what one HDU is (not yet paired with a sky image)."""
+    if isinstance(hdu, fits.BinTableHDU | fits.TableHDU):
+        return HduRole(index, name, "table", "a table")
+    shape = _image_shape(hdu)
+    if shape is None:
+        naxis = int(hdu.header.get("NAXIS", 0) or 0)
+        if naxis == 0 or hdu.header.get("NAXIS1", 0) == 0:
+            return HduRole(index, name, "header only", "no pixels")
+        return HduRole(index, name, "auxiliary",
+                       f"{naxis}-dimensional, not a 2-D image")
+    named = _role_by_name(_extname(hdu).upper(), index, name)
+    if named is not None:
+        return named
+    found = _integer_sample(hdu, shape)
+    if found is not None:
+        n, share = found
+        if n <= MASK_MAX_VALUES and share >= 0.5:
+            return HduRole(index, name, "mask",
+                           f"integer, {n} distinct value"
+                           + ("s" if n != 1 else ""))
+    return HduRole(index, name, "sky image",
+                   "a 2-D image named and valued as no auxiliary plane")
+
+
+def _role_by_name(ext: str, index: int, name: str) -> HduRole | None:
+    """Return the role an EXTNAME says (None: it says nothing)."""
+    if ext in MASK_EXTNAMES:
+        return HduRole(index, name, "mask", f"EXTNAME {ext}")
+    if ext in WEIGHT_EXTNAMES:
+        kind = WEIGHT_EXTNAMES[ext]
+        return HduRole(index, name, "weight", f"EXTNAME {ext}, {kind}",
+                       weight_type=kind)
+    if ext and any(ext == o or (o.endswith("_") and ext.startswith(o))
+                   for o in OTHER_EXTNAMES):
+        return HduRole(index, name, "auxiliary",
+                       f"EXTNAME {ext}: not a sky image")
+    return None
+
+
+def _pair_planes(roles: list[HduRole], hdul: fits.HDUList,
+                 ) -> list[HduRole]:
+    """Pair each mask and weight plane with the sky image it serves.
+
+    The sky image of the same EXTVER, else the nearest one before it in
+    the file, else after it; of the same shape; one mask and one weight
+    per sky image (the first).
+    """
+    sky = [r for r in roles if r.role == "sky image"]
+
+    def extver(index: int) -> Any:
+        value = hdul[index].header.get("EXTVER")
+        return value if isinstance(value, int) else None
+
+    taken: set[tuple[int, str]] = set()
+    out = []
+    for role in roles:
+        if role.role not in ("mask", "weight") or not sky:
+            out.append(role)
+            continue
+        same = [r for r in sky if extver(role.index) is not None
+                and extver(r.index) == extver(role.index)]
+        before = [r for r in sky if r.index < role.index]
+        target = (same[0] if same else before[-1] if before else sky[0])
+        reason = role.reason
+        if _image_shape(hdul[role.index]) != _image_shape(
+                hdul[target.index]):
+            reason += f"; not used: its shape differs from {target.name}'s"
+            out.append(replace(role, reason=reason))
+            continue
+        if (target.index, role.role) in taken:
+            reason += (f"; not used: {target.name} already has a "
+                       f"{role.role} plane")
+            out.append(replace(role, reason=reason))
+            continue
+        taken.add((target.index, role.role))
+        out.append(replace(role, serves=target.index, used=True))
+    return out
+
+
+def hdu_roles(hdul: fits.HDUList) -> tuple[HduRole, ...]:
+    """Decide the role of every HDU of an image file.
+
+    A sky image is a 2-D image that is none of the others: a mask
+    (EXTNAME in `MASK_EXTNAMES`, or an integer image with at most
+    `MASK_MAX_VALUES` distinct values, the commonest on half of it), a
+    weight (EXTNAME in `WEIGHT_EXTNAMES`), another plane
+    (`OTHER_EXTNAMES`), a table or a header.  Masks and weights are
+    paired with the sky image they serve (`HduRole.serves`).
+    """
+    names = [_extname(hdu) or ("PRIMARY" if i == 0 else f"HDU{i}")
+             for i, hdu in enumerate(hdul)]
+    if len(set(names)) != len(names):
+        # As the CCDs are named (`ImageSource`): SCI,1 SCI,2 (HST).
+        versioned = [_hdu_name(hdu, i) for i, hdu in enumerate(hdul)]
+        if len(set(versioned)) == len(versioned):
+            names = versioned
+    return tuple(_pair_planes(
+        [_role_of(hdu, i, names[i]) for i, hdu in enumerate(hdul)], hdul))
+
+
+def no_sky_message(roles: Sequence[HduRole]) -> str:
+    """Say why a file holds no sky image, naming what each HDU is."""
+    images = [r for r in roles if r.role not in ("table", "header only")]
+    if len(images) == 1:
+        only = images[0]
+        if only.distinct is not None:
+            n = only.distinct
+            return (f"extension {only.name} holds {n} distinct integer "
+                    f"value{'s' if n != 1 else ''}: a mask, not an image")
+        return (f"extension {only.name} is a {only.role} plane "
+                f"({only.reason}), not an image")
+    if not images:
+        return "no image HDU"
+    groups: list[list[HduRole]] = []
+    for role in images:
+        if groups and groups[-1][-1].role == role.role and (
+                (role.distinct is None) == (groups[-1][-1].distinct
+                                            is None)):
+            groups[-1].append(role)
+        else:
+            groups.append([role])
+    parts = []
+    for group in groups:
+        first, last = group[0], group[-1]
+        what = f"{first.role}s" if len(group) > 1 else f"a {first.role}"
+        if first.distinct is not None:
+            counts = sorted({r.distinct for r in group
+                             if r.distinct is not None})
+            span = (str(counts[0]) if len(counts) == 1
+                    else f"{counts[0]}-{counts[-1]}")
+            why = f"integer, {span} distinct values"
+        else:
+            why = ", ".join(sorted({r.reason.split(";")[0]
+                                    for r in group}))
+        names = (first.name if len(group) == 1
+                 else f"{first.name}..{last.name}")
+        verb = "is" if len(group) == 1 else "are"
+        parts.append(f"{names} {verb} {what} ({why})")
+    return "no extension holds a sky image: " + "; ".join(parts)
+
+
 class ImageSource:
     """An opened input image: a file path or an in-memory HDUList.
 
@@ -166,11 +438,27 @@ class ImageSource:
         How messages name the input (``"image"``, ``"flat"``, ...).
     tmpdir : Path, optional
         Where to decompress gzip files (default: the system temp dir).
+    roles : bool
+        Decide each HDU's role (`hdu_roles`): `extensions` are then the
+        sky images only, `hdus` says what every HDU is, and a file with
+        no sky image is refused (`NoImageDataError`).  For the image
+        assessed; a flat, mask or weight file is taken as it is.
+
+    Attributes
+    ----------
+    extensions : tuple of ImageExtension
+        The CCDs: every 2-D image HDU, or with ``roles`` the sky images.
+    images : tuple of ImageExtension
+        Every 2-D image HDU (auxiliary planes included).
+    hdus : tuple of HduRole
+        With ``roles``, every HDU's role; else empty.
     """
 
     def __init__(self, image: ImageInput, *, label: str = "image",
-                 tmpdir: Path | None = None) -> None:
+                 tmpdir: Path | None = None, roles: bool = False) -> None:
         self.label = label
+        self._roles = roles
+        self.hdus: tuple[HduRole, ...] = ()
         self._tmp: Path | None = None
         self._hdul: fits.HDUList | None = None
         self._owns_hdul = False
@@ -185,7 +473,8 @@ class ImageSource:
             self._hdul = self._open_file(self.path)
             self._owns_hdul = True
         try:
-            self.extensions = self._scan()
+            self.images = self._scan()
+            self.extensions = self._sky_images()
         except Exception:
             self.close()
             raise
@@ -298,13 +587,53 @@ class ImageSource:
             )
         names = [e.name for e in found]
         if len(set(names)) != len(names):
+            # SCI,1 SCI,2 (HST) when EXTVER tells them apart, else SCI#1.
+            versioned = [_hdu_name(self._hdul[e.index], e.index)
+                         for e in found]
+            unique = len(set(versioned)) == len(versioned)
             found = [
-                ImageExtension(index=e.index, name=f"{e.name}#{e.index}",
+                ImageExtension(index=e.index,
+                               name=v if unique else f"{e.name}#{e.index}",
                                shape=e.shape, datasec=e.datasec,
                                header=e.header)
-                for e in found
+                for e, v in zip(found, versioned, strict=True)
             ]
         return tuple(found)
+
+    def _sky_images(self) -> tuple[ImageExtension, ...]:
+        """Return the CCDs: with roles, the sky images (none: refuse)."""
+        if not self._roles:
+            return self.images
+        assert self._hdul is not None
+        self.hdus = hdu_roles(self._hdul)
+        sky = {r.index for r in self.hdus if r.role == "sky image"}
+        if not sky:
+            self._count_values()
+            raise NoImageDataError(
+                f"{self.display}: {no_sky_message(self.hdus)}")
+        return tuple(e for e in self.images if e.index in sky)
+
+    def _count_values(self) -> None:
+        """Count a lone integer mask's values on all its pixels."""
+        assert self._hdul is not None
+        masks = [r for r in self.hdus if r.distinct is not None]
+        if len(self.images) != 1 or len(masks) != 1:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                raw = self._hdul[masks[0].index].data
+            n = int(np.unique(raw).size)
+        except (*_READ_ERRORS, AttributeError):
+            return
+        self.hdus = tuple(
+            replace(r, reason=f"integer, {n} distinct value"
+                    + ("s" if n != 1 else "")) if r is masks[0] else r
+            for r in self.hdus)
+
+    def plane(self, index: int) -> ImageExtension:
+        """Return the image HDU ``index`` (an auxiliary plane)."""
+        return next(e for e in self.images if e.index == index)
 
     # -- reading -------------------------------------------------------
     def read(self, ext: ImageExtension, *, crop: bool = True) -> (
@@ -430,7 +759,9 @@ def match_extensions(
     """Pair the image extensions of a flat or mask with the image's.
 
     Extensions are paired in file order; a single-image flat or mask
-    serves a single-image input only.
+    serves a single-image input only.  When the image's auxiliary planes
+    leave it fewer CCDs than image HDUs, ``other`` may also have one
+    extension per image HDU (the CCDs' own are used).
 
     Returns
     -------
@@ -443,13 +774,22 @@ def match_extensions(
         Different extension counts, or a shape that matches neither the
         image extension nor its data section.
     """
-    if len(other.extensions) != len(image.extensions):
-        raise ShapeMismatchError(
-            f"{other.display} has {len(other.extensions)} image "
-            f"extension(s), {image.display} has {len(image.extensions)}"
-        )
+    ccds = image.extensions
+    if len(other.extensions) != len(ccds):
+        if len(other.extensions) != len(image.images):
+            raise ShapeMismatchError(
+                f"{other.display} has {len(other.extensions)} image "
+                f"extension(s), {image.display} has {len(ccds)}"
+                + ("" if len(image.images) == len(ccds) else
+                   f" sky image(s) among {len(image.images)} image HDUs")
+            )
+        wanted = {e.index for e in ccds}
+        kept = [o for i, o in zip(image.images, other.extensions,
+                                  strict=True) if i.index in wanted]
+    else:
+        kept = list(other.extensions)
     pairs = {}
-    for img, oth in zip(image.extensions, other.extensions, strict=True):
+    for img, oth in zip(ccds, kept, strict=True):
         if oth.shape not in (img.shape, img.data_shape) and (
                 oth.data_shape != img.data_shape):
             raise ShapeMismatchError(

@@ -184,8 +184,9 @@ METRICS: tuple[Metric, ...] = (
     _m("FRAC_W0", "", "stat.filling;instr.det",
        "Fraction of the data-section pixels with zero weight"),
     _m("W_MEAN", "", "stat.weight;stat.mean",
-       "Mean weight of the data-section pixels (the flat normalised to "
-       "median 1, else (median RMS / RMS)^2; flagged pixels count as 0)"),
+       "Mean weight of the data-section pixels (the weight map given, "
+       "else the flat, normalised to median 1, else (median RMS / "
+       "RMS)^2; flagged pixels count as 0)"),
     _m("NFLAG_BADFLAT", "", "meta.number;instr.det",
        "Pixels flagged BAD_FLAT (bit 1)", integer=True),
     _m("NFLAG_COSMIC", "", "meta.number;instr.det",
@@ -196,6 +197,9 @@ METRICS: tuple[Metric, ...] = (
        "Pixels flagged USER_MASK (bit 8)", integer=True),
     _m("NFLAG_NODATA", "", "meta.number;instr.det",
        "Pixels flagged NO_DATA (bit 16)", integer=True),
+    _m("NFLAG_ZEROWEIGHT", "", "meta.number;instr.det",
+       "Pixels flagged ZERO_WEIGHT (bit 64): weight 0 in the weight map "
+       "given", integer=True),
 )
 
 METRIC_BY_NAME: Mapping[str, Metric] = {m.name: m for m in METRICS}

@@ -18,8 +18,8 @@ module (``tests/qualityfits/test_parameters.py`` checks the two
 agree).
 
 >>> from qualityfits.parameters import QualityParameters
->>> QualityParameters.from_text({"zeropoint": "30", "pixscale": ""})
-QualityParameters(zeropoint=30.0, pixscale=None, mask_convention='auto')
+>>> QualityParameters.from_text({"zeropoint": "30", "pixscale": ""}).given()
+{'zeropoint': 30.0}
 >>> QualityParameters(pixscale=-1)
 Traceback (most recent call last):
   ...
@@ -144,7 +144,9 @@ class Parameter:
         if not text:
             return self.default
         if self.kind == "choice":
-            return self.check(text.lower())
+            # Any case: ``zero``, ``ZERO``; ``map_var``, ``MAP_VAR``.
+            folded = {c.lower(): c for c in self.choices}
+            return self.check(folded.get(text.lower(), text))
         try:
             number = float(text)
         except ValueError:
@@ -174,6 +176,14 @@ PARAMETERS: Final[tuple[Parameter, ...]] = (
         "zero (0 is bad, CFHT Elixir masks) or nonzero (flag maps)",
         choices=("auto", "zero", "nonzero"), option="--mask-bad-value",
         label="Bad pixels of the mask"),
+    Parameter(
+        "weight_type", "choice", "",
+        "what the weight map holds, as SExtractor's WEIGHT_TYPE: "
+        "MAP_WEIGHT (relative inverse variance, e.g. a CP oow file), "
+        "MAP_VAR (relative variance) or MAP_RMS (noise in ADU); "
+        "0 weight (or infinite variance/RMS) marks a bad pixel",
+        choices=("MAP_WEIGHT", "MAP_VAR", "MAP_RMS"),
+        option="--weight-type", label="Weight map type"),
 )
 #: The parameters by name.
 PARAMETER_BY_NAME: Final[Mapping[str, Parameter]] = {
@@ -204,6 +214,8 @@ class QualityParameters:
     mask_convention : {"auto", "zero", "nonzero"}
         Which mask values mark bad pixels (see
         `qualityfits.io.mask_to_bad`).
+    weight_type : {"MAP_WEIGHT", "MAP_VAR", "MAP_RMS"}
+        What the weight map holds (see `qualityfits.weights.noise_map`).
 
     Raises
     ------
@@ -214,6 +226,7 @@ class QualityParameters:
     zeropoint: float | None = None
     pixscale: float | None = None
     mask_convention: Literal["auto", "zero", "nonzero"] = "auto"
+    weight_type: Literal["MAP_WEIGHT", "MAP_VAR", "MAP_RMS"] = "MAP_WEIGHT"
 
     def __post_init__(self) -> None:
         """Check every value against `PARAMETERS`; numbers become floats."""

@@ -80,6 +80,7 @@ from qualityfits.detection import (
     object_mask,
 )
 from qualityfits.io import (
+    HduRole,
     ImageExtension,
     ImageInput,
     ImageSource,
@@ -111,9 +112,11 @@ from qualityfits.report import (
 )
 from qualityfits.weights import (
     PixelMaps,
+    WeightType,
     bin_mean,
     flag_counts,
     flag_map,
+    inverse_variance,
     normalise_flat,
     weight_map,
     write_map_pieces,
@@ -370,6 +373,13 @@ class _Ccd:
     nodata: NDArray[np.bool_] = field(
         default_factory=lambda: np.zeros((0, 0), bool))
     user_bad: NDArray[np.bool_] | None = None
+    #: The relative inverse variance of the weight map given (0: bad).
+    ivar: NDArray[np.float32] | None = None
+    #: Where the weight map given is 0.
+    zero_weight: NDArray[np.bool_] | None = None
+    #: Per-pixel noise from the weight map, scaled to the sky noise
+    #: (detection thresholds and flux errors); None: the RMS map.
+    noise: NDArray[np.float32] | None = None
     flat_norm: NDArray[np.float32] | None = None
     flat_bad: NDArray[np.bool_] | None = None
     gain: float | None = None
@@ -489,6 +499,61 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
     )
 
 
+def _use_weight(ccd: _Ccd, ivar: NDArray[np.float32]) -> None:
+    """Take a weight map's inverse variance: its zeros are bad pixels."""
+    if ivar.shape != ccd.pix.shape:
+        raise errors.ShapeMismatchError(
+            f"{ccd.name}: the weight map has shape {ivar.shape[0]}x"
+            f"{ivar.shape[1]}, the image {ccd.pix.shape[0]}x"
+            f"{ccd.pix.shape[1]}")
+    ccd.ivar = ivar
+    ccd.zero_weight = ivar == 0
+    ccd.bad |= ccd.zero_weight
+    check_pixels(ccd.pix, ccd.bad, name=ccd.name)
+
+
+def _noise_from_weight(ccd: _Ccd, bkg: sep.Background,
+                       weight_type: WeightType) -> None:
+    """Per-pixel noise from the weight map, as SExtractor makes it.
+
+    MAP_WEIGHT and MAP_VAR maps are relative: scaled so that their
+    mean variance over the good pixels is the sky's, as sep measured it
+    (SExtractor scales them on the background too); MAP_RMS is in ADU
+    and used as it is.  Bad pixels get the global sky RMS (they are
+    masked anyway).
+    """
+    assert ccd.ivar is not None
+    good = ~ccd.bad
+    with np.errstate(divide="ignore"):
+        sigma = np.zeros(ccd.ivar.shape, np.float32)
+        np.sqrt(ccd.ivar, out=sigma)
+        np.divide(1.0, sigma, out=sigma, where=good)
+    # The sky variance of a mesh is the mean of its pixels' variances:
+    # the scale matches the means (pixels 100 times the median variance
+    # left out, the wings of bright stars in an absolute weight map).
+    step = 4 if good[::4, ::4].sum() >= 1000 else 1
+    var = np.square(sigma[::step, ::step][good[::step, ::step]],
+                    dtype=np.float64)
+    sky = np.square(ccd.rms[::step, ::step][good[::step, ::step]],
+                    dtype=np.float64)
+    keep = var <= 100.0 * np.median(var)
+    scale = math.sqrt(float(np.mean(sky[keep]) / np.mean(var[keep])))
+    if weight_type == "MAP_RMS":
+        if not 0.5 < scale < 2.0:
+            ccd.notes.append(
+                f"the MAP_RMS weight map's noise is {1 / scale:.3g} "
+                "times the sky noise measured on the image: is it in "
+                "the image's units?")
+        scale = 1.0
+    else:
+        ccd.notes.append(
+            f"detection thresholds from the {weight_type} weight map, "
+            f"scaled to the sky noise (x {scale:.4g})")
+    sigma *= np.float32(scale)
+    sigma[~good] = np.float32(bkg.globalrms)
+    ccd.noise = sigma
+
+
 def _background(ccd: _Ccd) -> sep.Background:
     """SExtractor's background: its model, the image minus it, its RMS.
 
@@ -545,7 +610,9 @@ def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
 def _detection(ccd: _Ccd,
                bkg: sep.Background) -> tuple[Sources, Background]:
     """Detect and measure the sources; the sky metrics, NOBJ."""
-    sub, rms = ccd.sub, ccd.rms
+    sub = ccd.sub
+    # With a weight map, SExtractor's thresholds: per pixel, from it.
+    rms = ccd.noise if ccd.noise is not None else ccd.rms
     objects, segmap = extract(sub, rms, ccd.bad, ccd.config)
     # A second estimate with the sources masked: closer to the true
     # sky in crowded fields; the difference measures the light of
@@ -557,6 +624,7 @@ def _detection(ccd: _Ccd,
     src = measure(sub, ccd.pix, rms, ccd.bad, objects, segmap,
                   gain=ccd.gain, saturation=ccd.saturation,
                   config=ccd.config)
+    ccd.noise = None
     ccd.metrics["NOBJ"] = len(src)
     return src, background
 
@@ -750,12 +818,14 @@ def _weights(ccd: _Ccd, cosmic: NDArray[np.bool_] | None,
         saturated = ccd.pix >= ccd.config.saturation_margin * ccd.saturation
     flagmap = flag_map(ccd.pix.shape, bad_flat=ccd.flat_bad,
                        cosmic_ray=cosmic, saturated=saturated,
-                       user_mask=ccd.user_bad, no_data=ccd.nodata)
+                       user_mask=ccd.user_bad, no_data=ccd.nodata,
+                       zero_weight=ccd.zero_weight)
     del saturated
     ccd.image = None
-    source = "flat" if ccd.flat_norm is not None else "rms"
-    weight = weight_map(flagmap, ccd.flat_norm, ccd.rms)
-    ccd.flat_norm = ccd.sky_rms = None
+    source = ("input weight" if ccd.ivar is not None
+              else "flat" if ccd.flat_norm is not None else "rms")
+    weight = weight_map(flagmap, ccd.flat_norm, ccd.rms, ccd.ivar)
+    ccd.flat_norm = ccd.sky_rms = ccd.ivar = None
     ccd.metrics.update(flag_counts(flagmap))
     ccd.metrics["FRAC_W0"] = float(np.count_nonzero(weight == 0)
                                    / weight.size)
@@ -805,6 +875,8 @@ def assess_extension(
     origin: tuple[int, int] = (0, 0),
     overwrite_input: bool = False,
     maps: Callable[[PixelMaps], None] | None = None,
+    ivar: NDArray[np.float32] | None = None,
+    weight_type: WeightType = "MAP_WEIGHT",
 ) -> ExtensionReport:
     """Assess one CCD held in memory.
 
@@ -838,6 +910,14 @@ def assess_extension(
     maps : callable, optional
         Given the weight, flag and cosmic-ray maps (`PixelMaps`) once
         they are made (to write them); they are not kept in the report.
+    ivar : ndarray, optional
+        The weight map's relative inverse variance (same shape;
+        `qualityfits.weights.inverse_variance`): it sets the detection
+        thresholds pixel by pixel and is the product weight map; its
+        zeros are bad pixels (flag ZERO_WEIGHT).
+    weight_type : {"MAP_WEIGHT", "MAP_VAR", "MAP_RMS"}
+        What the weight map was: MAP_RMS noise is absolute (ADU), the
+        others are scaled to the sky noise.
 
     Returns
     -------
@@ -855,7 +935,11 @@ def assess_extension(
         _prepare(data, header, ccd=ccd, bad=bad, flat=flat,
                  zeropoint=zeropoint, pixscale=pixscale,
                  overwrite_input=overwrite_input)
+        if ivar is not None:
+            _use_weight(ccd, ivar)
         bkg = _background(ccd)
+        if ccd.ivar is not None:
+            _noise_from_weight(ccd, bkg, weight_type)
         clock.begin("cosmic_rays")
         cosmic = _cosmic_rays(ccd, bkg.globalback)
         clock.begin("detection")
@@ -900,6 +984,17 @@ class _Task:
     context: _Context
     flat_label: str = "flat"
     mask_label: str = "mask"
+    weight: tuple[Path | NDArray[np.float32], ImageExtension] | None = None
+    weight_type: WeightType = "MAP_WEIGHT"
+    weight_label: str = "weight"
+    #: The weight is a plane of the image's own file (not the user's):
+    #: its NaN and negative values weigh 0 instead of being refused.
+    weight_auto: bool = False
+    #: The mask's bad bits (a plane of the image's own file that says
+    #: which of its bits are bad); None: ``mask_convention``.
+    mask_bits: int | None = None
+    #: What the report notes about the CCD's inputs (planes used).
+    notes: tuple[str, ...] = ()
 
 
 def _read_ref(ref: Path | NDArray[np.float32], ext: ImageExtension,
@@ -931,12 +1026,35 @@ def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
         else:
             assert task.image is not None
             data = task.image
-        bad = flat = None
+        bad = flat = ivar = None
+        notes = task.notes
+        if task.weight is not None:
+            try:
+                ivar = inverse_variance(
+                    _read_ref(task.weight[0], task.weight[1], ext,
+                              "weight"),
+                    task.weight_type, strict=not task.weight_auto,
+                    name=f"{ext.name}: {task.weight_label}, extension "
+                    f"{task.weight[1].name}")
+            except errors.EmptyImageError:
+                if not task.weight_auto:
+                    raise
+                # The file's own plane says nothing: measure without it.
+                unused = (f"weight: the {task.weight[1].name} plane has "
+                          "no positive weight: not used")
+                notes = (*(n for n in notes
+                           if not n.startswith("weight:")), unused)
         if task.mask is not None:
             values = _read_ref(task.mask[0], task.mask[1], ext, "mask")
-            bad = mask_to_bad(
-                values, task.mask_convention,
-                name=f"{task.mask_label}, extension {task.mask[1].name}")
+            if task.mask_bits is not None:
+                ints = np.nan_to_num(values, nan=0.0).astype(np.int64)
+                bad = (ints & task.mask_bits) != 0
+                del ints
+            else:
+                bad = mask_to_bad(
+                    values, task.mask_convention,
+                    name=f"{task.mask_label}, extension "
+                    f"{task.mask[1].name}")
             if bad.all():
                 raise errors.EmptyImageError(
                     f"{ext.name}: every pixel is masked by "
@@ -961,14 +1079,16 @@ def _run_task(task: _Task, post: Poster | None) -> ExtensionReport:
                   else (0, 0))
         rep = assess_extension(
             data, ext.header, name=ext.name, index=ext.index, bad=bad,
-            flat=flat, maps=_map_writer(task),
+            flat=flat, ivar=ivar, weight_type=task.weight_type,
+            maps=_map_writer(task),
             zeropoint=task.context.zeropoint,
             pixscale=task.context.pixscale, config=task.context.config,
             step=post, origin=(x0, y0),
             # A buffer read for this task alone; not a caller's array.
             overwrite_input=isinstance(task.image, Path),
         )
-        rep = replace(rep, timings={"read": read, **rep.timings})
+        rep = replace(rep, timings={"read": read, **rep.timings},
+                      notes=tuple(notes) + rep.notes)
     if post is not None:
         post("done" if rep.ok else "failed")
     return rep
@@ -995,6 +1115,86 @@ def _with_pixels(source: ImageSource, task: _Task) -> _Task:
     return task
 
 
+#: Bits of a Rubin-style mask plane (``MP_<NAME> = bit`` cards) that say
+#: something about a pixel but not that it is bad.
+_INFORMATIVE_PLANES = frozenset({
+    "DETECTED", "DETECTED_NEGATIVE", "NOT_DEBLENDED", "INEXACT_PSF",
+    "CLIPPED", "INJECTED", "INJECTED_TEMPLATE"})
+
+
+def _mask_bits(header: fits.Header) -> tuple[int | None, str]:
+    """Return the bad bits of a mask plane and how they were chosen.
+
+    Rubin-style planes name their bits (``MP_BAD = 0``...): all but the
+    informative ones (DETECTED...) are bad.  JWST DQ: DO_NOT_USE (bit
+    1).  Otherwise None: any non-zero value is bad.
+    """
+    named = {str(k)[3:]: v for k, v in header.items()
+             if str(k).startswith("MP_") and isinstance(v, int)
+             and not isinstance(v, bool) and 0 <= v < 63}
+    if named:
+        bad = sorted(k for k in named if k not in _INFORMATIVE_PLANES)
+        bits = 0
+        for key in bad:
+            bits |= 1 << named[key]
+        return bits, f"bits {', '.join(bad)} are bad"
+    if str(header.get("TELESCOP", "")).strip().upper() == "JWST":
+        return 1, "DO_NOT_USE (bit 1) is bad"
+    return None, "non-zero is bad"
+
+
+@dataclass(frozen=True)
+class _Planes:
+    """The mask and weight planes of one CCD, from the image's own file."""
+
+    mask: tuple[Path | NDArray[np.float32], ImageExtension] | None = None
+    mask_bits: int | None = None
+    weight: tuple[Path | NDArray[np.float32], ImageExtension] | None = None
+    weight_type: WeightType = "MAP_WEIGHT"
+    notes: tuple[str, ...] = ()
+
+
+def _own_planes(src: ImageSource, *, user_mask: bool, user_weight: bool,
+                ) -> tuple[dict[int, _Planes], tuple[HduRole, ...]]:
+    """Use each CCD's own DQ/MASK and ERR/VAR/WHT planes (unless given).
+
+    Returns the planes by CCD HDU index, and the roles with those that
+    the user's file replaces marked as not used.
+    """
+    planes: dict[int, _Planes] = {}
+    roles = []
+    for role in src.hdus:
+        if not role.used or role.serves is None:
+            roles.append(role)
+            continue
+        given = user_mask if role.role == "mask" else user_weight
+        if given:
+            roles.append(replace(
+                role, used=False,
+                reason=f"{role.reason}; not used: --{role.role} given"))
+            continue
+        roles.append(role)
+        ext = src.plane(role.index)
+        ref: Path | NDArray[np.float32] = (
+            src.path if src.path is not None
+            else src.read(ext, crop=False))
+        have = planes.get(role.serves, _Planes())
+        if role.role == "mask":
+            bits, how = _mask_bits(ext.header)
+            planes[role.serves] = replace(
+                have, mask=(ref, ext), mask_bits=bits,
+                notes=(*have.notes, (f"mask: the {role.name} plane of "
+                                     f"the file (HDU {role.index}, {how})")))
+        else:
+            assert role.weight_type is not None
+            planes[role.serves] = replace(
+                have, weight=(ref, ext), weight_type=role.weight_type,
+                notes=(*have.notes, (f"weight: the {role.name} plane "
+                                     f"of the file (HDU {role.index}) as "
+                                     f"{role.weight_type}")))
+    return planes, tuple(roles)
+
+
 def _refs(source: ImageSource, image: ImageSource,
           ) -> dict[int, tuple[Path | NDArray[np.float32], ImageExtension]]:
     pairs = match_extensions(image, source)
@@ -1012,6 +1212,7 @@ def assess(
     *,
     flat: ImageInput | None = None,
     mask: ImageInput | None = None,
+    weight: ImageInput | None = None,
     parameters: QualityParameters | None = None,
     config: QualityConfig | None = None,
     jobs: int | None = None,
@@ -1030,9 +1231,16 @@ def assess(
         [``flat_min``, ``flat_max``] times its median are ignored.
     mask : str, Path or HDUList, optional
         User mask with the same image extensions.
+    weight : str, Path or HDUList, optional
+        Weight map with the same image extensions, of the
+        ``weight_type`` of ``parameters`` (SExtractor's WEIGHT_TYPE):
+        the detection thresholds follow it pixel by pixel, it is the
+        product weight map, and its zero-weight pixels are ignored and
+        flagged ZERO_WEIGHT.
     parameters : QualityParameters, optional
-        The zero point, the pixel scale and the mask convention (which
-        mask values mark bad pixels, see `qualityfits.io.mask_to_bad`),
+        The zero point, the pixel scale, the mask convention (which
+        mask values mark bad pixels, see `qualityfits.io.mask_to_bad`)
+        and the weight type,
         checked when the object was made; default: all taken from the
         image (header zero point, else instrumental magnitudes; WCS or
         header pixel scale) and the mask convention ``auto``.
@@ -1076,24 +1284,36 @@ def assess(
                        maps_dir=None if maps_dir is None else Path(maps_dir))
     name = _input_name(image)
     with ExitStack() as stack:
-        src = stack.enter_context(ImageSource(image))
+        src = stack.enter_context(ImageSource(image, roles=True))
         flat_src = (stack.enter_context(ImageSource(flat, label="flat"))
                     if flat is not None else None)
         mask_src = (stack.enter_context(ImageSource(mask, label="mask"))
                     if mask is not None else None)
+        weight_src = (stack.enter_context(ImageSource(weight,
+                                                      label="weight"))
+                      if weight is not None else None)
         flats = _refs(flat_src, src) if flat_src else {}
         masks = _refs(mask_src, src) if mask_src else {}
+        weights = _refs(weight_src, src) if weight_src else {}
         convention: MaskConvention = parameters.mask_convention
         if mask_src is not None and convention == "auto":
             convention = resolve_mask_convention(mask_src)
+        own, hdus = _own_planes(src, user_mask=mask_src is not None,
+                                user_weight=weight_src is not None)
         tasks = [
             _Task(ext=ext, image=src.path, flat=flats.get(ext.index),
                   mask=masks.get(ext.index), mask_convention=convention,
                   context=context,
                   flat_label=flat_src.display if flat_src else "flat",
-                  mask_label=mask_src.display if mask_src else "mask")
+                  mask_label=mask_src.display if mask_src else "mask",
+                  weight=weights.get(ext.index),
+                  weight_type=parameters.weight_type,
+                  weight_label=(weight_src.display if weight_src
+                                else "weight"))
             for ext in src.extensions
         ]
+        tasks = [_with_planes(task, own.get(task.ext.index), src.display)
+                 for task in tasks]
         reports = run_tasks(
             tasks, _run_task, jobs=jobs or default_jobs(), steps=STEPS,
             prepare=functools.partial(_with_pixels, src),
@@ -1103,6 +1323,7 @@ def assess(
     exposure = aggregate(exts, reports, config)
     report = QualityReport(
         image=name,
+        hdus=hdus,
         extensions=tuple(reports),
         exposure=exposure,
         config=config,
@@ -1111,6 +1332,8 @@ def assess(
             "mask": None if mask is None else _input_name(mask),
             "zeropoint": zeropoint, "pixscale": pixscale,
             "mask_convention": convention,
+            "weight": None if weight is None else _input_name(weight),
+            "weight_type": parameters.weight_type,
         },
         versions=_versions(),
         observation=observation(exts[0].header),
@@ -1118,6 +1341,22 @@ def assess(
     if not any(r.ok for r in reports):
         _raise_all_failed(reports, display)
     return report
+
+
+def _with_planes(task: _Task, planes: _Planes | None,
+                 display: str) -> _Task:
+    """Give a task its CCD's own mask and weight planes, if any."""
+    if planes is None:
+        return task
+    if planes.mask is not None:
+        task = replace(task, mask=planes.mask, mask_bits=planes.mask_bits,
+                       mask_convention="nonzero",
+                       mask_label=f"{display}, its mask plane")
+    if planes.weight is not None:
+        task = replace(task, weight=planes.weight,
+                       weight_type=planes.weight_type, weight_auto=True,
+                       weight_label=f"{display}, its weight plane")
+    return replace(task, notes=planes.notes)
 
 
 def _input_name(item: ImageInput) -> str:

@@ -11,6 +11,10 @@ renders (lxml for one, Jinja2 for the other).
 Adding a column to both pages is one entry of `CCD_COLUMNS`; a picture,
 one entry of `PICTURES`.
 
+Every HDU of the image file is listed with its role and why
+(`hdu_lines`: sky image assessed, mask, weight, table...) on both pages
+and by the command line.
+
 Magnitudes measured without a zero point are instrumental; `instrumental`
 says so for a CCD, from its metrics, for every place that shows a
 magnitude (these pages, the command line's table, the plots).
@@ -375,3 +379,51 @@ def previews(items: Sequence[_P]) -> list[tuple[_P, str]]:
     """
     return [(item, item.description) for item in items
             if item.id.startswith(PREVIEW_PREFIX)]
+
+
+def hdu_lines(hdus: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Say what each HDU of the image file is, and why.
+
+    Parameters
+    ----------
+    hdus : sequence of mapping
+        The ``hdus`` of a summary (`qualityfits.io.HduRole.to_dict`).
+
+    Returns
+    -------
+    tuple of str
+        One line per HDU (``HDU 3 DQ,1: mask (EXTNAME DQ), used for
+        SCI,1``); runs of HDUs alike (the CCDs of a mosaic) in one line
+        (``HDU 1-36 ccd00..ccd35: sky image, assessed (...)``).
+    """
+    names = {h["index"]: h["name"] for h in hdus}
+
+    def text(h: Mapping[str, Any]) -> str:
+        what = h["role"] + (", assessed" if h["role"] == "sky image"
+                            else "")
+        line = f"{what} ({h['reason']})"
+        if h.get("used") and h.get("serves") is not None:
+            line += f", used as the {h['role']} of {names[h['serves']]}"
+        return line
+
+    lines: list[str] = []
+    run: list[Mapping[str, Any]] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        first, last = run[0], run[-1]
+        if len(run) == 1:
+            lines.append(f"HDU {first['index']} {first['name']}: "
+                         f"{text(first)}")
+        else:
+            lines.append(f"HDU {first['index']}-{last['index']} "
+                         f"{first['name']}..{last['name']}: {text(first)}")
+        run.clear()
+
+    for h in hdus:
+        if run and (text(h) != text(run[-1]) or h.get("used")):
+            flush()
+        run.append(h)
+    flush()
+    return tuple(lines)

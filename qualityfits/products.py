@@ -78,8 +78,8 @@ _MAPS = (
     ("weight", "weight", ("Weight map (relative inverse variance; 0 where "
      "flagged), one extension per CCD")),
     ("flag", "flag", ("Flag map (bits: 1 bad flat, 2 cosmic ray, 4 "
-     "saturated, 8 user mask, 16 no data, 32 outside the data section), "
-     "one extension per CCD")),
+     "saturated, 8 user mask, 16 no data, 32 outside the data section, "
+     "64 zero weight), one extension per CCD")),
     ("cosmic", "crmask", ("Cosmic-ray mask (1 = cosmic-ray pixel), one "
      "extension per CCD")),
 )

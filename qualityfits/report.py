@@ -22,6 +22,7 @@ from qualityfits.background import Background
 from qualityfits.classify import Counts
 from qualityfits.config import QualityConfig
 from qualityfits.grades import Grade
+from qualityfits.io import HduRole
 from qualityfits.metrics import METRIC_BY_NAME, METRICS
 from qualityfits.psf import PsfGrid, PsfModel
 
@@ -309,6 +310,10 @@ class QualityReport:
         When, through which filter, how long and at what airmass the
         exposure was taken, as its header says
         (`qualityfits.observation.observation`; None where it does not).
+    hdus : tuple of HduRole
+        Every HDU of the image file with its role (sky image, mask,
+        weight, ...) and why (`qualityfits.io.hdu_roles`); only the sky
+        images are in ``extensions``.
     """
 
     image: str
@@ -318,6 +323,7 @@ class QualityReport:
     parameters: Mapping[str, Any]
     versions: Mapping[str, str]
     observation: Mapping[str, Any] = field(default_factory=dict)
+    hdus: tuple[HduRole, ...] = ()
 
     def __post_init__(self) -> None:
         """Freeze the mappings."""
@@ -341,6 +347,7 @@ class QualityReport:
             "config": self.config.to_dict(),
             "n_extensions": len(self.extensions),
             "n_failed": len(self.failed),
+            "hdus": [h.to_dict() for h in self.hdus],
             "exposure": self.exposure.to_dict(),
             "extensions": [e.to_dict() for e in self.extensions],
         })

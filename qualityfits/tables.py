@@ -139,6 +139,11 @@ _INPUTS: Final[Mapping[str, tuple[str, str, str, str, str]]] = {
     "mask_convention": ("MASK_CONVENTION", "char", "", "meta.code",
                         ("Mask values marking bad pixels: zero or nonzero "
                         "(auto when no mask is given)")),
+    "weight": ("WEIGHT", "char", "", "meta.id;meta.file",
+               "Weight map given (file name); null: none"),
+    "weight_type": ("WEIGHT_TYPE", "char", "", "meta.code",
+                    ("What the weight map holds: MAP_WEIGHT, MAP_VAR or "
+                     "MAP_RMS (SExtractor's WEIGHT_TYPE)")),
 }
 
 

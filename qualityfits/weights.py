@@ -3,9 +3,14 @@
 A flag map holds, for every pixel, the bits of `PixelFlag` that apply to
 it; the weight map is the relative inverse variance of each pixel:
 
-* with a master flat, the flat normalised by the median of its positive
-  pixels (WeightWatcher's first input weight map: a flat is a gain map);
-* without one, ``(median RMS / RMS)**2`` from the background RMS map (a
+* with a weight map given (``--weight``, or the ERR/VAR/WHT plane of
+  the image's own file), its inverse variance normalised by its median
+  (`inverse_variance` reads SExtractor's MAP_WEIGHT, MAP_VAR and
+  MAP_RMS);
+* else with a master flat, the flat normalised by the median of its
+  positive pixels (WeightWatcher's first input weight map: a flat is a
+  gain map);
+* without either, ``(median RMS / RMS)**2`` from the background RMS map (a
   noisier part of the CCD weighs less), and the report says so;
 
 and the weight is 0 wherever any flag is set (WeightWatcher gives every
@@ -26,13 +31,17 @@ import math
 from dataclasses import dataclass
 from enum import IntFlag
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeAlias, TypeVar
 
 import numpy as np
 from astropy.io import fits
 from numpy.typing import NDArray
 
+from qualityfits.errors import EmptyImageError, InvalidImageError
+
 _T = TypeVar("_T", bound=np.generic)
+#: SExtractor's WEIGHT_TYPE of an external weight map.
+WeightType: TypeAlias = Literal["MAP_WEIGHT", "MAP_VAR", "MAP_RMS"]
 
 #: Steps from 0 to the largest weight in the 16-bit weight files: the
 #: rounding noise (1/4096/sqrt(12) of the largest weight) is a hundred
@@ -58,6 +67,9 @@ class PixelFlag(IntFlag):
     0 (a blank or vignetted pixel: noise cannot give 0 there)."""
     EDGE = 32
     """Outside the data section of the HDU (prescan, overscan)."""
+    ZERO_WEIGHT = 64
+    """Zero weight (infinite or zero variance or RMS) in the weight map
+    given (WeightWatcher: a zero-weight pixel is a flagged one)."""
 
 
 #: Metric name of the pixel count of each flag bit.
@@ -67,6 +79,7 @@ FLAG_METRICS: dict[PixelFlag, str] = {
     PixelFlag.SATURATED: "NFLAG_SATURATED",
     PixelFlag.USER_MASK: "NFLAG_USERMASK",
     PixelFlag.NO_DATA: "NFLAG_NODATA",
+    PixelFlag.ZERO_WEIGHT: "NFLAG_ZEROWEIGHT",
 }
 
 
@@ -81,7 +94,7 @@ class PixelMaps:
         Bits of `PixelFlag`.
     cosmic : ndarray of bool
     weight_source : str
-        ``"flat"`` or ``"rms"``.
+        ``"input weight"``, ``"flat"`` or ``"rms"``.
     """
 
     weight: NDArray[np.float32]
@@ -123,6 +136,65 @@ def normalise_flat(flat: NDArray[np.float32], low: float, high: float,
     return norm, bad, med
 
 
+def inverse_variance(values: NDArray[np.float32], weight_type: WeightType,
+                     *, name: str, strict: bool = True,
+                     ) -> NDArray[np.float32]:
+    """Read a weight map as a relative inverse variance (SExtractor's way).
+
+    ``MAP_WEIGHT`` values are inverse variances, ``MAP_VAR`` variances,
+    ``MAP_RMS`` standard deviations; a weight of 0 (a variance or RMS of
+    0 or +inf, which no real pixel has) marks a bad pixel, whose inverse
+    variance is 0.
+
+    Parameters
+    ----------
+    values : ndarray
+        The weight map's pixels.
+    weight_type : {"MAP_WEIGHT", "MAP_VAR", "MAP_RMS"}
+    name : str
+        How messages name the map (``"weight w.fits, extension N2"``).
+    strict : bool
+        Refuse negative and NaN values (a map the user gave); otherwise
+        (a plane found in the image's own file) they weigh 0.
+
+    Raises
+    ------
+    InvalidImageError
+        ``strict`` and a negative or NaN value.
+    EmptyImageError
+        No pixel has a positive weight.
+    """
+    nan = np.isnan(values)
+    negative = values < 0  # NaN compares False
+    if strict and (nan.any() or negative.any()):
+        what = (f"{int(np.count_nonzero(nan))} NaN pixels" if nan.any()
+                else f"{int(np.count_nonzero(negative))} negative pixels "
+                f"(min {float(np.min(values[negative])):g})")
+        raise InvalidImageError(
+            f"{name}: {what}: not a {weight_type} weight map (a bad "
+            "pixel has weight 0" + ("" if weight_type == "MAP_WEIGHT"
+                                    else ", or variance/RMS inf") + ")")
+    ivar = np.zeros(values.shape, np.float32)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if weight_type == "MAP_WEIGHT":
+            good = np.isfinite(values) & (values > 0)
+            np.copyto(ivar, values, where=good)
+        else:
+            good = np.isfinite(values) & (values > 0)
+            power = 1.0 if weight_type == "MAP_VAR" else 2.0
+            np.divide(1.0, values.astype(np.float64) ** power, out=ivar,
+                      where=good, casting="unsafe")
+            good &= np.isfinite(ivar) & (ivar > 0)
+            ivar[~good] = 0.0
+    if not good.any():
+        raise EmptyImageError(
+            f"{name}: no pixel has a positive weight (every one is 0"
+            + ("" if weight_type == "MAP_WEIGHT" else ", inf")
+            + (", NaN or negative" if not strict else "")
+            + f" as {weight_type}): nothing left to measure")
+    return ivar
+
+
 def flag_map(shape: tuple[int, int], **bits: NDArray[np.bool_] | None,
              ) -> NDArray[np.uint8]:
     """Combine boolean maps into a flag map.
@@ -139,12 +211,25 @@ def flag_map(shape: tuple[int, int], **bits: NDArray[np.bool_] | None,
 
 def weight_map(flags: NDArray[np.uint8],
                flat_norm: NDArray[np.float32] | None,
-               rms: NDArray[np.float32] | None) -> NDArray[np.float32]:
-    """Relative weights: the flat, else (median RMS / RMS)**2; 0 if flagged.
+               rms: NDArray[np.float32] | None,
+               ivar: NDArray[np.float32] | None = None,
+               ) -> NDArray[np.float32]:
+    """Relative weights; 0 where a flag is set.
 
-    One of ``flat_norm`` and ``rms`` must be given.
+    The inverse variance ``ivar`` of a weight map given, normalised by
+    its median, else the flat, else (median RMS / RMS)**2.  One of
+    ``ivar``, ``flat_norm`` and ``rms`` must be given.
     """
     unflagged = flags == 0
+    if ivar is not None:
+        usable = unflagged & (ivar > 0)
+        sample = ivar[::4, ::4][usable[::4, ::4]]
+        if sample.size < 100:
+            sample = ivar[usable]
+        ref = float(np.median(sample)) if sample.size else 1.0
+        weight = np.zeros(ivar.shape, np.float32)
+        np.divide(ivar, ref, out=weight, where=usable)
+        return weight
     if flat_norm is not None:
         weight = np.zeros(flat_norm.shape, np.float32)
         np.copyto(weight, flat_norm, where=unflagged)

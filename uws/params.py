@@ -7,9 +7,10 @@ Three shapes (style guide lesson 4): the request's `uws.forms.Form`
 `qualityfits.QualityParameters` in JSON form.
 
 Science parameters: the files ``image`` (required before the job runs),
-``flat`` and ``mask`` — each an uploaded file or an http(s) URL fetched
-by the worker —, every parameter `qualityfits.parameters.PARAMETERS`
-declares (``zeropoint``, ``pixscale``, ``mask_convention``, ...: their
+``flat``, ``mask`` and ``weight`` — each an uploaded file or an http(s)
+URL fetched by the worker —, every parameter
+`qualityfits.parameters.PARAMETERS` declares (``zeropoint``,
+``pixscale``, ``mask_convention``, ...: their
 checks are QualityParameters' own, so a new one needs no change here),
 and ``email``.  Job-control parameters accepted at creation:
 ``phase=RUN``, ``runid``, ``executionduration``, ``destruction``.
@@ -31,7 +32,7 @@ from uws.errors import UploadTooLargeError, UsageError
 from uws.forms import Form, Upload
 from uws.model import Parameter, ParameterValue
 
-FILE_PARAMETERS = ("image", "flat", "mask")
+FILE_PARAMETERS = ("image", "flat", "mask", "weight")
 #: The science values: `qualityfits.parameters.PARAMETERS`, in order.
 QUALITY_PARAMETERS = tuple(p.name for p in PARAMETERS)
 VALUE_PARAMETERS = (*QUALITY_PARAMETERS, "email")

@@ -845,6 +845,7 @@ class JobService:
             job_id=job.job_id, image=str(values["image"]),
             flat=_optional_text(values.get("flat")),
             mask=_optional_text(values.get("mask")),
+            weight=_optional_text(values.get("weight")),
             parameters=science.to_json(),
             ccd_jobs=self.runner.ccd_jobs,
             fetch_limit=self.settings.upload_limit,

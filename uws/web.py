@@ -332,6 +332,7 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
     try:
         summary = json.loads(found.path.read_bytes())
         table = presentation.ccd_table(summary)
+        hdus = presentation.hdu_lines(summary.get("hdus", []))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return {"error": f"the summary cannot be read: {exc!r}"}
     return {
@@ -342,6 +343,7 @@ def _ccd_table(request: Any, job: Job) -> dict[str, Any] | None:
                   "median": row.median} for row in table.rows],
         "note": table.note,
         "grade": _grade(summary),
+        "hdus": hdus,
     }
 
 

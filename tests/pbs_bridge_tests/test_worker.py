@@ -207,6 +207,43 @@ class TestBadInput:
         assert "shape 64x64" in err.message
         assert states(job)["check"] == "failed"
 
+    def test_weight_of_another_shape(self, tmp_path, image_file):
+        job = make_job(tmp_path, image_file, weight="inputs/weight.fits")
+        fits.PrimaryHDU(np.ones((64, 64), np.float32)).writeto(
+            job / "inputs" / "weight.fits")
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert "weight weight.fits" in err.message
+        assert "shape 64x64" in err.message
+        assert states(job)["check"] == "failed"
+
+    def test_negative_weight(self, tmp_path, image_file):
+        job = make_job(tmp_path, image_file, weight="inputs/weight.fits")
+        fits.PrimaryHDU(np.full((512, 512), -1.0, np.float32)).writeto(
+            job / "inputs" / "weight.fits")
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message.endswith(
+            "weight weight.fits, extension PRIMARY: 262144 negative "
+            "pixels (min -1): not a MAP_WEIGHT weight map (a bad pixel "
+            "has weight 0)")
+
+    def test_a_mask_given_as_the_image(self, tmp_path):
+        values = np.ones((256, 256), np.int16)
+        values[::9, ::4] = 0
+        buf = tmp_path / "mask.fits"
+        fits.PrimaryHDU(values).writeto(buf)
+        job = make_job(tmp_path, buf)
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert err.type == "usage"
+        assert err.message == (
+            "image image.fits: extension PRIMARY holds 2 distinct integer "
+            "values: a mask, not an image")
+        assert states(job)["check"] == "failed"
+
     def test_missing_upload(self, tmp_path):
         job = make_job(tmp_path)
         assert main([str(job)]) == 2
@@ -382,6 +419,21 @@ class TestUrlInput:
         assert got["check"] == "done"
         assert got["read"] == "failed"  # assess refused the zero point
         assert "zeropoint" in error(job).message
+
+    def test_weight_by_url(self, tmp_path, server, image_file):
+        """The image itself as a MAP_WEIGHT map: fetched, and used."""
+        job = make_job(tmp_path, image_file,
+                       weight=f"{server}/field.fits")
+        assert main([str(job)]) == 0
+        assert (job / "inputs" / "weight.fits").read_bytes() == (
+            image_file.read_bytes())
+        steps = {s.name: s for s in progress(job).steps}
+        assert steps["fetch"].detail.startswith("weight ")
+        summary = json.loads(
+            (job / "results" / "image.summary.json").read_text())
+        assert summary["parameters"]["weight"] == "weight.fits"
+        assert any(n.startswith("detection thresholds from the MAP_WEIGHT")
+                   for n in summary["extensions"][0]["notes"])
 
     @pytest.mark.parametrize("url", [
         "ftp://127.0.0.1/field.fits", "file:///etc/passwd",

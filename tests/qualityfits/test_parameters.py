@@ -37,7 +37,8 @@ def test_exported_from_the_package():
 def test_defaults():
     params = QualityParameters()
     assert params.to_json() == {"zeropoint": None, "pixscale": None,
-                                "mask_convention": "auto"}
+                                "mask_convention": "auto",
+                                "weight_type": "MAP_WEIGHT"}
     assert params.given() == {}
 
 
@@ -59,9 +60,9 @@ def test_json_round_trip(params):
     QualityParameters(zeropoint=0.0, mask_convention="nonzero"),
 ])
 def test_text_round_trip(params):
-    text = {name: "" if value is None else repr(value)
+    text = {name: "" if value is None
+            else value if isinstance(value, str) else repr(value)
             for name, value in params.to_json().items()}
-    text["mask_convention"] = params.mask_convention
     assert QualityParameters.from_text(text) == params
 
 
@@ -80,6 +81,9 @@ def test_text_forms():
     # a blank value is "not given"
     assert QualityParameters.from_text(
         {"zeropoint": "  ", "mask_convention": ""}) == QualityParameters()
+    # choices in any case, kept as declared (SExtractor's upper case)
+    assert QualityParameters.from_text(
+        {"weight_type": " map_var "}).weight_type == "MAP_VAR"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -116,7 +120,7 @@ def test_refusals_name_the_field(kwargs, message):
      "mask_convention: 'some' is not one of auto, zero, nonzero"),
     ({"colour": "red"},
      ("colour: unknown parameter (known: zeropoint, pixscale, "
-      "mask_convention)")),
+      "mask_convention, weight_type)")),
 ])
 def test_text_refusals(text, message):
     with pytest.raises(InvalidParameterError) as info:

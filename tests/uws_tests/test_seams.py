@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from lxml import etree
 from uwskit import free_port, job_xml, settings_for, text_of
 
@@ -130,6 +132,34 @@ def test_every_declared_parameter_reaches_the_worker(start_service,
     assert r.status_code == 303
     spec = live.service.folder(job_id).read_spec()
     assert spec.parameters == expected
+    assert live.wait_phase(job_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
+
+
+def test_a_weight_map_is_a_file_input_like_the_flat(start_service,
+                                                    tmp_path: Path,
+                                                    sample_image: Path):
+    """WEIGHT: uploaded, stored by reference, given to the worker."""
+    live = start_service()
+    with fits.open(sample_image) as hdul:
+        shape = hdul[0].data.shape
+    weight = tmp_path / "weight.fits"
+    fits.PrimaryHDU(np.full(shape, 2.0, np.float32)).writeto(weight)
+    page = live.http.get(f"{live.url}/").text
+    assert re.search(r'<input id="weight" name="weight" type="file"',
+                     page)
+    with sample_image.open("rb") as fh, weight.open("rb") as wh:
+        job_url = live.create(files={"image": fh, "weight": wh},
+                              WEIGHT_TYPE="map_weight")
+    job_id = job_url.rsplit("/", 1)[1]
+    stored = {p.name: p.value for p in
+              live.service.store.get(job_id).parameters}
+    assert stored["weight"] == "inputs/weight.fits"
+    assert stored["weight_type"] == "MAP_WEIGHT"
+    r = live.http.post(f"{job_url}/phase", data={"PHASE": "RUN"},
+                       allow_redirects=False)
+    assert r.status_code == 303
+    spec = live.service.folder(job_id).read_spec()
+    assert spec.weight == "inputs/weight.fits"
     assert live.wait_phase(job_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
 
 

@@ -187,6 +187,9 @@ def test_a_real_image_from_upload_to_archive(start_service: Starter,
     # The NTT field has no zero point: its depth is instrumental, said so.
     assert "5σ depth [instrumental mag]" in page.inner_text("#ccds thead")
     assert "instrumental" in page.inner_text("#instrumental")
+    # What the file's one HDU is, as the report page and CLI say it.
+    assert page.inner_text("#hdus").startswith(
+        "HDU 0 PRIMARY: sky image, assessed")
     pictures = page.locator(".pictures img")
     assert pictures.count() >= 8
     assert pictures.first.get_attribute("loading") == "lazy"
