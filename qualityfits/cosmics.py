@@ -197,6 +197,8 @@ _FILTER_THREADS: Final = 1
 #: Half: the margin for the noise of a faint core, a Moffat's wings and
 #: an error of the FWHM estimate.
 _PSF_MARGIN: Final = 0.5
+#: ... less this many times the noise of the pixels compared.
+_PSF_NOISE: Final = 1.5
 #: `estimate_fwhm` measures the FWHM on the local maxima this many sky
 #: sigmas high, and lists as star cores those above the lower level
 #: (about the peak of a star at S/N 20 with FWHM 1.7 px) ...
@@ -541,7 +543,7 @@ def estimate_fwhm(
     return PsfPeaks(float(np.median(fwhm[near & bright])), x, y)
 
 
-def _psf_cores(img: FloatArray, stack: _Stack,
+def _psf_cores(img: FloatArray, noise: FloatArray, stack: _Stack,
                ratio: tuple[float, float]) -> BoolArray:
     """Cores of PSF-like sources in a stack of windows, and around them.
 
@@ -554,7 +556,9 @@ def _psf_cores(img: FloatArray, stack: _Stack,
     exceeds the edge ratio over ``_PSF_MARGIN``: a PSF is
     bright all around its peak and falls off; a cosmic-ray hit is dark
     on one side or one diagonal, a track is dark on one side or stays
-    bright along it.  Its 3 x 3 box is protected.
+    bright along it.  Each bound is loosened by `_PSF_NOISE` times the
+    noise of the pixels it compares (faint star cores).  Its 3 x 3 box
+    is protected.
     """
     centred, edge = ratio
     pad = np.pad(img, ((0, 0), (2, 2), (2, 2)), mode="edge")
@@ -571,14 +575,16 @@ def _psf_cores(img: FloatArray, stack: _Stack,
                 core &= img >= at(dj, di)
     if not core.any():
         return core
-    low = np.float32(_PSF_MARGIN * edge) * img
+    slack = np.float32(_PSF_NOISE) * noise
+    low = np.float32(_PSF_MARGIN * edge) * img - slack
     for dj, di in ((0, -1), (0, 1), (-1, 0), (1, 0)):
         core &= at(dj, di) >= low
-    high = np.float32(min(1.0, edge / _PSF_MARGIN)) * img
+    high = np.float32(min(1.0, edge / _PSF_MARGIN)) * img + slack
     for dj, di in ((0, -2), (0, 2), (-2, 0), (2, 0)):
         core &= at(dj, di) <= high
-    side = np.float32(2.0 * _PSF_MARGIN * centred) * img
-    diag = np.float32(2.0 * _PSF_MARGIN * centred * centred) * img
+    slack *= np.float32(math.sqrt(2.0))
+    side = np.float32(2.0 * _PSF_MARGIN * centred) * img - slack
+    diag = np.float32(2.0 * _PSF_MARGIN * centred * centred) * img - slack
     core &= at(0, -1) + at(0, 1) >= side
     core &= at(-1, 0) + at(1, 0) >= side
     core &= at(-1, -1) + at(1, 1) >= diag
@@ -899,7 +905,7 @@ class _Tiler:
         if self.saturation is not None:
             good &= ~self._saturated_stars(img, level, self.saturation)
         if self.core_ratio is not None:
-            good &= ~_psf_cores(img, stack, self.core_ratio)
+            good &= ~_psf_cores(img, noise, stack, self.core_ratio)
         crmask = self._windows(self.mask, rows, cols) & good
         lacosmic = _LACosmic(
             img,
