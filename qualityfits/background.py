@@ -6,23 +6,33 @@ median until it converges, and the background is the mode estimate
 2.5 median − 1.5 mean (the median when the two disagree by more than
 0.3σ); meshes are median-filtered and interpolated with a bicubic spline.
 
-This is SExtractor's background to within rounding (SKY_MEAN,
-SKY_RMS); the pipeline also repeats it with the detected sources masked
-(SKY_MEAN_MASKED), which removes the upward bias that faint galaxies and
-wings give the mode in crowded fields.
+This is SExtractor's background to within rounding (SKY_MEAN_MESH,
+SKY_RMS_MESH); the pipeline repeats it with the detected sources masked
+(`masked_sky`: SKY_MEAN, SKY_RMS), which removes the upward bias that
+faint galaxies and wings give the mode and the RMS in crowded fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import sep
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from qualityfits.config import QualityConfig
 
 FloatArray = NDArray[np.float64]
+
+
+#: `masked_sky` also masks the faint light: bins of this many pixels a
+#: side, smoothed 3 x 3, above this many times their noise ...
+_FAINT_BIN: Final = 4
+_FAINT_NSIGMA: Final = 3.0
+#: ... unless fewer than this fraction of the pixels would remain.
+_FAINT_MIN_FREE: Final = 0.2
 
 
 @dataclass(frozen=True)
@@ -32,9 +42,10 @@ class Background:
     Attributes
     ----------
     mean : float
-        SKY_MEAN: median of the mesh background values [ADU].
+        Median of the mesh background values [ADU]; in the pipeline's
+        report, SKY_MEAN (the sources masked, `masked_sky`).
     rms : float
-        SKY_RMS: median of the mesh RMS values [ADU].
+        Median of the mesh RMS values [ADU]; in the report, SKY_RMS.
     mesh_x, mesh_y : ndarray
         Pixel coordinates (0-based) of the mesh centres along x and y.
     mesh_back : ndarray, shape (len(mesh_y), len(mesh_x))
@@ -95,20 +106,62 @@ def sep_background(
 
 
 def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
-               config: QualityConfig) -> float:
-    """SKY_MEAN_MASKED: the mesh background with the sources masked.
+               config: QualityConfig) -> tuple[float, float]:
+    """Estimate the sky level and RMS with the sources masked.
 
-    Computed on every fourth row and column (a sixteenth of the pixels,
-    meshes of a quarter of the size), which estimates the same sky mode
-    much faster; its noise is negligible next to SKY_RMS.
+    SExtractor's estimator (median of the mesh values) on the pixels
+    outside the detected sources (``exclude``) and outside the faint
+    light around and between them: the image binned `_FAINT_BIN` x
+    `_FAINT_BIN`, its background removed and smoothed 3 x 3, is masked
+    where it exceeds `_FAINT_NSIGMA` times its own noise, grown by one
+    bin (the wings of stars beyond their isophotes, undetected faint
+    sources).  That mask is dropped when, with it, fewer than
+    `_FAINT_MIN_FREE` of the pixels would remain.  Computed on every
+    fourth row and column (a sixteenth of the pixels, meshes of a
+    quarter of the size), which estimates the same sky mode and pixel
+    noise much faster; the noise of the mode is negligible next to
+    SKY_RMS.  Returns (mean, rms), ADU.
     """
+    exclude = exclude | _faint_light(data, exclude, config)
     sub = np.ascontiguousarray(data[::4, ::4])
     mask = np.ascontiguousarray(exclude[::4, ::4])
     size = max(8, min(config.back_size // 4, *sub.shape))
     bkg = sep.Background(sub, mask=mask, bw=size, bh=size,
                          fw=config.back_filtersize,
                          fh=config.back_filtersize)
-    return float(bkg.globalback)
+    return float(bkg.globalback), float(bkg.globalrms)
+
+
+def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
+                 config: QualityConfig) -> NDArray[np.bool_]:
+    """Pixels of faint light outside ``exclude`` (see `masked_sky`)."""
+    ny, nx = data.shape
+    b = _FAINT_BIN
+    h, w = ny // b, nx // b
+    none = np.zeros(data.shape, dtype=bool)
+    if h < 8 or w < 8:
+        return none
+    binned = np.ascontiguousarray(
+        data[:h * b, :w * b].reshape(h, b, w, b).mean(axis=(1, 3)),
+        dtype=np.float32)
+    busy = exclude[:h * b, :w * b].reshape(h, b, w, b).any(axis=(1, 3))
+    if busy.all():
+        return none
+    size = max(4, min(config.back_size // b, h, w))
+    bkg = sep.Background(binned, mask=np.ascontiguousarray(busy),
+                         bw=size, bh=size, fw=config.back_filtersize,
+                         fh=config.back_filtersize)
+    smooth = ndimage.uniform_filter(binned - bkg.back(), 3)
+    free = smooth[~busy]
+    sigma = 1.4826 * float(np.median(np.abs(free - np.median(free))))
+    if not sigma > 0:
+        return none
+    faint = ndimage.binary_dilation(smooth > _FAINT_NSIGMA * sigma)
+    out = none
+    out[:h * b, :w * b] = np.repeat(np.repeat(faint, b, axis=0), b, axis=1)
+    if np.mean(~(exclude | out)) < _FAINT_MIN_FREE:
+        return np.zeros(data.shape, dtype=bool)
+    return out
 
 
 def summarise_background(

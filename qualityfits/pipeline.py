@@ -562,15 +562,24 @@ def _detection(ccd: _Ccd,
 
 def _sky_metrics(ccd: _Ccd, bkg: sep.Background,
                  exclude: NDArray[np.bool_]) -> Background:
-    """Summarise the sky (SKY_*), the sources masked where that helps."""
+    """Summarise the sky (SKY_*), the sources masked.
+
+    SKY_MEAN and SKY_RMS are SExtractor's estimator on the pixels
+    outside the detected sources: never further from the truth than
+    with the sources in the meshes (SKY_MEAN_MESH, SKY_RMS_MESH,
+    SExtractor's figures), much nearer in crowded fields and with large
+    PSFs (`docs/metrics.md`).  The record's mean and RMS are those.
+    """
     pix, config = ccd.pix, ccd.config
-    masked = masked_sky(pix, exclude, config)
-    background = summarise_background(pix, ccd.sub, bkg, ccd.rms, exclude,
-                                      config)
+    masked, masked_rms = masked_sky(pix, exclude, config)
+    mesh = summarise_background(pix, ccd.sub, bkg, ccd.rms, exclude,
+                                config)
+    background = replace(mesh, mean=masked, rms=masked_rms)
     ccd.parts["background"] = background
     ccd.metrics.update(
-        SKY_MEAN=background.mean, SKY_RMS=background.rms,
+        SKY_MEAN=masked, SKY_RMS=masked_rms,
         SKY_MEAN_MASKED=masked,
+        SKY_MEAN_MESH=mesh.mean, SKY_RMS_MESH=mesh.rms,
         SKY_GRAD=background.gradient,
         SKY_LUMPINESS=background.lumpiness,
     )
