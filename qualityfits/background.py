@@ -14,6 +14,7 @@ faint galaxies and wings give the mode and the RMS in crowded fields.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +34,28 @@ _FAINT_BIN: Final = 4
 _FAINT_NSIGMA: Final = 3.0
 #: ... unless fewer than this fraction of the pixels would remain.
 _FAINT_MIN_FREE: Final = 0.2
+
+
+def _clipped_std() -> float:
+    """Return the std of a unit Gaussian clipped at ±3σ repeatedly.
+
+    SExtractor's mesh statistics clip at ±3 times the standard deviation
+    of what is left, until it converges: the fixed point of
+    ``s² = 1 − 2 k φ(k) / (2 Φ(k) − 1)`` with ``k = 3 s``.
+    """
+    s = 1.0
+    for _ in range(50):
+        k = 3.0 * s
+        phi = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
+        inside = math.erf(k / math.sqrt(2.0))
+        s = math.sqrt(1.0 - 2.0 * k * phi / inside)
+    return s
+
+
+#: The clipped RMS of pure noise is this fraction of its sigma (0.985);
+#: with the sources in the meshes their light hides the deficit, with
+#: the sources masked `masked_sky` divides it out.
+_CLIPPED_STD: Final = _clipped_std()
 
 
 @dataclass(frozen=True)
@@ -120,7 +143,8 @@ def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     fourth row and column (a sixteenth of the pixels, meshes of a
     quarter of the size), which estimates the same sky mode and pixel
     noise much faster; the noise of the mode is negligible next to
-    SKY_RMS.  Returns (mean, rms), ADU.
+    SKY_RMS.  The RMS is divided by `_CLIPPED_STD`, the loss of the
+    ±3σ clipping on pure noise.  Returns (mean, rms), ADU.
     """
     exclude = exclude | _faint_light(data, exclude, config)
     sub = np.ascontiguousarray(data[::4, ::4])
@@ -129,7 +153,7 @@ def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     bkg = sep.Background(sub, mask=mask, bw=size, bh=size,
                          fw=config.back_filtersize,
                          fh=config.back_filtersize)
-    return float(bkg.globalback), float(bkg.globalrms)
+    return float(bkg.globalback), float(bkg.globalrms) / _CLIPPED_STD
 
 
 def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
