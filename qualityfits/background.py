@@ -29,7 +29,8 @@ FloatArray = NDArray[np.float64]
 
 
 #: `masked_sky` also masks the faint light: bins of this many pixels a
-#: side, smoothed 3 x 3, above this many times their noise ...
+#: side (its sampling step: one bin per sampled pixel), smoothed 3 x 3,
+#: above this many times their noise ...
 _FAINT_BIN: Final = 4
 _FAINT_NSIGMA: Final = 3.0
 #: ... unless fewer than this fraction of the pixels would remain.
@@ -146,9 +147,14 @@ def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     SKY_RMS.  The RMS is divided by `_CLIPPED_STD`, the loss of the
     ±3σ clipping on pure noise.  Returns (mean, rms), ADU.
     """
-    exclude = exclude | _faint_light(data, exclude, config)
     sub = np.ascontiguousarray(data[::4, ::4])
-    mask = np.ascontiguousarray(exclude[::4, ::4])
+    mask = np.array(exclude[::4, ::4], order="C")
+    faint = _faint_light(data, exclude, config)
+    h, w = faint.shape
+    both = mask.copy()
+    both[:h, :w] |= faint
+    if np.mean(~both) >= _FAINT_MIN_FREE:
+        mask = both
     size = max(8, min(config.back_size // 4, *sub.shape))
     bkg = sep.Background(sub, mask=mask, bw=size, bh=size,
                          fw=config.back_filtersize,
@@ -158,17 +164,29 @@ def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
 
 def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
                  config: QualityConfig) -> NDArray[np.bool_]:
-    """Pixels of faint light outside ``exclude`` (see `masked_sky`)."""
+    """Bins of faint light outside ``exclude`` (see `masked_sky`).
+
+    Bin (j, i) covers pixels [4j, 4j + 4) x [4i, 4i + 4): pixel
+    (4j, 4i) of the image sampled every fourth row and column.
+    """
     ny, nx = data.shape
     b = _FAINT_BIN
     h, w = ny // b, nx // b
-    none = np.zeros(data.shape, dtype=bool)
+    none = np.zeros((max(h, 0), max(w, 0)), dtype=bool)
     if h < 8 or w < 8:
         return none
-    binned = np.ascontiguousarray(
-        data[:h * b, :w * b].reshape(h, b, w, b).mean(axis=(1, 3)),
-        dtype=np.float32)
-    busy = exclude[:h * b, :w * b].reshape(h, b, w, b).any(axis=(1, 3))
+    # Rows, then columns, summed by slices: several times faster than a
+    # 4-d reshape's mean.
+    rows = data[:h * b].reshape(h, b, nx)
+    cols = np.add.reduce([rows[:, k] for k in range(b)])[:, :w * b]
+    cols = cols.reshape(h, w, b)
+    binned = np.add.reduce([cols[..., k] for k in range(b)])
+    binned = np.ascontiguousarray(binned * np.float32(1.0 / (b * b)),
+                                  dtype=np.float32)
+    erow = exclude[:h * b].reshape(h, b, nx)
+    ecol = np.logical_or.reduce([erow[:, k] for k in range(b)])
+    ecol = ecol[:, :w * b].reshape(h, w, b)
+    busy = np.logical_or.reduce([ecol[..., k] for k in range(b)])
     if busy.all():
         return none
     size = max(4, min(config.back_size // b, h, w))
@@ -176,16 +194,21 @@ def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
                          bw=size, bh=size, fw=config.back_filtersize,
                          fh=config.back_filtersize)
     smooth = ndimage.uniform_filter(binned - bkg.back(), 3)
-    free = smooth[~busy]
+    # Every 7th free bin is plenty for the noise (and 7 is prime to the
+    # row length's usual factors).
+    free = smooth[~busy][::7]
+    if free.size < 100:
+        return none
     sigma = 1.4826 * float(np.median(np.abs(free - np.median(free))))
     if not sigma > 0:
         return none
-    faint = ndimage.binary_dilation(smooth > _FAINT_NSIGMA * sigma)
-    out = none
-    out[:h * b, :w * b] = np.repeat(np.repeat(faint, b, axis=0), b, axis=1)
-    if np.mean(~(exclude | out)) < _FAINT_MIN_FREE:
-        return np.zeros(data.shape, dtype=bool)
-    return out
+    # Above the threshold, grown by one bin (8-connected).
+    core = np.pad(smooth > _FAINT_NSIGMA * sigma, 1)
+    faint = np.zeros((h, w), dtype=bool)
+    for dj in range(3):
+        for di in range(3):
+            faint |= core[dj:dj + h, di:di + w]
+    return faint
 
 
 def summarise_background(
