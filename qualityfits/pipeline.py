@@ -565,15 +565,21 @@ def _sky_metrics(ccd: _Ccd, bkg: sep.Background,
     """Summarise the sky (SKY_*), the sources masked.
 
     SKY_MEAN and SKY_RMS are SExtractor's estimator on the pixels
-    outside the detected sources: never further from the truth than
+    outside the sources (`masked_sky`: the offset of the background
+    map from the sky there, added to the median of the mesh values;
+    the mesh figures when too few pixels are free): never further from
+    the truth than
     with the sources in the meshes (SKY_MEAN_MESH, SKY_RMS_MESH,
     SExtractor's figures), much nearer in crowded fields and with large
     PSFs (`docs/metrics.md`).  The record's mean and RMS are those.
     """
     pix, config = ccd.pix, ccd.config
-    masked, masked_rms = masked_sky(pix, exclude, config)
     mesh = summarise_background(pix, ccd.sub, bkg, ccd.rms, exclude,
                                 config)
+    found = masked_sky(ccd.sub, exclude, config)
+    masked, masked_rms = mesh.mean, mesh.rms
+    if found is not None:
+        masked, masked_rms = mesh.mean + found[0], found[1]
     background = replace(mesh, mean=masked, rms=masked_rms)
     ccd.parts["background"] = background
     ccd.metrics.update(
