@@ -98,7 +98,10 @@ from bench_exposure import exposure_params, machine_info  # noqa: E402
 
 from qualityfits.background import sep_background  # noqa: E402
 from qualityfits.config import QualityConfig  # noqa: E402
-from qualityfits.cosmics import find_cosmic_rays  # noqa: E402
+from qualityfits.cosmics import (  # noqa: E402
+    estimate_fwhm,
+    find_cosmic_rays,
+)
 from qualityfits.datasets import SimulationParams, simulate_image  # noqa: E402
 from qualityfits.detection import measure_saturation  # noqa: E402
 from qualityfits.io import header_number  # noqa: E402
@@ -196,6 +199,15 @@ def _pipeline_inputs(data: np.ndarray) -> dict[str, Any]:
     bkg.subfrom(sub)
     return {"pix": pix, "sub": sub, "rms": bkg.rms(), "bad": bad,
             "sky": float(bkg.globalback)}
+
+
+def _psf_fwhm(inputs: dict[str, Any], saturation: float | None,
+              args: argparse.Namespace) -> float | None:
+    """The PSF FWHM the pipeline gives `find_cosmic_rays` (or None)."""
+    if args.no_psf_protection:
+        return None
+    return estimate_fwhm(inputs["sub"], inputs["bad"],
+                         saturation=saturation).fwhm
 
 
 def _ratio(num: float, den: float) -> float:
@@ -297,10 +309,12 @@ def run_simulated(args: argparse.Namespace) -> dict[str, Any]:
         def ours(inputs: dict[str, Any] = inputs,
                  gain: float = gain, rdnoise: float = rdnoise,
                  satur: float = satur) -> Any:
+            above = satur - inputs["sky"]
             return find_cosmic_rays(
                 inputs["sub"], inputs["rms"], inputs["bad"], gain=gain,
-                read_noise=rdnoise, saturation=satur - inputs["sky"],
-                event_sigclip=args.event_sigclip)
+                read_noise=rdnoise, saturation=above,
+                event_sigclip=args.event_sigclip,
+                psf_fwhm=_psf_fwhm(inputs, above, args))
 
         result, wall, cpu = _timed(ours, args.repeat)
         peak = _peak_memory(ours)
@@ -518,7 +532,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any] | None:
             above_sky=above_sky: find_cosmic_rays(
                 inputs["sub"], inputs["rms"], inputs["bad"], gain=gain,
                 read_noise=rdnoise, saturation=above_sky,
-                event_sigclip=args.event_sigclip),
+                event_sigclip=args.event_sigclip,
+                psf_fwhm=_psf_fwhm(inputs, above_sky, args)),
             args.repeat)
         kwargs: dict[str, float] = {}
         if gain is not None:
@@ -659,6 +674,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--event-sigclip", type=float, default=None,
                         help="event_sigclip of find_cosmic_rays (default: "
                              "none, every group kept as by L.A.Cosmic)")
+    parser.add_argument("--no-psf-protection", action="store_true",
+                        help="do not estimate the FWHM nor protect the "
+                             "cores of PSF-like sources (the pipeline "
+                             "before issue 15)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed calls of ours per image, the fastest "
                              "is kept (default 3)")

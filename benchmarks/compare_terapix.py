@@ -20,9 +20,9 @@ Estimator pairs (compare like with like, qualityfits.md section 4):
 ====  ===============  =====================================  ==========
 #     ours             reference                              tolerance
 ====  ===============  =====================================  ==========
-1     SKY_MEAN         SExtractor XML Background_Mean         0.2 % or
+1     SKY_MEAN_MESH    SExtractor XML Background_Mean         0.2 % or
                                                               0.1 sigma
-2     SKY_RMS          SExtractor XML Background_StDev        2 %
+2     SKY_RMS_MESH     SExtractor XML Background_StDev        2 %
 5     NSTAR_PSF        PSFEx NStars_Accepted_Mean             10 %
 6     FWHM_RH          PSFEx FWHM_FromFluxRadius_Mean         2 %
 7     FWHM_MOFFAT      PSFEx FWHM_Mean                        5 %
@@ -476,11 +476,13 @@ def compare_extension(image: str, ext: ExtensionReport,
     name = ext.name
     m = ext.metrics
     rows = [
-        _row(image, name, "sky mean [ADU]", "SKY_MEAN", "Background_Mean",
-             m.get("SKY_MEAN", math.nan), ref.background_mean,
+        _row(image, name, "sky mean [ADU]", "SKY_MEAN_MESH",
+             "Background_Mean",
+             m.get("SKY_MEAN_MESH", math.nan), ref.background_mean,
              SKY_MEAN_TOL, enough=True, ref_sigma=ref.background_stdev),
-        _row(image, name, "sky RMS [ADU]", "SKY_RMS", "Background_StDev",
-             m.get("SKY_RMS", math.nan), ref.background_stdev,
+        _row(image, name, "sky RMS [ADU]", "SKY_RMS_MESH",
+             "Background_StDev",
+             m.get("SKY_RMS_MESH", math.nan), ref.background_stdev,
              SKY_RMS_TOL, enough=True),
     ]
 

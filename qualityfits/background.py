@@ -6,23 +6,59 @@ median until it converges, and the background is the mode estimate
 2.5 median − 1.5 mean (the median when the two disagree by more than
 0.3σ); meshes are median-filtered and interpolated with a bicubic spline.
 
-This is SExtractor's background to within rounding (SKY_MEAN,
-SKY_RMS); the pipeline also repeats it with the detected sources masked
-(SKY_MEAN_MASKED), which removes the upward bias that faint galaxies and
-wings give the mode in crowded fields.
+This is SExtractor's background to within rounding (SKY_MEAN_MESH,
+SKY_RMS_MESH); the pipeline repeats it with the detected sources masked
+(`masked_sky`: SKY_MEAN, SKY_RMS), which removes the upward bias that
+faint galaxies and wings give the mode and the RMS in crowded fields.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import sep
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from qualityfits.config import QualityConfig
 
 FloatArray = NDArray[np.float64]
+
+
+#: `masked_sky` also masks the faint light: bins of this many pixels a
+#: side (its sampling step: one bin per sampled pixel), smoothed 3 x 3,
+#: above this many times their noise ...
+_FAINT_BIN: Final = 4
+_FAINT_NSIGMA: Final = 3.0
+#: `masked_sky` needs this many sampled sky pixels ...
+_MIN_FREE_PIXELS: Final = 1000
+#: ... and uses at most this many for the mode.
+_MODE_SAMPLE: Final = 200_000
+
+
+def _clipped_std() -> float:
+    """Return the std of a unit Gaussian clipped at ±3σ repeatedly.
+
+    SExtractor's mesh statistics clip at ±3 times the standard deviation
+    of what is left, until it converges: the fixed point of
+    ``s² = 1 − 2 k φ(k) / (2 Φ(k) − 1)`` with ``k = 3 s``.
+    """
+    s = 1.0
+    for _ in range(50):
+        k = 3.0 * s
+        phi = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
+        inside = math.erf(k / math.sqrt(2.0))
+        s = math.sqrt(1.0 - 2.0 * k * phi / inside)
+    return s
+
+
+#: The clipped RMS of pure noise is this fraction of its sigma (0.985);
+#: with the sources in the meshes their light hides the deficit, with
+#: the sources masked `masked_sky` divides it out.
+_CLIPPED_STD: Final = _clipped_std()
 
 
 @dataclass(frozen=True)
@@ -32,9 +68,10 @@ class Background:
     Attributes
     ----------
     mean : float
-        SKY_MEAN: median of the mesh background values [ADU].
+        Median of the mesh background values [ADU]; in the pipeline's
+        report, SKY_MEAN (the sources masked, `masked_sky`).
     rms : float
-        SKY_RMS: median of the mesh RMS values [ADU].
+        Median of the mesh RMS values [ADU]; in the report, SKY_RMS.
     mesh_x, mesh_y : ndarray
         Pixel coordinates (0-based) of the mesh centres along x and y.
     mesh_back : ndarray, shape (len(mesh_y), len(mesh_x))
@@ -94,21 +131,112 @@ def sep_background(
     )
 
 
-def masked_sky(data: NDArray[np.float32], exclude: NDArray[np.bool_],
-               config: QualityConfig) -> float:
-    """SKY_MEAN_MASKED: the mesh background with the sources masked.
+def masked_sky(data_sub: NDArray[np.float32], exclude: NDArray[np.bool_],
+               config: QualityConfig) -> tuple[float, float] | None:
+    """Estimate the sky's offset and RMS with the sources masked.
 
-    Computed on every fourth row and column (a sixteenth of the pixels,
-    meshes of a quarter of the size), which estimates the same sky mode
-    much faster; its noise is negligible next to SKY_RMS.
+    ``data_sub`` is the image minus SExtractor's background map.  On
+    the pixels outside the detected sources (``exclude``) and outside
+    the faint light around and between them (`_faint_light`: the image
+    binned `_FAINT_BIN` x `_FAINT_BIN`, smoothed 3 x 3, above
+    `_FAINT_NSIGMA` times its own noise, grown by one bin: the wings of
+    stars beyond their isophotes, undetected faint sources), on every
+    fourth row and column, SExtractor's estimator (`_clipped_mode`)
+    gives the offset of the map from the sky, and the RMS (divided by
+    `_CLIPPED_STD`, the loss of the ±3σ clipping on pure noise).  The
+    faint-light mask is not used when it leaves fewer than
+    `_MIN_FREE_PIXELS` of those pixels; None when ``exclude`` does.
+    Returns (offset, rms), ADU.
     """
-    sub = np.ascontiguousarray(data[::4, ::4])
-    mask = np.ascontiguousarray(exclude[::4, ::4])
-    size = max(8, min(config.back_size // 4, *sub.shape))
-    bkg = sep.Background(sub, mask=mask, bw=size, bh=size,
-                         fw=config.back_filtersize,
+    sub = data_sub[::4, ::4]
+    mask = exclude[::4, ::4]
+    faint = _faint_light(data_sub, exclude, config)
+    h, w = faint.shape
+    both = mask.copy()
+    both[:h, :w] |= faint
+    for choice in (both, mask):
+        values = sub[~choice]
+        if values.size >= _MIN_FREE_PIXELS:
+            mode, std = _clipped_mode(values)
+            return mode, std / _CLIPPED_STD
+    return None
+
+
+def _clipped_mode(values: NDArray[np.float32]) -> tuple[float, float]:
+    """SExtractor's mode and clipped standard deviation of ``values``.
+
+    Clipped at ±3σ about the median until the σ converges; the mode is
+    2.5 median − 1.5 mean, or the median when the two differ by more
+    than 0.3σ.  At most `_MODE_SAMPLE` values are used (evenly taken).
+    """
+    step = max(1, values.size // _MODE_SAMPLE)
+    v = np.asarray(values[::step], dtype=np.float64)
+    med = float(np.median(v))
+    std = float(np.std(v))
+    for _ in range(30):
+        kept = v[np.abs(v - med) <= 3.0 * std]
+        if kept.size < 3:
+            break
+        new_std = float(np.std(kept))
+        med = float(np.median(kept))
+        if abs(new_std - std) <= 1e-4 * std:
+            std = new_std
+            break
+        std = new_std
+    kept = v[np.abs(v - med) <= 3.0 * std]
+    mean = float(np.mean(kept)) if kept.size else med
+    if std > 0 and abs(mean - med) < 0.3 * std:
+        return 2.5 * med - 1.5 * mean, std
+    return med, std
+
+
+def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
+                 config: QualityConfig) -> NDArray[np.bool_]:
+    """Bins of faint light outside ``exclude`` (see `masked_sky`).
+
+    Bin (j, i) covers pixels [4j, 4j + 4) x [4i, 4i + 4): pixel
+    (4j, 4i) of the image sampled every fourth row and column.
+    """
+    ny, nx = data.shape
+    b = _FAINT_BIN
+    h, w = ny // b, nx // b
+    none = np.zeros((max(h, 0), max(w, 0)), dtype=bool)
+    if h < 8 or w < 8:
+        return none
+    # Rows, then columns, summed by slices: several times faster than a
+    # 4-d reshape's mean.
+    rows = data[:h * b].reshape(h, b, nx)
+    cols = np.add.reduce([rows[:, k] for k in range(b)])[:, :w * b]
+    cols = cols.reshape(h, w, b)
+    binned = np.add.reduce([cols[..., k] for k in range(b)])
+    binned = np.ascontiguousarray(binned * np.float32(1.0 / (b * b)),
+                                  dtype=np.float32)
+    erow = exclude[:h * b].reshape(h, b, nx)
+    ecol = np.logical_or.reduce([erow[:, k] for k in range(b)])
+    ecol = ecol[:, :w * b].reshape(h, w, b)
+    busy = np.logical_or.reduce([ecol[..., k] for k in range(b)])
+    if busy.all():
+        return none
+    size = max(4, min(config.back_size // b, h, w))
+    bkg = sep.Background(binned, mask=np.ascontiguousarray(busy),
+                         bw=size, bh=size, fw=config.back_filtersize,
                          fh=config.back_filtersize)
-    return float(bkg.globalback)
+    smooth = ndimage.uniform_filter(binned - bkg.back(), 3)
+    # Every 7th free bin is plenty for the noise (and 7 is prime to the
+    # row length's usual factors).
+    free = smooth[~busy][::7]
+    if free.size < 100:
+        return none
+    sigma = 1.4826 * float(np.median(np.abs(free - np.median(free))))
+    if not sigma > 0:
+        return none
+    # Above the threshold, grown by one bin (8-connected).
+    core = np.pad(smooth > _FAINT_NSIGMA * sigma, 1)
+    faint = np.zeros((h, w), dtype=bool)
+    for dj in range(3):
+        for di in range(3):
+            faint |= core[dj:dj + h, di:di + w]
+    return faint
 
 
 def summarise_background(

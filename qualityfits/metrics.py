@@ -54,12 +54,18 @@ def _err(name: str, unit: str, how: str, rests_on: str = _FIT) -> Metric:
 METRICS: tuple[Metric, ...] = (
     _m("SKY_MEAN", "adu", "instr.skyLevel",
        "Sky background: median of the SExtractor mesh mode estimates "
-       "(SExtractor's Background_Mean)"),
+       "with the detected sources masked"),
     _m("SKY_RMS", "adu", "stat.stdev;instr.skyLevel",
-       "Sky noise: median of the clipped mesh standard deviations"),
+       "Sky noise: median of the clipped mesh standard deviations with "
+       "the detected sources masked"),
     _m("SKY_MEAN_MASKED", "adu", "instr.skyLevel",
-       "The same with the detected sources masked: nearer the true sky "
-       "in crowded fields"),
+       "The same as SKY_MEAN (its name before SKY_MEAN was masked)"),
+    _m("SKY_MEAN_MESH", "adu", "instr.skyLevel",
+       "Sky background with the sources in the meshes: SExtractor's "
+       "Background_Mean (biased up by faint sources and wings)"),
+    _m("SKY_RMS_MESH", "adu", "stat.stdev;instr.skyLevel",
+       "Sky noise with the sources in the meshes: SExtractor's "
+       "Background_StDev"),
     _m("SKY_MAG", "mag/arcsec**2", "phot.mag.sb;instr.skyLevel",
        "Sky surface brightness, ZP - 2.5 log10(SKY_MEAN / pixscale^2)"),
     _m("SKY_GRAD", "", "instr.skyLevel;arith.ratio",
@@ -179,8 +185,9 @@ METRICS: tuple[Metric, ...] = (
     _m("CR_FRAC", "", "stat.filling;phys.particle",
        "Fraction of the data-section pixels hit by cosmic rays"),
     _m("STAR_CR_FRAC", "", "meta.number;arith.ratio;phys.particle",
-       "Fraction of the PSF stars with a cosmic-ray pixel in their core "
-       "(3x3 pixels about the peak)"),
+       "Fraction of the star cores with a cosmic-ray pixel in their 3x3 "
+       "pixels: round peaks at 10 sigma or more whose width is the "
+       "image's PSF, found before the cosmic rays are masked"),
     _m("FRAC_W0", "", "stat.filling;instr.det",
        "Fraction of the data-section pixels with zero weight"),
     _m("W_MEAN", "", "stat.weight;stat.mean",

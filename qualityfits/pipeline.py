@@ -18,9 +18,9 @@ step (function)           metrics
 (`_prepare`,              (header and pixels); the sky itself is
 `_background`)            summarised after detection (`_sky_metrics`:
                           SKY_*)
-``cosmic_rays``           NCR, CR_FRAC
+``cosmic_rays``           NCR, CR_FRAC, STAR_CR_FRAC
 ``detection``             SKY_* (with the sources masked), NOBJ
-``psf``                   NSTAR_PSF, NSTAR_FIT, STAR_CR_FRAC, FWHM_*,
+``psf``                   NSTAR_PSF, NSTAR_FIT, FWHM_*,
                           ELLIPTICITY, ELONGATION, THETA, E1, E2,
                           ELLIP_PSFEX, ELONG, PSF_*; SATLEV when inferred
 ``classification``        NSTAR, NGAL, NARTEFACT, MAG_TURNOVER,
@@ -68,7 +68,7 @@ from qualityfits.classify import (
     turnover,
 )
 from qualityfits.config import QualityConfig
-from qualityfits.cosmics import find_cosmic_rays
+from qualityfits.cosmics import estimate_fwhm, find_cosmic_rays
 from qualityfits.detection import (
     SourceFlag,
     Sources,
@@ -582,20 +582,33 @@ def _background(ccd: _Ccd) -> sep.Background:
 
 
 def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
-    """Find the cosmic rays of a CCD (None when off); NCR and CR_FRAC.
+    """Find the cosmic rays of a CCD (None when off); NCR, CR_FRAC, ...
+
+    ... and STAR_CR_FRAC: the fraction of the star cores (`PsfPeaks`,
+    found before the cosmic rays are masked: a star whose core is
+    masked is not detected afterwards) with a cosmic-ray pixel in their
+    3 x 3 core (`_core_hit`).
 
     Their pixels are ignored from here on, as bad pixels; zero in the
     background-subtracted image, so that the light the detection filter
     spreads around them is not detected.  The image keeps its
     background there (the sky map is image minus subtracted image).
+    The cores of sources shaped like the PSF, whose FWHM is estimated
+    from the brightest round peaks, are never flagged.
     """
     if not ccd.config.cosmic_rays:
         return None
     sub = ccd.sub
+    saturation = (None if ccd.saturation is None
+                  else ccd.saturation - sky)
+    peaks = estimate_fwhm(sub, ccd.bad, saturation=saturation)
     found = find_cosmic_rays(
         sub, ccd.rms, ccd.bad, gain=ccd.gain, read_noise=ccd.read_noise,
-        saturation=(None if ccd.saturation is None
-                    else ccd.saturation - sky))
+        saturation=saturation, psf_fwhm=peaks.fwhm)
+    if peaks.x.size:
+        ccd.metrics["STAR_CR_FRAC"] = float(np.mean(_core_hit(
+            found.mask, peaks.x.astype(np.float64),
+            peaks.y.astype(np.float64))))
     # Cosmic rays, not the noise peaks that stay in the mask.
     ccd.metrics["NCR"] = found.n_significant
     ccd.metrics["CR_FRAC"] = float(np.count_nonzero(found.mask)
@@ -631,15 +644,30 @@ def _detection(ccd: _Ccd,
 
 def _sky_metrics(ccd: _Ccd, bkg: sep.Background,
                  exclude: NDArray[np.bool_]) -> Background:
-    """Summarise the sky (SKY_*), the sources masked where that helps."""
+    """Summarise the sky (SKY_*), the sources masked.
+
+    SKY_MEAN and SKY_RMS are SExtractor's estimator on the pixels
+    outside the sources (`masked_sky`: the offset of the background
+    map from the sky there, added to the median of the mesh values;
+    the mesh figures when too few pixels are free): never further from
+    the truth than
+    with the sources in the meshes (SKY_MEAN_MESH, SKY_RMS_MESH,
+    SExtractor's figures), much nearer in crowded fields and with large
+    PSFs (`docs/metrics.md`).  The record's mean and RMS are those.
+    """
     pix, config = ccd.pix, ccd.config
-    masked = masked_sky(pix, exclude, config)
-    background = summarise_background(pix, ccd.sub, bkg, ccd.rms, exclude,
-                                      config)
+    mesh = summarise_background(pix, ccd.sub, bkg, ccd.rms, exclude,
+                                config)
+    found = masked_sky(ccd.sub, exclude, config)
+    masked, masked_rms = mesh.mean, mesh.rms
+    if found is not None:
+        masked, masked_rms = mesh.mean + found[0], found[1]
+    background = replace(mesh, mean=masked, rms=masked_rms)
     ccd.parts["background"] = background
     ccd.metrics.update(
-        SKY_MEAN=background.mean, SKY_RMS=background.rms,
+        SKY_MEAN=masked, SKY_RMS=masked_rms,
         SKY_MEAN_MASKED=masked,
+        SKY_MEAN_MESH=mesh.mean, SKY_RMS_MESH=mesh.rms,
         SKY_GRAD=background.gradient,
         SKY_LUMPINESS=background.lumpiness,
     )
@@ -650,8 +678,7 @@ def _sky_metrics(ccd: _Ccd, bkg: sep.Background,
     return background
 
 
-def _psf(ccd: _Ccd, src: Sources,
-         cosmic: NDArray[np.bool_] | None) -> tuple[PsfResult, Sources]:
+def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
     """Measure the PSF: stars, map, model; FWHM_*, ELL*, PSF_*, ...
 
     Returns the PSF and the sources, flagged SATURATED when the
@@ -662,9 +689,6 @@ def _psf(ccd: _Ccd, src: Sources,
     stars = psf.stars
     metrics["NSTAR_PSF"] = psf.n_candidates
     metrics["NSTAR_FIT"] = len(stars)
-    if cosmic is not None and len(stars):
-        metrics["STAR_CR_FRAC"] = float(np.mean(
-            _core_hit(cosmic, stars.x, stars.y)))
     if len(stars) == 0:
         assert ccd.header is not None
         background: Background = ccd.parts["background"]
@@ -945,7 +969,7 @@ def assess_extension(
         clock.begin("detection")
         src, background = _detection(ccd, bkg)
         clock.begin("psf")
-        psf, src = _psf(ccd, src, cosmic)
+        psf, src = _psf(ccd, src)
         clock.begin("classification")
         _classification(ccd, src, psf, background)
         clock.begin("weights")

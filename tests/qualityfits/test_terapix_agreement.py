@@ -46,7 +46,7 @@ SHORT = {
     "megacam_1616681p_ccd21_cutout.fits.gz": "megacam21",
     "decam_c4d_170316_062107_ooi_z_ls9.N2.fits.gz": "decam",
 }
-SKY = ("SKY_MEAN", "SKY_RMS")
+SKY = ("SKY_MEAN_MESH", "SKY_RMS_MESH")
 PSF = tuple(ours for ours, _, _ in ct.PSF_PAIRS)
 COUNTS = ("sources above compl.", "stars above compl.")
 
