@@ -64,11 +64,12 @@ What the columns mean
 Inputs that do not fit
 ----------------------
 * Weight maps (the NTT ``.weight`` file, the CP ``oow`` files) are not
-  run alone.  Our pipeline has no weight input yet (issue 15 item 2):
-  the all-ones NTT WeightWatcher map is given as ``mask`` (0 = bad),
-  the CP ``ood`` data-quality file as ``mask`` (non-zero = bad); the CP
-  ``oow`` inverse-variance weight is used by neither side.  The
-  reference is run without weights.
+  run alone: the all-ones NTT WeightWatcher map is given to our pipeline
+  as ``weight``, the CP ``oow`` inverse-variance weight as ``weight``
+  (MAP_WEIGHT) with the CP ``ood`` data-quality file as ``mask``
+  (non-zero = bad); the simulated CP trio likewise.  The HST-style
+  ``_flt`` file is given alone: our pipeline finds its ERR and DQ planes
+  (extension roles).  The reference is run without weights.
 * Non-science frames (the raw flat, the bias, the MegaCam bad-pixel
   mask) are run through our pipeline only, to record its verdict (a
   refusal, an error, or numbers it should not have published); the
@@ -137,15 +138,16 @@ class RealFile:
     note: str
     mask: str | None = None  # companion file given as our mask
     mask_convention: MaskConvention = "auto"
+    weight: str | None = None  # companion file given as our weight
 
 
 REAL_FILES: dict[str, RealFile] = {
     "ntt_emmi_R_galaxies.fits.gz": RealFile(
-        "science", "NTT weight map (all 1) given as mask, 0 = bad",
-        mask="ntt_emmi_R_galaxies.weight.fits.gz", mask_convention="zero"),
+        "science", "NTT weight map (all 1) given as weight",
+        weight="ntt_emmi_R_galaxies.weight.fits.gz"),
     "ntt_emmi_R_galaxies.weight.fits.gz": RealFile(
-        "auxiliary", "WeightWatcher weight of the NTT frame: no weight "
-        "input yet; given as the NTT frame's mask"),
+        "auxiliary", "WeightWatcher weight of the NTT frame: given as "
+        "its weight"),
     "kpno_m51_B_devpix.fits.gz": RealFile(
         "science", "galaxy M51 fills the frame"),
     "saao1m_ste3_raw_a8280271.fits.gz": RealFile(
@@ -155,14 +157,15 @@ REAL_FILES: dict[str, RealFile] = {
     "megacam_1616681p_ccd21_cutout.fits.gz": RealFile(
         "science", "101x151 cutout"),
     "decam_c4d_170316_062107_ooi_z_ls9.N2.fits.gz": RealFile(
-        "science", "CP ood given as mask (non-zero = bad); oow unused "
-        "(no weight input yet); CP header FWHM 3.69 px (SExtractor "
-        "FWHM_IMAGE, pixel-convolved)",
+        "science", "CP ood given as mask (non-zero = bad), oow as weight; "
+        "CP header FWHM 3.69 px (SExtractor FWHM_IMAGE, "
+        "pixel-convolved)",
         mask="decam_c4d_170316_062107_ood_z_ls9.N2.fits.gz",
-        mask_convention="nonzero"),
+        mask_convention="nonzero",
+        weight="decam_c4d_170316_062107_oow_z_ls9.N2.fits.gz"),
     "decam_c4d_170316_062107_oow_z_ls9.N2.fits.gz": RealFile(
-        "auxiliary", "CP inverse-variance weight of the ooi: no weight "
-        "input yet, unused"),
+        "auxiliary", "CP inverse-variance weight of the ooi: given as "
+        "its weight"),
     "decam_c4d_170316_062107_ood_z_ls9.N2.fits.gz": RealFile(
         "auxiliary", "CP data quality of the ooi: given as its mask"),
     "spitzer_irac_ch2_glimpse_example.fits.gz": RealFile(
@@ -207,10 +210,10 @@ SIM_CASES: tuple[SimCase, ...] = (
     SimCase("hst_flt", _sim(fwhm=1.8, gain=1.0, read_noise=3.0, sky=200.0,
                             n_bad_columns=8, layout="hst_flt"),
             "SCI/ERR/DQ MEF, FWHM 1.8, 8 bad columns; our pipeline "
-            "reads every HDU"),
+            "assesses SCI with its ERR and DQ"),
     SimCase("cp_trio", _sim(fwhm=3.7, ellipticity=0.04, n_bad_columns=4,
                             layout="cp"),
-            "CP trio: ood given as mask, oow unused (no weight input)"),
+            "CP trio: ood given as mask, oow as weight"),
 )
 
 
@@ -398,6 +401,7 @@ def _message(exc: BaseException) -> str:
 def run_ours(
     image: Path, *, mask: Path | None = None,
     mask_convention: MaskConvention = "auto",
+    weight: Path | None = None,
     maps_dir: Path | None = None,
 ) -> tuple[Any, str, float]:
     """(report or None, message, seconds) of our pipeline's defaults."""
@@ -412,6 +416,8 @@ def run_ours(
                 kwargs["mask"] = mask
                 kwargs["parameters"] = qualityfits.QualityParameters(
                     mask_convention=mask_convention)
+            if weight is not None:
+                kwargs["weight"] = weight
             report = qualityfits.assess(image, **kwargs)
     except InternalError as exc:
         return None, f"internal error: {_message(exc)}", (
@@ -441,6 +447,7 @@ def run_ref(image: Path, workdir: Path) -> tuple[Any, str, float]:
 def _rows_for(source: str, label: str, image: Path, *, run_reference: bool,
               workdir: Path, mask: Path | None = None,
               mask_convention: MaskConvention = "auto",
+              weight: Path | None = None,
               truth: dict[str, Table] | None = None,
               truth_side: Side | None = None, sky_sigma: float = math.nan,
               truth_hdu: int | None = None,
@@ -449,7 +456,7 @@ def _rows_for(source: str, label: str, image: Path, *, run_reference: bool,
     maps = workdir / "maps" if truth is not None else None
     ours, our_msg, t_ours = run_ours(image, mask=mask,
                                      mask_convention=mask_convention,
-                                     maps_dir=maps)
+                                     weight=weight, maps_dir=maps)
     ref, ref_msg, t_ref = (run_ref(image, workdir) if run_reference
                            else (None, "", math.nan))
     refs = {e.index: e for e in ref.extensions} if ref is not None else {}
@@ -530,13 +537,15 @@ def real_rows(*, quick: bool, workdir: Path,
         if log:
             log(f"{path.name} ...")
         mask = SHARED_DATA / entry.mask if entry.mask else None
+        weight = SHARED_DATA / entry.weight if entry.weight else None
         notes = (entry.note,) if entry.kind == "science" else (
             f"not a science frame ({entry.note}); reference not run",)
         rows.extend(_rows_for(
             "data", path.name, path,
             run_reference=entry.kind == "science",
             workdir=workdir / path.name.split(".")[0], mask=mask,
-            mask_convention=entry.mask_convention, notes=notes))
+            mask_convention=entry.mask_convention, weight=weight,
+            notes=notes))
     return rows
 
 
@@ -575,14 +584,15 @@ def sim_rows(*, quick: bool, workdir: Path, log: Any = None) -> list[Row]:
             truth_side = Side(fwhm=params.fwhm, ell=params.ellipticity,
                               sky=params.sky, rms=params.sky_rms,
                               n_star=float(bright.sum()))
-            mask = (cp_file_names(image)[2] if params.layout == "cp"
-                    else None)
+            cp = params.layout == "cp"
+            mask = cp_file_names(image)[2] if cp else None
+            weight = cp_file_names(image)[1] if cp else None
             if log:
                 log(f"{label}: running both sides ...")
             rows.extend(_rows_for(
                 "sim", label, image, run_reference=True,
                 workdir=workdir / "terapix" / stem, mask=mask,
-                mask_convention="nonzero", truth=truth,
+                mask_convention="nonzero", weight=weight, truth=truth,
                 truth_side=truth_side, sky_sigma=params.sky_rms,
                 truth_hdu=1 if params.layout in ("hst_flt", "cp") else 0,
                 notes=(case.note,)))
