@@ -361,7 +361,11 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
         server["port"] = str(port)
         if server_kind == "waitress":
             server["max_request_body_size"] = "1700000000"
+        elif workers == 1:
+            server["use"] = "call:uws.serve:gunicorn"
         else:
+            # gunicorn's own runner: the app is built before the fork,
+            # each worker has a copy of the service (reads only).
             server["worker_class"] = "gthread"
             server["workers"] = str(workers)
     server["threads"] = str(THREADS)
@@ -1356,6 +1360,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="run the fairness measurement only")
     fair.add_argument("--rounds", type=int, default=3,
                       help="rounds (load client processes; default 3)")
+    fair.add_argument("--pairs", type=int, default=3,
+                      help="runs of 16 readers without and with the "
+                           "WAITs per round, in alternating order "
+                           "(default 3)")
+    fair.add_argument("--pair-duration", type=float, default=4.0,
+                      help="seconds of each of those runs (default 4)")
     fair.add_argument("--readers", type=int, default=FAIR_READERS,
                       help=f"readers with the WAITs (default "
                            f"{FAIR_READERS})")
@@ -1371,7 +1381,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="the server: as development.ini says (default)"
                            ", or waitress or gunicorn (gthread) instead")
     fair.add_argument("--workers", type=int, default=1,
-                      help="gunicorn worker processes (default 1)")
+                      help="gunicorn worker processes (default 1, "
+                           "uws.serve's runner; more: gunicorn's own "
+                           "runner, the service copied into each worker "
+                           "by the fork, for job reads only)")
     fair.add_argument("--set", action="append", default=[],
                       metavar="SECTION:KEY=VALUE",
                       help="one more ini setting, e.g. "
@@ -1529,17 +1542,19 @@ def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rng = random.Random(args.seed)  # noqa: S311
         sample = rng.sample(ids, min(len(ids), 5000))
         for k in range(args.rounds):
+            phases = [{"name": f"16{'+wait' * waiting}", "pair": j,
+                       "readers": 16, "waiters": waiting, "think": 0,
+                       "duration": args.pair_duration}
+                      for j in range(args.pairs)  # the order alternates
+                      for waiting in ((False, True) if j % 2 == 0
+                                      else (True, False))]
+            phases.append({"name": "fair", "readers": args.readers,
+                           "waiters": True, "think": args.think,
+                           "duration": args.duration})
             plan = {"port": port, "server_pid": server.pid, "ids": sample,
-                    "duration": args.duration, "seed": args.seed + k,
-                    "waiters": N_WAITERS, "wait_s": WAIT_S,
-                    "churn": args.churn,
-                    "phases": [
-                        {"name": "16", "readers": 16, "waiters": False,
-                         "think": 0},
-                        {"name": "16+wait", "readers": 16, "waiters": True,
-                         "think": 0},
-                        {"name": "fair", "readers": args.readers,
-                         "waiters": True, "think": args.think}]}
+                    "seed": args.seed + k, "waiters": N_WAITERS,
+                    "wait_s": WAIT_S, "churn": args.churn,
+                    "phases": phases}
             plan_file = work / f"plan{k}.json"
             plan_file.write_text(json.dumps(plan))
             done = subprocess.run(
@@ -1564,35 +1579,51 @@ def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return fig
 
 
+def _pairs(result: dict[str, Any]) -> list[tuple[dict[str, Any],
+                                                  dict[str, Any]]]:
+    """(without, with) runs of 16 readers of a round, pair by pair."""
+    by: dict[int, dict[str, dict[str, Any]]] = {}
+    for phase in result["phases"]:
+        if phase.get("pair") is not None:
+            by.setdefault(phase["pair"], {})[phase["name"]] = phase
+    return [(p["16"], p["16+wait"]) for _, p in sorted(by.items())]
+
+
+def _cpu_ms(run: dict[str, Any]) -> float:
+    """Server CPU time per request [ms]."""
+    return float(run["server_cores"] / run["per_s"] * 1e3)
+
+
 def _print_fair_round(k: int, result: dict[str, Any],
                       args: argparse.Namespace) -> None:
-    by = {p["name"]: p for p in result["phases"]}
-    print(f"round {k + 1}: waiters blocked after "
-          f"{_fmt(result.get('waiters_ready_s'), '.1f')} s; "
-          f"waiters {result.get('waiters')}"
+    ready = ", ".join(f"{x:.1f}" for x in result["waiters_ready_s"])
+    print(f"round {k + 1}: waiters all blocked after {ready} s; "
+          f"{result['waiters']}"
           + (f"; errors {result['waiter_errors']}"
-             if result.get("waiter_errors") else ""), flush=True)
-    for name, label in (("16", "16 readers"),
-                        ("16+wait", f"16 readers + {N_WAITERS} WAITs"),
-                        ("fair", (f"{args.readers} readers + "
-                                  f"{N_WAITERS} WAITs"))):
-        r = by[name]
-        print(f"  {label:<28} {r['per_s']:7.1f}/s  p50 "
+             if result["waiter_errors"] else ""), flush=True)
+    labels = {"16": "16 readers",
+              "16+wait": f"16 readers + {N_WAITERS} WAITs",
+              "fair": f"{args.readers} readers + {N_WAITERS} WAITs"}
+    for r in result["phases"]:
+        failed = sum(r["failed"].values())
+        print(f"  {labels[r['name']]:<28} {r['per_s']:7.1f}/s  p50 "
               f"{r['median_ms']:6.1f}  p99 {r['p99_ms']:7.1f}  max "
               f"{r['max_ms']:7.1f} ms  >2 s: {r['over_2s']}  worst 1 s "
               f"{_fmt(r['worst_second_per_s'], 'd')}/s  blocked "
-              f"{r['blocked_before']}->{r['blocked_after']}  failed "
-              f"{r['failed'] or 0}  CPU server {r['server_cores']:.2f} "
-              f"client {r['client_cores']:.2f} other "
-              f"{r['other_cores']:.2f}", flush=True)
+              f"{r['blocked_before']}->{r['blocked_after']}"
+              + (f"  FAILED {r['failed']}" if failed else "")
+              + f"  CPU server {r['server_cores']:.2f} "
+              f"({_cpu_ms(r):.2f} ms/read) client {r['client_cores']:.2f}"
+              f" other {r['other_cores']:.2f}", flush=True)
 
 
 def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
                    cores: int) -> dict[str, Any]:
     """Medians and spread over the rounds, verdicts; print them."""
-    rounds = [{p["name"]: p for p in r["phases"]} for r in fig["rounds"]]
-    ratios = [r["16+wait"]["per_s"] / r["16"]["per_s"] for r in rounds]
-    fair = [r["fair"] for r in rounds]
+    pairs = [p for r in fig["rounds"] for p in _pairs(r)]
+    ratios = [w["per_s"] / wo["per_s"] for wo, w in pairs]
+    fair = [p for r in fig["rounds"] for p in r["phases"]
+            if p["name"] == "fair"]
     p99 = statistics.median(f["p99_ms"] for f in fair)
     worst = max(f["max_ms"] for f in fair)
     slow = sum(f["over_2s"] for f in fair)
@@ -1605,7 +1636,7 @@ def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
         "fair_max": {"target_ms": TARGET_FAIR_MAX_S * 1e3, "value": worst,
                      "over_2s": slow, "pass": slow == 0 and not failed},
         "waiters_rate": {"target_ratio": TARGET_WAIT_RATE_RATIO,
-                         "value": ratio, "rounds": ratios,
+                         "value": ratio, "pairs": ratios,
                          "pass": ratio >= TARGET_WAIT_RATE_RATIO},
     }
 
@@ -1619,8 +1650,7 @@ def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
     think = (f", think {args.think:g} s" if args.think else
              ", closed loop")
     rows: list[tuple[str, ...]] = [
-        ("measure (median of rounds, range)", "value", "target",
-         "verdict")]
+        ("measure: median (range)", "value", "target", "verdict")]
     head = f"{args.readers} readers{think} + {N_WAITERS} WAITs: reads/s"
     rows.append((head, spread([f["per_s"] for f in fair], ".0f"), "",
                  "info"))
@@ -1632,23 +1662,28 @@ def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
     rows.append(("  max [ms]; reads over 2 s (all rounds)",
                  f"{worst:.0f}; {slow}", "none over 2 s",
                  verdict(targets["fair_max"]["pass"])))
+    rows.append(("  server CPU per read [ms]",
+                 spread([_cpu_ms(f) for f in fair], ".2f"), "", "info"))
     rows.append(("16 readers: reads/s without WAITs",
-                 spread([r["16"]["per_s"] for r in rounds], ".0f"), "",
+                 spread([wo["per_s"] for wo, _ in pairs], ".0f"), "",
                  "info"))
     rows.append((f"16 readers: reads/s with {N_WAITERS} WAITs",
-                 spread([r["16+wait"]["per_s"] for r in rounds], ".0f"),
-                 "", "info"))
-    rows.append(("  ratio with/without", spread(ratios, ".2f"),
-                 f">= {TARGET_WAIT_RATE_RATIO:.2f}",
+                 spread([w["per_s"] for _, w in pairs], ".0f"), "",
+                 "info"))
+    rows.append((f"  ratio with/without ({len(ratios)} pairs)",
+                 spread(ratios, ".2f"), f">= {TARGET_WAIT_RATE_RATIO:.2f}",
                  verdict(targets["waiters_rate"]["pass"])))
-    other = [p["other_cores"] for r in rounds for p in r.values()]
-    print(f"\nsummary, {len(rounds)} rounds of {args.duration:g} s per "
-          f"phase, server {fig['ini']['server:use']}"
+    cpu = [statistics.median(_cpu_ms(p[i]) for p in pairs) for i in (0, 1)]
+    rows.append(("  server CPU per read [ms], without / with",
+                 f"{cpu[0]:.2f} / {cpu[1]:.2f}", "", "info"))
+    other = [p["other_cores"] for r in fig["rounds"] for p in r["phases"]]
+    print(f"\nsummary, {len(fig['rounds'])} rounds, server "
+          f"{fig['ini']['server:use']}"
           + ("" if targets["applicable"] else
              f" (targets for {TARGET_CORES} cores: informative here)")
           + ":")
     _table(rows)
-    print(f"  other processes used {_percentile(other, 0.5):.2f} cores "
+    print(f"  other processes used {statistics.median(other):.2f} cores "
           f"(median; up to {max(other):.2f}) during the phases")
     return targets
 

@@ -342,36 +342,47 @@ async def _reads(port: int, ids: list[str], clients: int, duration: float,
 
 
 async def play(plan: dict[str, Any]) -> dict[str, Any]:
-    """Play the phases of the plan; return their figures."""
+    """Play the phases of the plan; return their figures.
+
+    The waiters start before a phase that has them and finish (their
+    jobs aborted) before a phase that has none.
+    """
     port = int(plan["port"])
     ids = list(plan["ids"])
-    out: dict[str, Any] = {"phases": []}
+    out: dict[str, Any] = {"phases": [], "waiters": Counter(),
+                           "waiter_errors": [], "waiters_ready_s": []}
     waiters: Waiters | None = None
+
+    async def finish(waiters: Waiters) -> None:
+        await waiters.finish()
+        out["waiters"].update(waiters.counts)
+        out["waiter_errors"] += waiters.errors[:5]
+
     try:
         for i, phase in enumerate(plan["phases"]):
             if phase["waiters"] and waiters is None:
                 waiters = Waiters(port, plan)
-                out["waiters_ready_s"] = await waiters.start()
-            blocked = waiters.blocked if waiters and phase["waiters"] else 0
+                out["waiters_ready_s"].append(await waiters.start())
+            elif not phase["waiters"] and waiters is not None:
+                await finish(waiters)
+                waiters = None
+            blocked = waiters.blocked if waiters else 0
             result = await _reads(port, ids, int(phase["readers"]),
-                                  float(plan["duration"]),
+                                  float(phase["duration"]),
                                   int(plan["server_pid"]),
                                   int(plan["seed"]) + i,
                                   float(phase["think"]))
-            result.update(name=phase["name"], blocked_before=blocked,
-                          blocked_after=waiters.blocked if waiters
-                          and phase["waiters"] else 0,
-                          waiter_counts=dict(waiters.counts) if waiters
-                          else {})
+            result.update(name=phase["name"], pair=phase.get("pair"),
+                          blocked_before=blocked,
+                          blocked_after=waiters.blocked if waiters else 0)
             out["phases"].append(result)
             print(json.dumps({"progress": phase["name"],
                               "per_s": result["per_s"]}),
                   file=sys.stderr, flush=True)
     finally:
         if waiters is not None:
-            await waiters.finish()
-            out["waiters"] = dict(waiters.counts)
-            out["waiter_errors"] = waiters.errors[:5]
+            await finish(waiters)
+    out["waiters"] = dict(out["waiters"])
     return out
 
 
