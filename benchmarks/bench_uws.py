@@ -50,6 +50,14 @@ What it does, in one command (``python benchmarks/bench_uws.py``):
 7. Prints a table of the figures with PASS/FAIL against the targets, and
    OPUS's figures from the issue.
 
+With ``--fair`` only the fairness figures of issue 16 (item 7) are
+measured, from a separate asyncio load client process
+(``loadclient.py``): 200 readers plus 100 clients in WAIT whose jobs
+change phase now and then (p50/p99/max of the reads, reads over 2 s),
+and 16 readers without and with the 100 WAITs in alternating pairs
+(the ratio, median and range), ``--rounds`` times; ``--server`` picks
+waitress or gunicorn (``uws/serve.py``) instead of the ini's server.
+
 The temporary folder and the server are removed at the end, even on
 failure or Ctrl-C.  With ``--profile DIR``, extra runs (not the measured
 ones) are recorded with py-spy and summarised by package.
@@ -1369,10 +1377,11 @@ def _parser() -> argparse.ArgumentParser:
     fair.add_argument("--readers", type=int, default=FAIR_READERS,
                       help=f"readers with the WAITs (default "
                            f"{FAIR_READERS})")
-    fair.add_argument("--think", type=float, default=1.0,
+    fair.add_argument("--think", type=float, default=0.0,
                       help="mean pause of a reader between its reads in "
                            "the READERS phase [s] (uniform over 0.5-1.5 "
-                           "times it; default 1; 0: back to back)")
+                           "times it; default 0: back to back, as the "
+                           "issue measured)")
     fair.add_argument("--churn", type=float, default=1.0,
                       help="seconds between two PHASE=RUN of a waited "
                            "job (default 1)")

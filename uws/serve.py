@@ -1,21 +1,19 @@
-"""Serve the application with gunicorn from ``pserve`` (the ini's server).
+"""Serve the application with gunicorn from ``pserve``.
 
-``[server:main] use = call:uws.serve:gunicorn`` in ``development.ini``:
-one gunicorn worker process with a pool of threads (the ``gthread``
-worker), chosen by the figures of ``benchmarks/bench_uws.py --fair``
-(``benchmarks/README.md``, "Fair service under load"): its event loop
-watches only the idle keep-alive connections, so 100 clients blocked in
-WAIT cost the other requests nothing, where waitress's loop walks every
-open connection at each turn.
+``[server:main] use = call:uws.serve:gunicorn`` (docs/service.md,
+"Serving"): one gunicorn worker process with a pool of threads (the
+``gthread`` worker), the alternative to waitress measured by
+``benchmarks/bench_uws.py --fair --server gunicorn``
+(``benchmarks/README.md``, "Fair service under load").
 
-``pserve`` builds the application before it calls the server runner,
-in the process that becomes gunicorn's arbiter; the service's threads
-(poller, reaper, mailer) and database connections must not live there,
-and do not survive a fork.  So the runner closes that first service and
-the worker builds the application again from the same ini when it
-starts (a worker that gunicorn restarts does the same and adopts the
-jobs, as a restarted service does).  One worker only: the WAIT
-wake-ups, the poller and the local runner's slots live in its process.
+``pserve`` builds the application before it calls the server, in the
+process that becomes gunicorn's arbiter; the service's threads (poller,
+reaper, mailer) and database connections must not live there, and do
+not survive a fork.  So the server closes that first service and the
+worker builds the application again from the same ini when it starts
+(a worker that gunicorn restarts does the same and adopts the jobs, as
+a restarted service does).  One worker only: the WAIT wake-ups, the
+poller and the local runner's slots live in its process.
 """
 
 from __future__ import annotations

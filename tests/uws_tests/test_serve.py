@@ -97,14 +97,25 @@ def test_the_port_setting_moves_the_service_and_its_links(
             server.wait(timeout=10)
 
 
+#: ``[server:main]`` serving with gunicorn (docs/service.md, "Serving").
+GUNICORN = """[server:main]
+use = call:uws.serve:gunicorn
+host = 127.0.0.1
+get port = http_port
+threads = 128
+worker_connections = 1000
+"""
+
+
 def _deploy(tmp_path: Path, server_lines: str = "") -> Path:
-    """A copy of development.ini (extra [server:main] lines), upgraded."""
+    """development.ini served by gunicorn (more lines given), upgraded."""
     folder = tmp_path / "deploy"
     folder.mkdir()
     ini = folder / "development.ini"
     text = (ROOT / "development.ini").read_text()
-    ini.write_text(text.replace("[server:main]\n",
-                                f"[server:main]\n{server_lines}"))
+    start = text.index("[server:main]")
+    end = text.index("\n[", start)
+    ini.write_text(text[:start] + GUNICORN + server_lines + text[end:])
     subprocess.run([str(BIN / "alembic"), "-c", str(ini), "upgrade",
                     "head"], cwd=folder, capture_output=True, timeout=120,
                    check=True)
@@ -118,6 +129,7 @@ def _threads(pid: int) -> int:
 def test_the_service_runs_once_in_the_gunicorn_worker(tmp_path: Path):
     """The arbiter keeps no service thread; its one worker has them.
 
+    Served by gunicorn (``uws.serve``, the alternative to waitress),
     pserve builds the application before the server starts (in what
     becomes gunicorn's arbiter): uws.serve closes that copy, and the
     worker builds its own, so the poller and the reaper run once.
