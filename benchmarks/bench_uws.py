@@ -50,6 +50,14 @@ What it does, in one command (``python benchmarks/bench_uws.py``):
 7. Prints a table of the figures with PASS/FAIL against the targets, and
    OPUS's figures from the issue.
 
+With ``--fair`` only the fairness figures of issue 16 (item 7) are
+measured, from a separate asyncio load client process
+(``loadclient.py``): 200 readers plus 100 clients in WAIT whose jobs
+change phase now and then (p50/p99/max of the reads, reads over 2 s),
+and 16 readers without and with the 100 WAITs in alternating pairs
+(the ratio, median and range), ``--rounds`` times; ``--server`` picks
+waitress or gunicorn (``uws/serve.py``) instead of the ini's server.
+
 The temporary folder and the server are removed at the end, even on
 failure or Ctrl-C.  With ``--profile DIR``, extra runs (not the measured
 ones) are recorded with py-spy and summarised by package.
@@ -74,6 +82,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -328,8 +337,16 @@ def free_port() -> int:
 
 
 def write_ini(path: Path, *, work: Path, port: int, worker: Path,
-              connection_limit: int | None) -> dict[str, str]:
-    """Write ``development.ini`` with the benchmark's own settings."""
+              connection_limit: int | None, server_kind: str = "ini",
+              workers: int = 1,
+              extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Write ``development.ini`` with the benchmark's own settings.
+
+    ``server_kind``: ``ini`` keeps the ini's server (threads set to
+    ``THREADS``); ``waitress`` and ``gunicorn`` put that server in
+    ``[server:main]`` instead (gunicorn: ``workers`` gthread processes
+    of ``THREADS`` threads).
+    """
     ini = configparser.ConfigParser(interpolation=None)
     ini.optionxform = str  # type: ignore[assignment,method-assign]
     ini.read(ROOT / "development.ini")
@@ -343,9 +360,29 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
     app["qfits.wait_clients"] = str(N_WAITERS)
     ini["DEFAULT"]["http_port"] = str(port)
     server = ini["server:main"]
+    if server_kind != "ini":
+        ini.remove_section("server:main")
+        ini.add_section("server:main")
+        server = ini["server:main"]
+        server["use"] = f"egg:{server_kind}#main"
+        server["host"] = "127.0.0.1"
+        server["port"] = str(port)
+        if server_kind == "waitress":
+            server["max_request_body_size"] = "1700000000"
+        elif workers == 1:
+            server["use"] = "call:uws.serve:gunicorn"
+        else:
+            # gunicorn's own runner: the app is built before the fork,
+            # each worker has a copy of the service (reads only).
+            server["worker_class"] = "gthread"
+            server["workers"] = str(workers)
     server["threads"] = str(THREADS)
-    if connection_limit is not None:
+    if connection_limit is not None and "gunicorn" not in server["use"]:
         server["connection_limit"] = str(connection_limit)
+    for setting in extra:  # SECTION:KEY=VALUE; the section may hold ':'
+        where, _, value = setting.partition("=")
+        section, _, key = where.rpartition(":")
+        ini[section][key] = value
     with path.open("w") as fh:
         ini.write(fh)
     return {**{f"app:{k}": v for k, v in app.items()},
@@ -1321,6 +1358,46 @@ def _parser() -> argparse.ArgumentParser:
                         help="write the figures to this JSON file")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when a target is missed")
+    fair = parser.add_argument_group(
+        "fair service (issue 16, item 7)",
+        "--fair measures only: READERS readers plus 100 clients in WAIT "
+        "(p50/p99/max of the reads, reads over 2 s) and 16 readers with "
+        "and without the 100 WAITs, from a separate asyncio load client "
+        "process (loadclient.py), ROUNDS times")
+    fair.add_argument("--fair", action="store_true",
+                      help="run the fairness measurement only")
+    fair.add_argument("--rounds", type=int, default=3,
+                      help="rounds (load client processes; default 3)")
+    fair.add_argument("--pairs", type=int, default=3,
+                      help="runs of 16 readers without and with the "
+                           "WAITs per round, in alternating order "
+                           "(default 3)")
+    fair.add_argument("--pair-duration", type=float, default=4.0,
+                      help="seconds of each of those runs (default 4)")
+    fair.add_argument("--readers", type=int, default=FAIR_READERS,
+                      help=f"readers with the WAITs (default "
+                           f"{FAIR_READERS})")
+    fair.add_argument("--think", type=float, default=0.0,
+                      help="mean pause of a reader between its reads in "
+                           "the READERS phase [s] (uniform over 0.5-1.5 "
+                           "times it; default 0: back to back, as the "
+                           "issue measured)")
+    fair.add_argument("--churn", type=float, default=1.0,
+                      help="seconds between two PHASE=RUN of a waited "
+                           "job (default 1)")
+    fair.add_argument("--server", choices=("ini", "waitress", "gunicorn"),
+                      default="ini",
+                      help="the server: as development.ini says (default)"
+                           ", or waitress or gunicorn (gthread) instead")
+    fair.add_argument("--workers", type=int, default=1,
+                      help="gunicorn worker processes (default 1, "
+                           "uws.serve's runner; more: gunicorn's own "
+                           "runner, the service copied into each worker "
+                           "by the fork, for job reads only)")
+    fair.add_argument("--set", action="append", default=[],
+                      metavar="SECTION:KEY=VALUE",
+                      help="one more ini setting, e.g. "
+                           "app:main:qfits.switch_interval=0 (repeatable)")
     return parser
 
 
@@ -1435,6 +1512,191 @@ def _waiters(args: argparse.Namespace, server: Server, ids: list[str],
             print(f"  waiter errors: {waiters.errors[:3]}")
 
 
+# ------------------------------------------------------------ --fair
+
+#: Targets of issue 16, item 7 (fair service under load).
+TARGET_FAIR_P99_MS = 250.0  # reads, 200 readers + 100 WAITs
+TARGET_FAIR_MAX_S = 2.0  # no read over it
+FAIR_READERS = 200
+LOAD_CLIENT = HERE / "loadclient.py"
+
+
+def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--fair``: the load client process, ``--rounds`` times.
+
+    Each round (one load client process): 16 readers without waiters,
+    the ``N_WAITERS`` waiters start, 16 readers again, then
+    ``--readers`` readers; the waiters' jobs are aborted at the end of
+    the round.
+    """
+    print(f"filling the database with {args.jobs} jobs through "
+          "uws.store.JobStore (not HTTP) ...", flush=True)
+    db = fill_database(f"sqlite:///{work / 'jobs.sqlite'}", work / "jobs",
+                       args.jobs, args.seed)
+    ids = db.pop("ids")
+    worker = work / "short_job.sh"
+    worker.write_text(WORKER_SCRIPT.replace("@SECONDS@",
+                                            str(SHORT_JOB_S)))
+    port = free_port()
+    ini = write_ini(work / "bench.ini", work=work, port=port, worker=worker,
+                    connection_limit=args.connection_limit or None,
+                    server_kind=args.server, workers=args.workers,
+                    extra=tuple(args.set))
+    fig: dict[str, Any] = {"database": db, "ini": ini, "rounds": []}
+    server = Server(work / "bench.ini", work, port)
+    try:
+        started = server.start()
+        print(f"server: {ini['server:use']}, pid {server.pid}, port "
+              f"{port}, answered after {started:.1f} s", flush=True)
+        rng = random.Random(args.seed)  # noqa: S311
+        sample = rng.sample(ids, min(len(ids), 5000))
+        for k in range(args.rounds):
+            phases = [{"name": f"16{'+wait' * waiting}", "pair": j,
+                       "readers": 16, "waiters": waiting, "think": 0,
+                       "duration": args.pair_duration}
+                      for j in range(args.pairs)  # the order alternates
+                      for waiting in ((False, True) if j % 2 == 0
+                                      else (True, False))]
+            phases.append({"name": "fair", "readers": args.readers,
+                           "waiters": True, "think": args.think,
+                           "duration": args.duration})
+            plan = {"port": port, "server_pid": server.pid, "ids": sample,
+                    "seed": args.seed + k, "waiters": N_WAITERS,
+                    "wait_s": WAIT_S, "churn": args.churn,
+                    "phases": phases}
+            plan_file = work / f"plan{k}.json"
+            plan_file.write_text(json.dumps(plan))
+            done = subprocess.run(
+                [sys.executable, str(LOAD_CLIENT), str(plan_file)],
+                capture_output=True, text=True, check=False,
+                timeout=args.duration * 3 + 300)
+            if done.returncode != 0:
+                msg = (f"the load client failed ({done.returncode}):\n"
+                       f"{done.stderr[-3000:]}\n{server.log_tail()}")
+                raise RuntimeError(msg)
+            result = json.loads(done.stdout)
+            fig["rounds"].append(result)
+            _print_fair_round(k, result, args)
+        errors = [line for line in server.log_tail(2000).splitlines()
+                  if " ERROR " in line or "Traceback" in line]
+        fig["log_errors"] = errors[:20]
+        if errors:
+            print(f"server log: {len(errors)} error lines, e.g. "
+                  f"{errors[0]}")
+    finally:
+        server.stop()
+    return fig
+
+
+def _pairs(result: dict[str, Any]) -> list[tuple[dict[str, Any],
+                                                  dict[str, Any]]]:
+    """(without, with) runs of 16 readers of a round, pair by pair."""
+    by: dict[int, dict[str, dict[str, Any]]] = {}
+    for phase in result["phases"]:
+        if phase.get("pair") is not None:
+            by.setdefault(phase["pair"], {})[phase["name"]] = phase
+    return [(p["16"], p["16+wait"]) for _, p in sorted(by.items())]
+
+
+def _cpu_ms(run: dict[str, Any]) -> float:
+    """Server CPU time per request [ms]."""
+    return float(run["server_cores"] / run["per_s"] * 1e3)
+
+
+def _print_fair_round(k: int, result: dict[str, Any],
+                      args: argparse.Namespace) -> None:
+    ready = ", ".join(f"{x:.1f}" for x in result["waiters_ready_s"])
+    print(f"round {k + 1}: waiters all blocked after {ready} s; "
+          f"{result['waiters']}"
+          + (f"; errors {result['waiter_errors']}"
+             if result["waiter_errors"] else ""), flush=True)
+    labels = {"16": "16 readers",
+              "16+wait": f"16 readers + {N_WAITERS} WAITs",
+              "fair": f"{args.readers} readers + {N_WAITERS} WAITs"}
+    for r in result["phases"]:
+        failed = sum(r["failed"].values())
+        print(f"  {labels[r['name']]:<28} {r['per_s']:7.1f}/s  p50 "
+              f"{r['median_ms']:6.1f}  p99 {r['p99_ms']:7.1f}  max "
+              f"{r['max_ms']:7.1f} ms  >2 s: {r['over_2s']}  worst 1 s "
+              f"{_fmt(r['worst_second_per_s'], 'd')}/s  blocked "
+              f"{r['blocked_before']}->{r['blocked_after']}"
+              + (f"  FAILED {r['failed']}" if failed else "")
+              + f"  CPU server {r['server_cores']:.2f} "
+              f"({_cpu_ms(r):.2f} ms/read) client {r['client_cores']:.2f}"
+              f" other {r['other_cores']:.2f}", flush=True)
+
+
+def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
+                   cores: int) -> dict[str, Any]:
+    """Medians and spread over the rounds, verdicts; print them."""
+    pairs = [p for r in fig["rounds"] for p in _pairs(r)]
+    ratios = [w["per_s"] / wo["per_s"] for wo, w in pairs]
+    fair = [p for r in fig["rounds"] for p in r["phases"]
+            if p["name"] == "fair"]
+    p99 = statistics.median(f["p99_ms"] for f in fair)
+    worst = max(f["max_ms"] for f in fair)
+    slow = sum(f["over_2s"] for f in fair)
+    failed = sum(sum(f["failed"].values()) for f in fair)
+    ratio = statistics.median(ratios)
+    targets = {
+        "applicable": cores == TARGET_CORES,
+        "fair_p99": {"target_ms": TARGET_FAIR_P99_MS, "value": p99,
+                     "pass": p99 <= TARGET_FAIR_P99_MS and not failed},
+        "fair_max": {"target_ms": TARGET_FAIR_MAX_S * 1e3, "value": worst,
+                     "over_2s": slow, "pass": slow == 0 and not failed},
+        "waiters_rate": {"target_ratio": TARGET_WAIT_RATE_RATIO,
+                         "value": ratio, "pairs": ratios,
+                         "pass": ratio >= TARGET_WAIT_RATE_RATIO},
+    }
+
+    def spread(values: list[float], spec: str) -> str:
+        return (f"{statistics.median(values):{spec}} "
+                f"({min(values):{spec}}-{max(values):{spec}})")
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    think = (f", think {args.think:g} s" if args.think else
+             ", closed loop")
+    rows: list[tuple[str, ...]] = [
+        ("measure: median (range)", "value", "target", "verdict")]
+    head = f"{args.readers} readers{think} + {N_WAITERS} WAITs: reads/s"
+    rows.append((head, spread([f["per_s"] for f in fair], ".0f"), "",
+                 "info"))
+    rows.append(("  p50 [ms]", spread([f["median_ms"] for f in fair],
+                                      ".1f"), "", "info"))
+    rows.append(("  p99 [ms]", spread([f["p99_ms"] for f in fair], ".1f"),
+                 f"<= {TARGET_FAIR_P99_MS:.0f}",
+                 verdict(targets["fair_p99"]["pass"])))
+    rows.append(("  max [ms]; reads over 2 s (all rounds)",
+                 f"{worst:.0f}; {slow}", "none over 2 s",
+                 verdict(targets["fair_max"]["pass"])))
+    rows.append(("  server CPU per read [ms]",
+                 spread([_cpu_ms(f) for f in fair], ".2f"), "", "info"))
+    rows.append(("16 readers: reads/s without WAITs",
+                 spread([wo["per_s"] for wo, _ in pairs], ".0f"), "",
+                 "info"))
+    rows.append((f"16 readers: reads/s with {N_WAITERS} WAITs",
+                 spread([w["per_s"] for _, w in pairs], ".0f"), "",
+                 "info"))
+    rows.append((f"  ratio with/without ({len(ratios)} pairs)",
+                 spread(ratios, ".2f"), f">= {TARGET_WAIT_RATE_RATIO:.2f}",
+                 verdict(targets["waiters_rate"]["pass"])))
+    cpu = [statistics.median(_cpu_ms(p[i]) for p in pairs) for i in (0, 1)]
+    rows.append(("  server CPU per read [ms], without / with",
+                 f"{cpu[0]:.2f} / {cpu[1]:.2f}", "", "info"))
+    other = [p["other_cores"] for r in fig["rounds"] for p in r["phases"]]
+    print(f"\nsummary, {len(fig['rounds'])} rounds, server "
+          f"{fig['ini']['server:use']}"
+          + ("" if targets["applicable"] else
+             f" (targets for {TARGET_CORES} cores: informative here)")
+          + ":")
+    _table(rows)
+    print(f"  other processes used {statistics.median(other):.2f} cores "
+          f"(median; up to {max(other):.2f}) during the phases")
+    return targets
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every step; return the figures."""
     fig: dict[str, Any] = {"loads": {}, "profiles": {}}
@@ -1532,6 +1794,34 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return fig
 
 
+def _main_fair(args: argparse.Namespace, work: Path,
+               machine: dict[str, Any]) -> int:
+    try:
+        fig = run_fair(args, work)
+    except (RuntimeError, OSError, http.client.HTTPException,
+            subprocess.TimeoutExpired) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"temporary folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    targets = summarise_fair(fig, args, machine["cpus"])
+    if args.json is not None:
+        out = {"date": datetime.now(UTC).isoformat(), "machine": machine,
+               "settings": {k: str(v) if isinstance(v, Path) else v
+                            for k, v in vars(args).items()},
+               "targets": targets, **fig}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+        print(f"\nfigures written to {args.json}")
+    if args.strict and targets["applicable"] and not all(
+            t["pass"] for k, t in targets.items() if k != "applicable"):
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -1547,6 +1837,8 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM must clean up too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench_uws-", dir=args.tmpdir))
+    if args.fair:
+        return _main_fair(args, work, machine)
     try:
         fig = run(args, work)
     except (RuntimeError, OSError, http.client.HTTPException) as exc:

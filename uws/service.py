@@ -98,53 +98,74 @@ class ResultFile:
     mime: str
 
 
+class _Waited:
+    """A job with requests waiting on it: its condition and counters."""
+
+    __slots__ = ("cond", "version", "waiters")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.cond = threading.Condition(lock)
+        self.waiters = 0
+        self.version = 0
+
+
 class _Changes:
-    """Wake WAIT requests when a job's phase changes (this process)."""
+    """Wake WAIT requests when a job's phase changes (this process).
+
+    Each waited job has its own condition (all share one lock): a change
+    wakes the requests waiting on that job only, not every blocked
+    request (with 100 clients in WAIT, a broadcast woke 100 threads per
+    change, each to take the GIL and go back to sleep).
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._version: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._jobs: dict[str, _Waited] = {}
         self.waiting = 0
 
-    def join(self, most: int) -> bool:
-        """Count one more waiter, unless ``most`` already wait."""
-        with self._cond:
+    def join(self, job_id: str, most: int) -> bool:
+        """Count one more waiter of the job, unless ``most`` already wait."""
+        with self._lock:
             if self.waiting >= most:
                 return False
             self.waiting += 1
+            waited = self._jobs.get(job_id)
+            if waited is None:
+                waited = self._jobs[job_id] = _Waited(self._lock)
+            waited.waiters += 1
             return True
 
-    def leave(self) -> None:
-        """Count one waiter less."""
-        with self._cond:
+    def leave(self, job_id: str) -> None:
+        """Count one waiter of the job less."""
+        with self._lock:
             self.waiting -= 1
+            waited = self._jobs[job_id]
+            waited.waiters -= 1
+            if waited.waiters == 0:
+                del self._jobs[job_id]
 
     def version(self, job_id: str) -> int:
-        with self._cond:
-            return self._version.get(job_id, 0)
+        """Return the job's change count (while it has waiters)."""
+        with self._lock:
+            waited = self._jobs.get(job_id)
+            return waited.version if waited else 0
 
     def notify(self, job_id: str) -> None:
-        with self._cond:
-            if self.waiting == 0:
-                # Nobody holds a version to compare with: a later waiter
-                # reads the new phase from the database first.
-                self._version.clear()
+        """Wake the waiters of the job (a change, or its deletion)."""
+        with self._lock:
+            waited = self._jobs.get(job_id)
+            if waited is None:
+                # Nobody waits: a later waiter reads the new phase from
+                # the database first.
                 return
-            self._version[job_id] = self._version.get(job_id, 0) + 1
-            self._cond.notify_all()
-
-    def forget(self, job_id: str) -> None:
-        """Wake the waiters of a deleted job; drop its counter if none."""
-        with self._cond:
-            self._version[job_id] = self._version.get(job_id, 0) + 1
-            self._cond.notify_all()
-            if self.waiting == 0:
-                self._version.clear()
+            waited.version += 1
+            waited.cond.notify_all()
 
     def wait(self, job_id: str, seen: int, timeout: float) -> None:
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._version.get(job_id, 0) != seen, timeout)
+        """Block until the job changed since ``seen``, at most ``timeout``."""
+        with self._lock:
+            waited = self._jobs[job_id]
+            waited.cond.wait_for(lambda: waited.version != seen, timeout)
 
 
 class JobService:
@@ -592,7 +613,7 @@ class JobService:
         self.store.delete(job_id)
         self._uncache(job_id)
         shutil.rmtree(self.folder(job_id).path, ignore_errors=True)
-        self._changes.forget(job_id)
+        self._changes.notify(job_id)
         log.info("job %s destroyed", job_id)
 
     # -- WAIT --------------------------------------------------------------
@@ -612,7 +633,7 @@ class JobService:
         changes = self._changes
         if (limit <= 0 or job.phase not in phases.ACTIVE
                 or (phase is not None and job.phase is not phase)
-                or not changes.join(self.settings.wait_clients)):
+                or not changes.join(job_id, self.settings.wait_clients)):
             return job
         try:
             deadline = time.monotonic() + limit
@@ -627,7 +648,7 @@ class JobService:
                 # every few seconds covers another process's changes.
                 changes.wait(job_id, seen, min(left, 5.0))
         finally:
-            changes.leave()
+            changes.leave(job_id)
         return self.get(job_id, owner)
 
     # -- background work ---------------------------------------------------

@@ -1089,6 +1089,47 @@ def test_wait_returns_when_the_phase_changes(live: LiveService, change: str,
         wait_final(live, url)
 
 
+def test_wait_wakes_the_waiters_of_the_changed_job_only(live: LiveService):
+    """Two clients on each of two jobs: a change ends its job's WAITs only.
+
+    The waits are kept on per job (a condition each, benchmarks/README.md,
+    "Fair service under load"): the second job's clients stay blocked
+    until their own job changes, then hear of it at once.
+    """
+    first, second = pending(live), pending(live)
+    ended: dict[str, list[float]] = {first: [], second: []}
+    lock = threading.Lock()
+
+    def waiter(url: str) -> None:
+        with requests.Session() as http:
+            r = http.get(url, params={"WAIT": "20"}, timeout=TIMEOUT)
+        assert r.status_code == 200
+        with lock:
+            ended[url].append(time.monotonic())
+
+    threads = [threading.Thread(target=waiter, args=(url,))
+               for url in (first, second) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    changed = time.monotonic()
+    see_other(post(live.http, f"{first}/phase", {"PHASE": "ABORT"},
+                   "urlencoded"), first)
+    time.sleep(2.0)
+    with lock:
+        assert len(ended[first]) == 2, ended
+        assert max(ended[first]) - changed < 1.5
+        assert ended[second] == []  # still blocked
+    changed = time.monotonic()
+    see_other(post(live.http, f"{second}/phase", {"PHASE": "ABORT"},
+                   "urlencoded"), second)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(ended[second]) == 2
+    assert max(ended[second]) - changed < 1.5
+
+
 @pytest.mark.parametrize("query", ["WAIT=abc", "WAIT=1.5", "WAIT=-2",
                                    "WAIT=", "WAIT=5&PHASE=NOPE",
                                    "WAIT=1&WAIT=2"])

@@ -95,3 +95,83 @@ def test_the_port_setting_moves_the_service_and_its_links(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=10)
+
+
+#: ``[server:main]`` serving with gunicorn (docs/service.md, "Serving").
+GUNICORN = """[server:main]
+use = call:uws.serve:gunicorn
+host = 127.0.0.1
+get port = http_port
+threads = 128
+worker_connections = 1000
+"""
+
+
+def _deploy(tmp_path: Path, server_lines: str = "") -> Path:
+    """development.ini served by gunicorn (more lines given), upgraded."""
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    ini = folder / "development.ini"
+    text = (ROOT / "development.ini").read_text()
+    start = text.index("[server:main]")
+    end = text.index("\n[", start)
+    ini.write_text(text[:start] + GUNICORN + server_lines + text[end:])
+    subprocess.run([str(BIN / "alembic"), "-c", str(ini), "upgrade",
+                    "head"], cwd=folder, capture_output=True, timeout=120,
+                   check=True)
+    return ini
+
+
+def _threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def test_the_service_runs_once_in_the_gunicorn_worker(tmp_path: Path):
+    """The arbiter keeps no service thread; its one worker has them.
+
+    Served by gunicorn (``uws.serve``, the alternative to waitress),
+    pserve builds the application before the server starts (in what
+    becomes gunicorn's arbiter): uws.serve closes that copy, and the
+    worker builds its own, so the poller and the reaper run once.
+    """
+    ini = _deploy(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "pserve"), str(ini), f"http_port={port}"],
+        cwd=ini.parent, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, "pserve ended"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/availability",
+                                timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "pserve does not answer"
+            time.sleep(0.1)
+        children = [int(p) for p in Path(
+            f"/proc/{server.pid}/task/{server.pid}/children",
+        ).read_text().split()]
+        assert len(children) == 1  # one worker
+        # The arbiter: its main thread only; the worker: its main
+        # thread, the poller and the reaper at least.
+        assert _threads(server.pid) == 1
+        assert _threads(children[0]) >= 3
+    finally:
+        server.terminate()
+        server.wait(timeout=40)
+
+
+def test_more_gunicorn_workers_are_refused_in_one_line(tmp_path: Path):
+    ini = _deploy(tmp_path, "workers = 2\n")
+    done = subprocess.run([str(BIN / "pserve"), str(ini)], cwd=ini.parent,
+                          capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert ("qualityfits-uws: cannot start: [server:main] workers = 2: "
+            "the service runs in one gunicorn process") in done.stderr
