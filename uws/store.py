@@ -68,7 +68,7 @@ class JSONText(sa.types.TypeDecorator[Any]):
 
 #: The Alembic revision (uws/migrations/versions) that `metadata`
 #: describes: the store works on a database at this revision only.
-SCHEMA_REVISION: Final = "0002"
+SCHEMA_REVISION: Final = "0003"
 
 #: What an operator runs to bring a database to `SCHEMA_REVISION`.
 UPGRADE_COMMAND: Final = "alembic -c development.ini upgrade head"
@@ -96,6 +96,11 @@ jobs_table = sa.Table(
     sa.Column("max_rss_kb", sa.BigInteger(), nullable=True),
     sa.Column("wall_s", sa.Float(), nullable=True),
     sa.Column("cpu_s", sa.Float(), nullable=True),
+    #: Bytes of the job's folder (inputs, results), for the quota
+    #: ``qfits.max_stored_bytes``: set when inputs are installed and
+    #: when the job ends.
+    sa.Column("stored_bytes", sa.BigInteger(), nullable=False,
+              server_default="0"),
     sa.Index("ix_jobs_owner_phase_creation", "owner", "phase",
              "creation_time"),
     sa.Index("ix_jobs_creation", "creation_time"),
@@ -135,7 +140,7 @@ UPDATABLE = frozenset({
     "run_id", "queued_time", "start_time", "end_time",
     "execution_duration", "destruction", "estimate_s", "error_type",
     "error_message", "error_detail", "backend_id", "host", "queue",
-    "max_rss_kb", "wall_s", "cpu_s", "email",
+    "max_rss_kb", "wall_s", "cpu_s", "email", "stored_bytes",
 })
 
 #: Sentinel: list every owner's jobs (the reaper, the poller).
@@ -191,6 +196,7 @@ class NewJob:
     parameters: tuple[Parameter, ...]
     email: str | None = None
     estimate_s: float = 0.0
+    stored_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -300,7 +306,8 @@ class JobStore:
                 execution_duration=job.execution_duration,
                 destruction=_naive(job.destruction),
                 estimate_s=job.estimate_s, email=job.email,
-                error_detail=False, backend_id="", host="", queue=""))
+                stored_bytes=job.stored_bytes, error_detail=False,
+                backend_id="", host="", queue=""))
             self._insert_parameters(conn, job.job_id, job.parameters, 0)
 
     @staticmethod
@@ -508,6 +515,17 @@ class JobStore:
             stmt = stmt.where(c.phase.in_([p.value for p in phases]))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
+
+    def usage_of(self, owner: str | None) -> tuple[int, int]:
+        """Return the number of ``owner``'s jobs and their stored bytes."""
+        c = jobs_table.c
+        who = c.owner.is_(None) if owner is None else c.owner == owner
+        stmt = sa.select(sa.func.count(),
+                         sa.func.coalesce(sa.func.sum(c.stored_bytes), 0)
+                         ).select_from(jobs_table).where(who)
+        with self.engine.connect() as conn:
+            count, size = conn.execute(stmt).one()
+        return int(count or 0), int(size or 0)
 
     def count(self) -> int:
         """Return the number of jobs (every phase, every owner)."""

@@ -157,6 +157,7 @@ def jobs_view(request: Any) -> Response:
     service = service_of(request)
     owner = owner_of(request)
     if request.method == "POST":
+        service.check_room(owner)  # before the body is read
         form = form_of(request)
         job_id = service.create(owner, form)
         return see_other(job_url(request, job_id))
@@ -330,6 +331,8 @@ def parameters_view(request: Any) -> Response:
     job_id = _job_id(request)
     url = job_url(request, job_id)
     if request.method == "POST":
+        if (request.content_type or "").lower() == "multipart/form-data":
+            service.check_room(owner)  # before the upload is read
         service.set_parameters(job_id, owner, form_of(request))
         return see_other(url)
     job = service.get(job_id, owner)
