@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -455,6 +455,15 @@ class JobService:
         who: object = ANY_OWNER if owner.sees_all else owner.name
         return self.store.list_jobs(owner=who, phases=phases_, after=after,
                                last=last)
+
+    def list_pages(self, owner: Identity, *,
+                   phases_: Sequence[Phase] = (),
+                   after: datetime | None = None,
+                   last: int | None = None) -> Iterator[list[JobRef]]:
+        """`list_jobs` a page at a time (`JobStore.list_pages`)."""
+        who: object = ANY_OWNER if owner.sees_all else owner.name
+        return self.store.list_pages(owner=who, phases=phases_, after=after,
+                                     last=last)
 
     def _job(self, job_id: str, owner: Identity) -> Job:
         try:

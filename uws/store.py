@@ -18,7 +18,7 @@ table, and refuses a database whose revision is not
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,6 +219,10 @@ def _naive(value: datetime | None) -> datetime | None:
     return value
 
 
+def _same(value: datetime) -> datetime:
+    return value
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
@@ -268,6 +272,9 @@ class JobStore:
     StoreError
         The database cannot be reached.
     """
+
+    #: Rows per query of a job list (`list_pages`).
+    list_page = 1000
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -440,9 +447,26 @@ class JobStore:
         return None if value is None else str(value)
 
     def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
-             after: datetime | None = None,
-             last: int | None = None) -> list[JobRef]:
-        """List jobs, newest first.
+                  after: datetime | None = None,
+                  last: int | None = None) -> list[JobRef]:
+        """List jobs, newest first (`list_pages`, all pages at once)."""
+        return [ref for page in self.list_pages(
+            owner=owner, phases=phases, after=after, last=last)
+            for ref in page]
+
+    def list_pages(self, *, owner: object, phases: Sequence[Phase] = (),
+                   after: datetime | None = None, last: int | None = None,
+                   page: int | None = None) -> Iterator[list[JobRef]]:
+        """Yield the job list, newest first, a page at a time.
+
+        Each page is one short query on a connection of its own (keyset
+        pagination on creation time and id, which order the list
+        without ties): nothing holds a connection or more than a page
+        of rows while the caller writes out what it has, and a list of
+        any length costs the memory of one page.  A job created while
+        the list is read is newer than the pages still to come (absent,
+        as if the list had been read before); a job deleted meanwhile
+        is absent from the pages that follow.
 
         Parameters
         ----------
@@ -455,10 +479,18 @@ class JobStore:
             Only jobs created strictly after this instant.
         last : int, optional
             Only the ``last`` most recent of those.
+        page : int, optional
+            Rows per query (default `list_page`).
         """
         c = jobs_table.c
-        stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner,
-                         c.creation_time)
+        size = page or self.list_page
+        created: Any = c.creation_time
+        text_times = self.engine.dialect.name == "sqlite"
+        if text_times:
+            # SQLAlchemy's reading of SQLite's text timestamps took half
+            # the time of a list: the text is parsed by fromisoformat.
+            created = sa.type_coerce(created, sa.String)
+        stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner, created)
         if owner is not ANY_OWNER:
             stmt = stmt.where(c.owner.is_(None) if owner is None
                               else c.owner == owner)
@@ -469,12 +501,28 @@ class JobStore:
         if after is not None:
             stmt = stmt.where(c.creation_time > _naive(after))
         stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
-        if last is not None:
-            stmt = stmt.limit(last)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        return [JobRef(r.job_id, Phase(r.phase), r.run_id, r.owner,
-                       _aware_required(r.creation_time)) for r in rows]
+        left = last
+        seen: tuple[datetime, str] | None = None
+        while left is None or left > 0:
+            query = stmt
+            if seen is not None:
+                query = query.where(
+                    sa.tuple_(c.creation_time, c.job_id) < seen)
+            wanted = size if left is None else min(size, left)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.limit(wanted)).all()
+            if rows:
+                parse = datetime.fromisoformat if text_times else _same
+                refs = [JobRef(job_id, Phase(phase), run_id, who,
+                               parse(when).replace(tzinfo=UTC))
+                        for job_id, phase, run_id, who, when in rows]
+                seen = (refs[-1].creation_time.replace(tzinfo=None),
+                        refs[-1].job_id)
+                yield refs
+            if len(rows) < wanted:
+                return
+            if left is not None:
+                left -= len(rows)
 
     def active(self, phases: Iterable[Phase]) -> list[ActiveJob]:
         """Jobs in these phases, in the order they were queued."""
