@@ -18,6 +18,7 @@ table, and refuses a database whose revision is not
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,6 +143,13 @@ UPDATABLE = frozenset({
     "error_message", "error_detail", "backend_id", "host", "queue",
     "max_rss_kb", "wall_s", "cpu_s", "email", "stored_bytes",
 })
+
+#: Job-list pages read at once (`JobStore.list_pages`), whatever the
+#: number of lists being written: 20 concurrent lists of 10 000 jobs
+#: then use 2 connections, not 20 (each with its SQLite page cache);
+#: a page is a short query, and what follows it (writing the XML) is
+#: bound by the interpreter anyway.  benchmarks/README.md.
+LIST_READERS: Final = 2
 
 #: Sentinel: list every owner's jobs (the reaper, the poller).
 ANY_OWNER = object()
@@ -278,6 +286,7 @@ class JobStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._list_slots = threading.BoundedSemaphore(LIST_READERS)
         try:
             self.engine = make_engine(url)
             with self.engine.connect() as conn:
@@ -509,7 +518,7 @@ class JobStore:
                 query = query.where(
                     sa.tuple_(c.creation_time, c.job_id) < seen)
             wanted = size if left is None else min(size, left)
-            with self.engine.connect() as conn:
+            with self._list_slots, self.engine.connect() as conn:
                 rows = conn.execute(query.limit(wanted)).all()
             if rows:
                 parse = datetime.fromisoformat if text_times else _same

@@ -343,6 +343,8 @@ _JOBS_HEAD: Final = (
     f'<uws:jobs xmlns:uws="{UWS_NS}" xmlns:xlink="{XLINK_NS}" '
     f'xmlns:xsi="{XSI_NS}" version="{UWS_VERSION}">\n').encode()
 _JOBS_TAIL: Final = b"</uws:jobs>\n"
+#: Jobs per piece of the response (~26 kB).
+_PIECE: Final = 100
 _ESCAPE: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;",
                                 '"': "&quot;", "\r": "&#13;",
                                 "\n": "&#10;", "\t": "&#9;"})
@@ -368,7 +370,9 @@ def job_list_chunks(pages: Iterable[Sequence[JobRef]],
     base = jobs_url.rstrip("/")
     yield _JOBS_HEAD
     for page in pages:
-        yield "".join([_jobref(ref, base) for ref in page]).encode()
+        for start in range(0, len(page), _PIECE):
+            yield "".join([_jobref(ref, base) for ref
+                           in page[start:start + _PIECE]]).encode()
     yield _JOBS_TAIL
 
 
