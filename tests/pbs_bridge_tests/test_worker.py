@@ -345,12 +345,14 @@ class TestUrlInput:
         assert states(job)["fetch"] == "failed"
 
     @pytest.mark.parametrize(("served", "path", "message"), [
-        ("bitpix.fits", "bitpix.fits", "image bitpix.fits: BITPIX = 12 is "
-         "not a FITS value (8, 16, 32, 64, -32, -64)"),
-        ("a field.fits", "a%20field.fits", "image a field.fits: a "
-         "negative NAXISn ([-10, 512])"),
-        (None, "", "image 127.0.0.1: not a FITS file (it must start with "
-         "a SIMPLE card, found '<!DOCTYP')"),
+        ("bitpix.fits", "bitpix.fits", (
+            "image bitpix.fits: BITPIX = 12 is not a FITS value (8, 16, 32, "
+            "64, -32, -64)")),
+        ("a field.fits", "a%20field.fits", (
+            "image a field.fits: a negative NAXISn ([-10, 512])")),
+        (None, "", (
+            "image 127.0.0.1: not a FITS file (it must start with a SIMPLE "
+            "card, found '<!DOCTYP')")),
     ], ids=["bitpix", "naxis", "html-page"])
     def test_a_bad_fetched_image_is_named_once(self, tmp_path, server,
                                                 image_file, served, path,
