@@ -104,7 +104,9 @@ jobs_table = sa.Table(
               server_default="0"),
     sa.Index("ix_jobs_owner_phase_creation", "owner", "phase",
              "creation_time"),
-    sa.Index("ix_jobs_creation", "creation_time"),
+    # The job list's order and columns: its pages read the index only.
+    sa.Index("ix_jobs_list", "creation_time", "job_id", "phase", "run_id",
+             "owner"),
     sa.Index("ix_jobs_phase", "phase"),
     sa.Index("ix_jobs_destruction", "destruction"),
 )

@@ -1,4 +1,4 @@
-"""Each job's stored bytes: ``jobs.stored_bytes``.
+"""Each job's stored bytes (``jobs.stored_bytes``), the job list's index.
 
 The bytes of the job's folder (inputs and results), recorded when the
 inputs are installed and when the job ends, so that an owner's total
@@ -23,10 +23,18 @@ branch_labels = None
 depends_on = None
 
 
+#: The job list's index: its order (creation time, id) and the columns
+#: it shows, so that its pages read the index only (replaces the index
+#: on the creation time alone, its first column).
+LIST_COLUMNS = ["creation_time", "job_id", "phase", "run_id", "owner"]
+
+
 def upgrade() -> None:
-    """Add the column (0 for the jobs already there)."""
+    """Add the column (0 for the jobs already there) and the list index."""
     op.add_column("jobs", sa.Column("stored_bytes", sa.BigInteger(),
                                     nullable=False, server_default="0"))
+    op.create_index("ix_jobs_list", "jobs", LIST_COLUMNS)
+    op.drop_index("ix_jobs_creation", table_name="jobs")
 
 
 def downgrade() -> None:
@@ -37,4 +45,6 @@ def downgrade() -> None:
     on, that deletes every job's parameters and results (ON DELETE
     CASCADE).
     """
+    op.create_index("ix_jobs_creation", "jobs", ["creation_time"])
+    op.drop_index("ix_jobs_list", table_name="jobs")
     op.drop_column("jobs", "stored_bytes")
