@@ -1398,6 +1398,14 @@ def _parser() -> argparse.ArgumentParser:
                       metavar="SECTION:KEY=VALUE",
                       help="one more ini setting, e.g. "
                            "app:main:qfits.switch_interval=0 (repeatable)")
+    parser.add_argument("--list-jobs", type=int, default=0, metavar="N",
+                        help="only this: N jobs, then --list-rounds rounds "
+                             "of --list-clients concurrent unfiltered "
+                             "GET /jobs, and the server's memory")
+    parser.add_argument("--list-clients", type=int, default=20,
+                        help="with --list-jobs: lists at once (default 20)")
+    parser.add_argument("--list-rounds", type=int, default=3,
+                        help="with --list-jobs: rounds (default 3)")
     return parser
 
 
@@ -1697,6 +1705,69 @@ def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
     return targets
 
 
+#: Issue 16: 20 concurrent unfiltered lists of 10 000 jobs, each within.
+TARGET_LIST_ALL_S = 2.0
+
+
+def list_jobs_only(args: argparse.Namespace, work: Path) -> int:
+    """``--list-jobs N``: concurrent unfiltered job lists, and memory.
+
+    N jobs (filled as in step 1); the server started as in step 2; one
+    small list to warm it up, then ``--list-rounds`` rounds of
+    ``--list-clients`` clients that each GET the unfiltered ``/jobs``
+    at once (target: each ≤ 2 s with 20 clients and 10 000 jobs, issue
+    16); the server's RSS before the rounds, its peak during them
+    (VmHWM, reset first) and its RSS 2 s after the last.
+    """
+    print(f"filling the database with {args.list_jobs} jobs ...",
+          flush=True)
+    db = fill_database(f"sqlite:///{work / 'jobs.sqlite'}", work / "jobs",
+                       args.list_jobs, args.seed)
+    print(f"  {db['jobs']} jobs in {db['seconds']:.0f} s", flush=True)
+    worker = work / "short_job.sh"
+    worker.write_text(WORKER_SCRIPT.replace("@SECONDS@", str(SHORT_JOB_S)))
+    port = free_port()
+    write_ini(work / "bench.ini", work=work, port=port, worker=worker,
+              connection_limit=args.connection_limit or None)
+    server = Server(work / "bench.ini", work, port)
+    fig: dict[str, Any] = {"jobs": db["jobs"], "rounds": []}
+    try:
+        server.start()
+        run_load(port, 1, get_ok(lambda _i, _r: "/jobs?LAST=10"), count=5)
+        fig["rss_before_kb"] = server.memory().get("VmRSS")
+        server.reset_peak()
+        for _ in range(args.list_rounds):
+            result = run_load(port, args.list_clients,
+                              get_ok(lambda _i, _r: "/jobs"),
+                              count=args.list_clients,
+                              server_pid=server.pid, timeout=600)
+            fig["rounds"].append(result)
+            print_load(f"GET /jobs (all {db['jobs']})", result)
+            print(f"  {'':<30}    slowest list {result['max_ms'] / 1e3:.2f}"
+                  " s", flush=True)
+        time.sleep(2)
+        mem = server.memory()
+        fig["rss_after_kb"] = mem.get("VmRSS")
+        fig["hwm_kb"] = mem.get("VmHWM")
+    finally:
+        server.stop()
+    lists = sum(r["requests"] * 2 for r in fig["rounds"])  # + warm-ups
+    slowest = max(r["max_ms"] for r in fig["rounds"]) / 1e3
+    print(f"\n{lists} unfiltered lists of {db['jobs']} jobs "
+          f"({args.list_clients} at once; half of them untimed warm-ups): "
+          f"slowest timed list {slowest:.2f} s (target 2 s: "
+          f"{'PASS' if slowest <= TARGET_LIST_ALL_S else 'FAIL'}); server "
+          f"RSS {fig['rss_before_kb'] / 1e3:.0f} MB before, peak "
+          f"{fig['hwm_kb'] / 1e3:.0f} MB, "
+          f"{fig['rss_after_kb'] / 1e3:.0f} MB 2 s after", flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(
+            {"date": datetime.now(UTC).isoformat(),
+             "machine": machine_info(), **fig}, indent=1, default=str))
+    return 0
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every step; return the figures."""
     fig: dict[str, Any] = {"loads": {}, "profiles": {}}
@@ -1840,6 +1911,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fair:
         return _main_fair(args, work, machine)
     try:
+        if args.list_jobs > 0:
+            return list_jobs_only(args, work)
         fig = run(args, work)
     except (RuntimeError, OSError, http.client.HTTPException) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

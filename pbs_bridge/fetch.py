@@ -26,6 +26,7 @@ An HTTP error status from a host that was allowed is reported as it is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import ipaddress
@@ -315,10 +316,13 @@ def _save(response: Any, label: str, url: str, dest: Path, limit: int,
                     out.write(chunk)
             part.replace(dest)
         except OSError as exc:
-            raise FetchError("fatal", f"{label}: cannot write {dest}: "
-                             f"{exc}") from None
+            # The service's fault; its paths are nobody's business.
+            reason = exc.strerror or type(exc).__name__
+            raise FetchError("fatal", f"{label}: cannot store the fetched "
+                             f"file: {reason}") from None
         finally:
-            part.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its folder may be the fault
+                part.unlink(missing_ok=True)
             if cleanup is not None:
                 cleanup.remove(part)
     return total

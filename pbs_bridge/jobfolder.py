@@ -11,7 +11,9 @@ path into a job folder.
 Layout::
 
     spec.json          WorkerSpec (written by the service, read-only after)
-    inputs/            uploaded or fetched files, named by parameter
+    inputs/            uploaded files, named by parameter (image.fits);
+                       fetched ones as inputs/<parameter>/<the URL's
+                       file name>, which messages then name
     progress.json      Progress: steps with state and times, host, usage
     results/           the product set (worker) and its manifest:
     results/manifest.json   qualityfits.manifest.Manifest (worker)
@@ -41,6 +43,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from qualityfits.manifest import Manifest, ManifestError
 
@@ -264,6 +267,12 @@ LOG_TAIL = 40
 _TAIL_BYTES = 16384
 
 
+def _usable_name(name: str) -> bool:
+    """Whether ``name`` can be a file's name in the job folder."""
+    return bool(name) and not name.startswith(".") and not any(
+        c in "/\\" or ord(c) < 32 or c == "\x7f" for c in name)
+
+
 class JobFolder:
     """The files of one job (see the module documentation).
 
@@ -311,6 +320,23 @@ class JobFolder:
                 f"{SPEC_FILE}: {relative!r} is not a path inside the job "
                 "folder")
         return self.path / path
+
+    def fetched_input(self, label: str, url: str) -> Path:
+        """Return where the input ``label`` given by ``url`` is fetched to.
+
+        ``inputs/<label>/<name>``, the name being the URL's file name
+        (its last path segment, decoded), so that a message about the
+        file names what the client gave (``image field.fits: ...``),
+        not a name of ours; the host's name when the path has no usable
+        file name (empty, hidden, or with a control character).
+        """
+        parts = urlsplit(url)
+        name = unquote(parts.path.rsplit("/", 1)[-1]).strip()
+        if not _usable_name(name):
+            name = parts.hostname or ""
+        if not _usable_name(name):
+            name = f"{label}.fits"
+        return self.inputs / label / name[:120]
 
     # -- progress ------------------------------------------------------
     def progress(self) -> Progress | None:

@@ -423,6 +423,8 @@ class Job:
         self.cleanup: list[Path] = []
         #: The steps of the phase under way (for a failure's report).
         self.phase: tuple[str, ...] = ()
+        #: The inputs given by URL, once fetched.
+        self.fetched: set[str] = set()
         self._pid = os.getpid()
 
     def run(self) -> int:
@@ -521,7 +523,7 @@ class Job:
                     "usage", f"{label}: cannot fetch {value}: the "
                     f"{scheme} scheme is not supported (http or https "
                     "only)")
-            dest = self.folder.inputs / f"{label}.fits"
+            dest = self.folder.fetched_input(label, value)
             begin = time.monotonic()
             try:
                 size = fetch(label, value, dest, limit=spec.fetch_limit,
@@ -534,6 +536,7 @@ class Job:
                 f"{time.monotonic() - begin:.1f} s")
             fetched.append(f"{label} {_size(size)}")
             paths[label] = dest
+            self.fetched.add(label)
         self.progress.set("fetch", "done", ", ".join(fetched))
         return paths
 
@@ -563,7 +566,11 @@ class Job:
             except FitsTooLargeError:
                 raise
             except InvalidImageError:
-                pass  # ImageSource names what is wrong with it below
+                # A fetched file had no check yet (an upload had the
+                # service's, this one): its header's fault, said here.
+                if label in self.fetched:
+                    raise
+                # Else ImageSource names what is wrong with it below.
         with ExitStack() as stack:
             image = stack.enter_context(ImageSource(inputs["image"],
                                                     roles=True))
@@ -585,7 +592,9 @@ class Job:
     def _assess_and_write(self, spec: WorkerSpec,
                           inputs: dict[str, Path]) -> int:
         image = inputs["image"]
-        stem = image_stem(image.name)
+        # A fetched image's products are named like an uploaded one's
+        # (inputs/image.fits), not after the URL's file.
+        stem = "image" if "image" in self.fetched else image_stem(image.name)
         maps_dir = self.results / f".{stem}_maps.partial"
         _remove(maps_dir)  # pieces of an earlier attempt
         self.cleanup.append(maps_dir)

@@ -139,20 +139,20 @@ def _read_header(stream: Any, label: str, *,
         block = stream.read(BLOCK)
         if not block and length == 0 and not first:
             return None, 0  # the end of the file
+        start = block[:8].decode("ascii", "replace").strip()
+        if first and length == 0 and block and start != "SIMPLE":
+            # Said first, short or not: an HTML page instead of an image.
+            raise InvalidImageError(
+                f"{label}: not a FITS file (it must start with a "
+                f"SIMPLE card, found {start[:8]!r})")
         if len(block) < BLOCK:
             if length == 0 and not first:
                 return None, len(block)  # a short tail after the last HDU
             raise InvalidImageError(
                 f"{label}: truncated FITS header (HDU ends after "
                 f"{length + len(block)} bytes)")
-        if length == 0:
-            start = block[:8].decode("ascii", "replace").strip()
-            if not first and start != "XTENSION":
-                return None, BLOCK  # something after the last HDU
-            if first and start != "SIMPLE":
-                raise InvalidImageError(
-                    f"{label}: not a FITS file (it must start with a "
-                    f"SIMPLE card, found {start[:8]!r})")
+        if length == 0 and not first and start != "XTENSION":
+            return None, BLOCK  # something after the last HDU
         length += BLOCK
         for at in range(0, BLOCK, CARD):
             card = block[at:at + CARD].decode("ascii", "replace")

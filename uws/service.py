@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import secrets
 import shutil
 import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,7 +77,7 @@ from uws.params import (
     usage_error,
 )
 from uws.phases import Phase
-from uws.settings import Settings
+from uws.settings import Settings, human_bytes
 from uws.store import ANY_OWNER, ActiveJob, JobStore, NewJob, StoreError
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class JobService:
         self.notifier = Notifier(settings)
         self.limits = FitsLimits(settings.decompressed_limit,
                                  settings.pixel_limit)
-        self._stored: dict[str | None, tuple[int, float]] = {}
+        self._stored: dict[str | None, tuple[int, int, float]] = {}
         self._stored_lock = threading.Lock()
         self.job_root.mkdir(parents=True, exist_ok=True)
 
@@ -248,7 +249,8 @@ class JobService:
                 raise UsageError(
                     "PHASE=RUN: the job has no IMAGE (upload a FITS file "
                     "or give its http(s) URL)")
-            self._check_stored(owner)
+            self._check_stored(owner.name, _upload_bytes(params),
+                               new_job=True)
             job_id = self._new_id()
             job_dir = self.folder(job_id).path
             try:
@@ -263,7 +265,8 @@ class JobService:
                     job_id=job_id, owner=owner.name, run_id=run_id,
                     creation_time=now, execution_duration=execution,
                     destruction=destroy, parameters=tuple(stored),
-                    email=params.email, estimate_s=self._estimate(params)))
+                    email=params.email, estimate_s=self._estimate(params),
+                    stored_bytes=_folder_bytes(job_dir)))
             except BaseException:
                 # No row, no folder: nothing would ever reap it.
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -287,6 +290,9 @@ class JobService:
                     f"parameters can change only while the job is PENDING "
                     f"(it is {job.phase})")
             params = parse_job_parameters(form, self.limits)
+            adding = _upload_bytes(params)
+            if adding:
+                self._check_stored(job.owner, adding)
             try:
                 stored = install_inputs(params, self.folder(job_id).path,
                                         INPUTS_DIR)
@@ -300,6 +306,7 @@ class JobService:
                                              estimate_s=estimate):
                 raise InvalidPhaseError(
                     "parameters can change only while the job is PENDING")
+            self._record_size(job_id)
             if params.email is not None:
                 self.store.update(job_id, email=params.email)
         finally:
@@ -362,29 +369,60 @@ class JobService:
     def _new_id(self) -> str:
         return secrets.token_hex(8)
 
-    def _check_stored(self, owner: Identity) -> None:
-        """Refuse a creation beyond ``qfits.max_stored_jobs`` (403).
+    def check_room(self, owner: Identity) -> None:
+        """Refuse an upload before its body is read when no byte is left.
 
-        The count is read from the database at most every
-        `STORED_RECOUNT` seconds per owner and kept up to date by this
-        process's creations in between (a count of 10 000 jobs costs
-        as much as a creation).
+        The request's own bytes are checked once they are known
+        (`create`, `set_parameters`); this spares reading the body of
+        an owner already at ``qfits.max_stored_bytes`` (403).
         """
-        limit = self.settings.max_stored_jobs
-        if not limit:
+        self._check_stored(owner.name, 0)
+
+    def _check_stored(self, owner: str | None, adding: int, *,
+                      new_job: bool = False) -> None:
+        """Refuse a job or ``adding`` bytes beyond the owner's quotas (403).
+
+        ``qfits.max_stored_jobs`` counts the jobs (when ``new_job``),
+        ``qfits.max_stored_bytes`` the bytes of their folders.  Both are
+        read from the database at most every `STORED_RECOUNT` seconds
+        per owner and kept up to date by this process's creations in
+        between (a count of 10 000 jobs costs as much as a creation);
+        a job's end, which adds its results, makes the next check
+        count again.
+        """
+        most_jobs = self.settings.max_stored_jobs if new_job else 0
+        most_bytes = self.settings.max_stored_bytes
+        if not most_jobs and not most_bytes:
             return
         with self._stored_lock:
-            count, when = self._stored.get(owner.name, (0, -math.inf))
-            # At the limit, count again: deletions since free room.
-            if count >= limit or time.monotonic() - when > STORED_RECOUNT:
-                count, when = self.store.count_of(owner.name), \
+            count, size, when = self._stored.get(owner, (0, 0, -math.inf))
+            # At a limit, count again: deletions since free room.
+            if (_beyond(count + 1, most_jobs)
+                    or _beyond(size + adding, most_bytes)
+                    or time.monotonic() - when > STORED_RECOUNT):
+                (count, size), when = self.store.usage_of(owner), \
                     time.monotonic()
-            if count >= limit:
+            if _beyond(count + 1, most_jobs):
                 raise PermissionDeniedError(
-                    f"{_whose(owner.name)} {limit} stored jobs are the "
+                    f"{_whose(owner)} {most_jobs} stored jobs are the "
                     "limit (qfits.max_stored_jobs): delete some, or wait "
                     "for their destruction")
-            self._stored[owner.name] = (count + 1, when)
+            if _beyond(size + adding, most_bytes):
+                what = (f"with this upload of {human_bytes(adding, 1)} they "
+                        "would pass" if adding else "they are over")
+                raise PermissionDeniedError(
+                    f"{_whose(owner)} stored jobs take "
+                    f"{human_bytes(size, 1)}; {what} the limit of "
+                    f"{human_bytes(most_bytes)} "
+                    "(qfits.max_stored_bytes): delete some jobs, or wait "
+                    "for their destruction")
+            self._stored[owner] = (count + (1 if new_job else 0),
+                                   size + adding, when)
+
+    def _record_size(self, job_id: str) -> None:
+        """Store the bytes of the job's folder (for the quota)."""
+        self.store.update(job_id,
+                          stored_bytes=_folder_bytes(self.folder(job_id).path))
 
     def _check_active(self, owner: str | None) -> None:
         """Refuse a RUN beyond ``qfits.max_active_jobs`` (429)."""
@@ -438,6 +476,15 @@ class JobService:
         who: object = ANY_OWNER if owner.sees_all else owner.name
         return self.store.list_jobs(owner=who, phases=phases_, after=after,
                                last=last)
+
+    def list_pages(self, owner: Identity, *,
+                   phases_: Sequence[Phase] = (),
+                   after: datetime | None = None,
+                   last: int | None = None) -> Iterator[list[JobRef]]:
+        """`list_jobs` a page at a time (`JobStore.list_pages`)."""
+        who: object = ANY_OWNER if owner.sees_all else owner.name
+        return self.store.list_pages(owner=who, phases=phases_, after=after,
+                                     last=last)
 
     def _job(self, job_id: str, owner: Identity) -> Job:
         try:
@@ -744,6 +791,11 @@ class JobService:
             if usage.get(key) is None and getattr(status, key) is not None:
                 usage[key] = getattr(status, key)
         outcome = folder.outcome()
+        # The results (or a fetched input) add to the owner's bytes: the
+        # next quota check reads the total again.
+        usage["stored_bytes"] = _folder_bytes(folder.path)
+        with self._stored_lock:
+            self._stored.clear()
         if isinstance(outcome, Completed):
             self.store.set_results(
                 job.job_id, _results(outcome.manifest) + _log_result(folder))
@@ -891,6 +943,35 @@ ACTIVE_PHASES = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD,
 
 def _whose(owner: str | None) -> str:
     return "everybody's" if owner is None else f"{owner}'s"
+
+
+def _beyond(value: int, limit: int) -> bool:
+    """Whether ``value`` passes ``limit`` (0: no limit)."""
+    return bool(limit) and value > limit
+
+
+def _upload_bytes(params: JobParameters) -> int:
+    """Return the bytes of a request's staged uploads."""
+    return sum(item.upload.size for item in params.files.values()
+               if item.upload is not None)
+
+
+def _folder_bytes(path: Path) -> int:
+    """Return the bytes of the files below ``path`` (0 if it is gone)."""
+    total = 0
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += _folder_bytes(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue  # removed meanwhile
+    return total
 
 
 def _optional_text(value: object) -> str | None:

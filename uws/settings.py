@@ -89,6 +89,13 @@ class Settings:
     #: kept (a creation beyond it is a 403: delete some); 0: no limit.
     max_active_jobs: int = option(100, "int", minimum=0)
     max_stored_jobs: int = option(20000, "int", minimum=0)
+    #: Per owner (anonymous mode: everybody together), bytes of the
+    #: kept jobs' folders (inputs and results):
+    #: a creation or an upload beyond it is a 403; 0: no limit.  50 GB
+    #: keeps ~30 MegaCam jobs (an 800 MB exposure and its 790 MB of
+    #: products, benchmarks/README.md) through the default destruction
+    #: time of 7 days: a night's exposures of one observer.
+    max_stored_bytes: int = option(50 * 10**9, "size")
     #: Largest input once decompressed [bytes], and most pixels of its
     #: images together: checked from the headers before any pixel is
     #: read, and while a compressed stream is inflated (a MegaCam

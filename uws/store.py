@@ -18,7 +18,8 @@ table, and refuses a database whose revision is not
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +69,7 @@ class JSONText(sa.types.TypeDecorator[Any]):
 
 #: The Alembic revision (uws/migrations/versions) that `metadata`
 #: describes: the store works on a database at this revision only.
-SCHEMA_REVISION: Final = "0002"
+SCHEMA_REVISION: Final = "0003"
 
 #: What an operator runs to bring a database to `SCHEMA_REVISION`.
 UPGRADE_COMMAND: Final = "alembic -c development.ini upgrade head"
@@ -96,9 +97,16 @@ jobs_table = sa.Table(
     sa.Column("max_rss_kb", sa.BigInteger(), nullable=True),
     sa.Column("wall_s", sa.Float(), nullable=True),
     sa.Column("cpu_s", sa.Float(), nullable=True),
+    #: Bytes of the job's folder (inputs, results), for the quota
+    #: ``qfits.max_stored_bytes``: set when inputs are installed and
+    #: when the job ends.
+    sa.Column("stored_bytes", sa.BigInteger(), nullable=False,
+              server_default="0"),
     sa.Index("ix_jobs_owner_phase_creation", "owner", "phase",
              "creation_time"),
-    sa.Index("ix_jobs_creation", "creation_time"),
+    # The job list's order and columns: its pages read the index only.
+    sa.Index("ix_jobs_list", "creation_time", "job_id", "phase", "run_id",
+             "owner"),
     sa.Index("ix_jobs_phase", "phase"),
     sa.Index("ix_jobs_destruction", "destruction"),
 )
@@ -135,8 +143,15 @@ UPDATABLE = frozenset({
     "run_id", "queued_time", "start_time", "end_time",
     "execution_duration", "destruction", "estimate_s", "error_type",
     "error_message", "error_detail", "backend_id", "host", "queue",
-    "max_rss_kb", "wall_s", "cpu_s", "email",
+    "max_rss_kb", "wall_s", "cpu_s", "email", "stored_bytes",
 })
+
+#: Job-list pages read at once (`JobStore.list_pages`), whatever the
+#: number of lists being written: 20 concurrent lists of 10 000 jobs
+#: then use 2 connections, not 20 (each with its SQLite page cache);
+#: a page is a short query, and what follows it (writing the XML) is
+#: bound by the interpreter anyway.  benchmarks/README.md.
+LIST_READERS: Final = 2
 
 #: Sentinel: list every owner's jobs (the reaper, the poller).
 ANY_OWNER = object()
@@ -191,6 +206,7 @@ class NewJob:
     parameters: tuple[Parameter, ...]
     email: str | None = None
     estimate_s: float = 0.0
+    stored_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -229,6 +245,10 @@ def _naive(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _same(value: datetime) -> datetime:
     return value
 
 
@@ -282,8 +302,12 @@ class JobStore:
         The database cannot be reached.
     """
 
+    #: Rows per query of a job list (`list_pages`).
+    list_page = 1000
+
     def __init__(self, url: str) -> None:
         self.url = url
+        self._list_slots = threading.BoundedSemaphore(LIST_READERS)
         try:
             self.engine = make_engine(url)
             with self.engine.connect() as conn:
@@ -319,7 +343,8 @@ class JobStore:
                 execution_duration=job.execution_duration,
                 destruction=_naive(job.destruction),
                 estimate_s=job.estimate_s, email=job.email,
-                error_detail=False, backend_id="", host="", queue=""))
+                stored_bytes=job.stored_bytes, error_detail=False,
+                backend_id="", host="", queue=""))
             self._insert_parameters(conn, job.job_id, job.parameters, 0)
 
     @staticmethod
@@ -452,10 +477,29 @@ class JobStore:
         return None if value is None else str(value)
 
     def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
-             after: datetime | None = None,
-             last: int | None = None,
-             run_id: str | None = None) -> list[JobRef]:
-        """List jobs, newest first.
+                  after: datetime | None = None,
+                  last: int | None = None,
+                  run_id: str | None = None) -> list[JobRef]:
+        """List jobs, newest first (`list_pages`, all pages at once)."""
+        return [ref for page in self.list_pages(
+            owner=owner, phases=phases, after=after, last=last,
+            run_id=run_id)
+            for ref in page]
+
+    def list_pages(self, *, owner: object, phases: Sequence[Phase] = (),
+                   after: datetime | None = None, last: int | None = None,
+                   run_id: str | None = None,
+                   page: int | None = None) -> Iterator[list[JobRef]]:
+        """Yield the job list, newest first, a page at a time.
+
+        Each page is one short query on a connection of its own (keyset
+        pagination on creation time and id, which order the list
+        without ties): nothing holds a connection or more than a page
+        of rows while the caller writes out what it has, and a list of
+        any length costs the memory of one page.  A job created while
+        the list is read is newer than the pages still to come (absent,
+        as if the list had been read before); a job deleted meanwhile
+        is absent from the pages that follow.
 
         Parameters
         ----------
@@ -470,10 +514,18 @@ class JobStore:
             Only the ``last`` most recent of those.
         run_id : str, optional
             Only the jobs of this run (RUNID).
+        page : int, optional
+            Rows per query (default `list_page`).
         """
         c = jobs_table.c
-        stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner,
-                         c.creation_time)
+        size = page or self.list_page
+        created: Any = c.creation_time
+        text_times = self.engine.dialect.name == "sqlite"
+        if text_times:
+            # SQLAlchemy's reading of SQLite's text timestamps took half
+            # the time of a list: the text is parsed by fromisoformat.
+            created = sa.type_coerce(created, sa.String)
+        stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner, created)
         if owner is not ANY_OWNER:
             stmt = stmt.where(c.owner.is_(None) if owner is None
                               else c.owner == owner)
@@ -486,12 +538,28 @@ class JobStore:
         if run_id is not None:
             stmt = stmt.where(c.run_id == run_id)
         stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
-        if last is not None:
-            stmt = stmt.limit(last)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        return [JobRef(r.job_id, Phase(r.phase), r.run_id, r.owner,
-                       _aware_required(r.creation_time)) for r in rows]
+        left = last
+        seen: tuple[datetime, str] | None = None
+        while left is None or left > 0:
+            query = stmt
+            if seen is not None:
+                query = query.where(
+                    sa.tuple_(c.creation_time, c.job_id) < seen)
+            wanted = size if left is None else min(size, left)
+            with self._list_slots, self.engine.connect() as conn:
+                rows = conn.execute(query.limit(wanted)).all()
+            if rows:
+                parse = datetime.fromisoformat if text_times else _same
+                refs = [JobRef(job_id, Phase(phase), run_id, who,
+                               parse(when).replace(tzinfo=UTC))
+                        for job_id, phase, run_id, who, when in rows]
+                seen = (refs[-1].creation_time.replace(tzinfo=None),
+                        refs[-1].job_id)
+                yield refs
+            if len(rows) < wanted:
+                return
+            if left is not None:
+                left -= len(rows)
 
     def list_runs(self, *, owner: object) -> list[RunRef]:
         """List the runs (RUNIDs) of ``owner`` as `list_jobs` sees them.
@@ -560,6 +628,17 @@ class JobStore:
             stmt = stmt.where(c.phase.in_([p.value for p in phases]))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
+
+    def usage_of(self, owner: str | None) -> tuple[int, int]:
+        """Return the number of ``owner``'s jobs and their stored bytes."""
+        c = jobs_table.c
+        who = c.owner.is_(None) if owner is None else c.owner == owner
+        stmt = sa.select(sa.func.count(),
+                         sa.func.coalesce(sa.func.sum(c.stored_bytes), 0)
+                         ).select_from(jobs_table).where(who)
+        with self.engine.connect() as conn:
+            count, size = conn.execute(stmt).one()
+        return int(count or 0), int(size or 0)
 
     def count(self) -> int:
         """Return the number of jobs (every phase, every owner)."""

@@ -9,6 +9,7 @@ exceptions rendered by one exception view.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mimetypes
 import re
@@ -157,6 +158,7 @@ def jobs_view(request: Any) -> Response:
     service = service_of(request)
     owner = owner_of(request)
     if request.method == "POST":
+        service.check_room(owner)  # before the body is read
         form = form_of(request)
         job_id = service.create(owner, form)
         return see_other(job_url(request, job_id))
@@ -175,11 +177,18 @@ def jobs_view(request: Any) -> Response:
         last_n = parse_int(last, "LAST")
         if last_n <= 0:
             raise UsageError(f"LAST: {last_n} must be a positive integer")
-    refs = service.list_jobs(
+    pages = service.list_pages(
         owner, phases_=wanted,
         after=None if after is None else parse_instant(after, "AFTER"),
         last=last_n)
-    return _xml(xml.job_list_document(refs, jobs_url(request)))
+    # The first page is read now: a database that does not answer is
+    # still a 503; the others as the response is written (a list of any
+    # length costs one page of memory).
+    first = next(pages, [])
+    return Response(
+        app_iter=xml.job_list_chunks(itertools.chain([first], pages),
+                                     jobs_url(request)),
+        content_type=XML_TYPE, charset="utf-8")
 
 
 # -- one job -----------------------------------------------------------------
@@ -330,6 +339,8 @@ def parameters_view(request: Any) -> Response:
     job_id = _job_id(request)
     url = job_url(request, job_id)
     if request.method == "POST":
+        if (request.content_type or "").lower() == "multipart/form-data":
+            service.check_room(owner)  # before the upload is read
         service.set_parameters(job_id, owner, form_of(request))
         return see_other(url)
     job = service.get(job_id, owner)

@@ -368,8 +368,14 @@ class TestUrlInput:
         job = make_job(tmp_path, image=f"{server}/field.fits")
         assert main([str(job)]) == 0
         assert not (job / "error.json").exists()
-        fetched = job / "inputs" / "image.fits"
+        fetched = job / "inputs" / "image" / "field.fits"
         assert fetched.read_bytes() == image_file.read_bytes()
+        # Products named as an upload's, not after the URL's file.
+        manifest = json.loads((job / "results" / "manifest.json")
+                              .read_text())
+        files = [p["file"] for p in manifest["products"]]
+        assert any(f.startswith("image") for f in files), files
+        assert not any(f.startswith("field") for f in files), files
         steps = {s.name: s for s in progress(job).steps}
         assert steps["fetch"].state == "done"
         assert steps["fetch"].start <= steps["fetch"].end
@@ -401,7 +407,7 @@ class TestUrlInput:
         assert err.message == (
             f"image: {url} is larger than the fetch limit of 100000 bytes")
         assert states(job)["fetch"] == "failed"
-        assert list((job / "inputs").iterdir()) == []
+        assert [p for p in (job / "inputs").rglob("*") if p.is_file()] == []
 
     def test_flat_by_url_without_length(self, tmp_path, server, image_file):
         job = make_job(tmp_path, image_file,
@@ -412,7 +418,7 @@ class TestUrlInput:
         job_spec["parameters"] = {"zeropoint": -1.0}
         (job / "spec.json").write_text(json.dumps(job_spec))
         assert main([str(job)]) == 2
-        assert (job / "inputs" / "flat.fits").read_bytes() == (
+        assert (job / "inputs" / "flat" / "field.fits").read_bytes() == (
             image_file.read_bytes())
         got = states(job)
         assert got["fetch"] == "done"
@@ -448,6 +454,57 @@ class TestUrlInput:
             f"image: cannot fetch {url}: the {scheme} scheme is not "
             "supported (http or https only)")
         assert states(job)["fetch"] == "failed"
+
+    @pytest.mark.parametrize(("served", "path", "message"), [
+        ("bitpix.fits", "bitpix.fits", (
+            "image bitpix.fits: BITPIX = 12 is not a FITS value (8, 16, 32, "
+            "64, -32, -64)")),
+        ("a field.fits", "a%20field.fits", (
+            "image a field.fits: a negative NAXISn ([-10, 512])")),
+        (None, "", (
+            "image 127.0.0.1: not a FITS file (it must start with a SIMPLE "
+            "card, found '<!DOCTYP')")),
+    ], ids=["bitpix", "naxis", "html-page"])
+    def test_a_bad_fetched_image_is_named_once(self, tmp_path, server,
+                                                image_file, served, path,
+                                                message):
+        """The parameter and the URL's file name, as for an upload."""
+        if served is not None:
+            good = image_file.read_bytes()
+            at = good.index(b"BITPIX" if "bitpix" in served else b"NAXIS1")
+            card = good[at:at + 80].decode()
+            value = "12" if "bitpix" in served else "-10"
+            bad = f"{card[:10]}{value:>20}{card[30:]}".encode()
+            (image_file.parent / served).write_bytes(
+                good[:at] + bad + good[at + 80:])
+        job = make_job(tmp_path, image=f"{server}/{path}")
+        assert main([str(job)]) == 2
+        err = error(job)
+        assert (err.type, err.message) == ("usage", message)
+        assert states(job)["check"] == "failed"
+        assert states(job)["read"] == "pending"
+
+    def test_a_flat_that_does_not_match_names_both_files(
+            self, tmp_path, server, image_file):
+        fits.PrimaryHDU(np.ones((64, 64), np.float32)).writeto(
+            image_file.parent / "small-flat.fits", overwrite=True)
+        job = make_job(tmp_path, image=f"{server}/field.fits",
+                       flat=f"{server}/small-flat.fits")
+        assert main([str(job)]) == 2
+        message = error(job).message
+        assert "flat small-flat.fits" in message
+        assert "image field.fits" in message
+        assert "inputs" not in message
+        assert "image.fits" not in message
+
+    def test_a_fetched_file_that_cannot_be_stored(self, tmp_path, server):
+        """The service's fault: fatal, and no path of the node."""
+        job = make_job(tmp_path, image=f"{server}/field.fits")
+        (job / "inputs" / "image").write_text("a file where a folder goes")
+        assert main([str(job)]) == 1
+        err = error(job)
+        assert (err.type, err.message) == (
+            "fatal", "image: cannot store the fetched file: File exists")
 
     @pytest.mark.usefixtures("no_proxy")
     def test_network_failure_is_transient(self, tmp_path):

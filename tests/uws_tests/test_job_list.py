@@ -1,0 +1,135 @@
+"""The job list is read and written a page at a time (issue 16, item 6).
+
+`JobStore.list_pages` on each database (SQLite, PostgreSQL): every job
+once, newest first, ties in creation time included, LAST and AFTER
+across pages.  Through the real app (WSGI, no server between): the
+response is produced as it is read; the store's queries are counted
+with SQLAlchemy's own event hook on the real engine, and a job deleted
+between two pieces of the response is missing from the pieces that
+follow: rows are read after the first piece was written, not before.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dbfixtures import database_url  # noqa: F401 - a fixture
+from lxml import etree
+from uwskit import SCHEMAS, UWS, LiveService
+from webob import Request
+
+from uws.auth import ANONYMOUS
+from uws.model import utcnow
+from uws.phases import Phase
+from uws.schema import upgrade
+from uws.store import ANY_OWNER, JobStore, NewJob
+
+T0 = datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=UTC)
+
+
+def _add(store: JobStore, job_id: str, created: datetime,
+         owner: str | None = None) -> None:
+    store.create(NewJob(
+        job_id=job_id, owner=owner, run_id=None, creation_time=created,
+        execution_duration=60, destruction=created + timedelta(days=300),
+        parameters=()))
+
+
+@pytest.fixture
+def store(database_url: str) -> Any:  # noqa: F811
+    upgrade(database_url)
+    made = JobStore(database_url)
+    yield made
+    made.close()
+
+
+def test_pages_list_every_job_once_newest_first(store: JobStore) -> None:
+    # Seven jobs share one creation time: the pages (of 3) split them.
+    same = [f"tie{i}" for i in range(7)]
+    for job_id in same:
+        _add(store, job_id, T0)
+    for i in range(5):
+        _add(store, f"old{i}", T0 - timedelta(seconds=10 + i))
+        _add(store, f"new{i}", T0 + timedelta(milliseconds=1 + i))
+    _add(store, "alices", T0, owner="alice")
+    pages = list(store.list_pages(owner=None, page=3))
+    assert [len(p) for p in pages] == [3, 3, 3, 3, 3, 2]
+    ids = [ref.job_id for page in pages for ref in page]
+    assert ids == ([f"new{i}" for i in reversed(range(5))]
+                   + sorted(same, reverse=True)
+                   + [f"old{i}" for i in range(5)])
+    assert all(ref.creation_time.tzinfo is UTC for p in pages for ref in p)
+    assert pages[1][2].creation_time == T0  # milliseconds kept
+    # LAST across pages, AFTER, and the whole list at once.
+    last = list(store.list_pages(owner=None, last=8, page=3))
+    assert [ref.job_id for p in last for ref in p] == ids[:8]
+    assert [len(p) for p in last] == [3, 3, 2]
+    after = store.list_jobs(owner=None, after=T0)
+    assert [ref.job_id for ref in after] == ids[:5]
+    assert len(store.list_jobs(owner=ANY_OWNER)) == len(ids) + 1
+    assert store.list_jobs(owner="alice")[0].job_id == "alices"
+    # No job: no page.
+    assert list(store.list_pages(owner="bob")) == []
+
+
+class _Queries:
+    """Count the job-list queries the store sends (SQLAlchemy's hook)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.count = 0
+        sa.event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str,
+              *_args: Any) -> None:
+        if "ORDER BY jobs.creation_time DESC" in statement:
+            self.count += 1
+
+
+def test_the_list_is_written_as_it_is_read(start_service: Any) -> None:
+    live: LiveService = start_service()
+    store = live.service.store
+    now = utcnow()
+    for i in range(25):
+        _add(store, f"job{i:02d}", now - timedelta(seconds=100 - i))
+    store.list_page = 10
+    queries = _Queries(store.engine)
+    request = Request.blank("/jobs", base_url="http://127.0.0.1:1")
+    status, headers, app_iter = request.call_application(live.app)
+    assert status == "200 OK"
+    assert ("Content-Type", "text/xml; charset=utf-8") in headers
+    assert queries.count == 1  # the first page, read before answering
+    pieces = iter(app_iter)
+    head, first = next(pieces), next(pieces)
+    assert head.startswith(b"<?xml")
+    assert first.count(b"<uws:jobref ") == 10
+    assert queries.count == 1  # nothing more read yet
+    # The oldest job goes now: the page that holds it is still to come.
+    live.service.delete("job00", ANONYMOUS)
+    rest = b"".join(pieces)
+    assert queries.count == 3  # 10 + 10 + 4 rows
+    root = etree.fromstring(head + first + rest)
+    listed = [ref.get("id") for ref in root.iter(f"{UWS}jobref")]
+    assert listed == [f"job{i:02d}" for i in reversed(range(1, 25))]
+    if (SCHEMAS / "UWS.xsd").exists():
+        schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "UWS.xsd")))
+        schema.assertValid(root)
+
+
+def test_a_filtered_list_reads_only_its_pages(start_service: Any) -> None:
+    live: LiveService = start_service()
+    store = live.service.store
+    now = utcnow()
+    for i in range(30):
+        _add(store, f"job{i:02d}", now - timedelta(seconds=100 - i))
+    store.transition("job29", [Phase.PENDING], Phase.ABORTED)
+    store.list_page = 10
+    queries = _Queries(store.engine)
+    r = live.http.get(live.jobs, params={"LAST": "12", "PHASE": "PENDING"})
+    assert r.status_code == 200, r.text
+    ids = [ref.get("id") for ref in
+           etree.fromstring(r.content).iter(f"{UWS}jobref")]
+    assert ids == [f"job{i:02d}" for i in range(28, 16, -1)]
+    assert queries.count == 2  # LIMIT 10, then LIMIT 2
