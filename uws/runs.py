@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ PLOT_NAMES: Final = ("run_trends", "run_ccd_fwhm")
 SUMMARY_CACHE_SIZE: Final = 2048
 #: Where the pictures are kept, below the service's job folder.
 PLOT_CACHE: Final = ".runs"
+#: A run's pictures not drawn again for this long are removed
+#: (`prune_plots`) when another run's are drawn [s].
+PLOT_CACHE_UNUSED_S: Final = 86400.0
 
 _summaries: OrderedDict[tuple[str, int], Mapping[str, Any]] = OrderedDict()
 _summaries_lock = threading.Lock()
@@ -229,6 +233,27 @@ def _plot_folder(service: JobService, owner: Identity, run: Run) -> Path:
     return service.job_root / PLOT_CACHE / digest[:32]
 
 
+def prune_plots(cache: Path, *, keep: Path,
+                unused_s: float = PLOT_CACHE_UNUSED_S) -> int:
+    """Remove the pictures of runs not drawn for ``unused_s`` seconds.
+
+    They are drawn again when a run's page asks for them, so removing
+    them loses nothing; without it the pictures of runs whose jobs were
+    deleted or expired would pile up.  Returns the folders removed.
+    """
+    limit = time.time() - unused_s
+    removed = 0
+    for folder in cache.iterdir():
+        try:
+            stale = folder != keep and folder.stat().st_mtime < limit
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def plot_file(service: JobService, owner: Identity, run: Run, base: str,
               name: str) -> Path:
     """Return a picture of the run, drawn now unless already drawn.
@@ -258,6 +283,7 @@ def plot_file(service: JobService, owner: Identity, run: Run, base: str,
         for old in folder.iterdir():
             if old.name != run.key:
                 shutil.rmtree(old, ignore_errors=True)
+        prune_plots(service.job_root / PLOT_CACHE, keep=folder)
     if not wanted.exists():
         raise UnknownJobError(
             f"run {run.run_id} has no picture yet: none of its jobs is "

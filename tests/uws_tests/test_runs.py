@@ -15,6 +15,8 @@ import html
 import io
 import json
 import math
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from test_web import browser, shot  # noqa: F401 - a fixture, a helper
 from uwskit import LiveService, error_summary, job_xml, settings_for
 
 from qualityfits.datasets import SimulationParams, simulate_image
+from uws.runs import PLOT_CACHE_UNUSED_S, prune_plots
 
 RUN = "2026-12-06_night.1"
 #: FWHM [px] of each exposure, and its start (MJD).
@@ -375,3 +378,15 @@ def test_runs_of_pending_jobs_on_each_database(live_db: LiveService):
     changed = live_db.http.get(fragment, params={"since": key})
     assert changed.status_code == 200
     assert changed.text.count("<tr data-job=") == 4
+
+
+def test_pictures_of_runs_not_drawn_for_a_day_are_removed(tmp_path: Path):
+    old, recent, kept = (tmp_path / n for n in ("old", "recent", "kept"))
+    for folder in (old, recent, kept):
+        (folder / "key").mkdir(parents=True)
+        (folder / "key" / "run_trends.png").write_bytes(b"png")
+    long_ago = time.time() - PLOT_CACHE_UNUSED_S - 60
+    for folder in (old, kept):
+        os.utime(folder, (long_ago, long_ago))
+    assert prune_plots(tmp_path, keep=kept) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "recent"]
