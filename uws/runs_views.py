@@ -35,6 +35,7 @@ from qualityfits.grades import LETTERS, MEANING
 from qualityfits.runs import run_columns, run_rows, run_votable_bytes
 from qualityfits.runs import write_run_fits as _write_run_fits
 from uws import xml
+from uws.phases import Phase
 from uws.runs import (
     PLOT_NAMES,
     Run,
@@ -201,7 +202,31 @@ def run_page(request: Any) -> Response:
     """Show a run: its table, grades and pictures, updated live."""
     allow_methods(request, "GET", "HEAD")
     run = _run(request)
-    return render(request, "run.html", **_table(request, run))
+    return render(request, "run.html", samp_images=_samp_images(request, run),
+                  **_table(request, run))
+
+
+def _samp_images(request: Any, run: Run) -> list[dict[str, str]]:
+    """Return the images of the run's COMPLETED jobs, oldest first.
+
+    What the page's "Send to DS9 / Aladin" sends (``image.load.fits``):
+    each job's uploaded image (its ``/parameters/image`` URL) or the URL
+    it was given by, as on the results page (`uws.web.samp_items`).
+    """
+    items = []
+    for job in reversed(run.jobs):
+        image = next((p for p in job.parameters if p.name == "image"), None)
+        if job.phase is not Phase.COMPLETED or image is None:
+            continue
+        if image.is_post:
+            url = f"{job_url(request, job.job_id)}/parameters/image"
+        elif image.text.startswith(("http://", "https://")):
+            url = image.text
+        else:
+            continue
+        items.append({"url": url, "id": url, "name": f"{job.job_id}-image",
+                      "label": job.job_id})
+    return items
 
 
 @view_config(route_name="ui_run_table")

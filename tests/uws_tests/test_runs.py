@@ -259,6 +259,13 @@ def test_the_run_page_lists_the_night_and_follows_it(
                                           "data-samp-items"))
     assert [i["url"] for i in items] == [
         f"{night.url}/runs/{RUN}/summary.vot"]
+    # ... and the three images, each downloadable from its job.
+    sent = json.loads(page.get_attribute("#samp-run-images",
+                                         "data-samp-items"))
+    assert len(sent) == 3
+    for item in sent:
+        assert item["url"].startswith(f"{night.url}/jobs/")
+        assert item["url"].endswith("/parameters/image")
     # Sorting by a heading, then the other way.
     page.click("#run-table th:nth-child(7) button")
     assert [float(v) for v in column(page, "FWHM")] == fwhm
