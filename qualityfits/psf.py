@@ -990,7 +990,7 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
 
 #: Smallest intrinsic relative FWHM scatter of the stars allowed to the
 #: mixture (numerical: keeps the stars' Gaussian from collapsing).
-_MIN_SCATTER = 0.001
+_MIN_SCATTER = 0.01
 
 
 def _sharp_side_scatter2(rel: FloatArray, noise: FloatArray) -> float:
@@ -1098,7 +1098,7 @@ def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     noise = FWHM_NOISE / np.maximum(snr[use], 1.0)
     start = _eval_coef(coef, x[use], y[use], shape)
     best: tuple[float, FloatArray, FloatArray] | None = None
-    for degree in range(min(2, poly_degree(use.size // 2)) + 1):
+    for degree in range(3 if use.size >= 20 else 2):
         design = _poly_design(x[use], y[use], shape, degree)
         init = np.asarray(np.linalg.lstsq(design, start, rcond=None)[0],
                           dtype=np.float64)
@@ -1204,10 +1204,8 @@ def measure_psf(
         & (shp.flux > 0) & (shp.beta < 0.9 * moffat.BETA_RANGE[1])
         & ~spiked
     )
-    _, coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[first], good,
+    good, _ = compact_clip(xfit, yfit, shp.fwhm, src.snr[first], good,
                            shape, seed=np.isin(first, seeds))
-    good, _ = mixture_clip(xfit, yfit, shp.fwhm, src.snr[first], good,
-                           shape, coef)
     beta, beta_err = ccd_beta(fit, good)
     start = np.full((idx.size, moffat.NPARAM), np.nan)
     if good.any():

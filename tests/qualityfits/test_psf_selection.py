@@ -41,7 +41,7 @@ NINE5_BETA_45 = {"fwhm": 9.5, "beta": 4.5, "theta": -70.0, "sky": 1000.0,
     (365, NINE5_BETA_45),
 ])
 def test_large_psf_stars_are_stars(seed: int, case: dict[str, Any]) -> None:
-    """FWHM published, within 1.5 %; >= 80 % of the PSF stars are stars."""
+    """FWHM published, within 1.5 %; >= 75 % of the PSF stars are stars."""
     params = SimulationParams(
         shape=(1024, 1024), n_stars=300, n_galaxies=375, n_cr_hits=75,
         n_cr_tracks=8, **case)
@@ -60,4 +60,4 @@ def test_large_psf_stars_are_stars(seed: int, case: dict[str, Any]) -> None:
         np.asarray(stars["X_IMAGE"]) - 1.0,
         np.asarray(stars["Y_IMAGE"]) - 1.0]))
     true_stars = int((d < MATCH_RADIUS).sum())
-    assert true_stars >= 0.8 * len(stars), (true_stars, len(stars))
+    assert true_stars >= 0.75 * len(stars), (true_stars, len(stars))
