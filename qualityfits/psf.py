@@ -1065,11 +1065,36 @@ def _mixture_em(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
 
 
 
+def _single_fit(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
+                coef: FloatArray, niter: int = 20) -> float:
+    """Log-likelihood of the sources as stars only (no galaxies).
+
+    The trend and the stars' intrinsic scatter (both sides) fitted to
+    all of them: the alternative `mixture_clip` must beat.
+    """
+    s2 = _MIN_SCATTER**2
+    for _ in range(niter):
+        trend = design @ coef
+        rel = fwhm / trend - 1.0
+        s2 = max(float(np.mean(rel**2 - noise**2)), _MIN_SCATTER**2)
+        root_w = 1.0 / (np.sqrt(noise**2 + s2) * trend)
+        new_coef = np.asarray(np.linalg.lstsq(
+            design * root_w[:, None], fwhm * root_w, rcond=None)[0],
+            dtype=np.float64)
+        if not np.all(design @ new_coef > 0):
+            break
+        coef = new_coef
+    rel = fwhm / (design @ coef) - 1.0
+    var = noise**2 + s2
+    return float(np.sum(-0.5 * rel**2 / var
+                        - 0.5 * np.log(2.0 * np.pi * var)))
+
+
 def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
                  snr: FloatArray, keep: NDArray[np.bool_],
                  shape: tuple[int, int], coef: FloatArray,
                  kappa: float = 2.5,
-                 ) -> tuple[NDArray[np.bool_], FloatArray]:
+                 ) -> tuple[NDArray[np.bool_], FloatArray] | None:
     """Separate stars from compact galaxies on their fitted FWHM.
 
     Where the PSF is large, galaxies of r_e 1-3 px are only a few per
@@ -1085,40 +1110,60 @@ def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     expectation-maximisation; sources more likely galaxies than stars
     are dropped, as are those sharper than ``2 kappa`` sigma.
 
+    The mixture is used only where it describes the sources better (by
+    the Bayesian information criterion) than stars alone do, with their
+    trend and scatter: a PSF varying across the CCD more than a plane
+    describes is not contamination.
+
     Returns
     -------
-    keep : ndarray of bool
-        The sources kept.
-    coef : ndarray
-        The stars' FWHM trend (polynomial coefficients).
+    (keep, coef) or None
+        The sources kept and the stars' FWHM trend (polynomial
+        coefficients); None where there is no one-sided population to
+        separate (or too few sources to tell).
     """
     use = np.flatnonzero(keep)
     if use.size < 8:
-        return keep, coef
+        return None
     noise = FWHM_NOISE / np.maximum(snr[use], 1.0)
     start = _eval_coef(coef, x[use], y[use], shape)
     best: tuple[float, FloatArray, FloatArray] | None = None
+    single = np.inf
     for degree in range(3 if use.size >= 20 else 2):
         design = _poly_design(x[use], y[use], shape, degree)
         init = np.asarray(np.linalg.lstsq(design, start, rcond=None)[0],
                           dtype=np.float64)
+        # Stars only: the trend and the scatter.
+        single = min(single, -2.0 * _single_fit(fwhm[use], noise, design,
+                                                init)
+                     + (init.size + 1) * np.log(use.size))
         fitted, prob, loglike = _mixture_em(fwhm[use], noise, design, init)
         # Parameters: the trend, the scatter, the excess, the fraction.
         bic = -2.0 * loglike + (fitted.size + 3) * np.log(use.size)
         if np.isfinite(bic) and (best is None or bic < best[0]):
             best = (bic, fitted, prob)
-    if best is None:
-        return keep, coef
+    if best is None or not best[0] < single:
+        # No sign of a one-sided population: nothing to separate.
+        return None
     _, fitted, prob = best
     rel = fwhm[use] / _eval_coef(fitted, x[use], y[use], shape) - 1.0
     s2 = _sharp_side_scatter2(rel, noise)
     sharp = rel < -2.0 * kappa * np.sqrt(noise**2 + s2)
     star = (prob >= 0.5) & ~sharp
     if star.sum() < 3:
-        return keep, coef
+        return None
     out = np.zeros_like(keep)
     out[use[star]] = True
-    return out, fitted
+    # The field through the stars as `compact_clip` makes it (degree by
+    # BIC up to what their number supports, levelled on the densest
+    # part): the mixture's own trend may be a quadratic through a few
+    # dozen stars, whose value at the CCD centre (the PSF model's) a
+    # few stars at the edges decide.
+    weight = 1.0 / (FWHM_NOISE**2 / np.maximum(snr, 1.0) ** 2 + 0.01**2)
+    field = fit_trend(x, y, fwhm, shape, keep=out, weights=weight)
+    field = field * _shorth_mode(
+        fwhm[out] / _eval_coef(field, x[out], y[out], shape))
+    return out, field
 
 
 def _eval_coef(coef: FloatArray, x: FloatArray, y: FloatArray,
@@ -1238,10 +1283,12 @@ def measure_psf(
     )
     keep = misfit_clip(chi2, fit.ndof, src.snr[idx], keep,
                        config.psf_chi2_clip)
-    _, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
-                                keep, shape, seed=np.isin(idx, seeds))
-    keep, fwhm_coef = mixture_clip(xfit, yfit, shp.fwhm, src.snr[idx],
-                                   keep, shape, fwhm_coef)
+    clipped, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
+                                      keep, shape,
+                                      seed=np.isin(idx, seeds))
+    mixed = mixture_clip(xfit, yfit, shp.fwhm, src.snr[idx], keep, shape,
+                         fwhm_coef)
+    keep, fwhm_coef = (clipped, fwhm_coef) if mixed is None else mixed
     sel = np.flatnonzero(keep)
     if sel.size == 0:
         return empty
