@@ -11,9 +11,12 @@ FWHM_PIX +1.55 %).
 Simulated 1024² CCDs (1200 stars per 2048², the galaxies of the
 regression harness), betas, angles, skies and seeds that the selection
 was not developed on; the truth table says which PSF stars are stars.
-Of the seeds 361-366 surveyed, 361 and 363 withhold the PSF: only 14-18
-true stars there pass PSFEx's candidate rules (the others are blended,
-saturated or below S/N 20), fewer than ``psf_min_stars``.
+Of the seeds 361-366 surveyed, 363 withholds the PSF: only 14 true
+stars there pass PSFEx's candidate rules (the others are blended,
+saturated or below S/N 20), fewer than ``psf_min_stars``; 361 (withheld
+before) publishes FWHM_PIX within 0.1 % but from 15 stars and 7
+galaxies, below the 75 % asserted here (the galaxies that remain are
+those as sharp as the stars to within their noise).
 """
 
 from __future__ import annotations
