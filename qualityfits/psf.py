@@ -1120,7 +1120,7 @@ def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     (keep, coef) or None
         The sources kept and the stars' FWHM trend (polynomial
         coefficients); None where there is no one-sided population to
-        separate (or too few sources to tell).
+        separate, it finds no galaxy, or too few sources to tell.
     """
     use = np.flatnonzero(keep)
     if use.size < 8:
@@ -1150,7 +1150,7 @@ def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     s2 = _sharp_side_scatter2(rel, noise)
     sharp = rel < -2.0 * kappa * np.sqrt(noise**2 + s2)
     star = (prob >= 0.5) & ~sharp
-    if star.sum() < 3:
+    if star.sum() < 3 or star.all():
         return None
     out = np.zeros_like(keep)
     out[use[star]] = True

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from qualityfits import psf
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.pipeline import assess_extension
 
@@ -64,3 +65,45 @@ def test_large_psf_stars_are_stars(seed: int, case: dict[str, Any]) -> None:
         np.asarray(stars["Y_IMAGE"]) - 1.0]))
     true_stars = int((d < MATCH_RADIUS).sum())
     assert true_stars >= 0.75 * len(stars), (true_stars, len(stars))
+
+
+def _positions(rng: np.random.Generator, n: int,
+               size: int) -> tuple[np.ndarray, np.ndarray]:
+    return rng.uniform(0, size, n), rng.uniform(0, size, n)
+
+
+def test_mixture_separates_one_sided_population() -> None:
+    """Stars and galaxies 0-10 % broader: the galaxies are dropped."""
+    rng = np.random.default_rng(2024)
+    size, n = 2000, 40
+    x, y = _positions(rng, 2 * n, size)
+    snr = rng.uniform(40.0, 1500.0, 2 * n)
+    excess = np.concatenate([np.zeros(n), rng.exponential(0.04, n)])
+    noise = np.hypot(psf.FWHM_NOISE / snr, 0.005)
+    fwhm = 8.0 * (1.0 + excess) * (1.0 + noise * rng.standard_normal(2 * n))
+    result = psf.mixture_clip(x, y, fwhm, snr, np.ones(2 * n, bool),
+                              (size, size), np.array([np.median(fwhm)]))
+    assert result is not None
+    keep, coef = result
+    assert keep[:n].mean() >= 0.9, keep[:n].mean()
+    broad = excess[n:] > 0.03
+    assert keep[n:][broad].mean() <= 0.2, keep[n:][broad].mean()
+    level = float(np.median(psf._eval_coef(coef, x[keep], y[keep],
+                                           (size, size))))
+    assert abs(level / 8.0 - 1.0) < 0.01, level
+
+
+def test_mixture_leaves_a_varying_psf_alone() -> None:
+    """Stars only, FWHM 1.7 px at the centre and 2.3 at the corners."""
+    rng = np.random.default_rng(7)
+    size, n = 1024, 32
+    x, y = _positions(rng, n, size)
+    r2 = ((x - size / 2) ** 2 + (y - size / 2) ** 2) / (size / 2) ** 2
+    snr = rng.uniform(25.0, 400.0, n)
+    noise = np.hypot(psf.FWHM_NOISE / snr, 0.01)
+    fwhm = (1.7 + 0.3 * r2) * (1.0 + noise * rng.standard_normal(n))
+    # compact_clip's trend: a plane (what 32 stars support).
+    keep = np.ones(n, bool)
+    _, coef = psf.compact_clip(x, y, fwhm, snr, keep, (size, size))
+    assert psf.mixture_clip(x, y, fwhm, snr, keep, (size, size),
+                            coef) is None
