@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial import cKDTree
+from scipy.special import log_ndtr
 
 from qualityfits import moffat
 from qualityfits.config import QualityConfig
@@ -987,6 +988,184 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     return keep, coef
 
 
+#: Smallest intrinsic relative FWHM scatter of the stars allowed to the
+#: mixture (numerical: keeps the stars' Gaussian from collapsing).
+_MIN_SCATTER = 0.01
+
+
+def _sharp_side_scatter2(rel: FloatArray, noise: FloatArray) -> float:
+    """Square of the stars' intrinsic relative FWHM scatter.
+
+    Measured on the sharp side of the trend, which galaxies do not
+    reach (on both sides, the posterior-weighted estimate shrinks as
+    the broader stars are handed to the galaxies, which hands over more).
+    """
+    low = rel < 0
+    if low.sum() < 3:
+        return _MIN_SCATTER**2
+    return max(float(np.mean(rel[low] ** 2 - noise[low] ** 2)),
+               _MIN_SCATTER**2)
+
+
+def _mixture_em(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
+                coef: FloatArray, niter: int = 50,
+                ) -> tuple[FloatArray, FloatArray, float]:
+    """Fit the stars-plus-galaxies mixture of `mixture_clip` by EM.
+
+    Returns the FWHM trend's coefficients, each source's probability of
+    being a star, and the log-likelihood.
+    """
+    trend = design @ coef
+    rel = fwhm / trend - 1.0
+    s2 = 0.01**2
+    excess = rel[rel > 0]
+    tau = max(float(np.mean(excess)) if excess.size else 0.0, 0.01)
+    frac = 0.5
+    loglike = -np.inf
+    prob = np.ones(fwhm.size)
+    for _ in range(niter):
+        var = noise**2 + s2
+        sd = np.sqrt(var)
+        log_star = (np.log(frac) - 0.5 * rel**2 / var
+                    - 0.5 * np.log(2.0 * np.pi * var))
+        # A point source broadened by an exponential excess (the
+        # exponentially modified Gaussian): one-sided contamination.
+        log_gal = (np.log1p(-frac) - np.log(tau) + 0.5 * var / tau**2
+                   - rel / tau + log_ndtr(rel / sd - sd / tau))
+        top = np.maximum(log_star, log_gal)
+        total = top + np.log(np.exp(log_star - top)
+                             + np.exp(log_gal - top))
+        new_like = float(np.sum(total))
+        prob = np.exp(log_star - total)
+        if abs(new_like - loglike) < 1e-6 * max(abs(new_like), 1.0):
+            loglike = new_like
+            break
+        loglike = new_like
+        # M-step.  The trend: least squares on the stars' relative
+        # residuals; the stars' intrinsic scatter; the galaxies' mean
+        # excess; the star fraction.
+        weight = prob / (var * trend**2)
+        root_w = np.sqrt(weight)
+        new_coef = np.asarray(np.linalg.lstsq(
+            design * root_w[:, None], fwhm * root_w, rcond=None)[0],
+            dtype=np.float64)
+        if not np.all(design @ new_coef > 0):
+            break
+        coef = new_coef
+        trend = design @ coef
+        rel = fwhm / trend - 1.0
+        s2 = _sharp_side_scatter2(rel, noise)
+        g_sum = float(np.sum(1.0 - prob))
+        if g_sum > 1e-6:
+            tau = max(float(np.sum((1.0 - prob) * rel) / g_sum),
+                      float(np.sqrt(np.median(noise**2) + s2)))
+        frac = float(np.clip(prob.mean(), 0.01, 0.999))
+    return coef, prob, loglike
+
+
+
+
+def _single_fit(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
+                coef: FloatArray, niter: int = 20) -> float:
+    """Log-likelihood of the sources as stars only (no galaxies).
+
+    The trend and the stars' intrinsic scatter (both sides) fitted to
+    all of them: the alternative `mixture_clip` must beat.
+    """
+    s2 = _MIN_SCATTER**2
+    for _ in range(niter):
+        trend = design @ coef
+        rel = fwhm / trend - 1.0
+        s2 = max(float(np.mean(rel**2 - noise**2)), _MIN_SCATTER**2)
+        root_w = 1.0 / (np.sqrt(noise**2 + s2) * trend)
+        new_coef = np.asarray(np.linalg.lstsq(
+            design * root_w[:, None], fwhm * root_w, rcond=None)[0],
+            dtype=np.float64)
+        if not np.all(design @ new_coef > 0):
+            break
+        coef = new_coef
+    rel = fwhm / (design @ coef) - 1.0
+    var = noise**2 + s2
+    return float(np.sum(-0.5 * rel**2 / var
+                        - 0.5 * np.log(2.0 * np.pi * var)))
+
+
+def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
+                 snr: FloatArray, keep: NDArray[np.bool_],
+                 shape: tuple[int, int], coef: FloatArray,
+                 kappa: float = 2.5,
+                 ) -> tuple[NDArray[np.bool_], FloatArray] | None:
+    """Separate stars from compact galaxies on their fitted FWHM.
+
+    Where the PSF is large, galaxies of r_e 1-3 px are only a few per
+    cent broader than it: they fall in the r_h locus and fit a Moffat
+    well, and when they are as many as the stars, `compact_clip`'s
+    trend can settle between the two populations (or tilt through
+    them) and clip bright stars instead.  The ratio of each source's
+    FWHM to the trend is modelled as a mixture: stars, Gaussian about 1
+    (their noise ``FWHM_NOISE/SNR`` and an intrinsic scatter), and
+    galaxies, the same broadened by an exponential excess (one-sided).
+    The trend (degree 0-2, chosen by BIC, started from ``coef``), the
+    scatter, the excess scale and the star fraction are fitted by
+    expectation-maximisation; sources more likely galaxies than stars
+    are dropped, as are those sharper than ``2 kappa`` sigma.
+
+    The mixture is used only where it describes the sources better (by
+    the Bayesian information criterion) than stars alone do, with their
+    trend and scatter: a PSF varying across the CCD more than a plane
+    describes is not contamination.
+
+    Returns
+    -------
+    (keep, coef) or None
+        The sources kept and the stars' FWHM trend (polynomial
+        coefficients); None where there is no one-sided population to
+        separate, it finds no galaxy, or too few sources to tell.
+    """
+    use = np.flatnonzero(keep)
+    if use.size < 8:
+        return None
+    noise = FWHM_NOISE / np.maximum(snr[use], 1.0)
+    start = _eval_coef(coef, x[use], y[use], shape)
+    best: tuple[float, FloatArray, FloatArray] | None = None
+    single = np.inf
+    for degree in range(3 if use.size >= 20 else 2):
+        design = _poly_design(x[use], y[use], shape, degree)
+        init = np.asarray(np.linalg.lstsq(design, start, rcond=None)[0],
+                          dtype=np.float64)
+        # Stars only: the trend and the scatter.
+        single = min(single, -2.0 * _single_fit(fwhm[use], noise, design,
+                                                init)
+                     + (init.size + 1) * np.log(use.size))
+        fitted, prob, loglike = _mixture_em(fwhm[use], noise, design, init)
+        # Parameters: the trend, the scatter, the excess, the fraction.
+        bic = -2.0 * loglike + (fitted.size + 3) * np.log(use.size)
+        if np.isfinite(bic) and (best is None or bic < best[0]):
+            best = (bic, fitted, prob)
+    if best is None or not best[0] < single:
+        # No sign of a one-sided population: nothing to separate.
+        return None
+    _, fitted, prob = best
+    rel = fwhm[use] / _eval_coef(fitted, x[use], y[use], shape) - 1.0
+    s2 = _sharp_side_scatter2(rel, noise)
+    sharp = rel < -2.0 * kappa * np.sqrt(noise**2 + s2)
+    star = (prob >= 0.5) & ~sharp
+    if star.sum() < 3 or star.all():
+        return None
+    out = np.zeros_like(keep)
+    out[use[star]] = True
+    # The field through the stars as `compact_clip` makes it (degree by
+    # BIC up to what their number supports, levelled on the densest
+    # part): the mixture's own trend may be a quadratic through a few
+    # dozen stars, whose value at the CCD centre (the PSF model's) a
+    # few stars at the edges decide.
+    weight = 1.0 / (FWHM_NOISE**2 / np.maximum(snr, 1.0) ** 2 + 0.01**2)
+    field = fit_trend(x, y, fwhm, shape, keep=out, weights=weight)
+    field = field * _shorth_mode(
+        fwhm[out] / _eval_coef(field, x[out], y[out], shape))
+    return out, field
+
+
 def _eval_coef(coef: FloatArray, x: FloatArray, y: FloatArray,
                shape: tuple[int, int]) -> FloatArray:
     design = _poly_design(x, y, shape, _DEGREE_OF[coef.size])
@@ -1104,8 +1283,12 @@ def measure_psf(
     )
     keep = misfit_clip(chi2, fit.ndof, src.snr[idx], keep,
                        config.psf_chi2_clip)
-    keep, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
-                                   keep, shape, seed=np.isin(idx, seeds))
+    clipped, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
+                                      keep, shape,
+                                      seed=np.isin(idx, seeds))
+    mixed = mixture_clip(xfit, yfit, shp.fwhm, src.snr[idx], keep, shape,
+                         fwhm_coef)
+    keep, fwhm_coef = (clipped, fwhm_coef) if mixed is None else mixed
     sel = np.flatnonzero(keep)
     if sel.size == 0:
         return empty
