@@ -431,13 +431,14 @@ class TestUrlInput:
         job = make_job(tmp_path, image_file,
                        weight=f"{server}/field.fits")
         assert main([str(job)]) == 0
-        assert (job / "inputs" / "weight.fits").read_bytes() == (
+        # Fetched under its parameter, with the URL's file name.
+        assert (job / "inputs" / "weight" / "field.fits").read_bytes() == (
             image_file.read_bytes())
         steps = {s.name: s for s in progress(job).steps}
         assert steps["fetch"].detail.startswith("weight ")
         summary = json.loads(
             (job / "results" / "image.summary.json").read_text())
-        assert summary["parameters"]["weight"] == "weight.fits"
+        assert summary["parameters"]["weight"] == "field.fits"
         assert any(n.startswith("detection thresholds from the MAP_WEIGHT")
                    for n in summary["extensions"][0]["notes"])
 
