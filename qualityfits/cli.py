@@ -22,8 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from qualityfits._version import __version__
-from qualityfits.cliutil import OneLineParser, config_from_pairs
+from qualityfits.cliutil import (
+    OneLineParser,
+    add_input_options,
+    add_process_options,
+    config_from_pairs,
+)
 from qualityfits.errors import QualityFitsError
 from qualityfits.grades import MEANING
 from qualityfits.io import image_stem, primary_header
@@ -46,32 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image", help="FITS image (.fits, .fits.gz, .fits.fz; "
                    "single or multi-extension)")
-    p.add_argument("--flat", help="master flat with the same extensions")
-    p.add_argument("--mask", help="bad-pixel mask with the same extensions")
-    p.add_argument("--weight", help="weight map with the same extensions "
-                   "(its kind: --weight-type)")
-    for param in PARAMETERS:
-        # Parsed and checked by QualityParameters.from_text, the one
-        # validator: the options only collect the text.
-        p.add_argument(
-            param.option, dest=param.name, default="",
-            metavar=param.metavar or "{" + ",".join(param.choices) + "}",
-            help=param.help)
-    p.add_argument("--jobs", "-j", type=int, metavar="N",
-                   help="worker processes (default: all cores)")
+    add_input_options(p)
     p.add_argument("-o", "--outdir", default=".", metavar="OUTDIR",
                    help="where to write the products (default: current "
                    "directory)")
     p.add_argument("--summary-only", action="store_true",
                    help="write only <image stem>.summary.json: no maps, "
                    "tables, pictures or archive")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a configuration value (repeatable), "
-                   "e.g. --set detect_thresh=2")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar even on a terminal")
-    p.add_argument("--version", action="version",
-                   version=f"%(prog)s {__version__}")
+    add_process_options(p)
     return p
 
 

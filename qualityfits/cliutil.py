@@ -1,4 +1,4 @@
-"""What the command lines share: one-line argument errors, ``--set``.
+"""What the command lines share: options, one-line errors, ``--set``.
 
 ``qualityfits IMAGE`` (`qualityfits.cli`) and ``qualityfits run``
 (`qualityfits.runcli`) parse their arguments alike: an argument error is
@@ -12,8 +12,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from qualityfits._version import __version__
 from qualityfits.config import QualityConfig
 from qualityfits.errors import InvalidParameterError
+from qualityfits.parameters import PARAMETERS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,3 +59,37 @@ def config_from_pairs(pairs: Sequence[str]) -> QualityConfig:
                 f"--set {pair!r}: {raw!r} is not a valid value for {key}"
             ) from None
     return QualityConfig.from_dict(values)
+
+
+def add_input_options(p: argparse.ArgumentParser, *, every: str = "") -> None:
+    """Add ``--flat``, ``--mask``, ``--weight`` and the science options.
+
+    ``every`` qualifies the files' help ("for every image" in a run).
+    The science options come from `PARAMETERS`: they only collect the
+    text, which `QualityParameters.from_text` parses and checks.
+    """
+    tail = f" {every}" if every else ""
+    p.add_argument("--flat",
+                   help=f"master flat with the same extensions{tail}")
+    p.add_argument("--mask",
+                   help=f"bad-pixel mask with the same extensions{tail}")
+    p.add_argument("--weight", help="weight map with the same extensions"
+                   f"{tail} (its kind: --weight-type)")
+    for param in PARAMETERS:
+        p.add_argument(
+            param.option, dest=param.name, default="",
+            metavar=param.metavar or "{" + ",".join(param.choices) + "}",
+            help=param.help)
+
+
+def add_process_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--jobs``, ``--set``, ``--no-progress`` and ``--version``."""
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="worker processes (default: all cores)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value (repeatable), "
+                   "e.g. --set detect_thresh=2")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar even on a terminal")
+    p.add_argument("--version", action="version",
+                   version=f"qualityfits {__version__}")

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from qualityfits._version import __version__
-from qualityfits.cliutil import OneLineParser, config_from_pairs
+from qualityfits.cliutil import (
+    OneLineParser,
+    add_input_options,
+    add_process_options,
+    config_from_pairs,
+)
 from qualityfits.errors import QualityFitsError
 from qualityfits.io import image_stem, primary_header
 from qualityfits.parameters import PARAMETERS, QualityParameters
@@ -43,21 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="where to write the run")
     p.add_argument("--run-id", metavar="NAME",
                    help="the run's name (default: OUTDIR's name)")
-    p.add_argument("--flat", help="master flat for every image")
-    p.add_argument("--mask", help="bad-pixel mask for every image")
-    for param in PARAMETERS:
-        p.add_argument(
-            param.option, dest=param.name, default="",
-            metavar=param.metavar or "{" + ",".join(param.choices) + "}",
-            help=param.help)
-    p.add_argument("--jobs", "-j", type=int, metavar="N",
-                   help="worker processes (default: all cores)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a configuration value (repeatable)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar even on a terminal")
-    p.add_argument("--version", action="version",
-                   version=f"qualityfits {__version__}")
+    add_input_options(p, every="(for every image)")
+    add_process_options(p)
     return p
 
 
@@ -126,6 +118,7 @@ def _assess_one(image: str, outdir: Path, args: argparse.Namespace,
     try:
         folder.mkdir(parents=True, exist_ok=True)
         report = assess(image, flat=args.flat, mask=args.mask,
+                        weight=args.weight,
                         parameters=parameters, config=config,
                         jobs=args.jobs, progress=progress,
                         maps_dir=maps_dir)
