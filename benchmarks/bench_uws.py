@@ -1879,6 +1879,16 @@ def _main_fair(args: argparse.Namespace, work: Path,
         else:
             shutil.rmtree(work, ignore_errors=True)
     targets = summarise_fair(fig, args, machine["cpus"])
+    return _conclude(args, machine, targets, fig)
+
+
+def _conclude(args: argparse.Namespace, machine: dict[str, Any],
+              targets: dict[str, Any], fig: dict[str, Any]) -> int:
+    """Write the JSON if asked; 1 under --strict when a target failed.
+
+    A target whose ``pass`` is None could not be judged and fails
+    nothing (the --fair targets always are).
+    """
     if args.json is not None:
         out = {"date": datetime.now(UTC).isoformat(), "machine": machine,
                "settings": {k: str(v) if isinstance(v, Path) else v
@@ -1888,7 +1898,8 @@ def _main_fair(args: argparse.Namespace, work: Path,
         args.json.write_text(json.dumps(out, indent=1, default=str))
         print(f"\nfigures written to {args.json}")
     if args.strict and targets["applicable"] and not all(
-            t["pass"] for k, t in targets.items() if k != "applicable"):
+            t["pass"] for k, t in targets.items()
+            if k != "applicable" and t["pass"] is not None):
         return 1
     return 0
 
@@ -1935,19 +1946,7 @@ def main(argv: list[str] | None = None) -> int:
             text = ", ".join(f"{k} {v:.0%}" for k, v in
                              list(prof[part].items())[:n])
             print(f"  {part}: {text}")
-    if args.json is not None:
-        out = {"date": datetime.now(UTC).isoformat(), "machine": machine,
-               "settings": {k: str(v) if isinstance(v, Path) else v
-                            for k, v in vars(args).items()},
-               "targets": targets, **fig}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1, default=str))
-        print(f"\nfigures written to {args.json}")
-    if args.strict and targets["applicable"] and not all(
-            t["pass"] for k, t in targets.items()
-            if k != "applicable" and t["pass"] is not None):
-        return 1
-    return 0
+    return _conclude(args, machine, targets, fig)
 
 
 if __name__ == "__main__":
