@@ -10,13 +10,11 @@ import pytest
 from astropy.io import fits
 from astropy.io.votable import parse
 from votable_fixtures import (
-    check_ucd1p,
-    check_vounit,
+    check_fields_described,
     failed_report_fixture,  # noqa: F401 (fixture failed_report)
     parse_xml,
     report_fixture,  # noqa: F401 (fixture report)
     schema,
-    votable_field_meta,
     votlint,
 )
 
@@ -59,13 +57,7 @@ def test_valid_everywhere(run):
 def test_every_field_has_ucd_description_and_vounit(run):
     _, vot, _ = run
     root = parse_xml(vot).getroot()
-    for table in ("exposures", "ccds"):
-        for name, meta in votable_field_meta(root, table).items():
-            assert meta["ucd"], name
-            check_ucd1p(meta["ucd"])
-            assert meta["description"], name
-            if meta["unit"]:
-                check_vounit(meta["unit"])
+    check_fields_described(root, ("exposures", "ccds"))
 
 
 def test_rows_follow_the_summaries(run):

@@ -19,6 +19,7 @@ from lxml import etree
 from votable_fixtures import (
     FAILED_NAME,
     as_float,
+    check_fields_described,
     check_ucd1p,
     check_vounit,
     failed_report_fixture,  # noqa: F401 (fixture failed_report)
@@ -88,13 +89,7 @@ def test_astropy_reads_it_in_its_strictest_mode(written):
 def test_every_field_has_a_ucd1p_ucd_a_description_and_a_vounit(written):
     _, vot, _ = written
     root = parse_xml(vot).getroot()
-    for table in ("extensions", "exposure"):
-        for name, meta in votable_field_meta(root, table).items():
-            assert meta["ucd"], name
-            check_ucd1p(meta["ucd"])
-            assert meta["description"], name
-            if meta["unit"]:
-                check_vounit(meta["unit"])
+    check_fields_described(root, ("extensions", "exposure"))
     vo = "{http://www.ivoa.net/xml/VOTable/v1.3}"
     for element in root.iter(f"{vo}PARAM", f"{vo}INFO"):
         if element.get("ucd"):

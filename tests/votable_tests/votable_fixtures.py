@@ -206,3 +206,16 @@ def votable_field_meta(root: etree._Element,
             "null": None if values is None else values.get("null"),
         }
     return meta
+
+
+def check_fields_described(root: etree._Element,
+                           tables: tuple[str, ...]) -> None:
+    """Fail unless every FIELD of ``tables`` has a UCD1+ UCD, a
+    description and, where it has a unit, a VOUnit."""
+    for table in tables:
+        for name, meta in votable_field_meta(root, table).items():
+            assert meta["ucd"], name
+            check_ucd1p(meta["ucd"])
+            assert meta["description"], name
+            if meta["unit"]:
+                check_vounit(meta["unit"])
