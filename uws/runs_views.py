@@ -56,7 +56,7 @@ from uws.views import (
     owner_of,
     service_of,
 )
-from uws.web import render
+from uws.web import input_image_url, render
 
 __all__ = ["RUN_ROUTES", "VOTABLE_TYPE"]
 
@@ -211,21 +211,16 @@ def _samp_images(request: Any, run: Run) -> list[dict[str, str]]:
 
     What the page's "Send to DS9 / Aladin" sends (``image.load.fits``):
     each job's uploaded image (its ``/parameters/image`` URL) or the URL
-    it was given by, as on the results page (`uws.web.samp_items`).
+    it was given by (`uws.web.input_image_url`, as on the results page).
     """
     items = []
     for job in reversed(run.jobs):
-        image = next((p for p in job.parameters if p.name == "image"), None)
-        if job.phase is not Phase.COMPLETED or image is None:
-            continue
-        if image.is_post:
-            url = f"{job_url(request, job.job_id)}/parameters/image"
-        elif image.text.startswith(("http://", "https://")):
-            url = image.text
-        else:
-            continue
-        items.append({"url": url, "id": url, "name": f"{job.job_id}-image",
-                      "label": job.job_id})
+        url = (input_image_url(request, job)
+               if job.phase is Phase.COMPLETED else None)
+        if url is not None:
+            items.append({"url": url, "id": url,
+                          "name": f"{job.job_id}-image",
+                          "label": job.job_id})
     return items
 
 

@@ -288,6 +288,22 @@ def results_page(request: Any) -> Response:
                   samp=samp_items(request, job, links))
 
 
+def input_image_url(request: Any, job: Job) -> str | None:
+    """Return where a desktop tool downloads the job's image, if anywhere.
+
+    An upload is served at the job's ``/parameters/image``; an image
+    given by http(s) URL is that URL.
+    """
+    image = next((p for p in job.parameters if p.name == "image"), None)
+    if image is None:
+        return None
+    if image.is_post:
+        return f"{job_url(request, job.job_id)}/parameters/image"
+    if image.text.startswith(("http://", "https://")):
+        return image.text
+    return None
+
+
 def samp_items(request: Any, job: Job,
                links: list[Link]) -> dict[str, list[dict[str, str]]]:
     """Return what the page's SAMP buttons send (``uws/static/samp.js``).
@@ -305,14 +321,8 @@ def samp_items(request: Any, job: Job,
 
     tables = [link for link in links if link.result.mime == VOTABLE]
     twins = {f"{link.result.id}_fits" for link in tables}
-    images = []
-    image = next((p for p in job.parameters if p.name == "image"), None)
-    if image is not None and image.is_post:
-        images.append(item(f"{job_url(request, job.job_id)}/parameters/"
-                           "image", "image"))
-    elif image is not None and image.text.startswith(("http://",
-                                                      "https://")):
-        images.append(item(image.text, "image"))
+    image = input_image_url(request, job)
+    images = [] if image is None else [item(image, "image")]
     images += [item(link.url, link.result.id) for link in links
                if link.result.mime == FITS and link.result.id not in twins]
     return {"tables": [item(link.url, link.result.id) for link in tables],
