@@ -175,12 +175,8 @@ def test_estimate_fwhm_without_stars() -> None:
     assert peaks.x.size == 0
 
 
-@pytest.mark.parametrize(("fwhm", "beta", "seed"), [(1.7, 3.0, 201),
-                                                    (4.0, 2.8, 202)])
-def test_star_cr_frac_measures_the_cores(fwhm: float, beta: float,
-                                         seed: int) -> None:
-    """STAR_CR_FRAC: the star cores in the cosmic-ray map, as counted."""
-    scene = _scene(fwhm, beta, seed)
+def _assessed(scene: Any) -> tuple[Any, Any]:
+    """Assess a scene as a CCD; return the report and its cosmic-ray map."""
     header = fits.Header({"GAIN": GAIN, "RDNOISE": 5.0,
                           "SATURATE": 60000.0})
     maps: list[PixelMaps] = []
@@ -188,8 +184,17 @@ def test_star_cr_frac_measures_the_cores(fwhm: float, beta: float,
         warnings.simplefilter("ignore")
         report = assess_extension(scene.data, header, name="sim",
                                   maps=maps.append)
+    return report, maps[0].cosmic
+
+
+@pytest.mark.parametrize(("fwhm", "beta", "seed"), [(1.7, 3.0, 201),
+                                                    (4.0, 2.8, 202)])
+def test_star_cr_frac_measures_the_cores(fwhm: float, beta: float,
+                                         seed: int) -> None:
+    """STAR_CR_FRAC: the star cores in the cosmic-ray map, as counted."""
+    scene = _scene(fwhm, beta, seed)
+    report, cosmic = _assessed(scene)
     assert report.status == "ok"
-    cosmic = maps[0].cosmic
     x, y = _clean_cores(scene, 10.0)
     truth = _core_fraction(cosmic, x, y)
     assert truth <= 0.01
@@ -212,14 +217,8 @@ def test_star_cr_frac_without_protection(
 
     monkeypatch.setattr(pipeline, "find_cosmic_rays", unprotected)
     scene = _scene(1.6, 3.0, 301)
-    header = fits.Header({"GAIN": GAIN, "RDNOISE": 5.0,
-                          "SATURATE": 60000.0})
-    maps: list[PixelMaps] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = assess_extension(scene.data, header, name="sim",
-                                  maps=maps.append)
+    report, cosmic = _assessed(scene)
     x, y = _clean_cores(scene, 10.0)
-    truth = _core_fraction(maps[0].cosmic, x, y)
+    truth = _core_fraction(cosmic, x, y)
     assert truth > 0.02
     assert abs(report.metrics["STAR_CR_FRAC"] - truth) <= 0.3 * truth
