@@ -838,7 +838,8 @@ LEGEND = (
     "and rms, absolute for ell, truth sigmas 's' for the sky). N*>20: "
     "stars with S/N > 20 (truth / ours CLASS=star / SExtractor "
     "CLASS_STAR>0.9); compl: detected S/N>20 truth stars called stars; "
-    "gal>*: detected galaxies r_e>2 px called stars; CR@core/FRAC: "
+    "gal>*: detected galaxies r_e>2 px called stars (both: truth sources "
+    "holding >= 50 % of the truth light within 1.25 FWHM); CR@core/FRAC: "
     "clean S/N>20 star cores in our cosmic-ray map / our STAR_CR_FRAC. "
     "'-': not measured."
 )
