@@ -105,6 +105,7 @@ import time
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,6 +113,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyWarning
+from scipy.optimize import nnls
 from scipy.spatial import cKDTree
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -331,25 +333,78 @@ def _moffat(dx: np.ndarray, dy: np.ndarray, flux: np.ndarray,
     return flux * (psf.beta - 1) / (np.pi * a * b) * (1 + r2) ** -psf.beta
 
 
+#: Radii [scale lengths] on which the Gaussian mixtures are fitted.
+_MIX_R = np.concatenate([np.linspace(0.0, 2.0, 200, endpoint=False),
+                         np.geomspace(2.0, 60.0, 400)])
+
+
+def _mixture(profile: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Amplitudes of circular Gaussians fitting a unit-flux profile.
+
+    Non-negative least squares over `_MIX_R`, weighted by the radius
+    (the light, not the peak, matters); normalised to unit flux.
+    """
+    r = _MIX_R
+    basis = np.exp(-r[:, None] ** 2 / (2 * variances[None, :])) / (
+        2 * np.pi * variances[None, :])
+    w = np.sqrt(r + 0.05)
+    amp, _ = nnls(basis * w[:, None], profile * w)
+    # Components below 0.1 % of the flux cost time and change nothing.
+    amp[amp < 1e-3] = 0.0
+    return np.asarray(amp / amp.sum())
+
+
+#: Variances of the mixture of an exponential disc of unit scale length.
+_EXP_VAR = np.geomspace(0.003, 40.0, 10)
+_EXP_AMP = _mixture(np.exp(-_MIX_R) / (2 * np.pi), _EXP_VAR)
+#: Variances of the mixture of a Moffat of unit alpha.
+_MOFFAT_VAR = np.geomspace(0.02, 400.0, 10)
+
+
+@lru_cache(maxsize=8)
+def _moffat_amp(beta: float) -> np.ndarray:
+    return _mixture((beta - 1) / np.pi * (1 + _MIX_R**2) ** -beta,
+                    _MOFFAT_VAR)
+
+
+def _covariance(va: np.ndarray, vb: np.ndarray,
+                angle_deg: np.ndarray | float) -> tuple[np.ndarray, ...]:
+    """(xx, xy, yy) of a covariance with axis variances va, vb."""
+    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    return (va * c * c + vb * s * s, (va - vb) * c * s,
+            va * s * s + vb * c * c)
+
+
 def _galaxy(dx: np.ndarray, dy: np.ndarray, flux: np.ndarray,
             r_e: np.ndarray, q: np.ndarray, angle: np.ndarray,
             psf: TruthPsf) -> np.ndarray:
-    """A PSF-convolved exponential disc, as a Gaussian of its moments.
+    """A PSF-convolved exponential disc (pixel-free).
 
-    The disc of scale h = r_e / 1.678 has the second moments 3 h² and
-    3 (q h)² along its axes; the PSF adds its core's (FWHM / 2.355)² on
-    each axis.  An approximation (the disc is peakier and has broader
-    wings than the Gaussian): good to tens of percent of a neighbour's
-    light, which is what the dominance test (one source against the sum
-    of the others) can tolerate.
+    Both the disc (scale h = r_e / 1.678) and the Moffat PSF are written
+    as mixtures of Gaussians (`_mixture`, fitted by non-negative least
+    squares), whose convolutions are Gaussians: the fluxes in apertures
+    of 1.25 FWHM agree with the simulator's own rendering (sub-sampled)
+    within 0.002 of the galaxy's flux at FWHM 1.8-9.5 px
+    (``tests/qualityfits/test_regression_matching.py``).
     """
-    h2 = 3.0 * (r_e / 1.678) ** 2
-    p2 = (psf.fwhm / 2.3548) ** 2
-    va, vb = h2 + p2, h2 * q * q + p2
-    c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
-    u, v = dx * c + dy * s, -dx * s + dy * c
-    return flux / (2 * np.pi * np.sqrt(va * vb)) * np.exp(
-        -0.5 * (u * u / va + v * v / vb))
+    h2 = (r_e / 1.678) ** 2
+    alpha = psf.fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / psf.beta) - 1.0))
+    pa2 = (alpha * (1 + psf.ellipticity)) ** 2
+    pb2 = (alpha * (1 - psf.ellipticity)) ** 2
+    out = np.zeros(np.broadcast(dx, flux).shape)
+    for ak, vk in zip(_EXP_AMP, _EXP_VAR, strict=True):
+        if ak == 0:
+            continue
+        gxx, gxy, gyy = _covariance(vk * h2, vk * h2 * q * q, angle)
+        for ml, vl in zip(_moffat_amp(psf.beta), _MOFFAT_VAR, strict=True):
+            if ml == 0:
+                continue
+            pxx, pxy, pyy = _covariance(vl * pa2, vl * pb2, psf.theta)
+            cxx, cxy, cyy = gxx + pxx, gxy + pxy, gyy + pyy
+            det = cxx * cyy - cxy * cxy
+            quad = (cyy * dx * dx - 2 * cxy * dx * dy + cxx * dy * dy) / det
+            out += ak * ml / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * quad)
+    return flux * out
 
 
 def mark_dominant(truth: dict[str, Table], psf: TruthPsf) -> None:
@@ -364,7 +419,9 @@ def mark_dominant(truth: dict[str, Table], psf: TruthPsf) -> None:
     the HSC pipeline (Bosch et al. 2018, PASJ 70, S5), with the truth
     profiles in place of the deblender's.  A star sitting on a faint
     galaxy therefore dominates its detection and the galaxy does not:
-    the detection is the star's, whatever it is called.
+    the detection is the star's, whatever it is called.  Computed for
+    the sources the figures count (stars of S/N > `MIN_SNR`, galaxies
+    of r_e > `BIG_GALAXY`), NaN for the others.
     """
     radius = APERTURE_FWHM * psf.fwhm
     step = radius / 10.0
@@ -374,45 +431,54 @@ def mark_dominant(truth: dict[str, Table], psf: TruthPsf) -> None:
     px, py = gx[inside], gy[inside]
     area = step * step
     stars, gals = truth["stars"], truth["galaxies"]
-    kinds = [("star", stars), ("galaxy", gals)]
-    xs = np.concatenate([np.asarray(t["x"], float) for _, t in kinds])
-    ys = np.concatenate([np.asarray(t["y"], float) for _, t in kinds])
     n_star = len(stars)
-    flux = np.concatenate([np.asarray(t["flux"], float) for _, t in kinds])
-    fwhm = np.concatenate([
-        np.asarray(stars["fwhm"], float) if "fwhm" in stars.colnames
-        else np.full(n_star, psf.fwhm), np.full(len(gals), psf.fwhm)])
-    r_e = np.concatenate([np.zeros(n_star), np.asarray(gals["r_e"], float)])
-    q = np.concatenate([np.ones(n_star), np.asarray(gals["q"], float)])
-    angle = np.concatenate([np.zeros(n_star),
-                            np.asarray(gals["theta"], float)])
+    xs = np.concatenate([np.asarray(stars["x"], float),
+                         np.asarray(gals["x"], float)])
+    ys = np.concatenate([np.asarray(stars["y"], float),
+                         np.asarray(gals["y"], float)])
+    flux = np.concatenate([np.asarray(stars["flux"], float),
+                           np.asarray(gals["flux"], float)])
+    fwhm = (np.asarray(stars["fwhm"], float) if "fwhm" in stars.colnames
+            else np.full(n_star, psf.fwhm))
+    r_e = np.asarray(gals["r_e"], float)
+    q = np.asarray(gals["q"], float)
+    angle = np.asarray(gals["theta"], float)
+    # Only the sources the figures count need their share.
+    centres = np.flatnonzero(np.concatenate([
+        np.asarray(stars["snr"], float) > MIN_SNR, r_e > BIG_GALAXY]))
     own = np.zeros(len(xs))
     other = np.zeros(len(xs))
-    if len(xs) == 0:
-        return
-    reach = radius + 6.0 * psf.fwhm + 5.0 * float(np.max(r_e))
-    tree = cKDTree(np.column_stack([xs, ys]))
-    pairs = tree.query_pairs(reach, output_type="ndarray")
-    # Every source against itself, then each pair both ways.
-    centre = np.concatenate([np.arange(len(xs)), pairs[:, 0], pairs[:, 1]])
-    source = np.concatenate([np.arange(len(xs)), pairs[:, 1], pairs[:, 0]])
-    chunk = max(1, 4_000_000 // len(px))
-    for lo in range(0, len(centre), chunk):
-        c, j = centre[lo:lo + chunk], source[lo:lo + chunk]
-        dx = (xs[c] - xs[j])[:, None] + px[None, :]
-        dy = (ys[c] - ys[j])[:, None] + py[None, :]
-        is_star = (j < n_star)[:, None]
-        light = np.where(
-            is_star,
-            _moffat(dx, dy, flux[j][:, None], fwhm[j][:, None], psf),
-            _galaxy(dx, dy, flux[j][:, None], r_e[j][:, None],
-                    q[j][:, None], angle[j][:, None], psf))
-        total = light.sum(axis=1) * area
-        self_ = c == j
-        np.add.at(own, c[self_], total[self_])
-        np.add.at(other, c[~self_], total[~self_])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = own / (own + other)
+    cxy = np.column_stack([xs[centres], ys[centres]])
+    for kind in ("star", "galaxy"):
+        lo_, hi_ = (0, n_star) if kind == "star" else (n_star, len(xs))
+        if hi_ == lo_ or centres.size == 0:
+            continue
+        reach = radius + 6.0 * psf.fwhm + (
+            5.0 * float(np.max(r_e)) if kind == "galaxy" else 0.0)
+        tree = cKDTree(np.column_stack([xs[lo_:hi_], ys[lo_:hi_]]))
+        near = tree.query_ball_point(cxy, reach)
+        c = np.repeat(centres, [len(n) for n in near])
+        j = np.concatenate([np.asarray(n, dtype=np.intp) for n in near]
+                           ) + lo_ if c.size else np.zeros(0, np.intp)
+        chunk = max(1, 2_000_000 // len(px))
+        for start in range(0, c.size, chunk):
+            cc, jj = c[start:start + chunk], j[start:start + chunk]
+            dx = (xs[cc] - xs[jj])[:, None] + px[None, :]
+            dy = (ys[cc] - ys[jj])[:, None] + py[None, :]
+            if kind == "star":
+                light = _moffat(dx, dy, flux[jj][:, None],
+                                fwhm[jj][:, None], psf)
+            else:
+                k = jj - n_star
+                light = _galaxy(dx, dy, flux[jj][:, None],
+                                r_e[k][:, None], q[k][:, None],
+                                angle[k][:, None], psf)
+            total = light.sum(axis=1) * area
+            self_ = cc == jj
+            np.add.at(own, cc[self_], total[self_])
+            np.add.at(other, cc[~self_], total[~self_])
+    frac = np.full(len(xs), np.nan)
+    frac[centres] = own[centres] / (own[centres] + other[centres])
     stars["own_frac"] = frac[:n_star]
     gals["own_frac"] = frac[n_star:]
 
