@@ -65,6 +65,7 @@ from qualityfits.errors import (
 )
 from qualityfits.fitsscan import FitsTooLargeError, scan_fits
 from qualityfits.io import (
+    HduRole,
     ImageSource,
     image_stem,
     match_extensions,
@@ -425,6 +426,8 @@ class Job:
         self.phase: tuple[str, ...] = ()
         #: The inputs given by URL, once fetched.
         self.fetched: set[str] = set()
+        #: The image's HDU roles, once checked.
+        self.roles: tuple[HduRole, ...] | None = None
         self._pid = os.getpid()
 
     def run(self) -> int:
@@ -580,6 +583,8 @@ class Job:
                         ImageSource(inputs[label], label=label))
                     match_extensions(image, other)
             count = len(image.extensions)
+            # Handed to assess, which would otherwise decide them again.
+            self.roles = image.hdus
         try:
             self.results.mkdir(exist_ok=True)
         except OSError as exc:
@@ -606,7 +611,8 @@ class Job:
                 parameters=QualityParameters.from_json(spec.parameters),
                 config=QualityConfig.from_dict(spec.config),
                 jobs=spec.ccd_jobs or None,
-                progress=self.progress.ccd_event, maps_dir=maps_dir)
+                progress=self.progress.ccd_event, maps_dir=maps_dir,
+                roles=self.roles)
             self.progress.pipeline_done()
             failed = [e.name for e in report.extensions if not e.ok]
             n_ccds = len(report.extensions)
