@@ -594,7 +594,8 @@ def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
     spreads around them is not detected.  The image keeps its
     background there (the sky map is image minus subtracted image).
     The cores of sources shaped like the PSF, whose FWHM is estimated
-    from the brightest round peaks, are never flagged.
+    from the brightest round peaks, are never flagged (unless
+    ``cr_protect_psf_cores`` is off).
     """
     if not ccd.config.cosmic_rays:
         return None
@@ -604,7 +605,8 @@ def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
     peaks = estimate_fwhm(sub, ccd.bad, saturation=saturation)
     found = find_cosmic_rays(
         sub, ccd.rms, ccd.bad, gain=ccd.gain, read_noise=ccd.read_noise,
-        saturation=saturation, psf_fwhm=peaks.fwhm)
+        saturation=saturation,
+        psf_fwhm=peaks.fwhm if ccd.config.cr_protect_psf_cores else None)
     if peaks.x.size:
         ccd.metrics["STAR_CR_FRAC"] = float(np.mean(_core_hit(
             found.mask, peaks.x.astype(np.float64),
