@@ -597,9 +597,11 @@ class Job:
     def _assess_and_write(self, spec: WorkerSpec,
                           inputs: dict[str, Path]) -> int:
         image = inputs["image"]
-        # A fetched image's products are named like an uploaded one's
-        # (inputs/image.fits), not after the URL's file.
-        stem = "image" if "image" in self.fetched else image_stem(image.name)
+        # The service's image (uploaded or fetched: inputs/image/<the
+        # client's file name>, or inputs/image.fits before) names its
+        # products "image", not after the client's file.
+        stem = ("image" if image.parent == self.folder.inputs / "image"
+                else image_stem(image.name))
         maps_dir = self.results / f".{stem}_maps.partial"
         _remove(maps_dir)  # pieces of an earlier attempt
         self.cleanup.append(maps_dir)

@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pbs_bridge.jobfolder import (
-    INPUTS_DIR,
     LOG_FILE,
     RESULTS_DIR,
     Completed,
@@ -255,7 +254,7 @@ class JobService:
             job_dir = self.folder(job_id).path
             try:
                 job_dir.mkdir(parents=True)
-                stored = install_inputs(params, job_dir, INPUTS_DIR)
+                stored = install_inputs(params, self.folder(job_id))
             except OSError as exc:
                 shutil.rmtree(job_dir, ignore_errors=True)
                 raise ServiceUnavailableError(
@@ -294,8 +293,7 @@ class JobService:
             if adding:
                 self._check_stored(job.owner, adding)
             try:
-                stored = install_inputs(params, self.folder(job_id).path,
-                                        INPUTS_DIR)
+                stored = install_inputs(params, self.folder(job_id))
             except OSError as exc:
                 raise ServiceUnavailableError(
                     f"cannot write the job folder: {exc.strerror}") from exc
