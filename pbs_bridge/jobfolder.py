@@ -395,13 +395,21 @@ class JobFolder:
         """
         return self.inputs / label / upload_name(filename, label)
 
-    def clear_input(self, label: str) -> None:
-        """Remove the stored file of the input ``label`` (a new one comes).
+    def clear_input(self, label: str, keep: str | None = None) -> None:
+        """Remove the stored files of the input ``label`` (replaced).
 
-        Its folder ``inputs/<label>/``, and the ``inputs/<label>.fits``
-        (``.fits.gz``) of a job made before uploads kept their names.
+        What is in its folder ``inputs/<label>/`` but ``keep`` (the new
+        upload's path relative to the job folder, if any), and the
+        ``inputs/<label>.fits`` (``.fits.gz``) of a job made before
+        uploads kept their names.
         """
-        shutil.rmtree(self.inputs / label, ignore_errors=True)
+        kept = None if keep is None else self.path / keep
+        for path in sorted((self.inputs / label).glob("*")):
+            if path != kept:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         for old in (f"{label}.fits", f"{label}.fits.gz"):
             (self.inputs / old).unlink(missing_ok=True)
 

@@ -310,12 +310,12 @@ def install_inputs(params: JobParameters,
 
     Uploads become ``inputs/<name>/<the client's file name, made
     safe>`` (`JobFolder.uploaded_input`; referenced, served at
-    ``{job}/parameters/<name>``), replacing the parameter's earlier
-    file; URLs are kept as references; values are plain.
+    ``{job}/parameters/<name>``); URLs are kept as references; values
+    are plain.  The files they replace are the caller's to remove,
+    once the job takes the new ones (`JobFolder.clear_input`).
     """
     out: list[Parameter] = []
     for name, item in params.files.items():
-        folder.clear_input(name)
         if item.upload is not None:
             dest = folder.uploaded_input(name, item.upload.filename)
             dest.parent.mkdir(parents=True, exist_ok=True)

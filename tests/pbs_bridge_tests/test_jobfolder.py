@@ -183,10 +183,17 @@ def test_an_upload_of_before_has_no_name():
 
 def test_a_new_input_replaces_the_old_file(folder):
     for old in (folder.uploaded_input("image", "first.fits"),
+                folder.uploaded_input("image", "second.fits"),
                 folder.inputs / "image.fits",
                 folder.uploaded_input("flat", "flat.fits")):
         old.parent.mkdir(parents=True, exist_ok=True)
         old.write_bytes(b"x")
-    folder.clear_input("image")
-    assert [p.relative_to(folder.inputs).as_posix()
-            for p in folder.inputs.rglob("*")] == ["flat", "flat/flat.fits"]
+
+    def left():
+        return sorted(p.relative_to(folder.inputs).as_posix()
+                      for p in folder.inputs.rglob("*") if p.is_file())
+
+    folder.clear_input("image", keep="inputs/image/second.fits")
+    assert left() == ["flat/flat.fits", "image/second.fits"]
+    folder.clear_input("image")  # a URL now
+    assert left() == ["flat/flat.fits"]
