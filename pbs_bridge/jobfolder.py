@@ -11,9 +11,11 @@ path into a job folder.
 Layout::
 
     spec.json          WorkerSpec (written by the service, read-only after)
-    inputs/            uploaded files, named by parameter (image.fits);
-                       fetched ones as inputs/<parameter>/<the URL's
-                       file name>, which messages then name
+    inputs/            the input files, as inputs/<parameter>/<name>:
+                       an upload named by the client's file name (made
+                       safe: `upload_name`), a fetched one by the URL's,
+                       which messages and run tables then show (jobs
+                       made before kept uploads as inputs/image.fits)
     progress.json      Progress: steps with state and times, host, usage
     results/           the product set (worker) and its manifest:
     results/manifest.json   qualityfits.manifest.Manifest (worker)
@@ -39,9 +41,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
+import unicodedata
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -273,6 +278,50 @@ def _usable_name(name: str) -> bool:
         c in "/\\" or ord(c) < 32 or c == "\x7f" for c in name)
 
 
+#: Longest name an upload is stored under (its suffixes kept).
+UPLOAD_NAME_MAX = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def upload_name(filename: str, label: str) -> str:
+    """Return the name an uploaded file is stored under.
+
+    The client's file name, made safe: its base name only (a browser
+    may send a whole path, of either kind of slash), accents dropped, every
+    run of other characters than ASCII letters, digits and ``._+-``
+    one ``_``, no leading dot or dash, at most `UPLOAD_NAME_MAX`
+    characters with its suffixes (``.fits.gz``) kept; the label with
+    those suffixes (``image.fits`` without any) when nothing of it is
+    left to name the file by.
+    """
+    base = re.split(r"[/\\]", filename)[-1]
+    base = "".join(c for c in unicodedata.normalize("NFKD", base)
+                   if not unicodedata.combining(c))
+    base = _UNSAFE.sub("_", base).lstrip(".-")
+    suffix = ""
+    for part in reversed(PurePosixPath(base or "x").suffixes[-2:]):
+        if not part[1:].isalnum() or len(part) > 10:
+            break
+        suffix = part + suffix
+    stem = base[:len(base) - len(suffix)]
+    if not any(c.isalnum() for c in stem):
+        return f"{label}{suffix or '.fits'}"
+    return stem[:UPLOAD_NAME_MAX - len(suffix)] + suffix
+
+
+def uploaded_name(stored: str) -> str | None:
+    """Return the file name of an upload stored as ``stored``.
+
+    ``stored`` is the path an upload parameter keeps, relative to the
+    job folder; None when it has no client's name (a job made before
+    uploads kept theirs: ``inputs/image.fits``).
+    """
+    parts = PurePosixPath(stored).parts
+    if len(parts) == 3 and parts[0] == INPUTS_DIR:
+        return parts[2]
+    return None
+
+
 class JobFolder:
     """The files of one job (see the module documentation).
 
@@ -337,6 +386,32 @@ class JobFolder:
         if not _usable_name(name):
             name = f"{label}.fits"
         return self.inputs / label / name[:120]
+
+    def uploaded_input(self, label: str, filename: str) -> Path:
+        """Return where the input ``label`` uploaded as ``filename`` goes.
+
+        ``inputs/<label>/<upload_name(filename)>``: the client's file
+        name, made safe, which run tables, pages and messages show.
+        """
+        return self.inputs / label / upload_name(filename, label)
+
+    def clear_input(self, label: str, keep: str | None = None) -> None:
+        """Remove the stored files of the input ``label`` (replaced).
+
+        What is in its folder ``inputs/<label>/`` but ``keep`` (the new
+        upload's path relative to the job folder, if any), and the
+        ``inputs/<label>.fits`` (``.fits.gz``) of a job made before
+        uploads kept their names.
+        """
+        kept = None if keep is None else self.path / keep
+        for path in sorted((self.inputs / label).glob("*")):
+            if path != kept:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        for old in (f"{label}.fits", f"{label}.fits.gz"):
+            (self.inputs / old).unlink(missing_ok=True)
 
     # -- progress ------------------------------------------------------
     def progress(self) -> Progress | None:

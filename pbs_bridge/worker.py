@@ -65,6 +65,7 @@ from qualityfits.errors import (
 )
 from qualityfits.fitsscan import FitsTooLargeError, scan_fits
 from qualityfits.io import (
+    HduRole,
     ImageSource,
     image_stem,
     match_extensions,
@@ -425,6 +426,8 @@ class Job:
         self.phase: tuple[str, ...] = ()
         #: The inputs given by URL, once fetched.
         self.fetched: set[str] = set()
+        #: The image's HDU roles, once checked.
+        self.roles: tuple[HduRole, ...] | None = None
         self._pid = os.getpid()
 
     def run(self) -> int:
@@ -580,6 +583,8 @@ class Job:
                         ImageSource(inputs[label], label=label))
                     match_extensions(image, other)
             count = len(image.extensions)
+            # Handed to assess, which would otherwise decide them again.
+            self.roles = image.hdus
         try:
             self.results.mkdir(exist_ok=True)
         except OSError as exc:
@@ -592,9 +597,11 @@ class Job:
     def _assess_and_write(self, spec: WorkerSpec,
                           inputs: dict[str, Path]) -> int:
         image = inputs["image"]
-        # A fetched image's products are named like an uploaded one's
-        # (inputs/image.fits), not after the URL's file.
-        stem = "image" if "image" in self.fetched else image_stem(image.name)
+        # The service's image (uploaded or fetched: inputs/image/<the
+        # client's file name>, or inputs/image.fits before) names its
+        # products "image", not after the client's file.
+        stem = ("image" if image.parent == self.folder.inputs / "image"
+                else image_stem(image.name))
         maps_dir = self.results / f".{stem}_maps.partial"
         _remove(maps_dir)  # pieces of an earlier attempt
         self.cleanup.append(maps_dir)
@@ -606,7 +613,8 @@ class Job:
                 parameters=QualityParameters.from_json(spec.parameters),
                 config=QualityConfig.from_dict(spec.config),
                 jobs=spec.ccd_jobs or None,
-                progress=self.progress.ccd_event, maps_dir=maps_dir)
+                progress=self.progress.ccd_event, maps_dir=maps_dir,
+                roles=self.roles)
             self.progress.pipeline_done()
             failed = [e.name for e in report.extensions if not e.ok]
             n_ccds = len(report.extensions)

@@ -159,7 +159,7 @@ def windowed_centroid(
     Starts at (x0, y0) in stamp coordinates; a source whose centroid
     wanders more than a pixel from its start keeps its start.
     """
-    two_sig2 = 2.0 * (fwhm / 2.3548) ** 2
+    two_sig2 = 2.0 * (fwhm / moffat.SIGMA_TO_FWHM) ** 2
     cx, cy = x0.copy(), y0.copy()
     w_data = np.where(usable, data, 0.0)
     for _ in range(niter):

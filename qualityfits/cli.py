@@ -89,9 +89,9 @@ class _Progress:
         self._done = 0
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.extension not in self._seen:
-            self._seen[event.extension] = 0
-            self._bar.total = len(STEPS) * max(len(self._seen), 1)
+        if self._bar.total is None:
+            self._bar.total = len(STEPS) * max(event.n_extensions, 1)
+        self._seen.setdefault(event.extension, 0)
         if event.step in ("done", "failed"):
             self._running.pop(event.extension, None)
             self._done += 1

@@ -111,6 +111,12 @@ class QualityConfig:
     cosmic_rays : bool
         Detect cosmic rays (their pixels are then ignored by every
         measurement and flagged in the flag map).
+    cr_protect_psf_cores : bool
+        Never flag the cores of sources shaped like the PSF as cosmic
+        rays (the PSF's FWHM is estimated from the brightest round
+        peaks; see `qualityfits.cosmics.find_cosmic_rays`).  Off:
+        L.A.Cosmic's tests alone, which flag many star cores on
+        undersampled images (FWHM below ~2.5 px).
     cr_heavy : float
         ``CR_HEAVY`` when the fraction of PSF stars whose core is hit by
         a cosmic ray exceeds this.
@@ -158,6 +164,7 @@ class QualityConfig:
     bkg_gradient: float = 0.1
     bkg_noise_excess: float = 1.5
     cosmic_rays: bool = True
+    cr_protect_psf_cores: bool = True
     cr_heavy: float = 0.1
     grade_fwhm_arcsec: tuple[float, float, float] = (1.0, 1.2, 2.0)
     grade_ellipticity: tuple[float, float, float] = (0.05, 0.1, 0.2)

@@ -78,6 +78,8 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
+from qualityfits.moffat import SIGMA_TO_FWHM
+
 __all__ = [
     "EDGE_NSIGMA",
     "EVENT_SIGCLIP",
@@ -217,8 +219,6 @@ _FWHM_BIN_DEX: Final = 0.02
 _FWHM_WINDOW_DEX: Final = 0.06
 #: The range of FWHM it can return, pixels.
 _FWHM_RANGE: Final = (0.8, 20.0)
-#: Gaussian sigma to FWHM.
-_SIGMA_TO_FWHM: Final = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 #: 8- and 4-connectivity within each window of a stack, none across.
 _STACK_EIGHT: Final = np.zeros((3, 3, 3), dtype=bool)
@@ -406,7 +406,7 @@ def psf_core_ratio(fwhm: float) -> tuple[float, float]:
     >>> [round(r, 3) for r in psf_core_ratio(1.7)]
     [0.441, 0.192]
     """
-    sigma = fwhm / _SIGMA_TO_FWHM
+    sigma = fwhm / SIGMA_TO_FWHM
     scale = math.sqrt(2.0) * sigma
 
     def cdf(x: float) -> float:
@@ -521,7 +521,7 @@ def estimate_fwhm(
         var_x, var_y, idx = var_x[ok], var_y[ok], idx[ok]
         round_ = (np.abs(var_x - var_y)
                   < _FWHM_ROUNDNESS * 0.5 * (var_x + var_y))
-    fwhm = _SIGMA_TO_FWHM * np.sqrt(0.5 * (var_x + var_y)[round_])
+    fwhm = SIGMA_TO_FWHM * np.sqrt(0.5 * (var_x + var_y)[round_])
     idx = idx[round_]
     lo, hi = _FWHM_RANGE
     inside = (fwhm >= lo) & (fwhm <= hi)

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from qualityfits.background import sep_mask
 from qualityfits.config import QualityConfig
+from qualityfits.moffat import SIGMA_TO_FWHM
 
 FloatArray = NDArray[np.float64]
 
@@ -90,7 +91,8 @@ def configure_sep() -> None:
 def gaussian_kernel(fwhm: float, size: int = 7) -> NDArray[np.float64]:
     """Return a normalised size x size Gaussian of FWHM ``fwhm`` [px]."""
     half = size // 2
-    g = np.exp(-0.5 * (np.arange(-half, half + 1) / (fwhm / 2.3548)) ** 2)
+    sigma = fwhm / SIGMA_TO_FWHM
+    g = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     kernel = np.outer(g, g)
     return np.asarray(kernel / kernel.sum(), dtype=np.float64)
 

@@ -438,11 +438,13 @@ class ImageSource:
         How messages name the input (``"image"``, ``"flat"``, ...).
     tmpdir : Path, optional
         Where to decompress gzip files (default: the system temp dir).
-    roles : bool
+    roles : bool or sequence of HduRole
         Decide each HDU's role (`hdu_roles`): `extensions` are then the
         sky images only, `hdus` says what every HDU is, and a file with
         no sky image is refused (`NoImageDataError`).  For the image
-        assessed; a flat, mask or weight file is taken as it is.
+        assessed; a flat, mask or weight file is taken as it is.  The
+        roles themselves (the `hdus` of an earlier `ImageSource` of the
+        same file) are used as they are, not decided again.
 
     Attributes
     ----------
@@ -455,9 +457,12 @@ class ImageSource:
     """
 
     def __init__(self, image: ImageInput, *, label: str = "image",
-                 tmpdir: Path | None = None, roles: bool = False) -> None:
+                 tmpdir: Path | None = None,
+                 roles: bool | Sequence[HduRole] = False) -> None:
         self.label = label
-        self._roles = roles
+        self._roles = bool(roles)
+        self._known_roles = (None if isinstance(roles, bool)
+                             else tuple(roles))
         self.hdus: tuple[HduRole, ...] = ()
         self._tmp: Path | None = None
         self._hdul: fits.HDUList | None = None
@@ -605,13 +610,25 @@ class ImageSource:
         if not self._roles:
             return self.images
         assert self._hdul is not None
-        self.hdus = hdu_roles(self._hdul)
+        self.hdus = (hdu_roles(self._hdul) if self._known_roles is None
+                     else self._given_roles(self._known_roles))
         sky = {r.index for r in self.hdus if r.role == "sky image"}
         if not sky:
             self._count_values()
             raise NoImageDataError(
                 f"{self.display}: {no_sky_message(self.hdus)}")
         return tuple(e for e in self.images if e.index in sky)
+
+    def _given_roles(self, roles: tuple[HduRole, ...]
+                     ) -> tuple[HduRole, ...]:
+        """Check that roles handed in are one per HDU of this file."""
+        assert self._hdul is not None
+        if [r.index for r in roles] != list(range(len(self._hdul))):
+            raise InvalidParameterError(
+                f"{self.display}: the roles given are not those of its "
+                f"{len(self._hdul)} HDUs (they are for HDUs "
+                f"{[r.index for r in roles]})")
+        return roles
 
     def _count_values(self) -> None:
         """Count a lone integer mask's values on all its pixels."""

@@ -27,6 +27,9 @@ from numpy.typing import NDArray
 X0, Y0, AMP, Q11, Q12, Q22, BETA = range(7)
 NPARAM = 7
 BETA_RANGE = (1.2, 25.0)
+#: FWHM / sigma of a Gaussian profile, 2 sqrt(2 ln 2) (the Moffat's
+#: limit as beta grows): the one factor every Gaussian here uses.
+SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 FloatArray = NDArray[np.float64]
 

@@ -47,7 +47,9 @@ class ProgressEvent:
 
     ``step`` is one of the pipeline's steps
     (`qualityfits.pipeline.STEPS`), or ``"done"`` / ``"failed"`` when
-    the extension has finished.
+    the extension has finished; ``n_extensions`` is the number of
+    extensions of the whole image (a progress bar's size, known from
+    the first event).
     """
 
     extension: str
@@ -55,6 +57,7 @@ class ProgressEvent:
     step: str
     step_number: int
     n_steps: int
+    n_extensions: int
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -93,11 +96,12 @@ def internal_failure(ext: ImageExtension, why: str) -> ExtensionReport:
     )
 
 
-def _event(steps: Sequence[str], ext: ImageExtension,
+def _event(steps: Sequence[str], n_extensions: int, index: int, name: str,
            stepname: str) -> ProgressEvent:
     number = (steps.index(stepname) + 1 if stepname in steps
               else len(steps))
-    return ProgressEvent(ext.name, ext.index, stepname, number, len(steps))
+    return ProgressEvent(name, index, stepname, number, len(steps),
+                         n_extensions)
 
 
 def run_tasks(
@@ -142,7 +146,7 @@ def run_tasks(
         return prepare(task) if prepare is not None else task
 
     if jobs == 1 or len(tasks) == 1:
-        return [_run_here(ready(task), work, steps, progress)
+        return [_run_here(ready(task), work, steps, len(tasks), progress)
                 for task in tasks]
     ctx = _pool_context(work.__module__)
     events = ctx.Queue() if progress is not None else None
@@ -162,7 +166,7 @@ def run_tasks(
         # The first submission starts the workers (all of them, under
         # "fork"): before the progress thread exists.
         submit_more(pool)
-        with _progress_pump(progress, events, steps):
+        with _progress_pump(progress, events, steps, len(tasks)):
             try:
                 while pending:
                     done, _ = wait(list(pending),
@@ -180,7 +184,7 @@ def run_tasks(
 
 
 def _run_here(task: T, work: Callable[[T, Poster | None], ExtensionReport],
-              steps: Sequence[str],
+              steps: Sequence[str], n_extensions: int,
               progress: ProgressCallback | None) -> ExtensionReport:
     """Run one task in this process."""
     global _OPENMP_USED  # noqa: PLW0603 - a fact about this process
@@ -190,7 +194,8 @@ def _run_here(task: T, work: Callable[[T, Poster | None], ExtensionReport],
     if progress is not None:
         def post(stepname: str, ext: ImageExtension = task.ext) -> None:
             assert progress is not None
-            progress(_event(steps, ext, stepname))
+            progress(_event(steps, n_extensions, ext.index, ext.name,
+                            stepname))
     try:
         return work(task, post)
     except errors.QualityFitsError:
@@ -238,7 +243,8 @@ _DONE = None  # sentinel that ends the progress pump
 
 @contextmanager
 def _progress_pump(callback: ProgressCallback | None, events: Any,
-                   steps: Sequence[str]) -> Iterator[None]:
+                   steps: Sequence[str],
+                   n_extensions: int) -> Iterator[None]:
     """Deliver worker events to the callback, in order, from one thread.
 
     Every event -- steps, and "done"/"failed" -- goes through the one
@@ -259,10 +265,7 @@ def _progress_pump(callback: ProgressCallback | None, events: Any,
             if item is _DONE:
                 return
             index, name, stepname = item
-            number = (steps.index(stepname) + 1 if stepname in steps
-                      else len(steps))
-            callback(ProgressEvent(name, index, stepname, number,
-                                   len(steps)))
+            callback(_event(steps, n_extensions, index, name, stepname))
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -594,7 +594,8 @@ def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
     spreads around them is not detected.  The image keeps its
     background there (the sky map is image minus subtracted image).
     The cores of sources shaped like the PSF, whose FWHM is estimated
-    from the brightest round peaks, are never flagged.
+    from the brightest round peaks, are never flagged (unless
+    ``cr_protect_psf_cores`` is off).
     """
     if not ccd.config.cosmic_rays:
         return None
@@ -604,7 +605,8 @@ def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
     peaks = estimate_fwhm(sub, ccd.bad, saturation=saturation)
     found = find_cosmic_rays(
         sub, ccd.rms, ccd.bad, gain=ccd.gain, read_noise=ccd.read_noise,
-        saturation=saturation, psf_fwhm=peaks.fwhm)
+        saturation=saturation,
+        psf_fwhm=peaks.fwhm if ccd.config.cr_protect_psf_cores else None)
     if peaks.x.size:
         ccd.metrics["STAR_CR_FRAC"] = float(np.mean(_core_hit(
             found.mask, peaks.x.astype(np.float64),
@@ -1242,6 +1244,7 @@ def assess(
     jobs: int | None = None,
     progress: ProgressCallback | None = None,
     maps_dir: str | Path | None = None,
+    roles: Sequence[HduRole] | None = None,
 ) -> QualityReport:
     """Assess the quality of a FITS image.
 
@@ -1280,6 +1283,13 @@ def assess(
         Where the workers write each CCD's weight, flag and cosmic-ray
         maps (see `qualityfits.weights.write_map_pieces`); by default
         the maps are measured but not written.
+    roles : sequence of HduRole, optional
+        The role of every HDU of ``image``, as an `ImageSource` of it
+        opened with ``roles=True`` decided them (its ``hdus``): a caller
+        that has checked the file so hands them on, and they are not
+        decided a second time (each integer HDU's pixels are
+        looked at to tell a mask).
+        Default: decided here.
 
     Returns
     -------
@@ -1308,7 +1318,8 @@ def assess(
                        maps_dir=None if maps_dir is None else Path(maps_dir))
     name = _input_name(image)
     with ExitStack() as stack:
-        src = stack.enter_context(ImageSource(image, roles=True))
+        src = stack.enter_context(ImageSource(
+            image, roles=True if roles is None else roles))
         flat_src = (stack.enter_context(ImageSource(flat, label="flat"))
                     if flat is not None else None)
         mask_src = (stack.enter_context(ImageSource(mask, label="mask"))

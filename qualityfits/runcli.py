@@ -65,45 +65,39 @@ class RunProgress:
                          "|{bar}| {postfix} [{elapsed}<{remaining}]")
         self._image = ""
         self._ccds: set[str] = set()
+        self._image_done = 0.0  # of the current image
         self.done = 0.0  #: images done, fractions of the current one
 
-    def start(self, image: str, n_ccds: int) -> None:
-        """Begin an image of ``n_ccds`` CCDs."""
-        self._image, self._n = image, max(n_ccds, 1)
+    def start(self, image: str) -> None:
+        """Begin an image (its CCD count comes with its first event)."""
+        self._image = image
         self._ccds = set()
+        self._image_done = 0.0
         self._bar.set_postfix_str(image)
 
     def __call__(self, event: ProgressEvent) -> None:
         """Advance by a CCD as it ends (the pipeline's progress)."""
+        n_ccds = max(event.n_extensions, 1)
         if event.step in ("done", "failed") and \
                 event.extension not in self._ccds:
             self._ccds.add(event.extension)
-            self._advance(1.0 / self._n)
+            self._advance(1.0 / n_ccds)
         self._bar.set_postfix_str(
-            f"{self._image}: {len(self._ccds)}/{self._n} CCDs")
+            f"{self._image}: {len(self._ccds)}/{n_ccds} CCDs")
 
     def finish_image(self) -> None:
         """Complete the image (refused before its CCDs ended, say)."""
-        self._advance(1.0 - len(self._ccds) / self._n)
+        self._advance(1.0 - self._image_done)
 
     def _advance(self, amount: float) -> None:
-        amount = max(0.0, amount)
+        amount = max(0.0, min(amount, 1.0 - self._image_done))
+        self._image_done += amount
         self.done += amount
         self._bar.update(amount)
 
     def close(self) -> None:
         """Close the bar."""
         self._bar.close()
-
-
-def _extension_count(image: str) -> int:
-    from qualityfits.io import ImageSource  # noqa: PLC0415
-
-    try:
-        with ImageSource(image) as src:
-            return len(src.extensions)
-    except QualityFitsError:
-        return 1
 
 
 def _assess_one(image: str, outdir: Path, args: argparse.Namespace,
@@ -114,7 +108,7 @@ def _assess_one(image: str, outdir: Path, args: argparse.Namespace,
     folder = outdir / stem
     maps_dir = outdir / f".{stem}_maps.partial"
     if progress is not None:
-        progress.start(Path(image).name, _extension_count(image))
+        progress.start(Path(image).name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         report = assess(image, flat=args.flat, mask=args.mask,

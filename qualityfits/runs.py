@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -93,12 +93,13 @@ class RunExposure:
     phase: str = "COMPLETED"
     error: str = ""
     link: str = ""
-    observation: Mapping[str, Any] = field(init=False)
 
-    def __post_init__(self) -> None:
-        """Read the observation (empty without a summary)."""
-        obs = (self.summary or {}).get("observation") or {}
-        object.__setattr__(self, "observation", dict(obs))
+    @property
+    def observation(self) -> Mapping[str, Any]:
+        """When, where and how it was taken (empty without a summary)."""
+        obs: Mapping[str, Any] = (self.summary or {}).get(
+            "observation") or {}
+        return obs
 
     def median(self, metric: str, stat: str = "median") -> float:
         """Return an exposure aggregate of a metric (NaN: not measured)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pbs_bridge.jobfolder import JobFolder
 from qualityfits.errors import InvalidImageError, InvalidParameterError
 from qualityfits.fitsscan import FitsTooLargeError, scan_fits
 from qualityfits.parameters import PARAMETERS, QualityParameters
@@ -303,24 +304,24 @@ def parse_int(text: str, name: str, *,
     return value
 
 
-def install_inputs(params: JobParameters, job_dir: Path,
-                   inputs_dir: str) -> list[Parameter]:
+def install_inputs(params: JobParameters,
+                   folder: JobFolder) -> list[Parameter]:
     """Move staged uploads into the job folder; return stored parameters.
 
-    Uploads become ``inputs/<name>.fits`` (referenced, served at
+    Uploads become ``inputs/<name>/<the client's file name, made
+    safe>`` (`JobFolder.uploaded_input`; referenced, served at
     ``{job}/parameters/<name>``); URLs are kept as references; values
-    are plain.
+    are plain.  The files they replace are the caller's to remove,
+    once the job takes the new ones (`JobFolder.clear_input`).
     """
     out: list[Parameter] = []
-    target = job_dir / inputs_dir
     for name, item in params.files.items():
         if item.upload is not None:
-            target.mkdir(parents=True, exist_ok=True)
-            suffix = ".fits.gz" if item.upload.filename.endswith(".gz") \
-                else ".fits"
-            dest = target / f"{name}{suffix}"
+            dest = folder.uploaded_input(name, item.upload.filename)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(item.upload.path, dest)
-            out.append(Parameter(name, f"{inputs_dir}/{dest.name}",
+            out.append(Parameter(name,
+                                 dest.relative_to(folder.path).as_posix(),
                                  by_reference=True, is_post=True))
         elif item.url is not None:
             out.append(Parameter(name, item.url, by_reference=True))

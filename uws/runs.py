@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
+from pbs_bridge.jobfolder import uploaded_name
 from qualityfits._version import __version__
 from qualityfits.runplots import write_run_plots
 from qualityfits.runs import RunExposure
@@ -147,15 +148,16 @@ def find_run(service: JobService, owner: Identity, run_id: str) -> Run:
 def image_name(job: Job) -> str:
     """Return how a job's image is named in the run table.
 
-    An image given by URL is named by the URL's last path segment; the
-    service does not keep an uploaded file's name, so an upload is
-    named by its job.
+    An image given by URL is named by the URL's last path segment, an
+    upload by its client's file name (made safe when it was stored:
+    `pbs_bridge.jobfolder.upload_name`); an upload of a job made before
+    uploads kept their names, by its job.
     """
     image = next((p for p in job.parameters if p.name == "image"), None)
     if image is None:
         return f"no image ({job.job_id})"
     if image.is_post:
-        return f"upload {job.job_id}"
+        return uploaded_name(image.text) or f"upload {job.job_id}"
     name = unquote(urlsplit(image.text).path.rstrip("/").rsplit("/", 1)[-1])
     return name or image.text
 

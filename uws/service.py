@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pbs_bridge.jobfolder import (
-    INPUTS_DIR,
     LOG_FILE,
     RESULTS_DIR,
     Completed,
@@ -59,7 +58,16 @@ from uws.errors import (
     UsageError,
 )
 from uws.forms import Form
-from uws.model import ErrorSummary, Job, JobInfo, JobRef, Result, Step, utcnow
+from uws.model import (
+    ErrorSummary,
+    Job,
+    JobInfo,
+    JobRef,
+    Parameter,
+    Result,
+    Step,
+    utcnow,
+)
 from uws.notify import NOTIFIED, JobEnd, Notifier
 from uws.params import (
     CONTROL_PARAMETERS,
@@ -255,7 +263,7 @@ class JobService:
             job_dir = self.folder(job_id).path
             try:
                 job_dir.mkdir(parents=True)
-                stored = install_inputs(params, job_dir, INPUTS_DIR)
+                stored = install_inputs(params, self.folder(job_id))
             except OSError as exc:
                 shutil.rmtree(job_dir, ignore_errors=True)
                 raise ServiceUnavailableError(
@@ -294,8 +302,7 @@ class JobService:
             if adding:
                 self._check_stored(job.owner, adding)
             try:
-                stored = install_inputs(params, self.folder(job_id).path,
-                                        INPUTS_DIR)
+                stored = install_inputs(params, self.folder(job_id))
             except OSError as exc:
                 raise ServiceUnavailableError(
                     f"cannot write the job folder: {exc.strerror}") from exc
@@ -304,8 +311,14 @@ class JobService:
             if not self.store.set_parameters(job_id, stored,
                                              only_in=Phase.PENDING,
                                              estimate_s=estimate):
+                _drop_new_uploads(self.folder(job_id), job, stored)
                 raise InvalidPhaseError(
                     "parameters can change only while the job is PENDING")
+            # The files of the inputs given anew: only the new ones stay.
+            for param in stored:
+                if param.name in params.files:
+                    self.folder(job_id).clear_input(
+                        param.name, param.text if param.is_post else None)
             self._record_size(job_id)
             if params.email is not None:
                 self.store.update(job_id, email=params.email)
@@ -948,6 +961,15 @@ def _whose(owner: str | None) -> str:
 def _beyond(value: int, limit: int) -> bool:
     """Whether ``value`` passes ``limit`` (0: no limit)."""
     return bool(limit) and value > limit
+
+
+def _drop_new_uploads(folder: JobFolder, job: Job,
+                      stored: Sequence[Parameter]) -> None:
+    """Remove the uploads a refused change installed (the job's stay)."""
+    kept = {p.text for p in job.parameters if p.is_post}
+    for param in stored:
+        if param.is_post and param.text not in kept:
+            (folder.path / param.text).unlink(missing_ok=True)
 
 
 def _upload_bytes(params: JobParameters) -> int:

@@ -30,6 +30,7 @@ from pyramid.httpexceptions import HTTPNotFound
 from pyramid.response import Response
 from pyramid.view import exception_view_config, view_config
 
+from pbs_bridge.jobfolder import uploaded_name
 from qualityfits import presentation
 from qualityfits.grades import MEANING
 from qualityfits.parameters import PARAMETERS
@@ -243,10 +244,12 @@ def _report(request: Any, job: Job) -> dict[str, Any]:
         with contextlib.suppress(UWSError):
             error = service_of(request).error_detail(
                 job.job_id, owner_of(request))
+    image = next((p for p in job.parameters if p.name == "image"), None)
     return {"api": job_url(request, job.job_id), "error_text": error,
-            "final": job.phase in FINAL,
-            "image": next((p for p in job.parameters if p.name == "image"),
-                          None)}
+            "final": job.phase in FINAL, "image": image,
+            # The client's file name of an uploaded image, when kept.
+            "upload": (uploaded_name(image.text)
+                       if image is not None and image.is_post else None)}
 
 
 @view_config(route_name="ui_abort")

@@ -16,6 +16,8 @@ from pbs_bridge.jobfolder import (
     Vanished,
     WorkerError,
     WorkerSpec,
+    upload_name,
+    uploaded_name,
 )
 from qualityfits.manifest import Manifest, Product
 from qualityfits.parameters import QualityParameters
@@ -150,3 +152,48 @@ def test_paths_stay_inside_the_folder(folder):
     for bad in ("", "../x", ".hidden", "a/b"):
         with pytest.raises(ContractError, match="not a result id"):
             folder.thumbnail(bad)
+
+
+@pytest.mark.parametrize(("sent", "stored"), [
+    ("field.fits", "field.fits"),
+    ("../../etc/passwd", "passwd"),
+    ("..", "image.fits"),
+    ("...", "image.fits"),
+    ("", "image.fits"),
+    ("a\x00b.fits", "a_b.fits"),
+    ("a\nb\x7f.fits", "a_b_.fits"),
+    ("D:\\data\\night 2\\exp.fits.fz", "exp.fits.fz"),
+    ("-rf .fits", "rf_.fits"),
+    ("Ωmega–Ñight.fits", "_mega_Night.fits"),
+    ("夜.fits.gz", "image.fits.gz"),
+    ("z" * 10_000, "z" * 100),
+    ("é" * 500 + ".fits", "e" * 95 + ".fits"),
+    ("exp.2024-01-01.fits", "exp.2024-01-01.fits"),
+])
+def test_an_upload_is_stored_under_its_name_made_safe(folder, sent, stored):
+    path = folder.uploaded_input("image", sent)
+    assert path == folder.inputs / "image" / stored
+    assert upload_name(sent, "image") == stored
+    assert uploaded_name(path.relative_to(folder.path).as_posix()) == stored
+
+
+def test_an_upload_of_before_has_no_name():
+    assert uploaded_name("inputs/image.fits") is None
+
+
+def test_a_new_input_replaces_the_old_file(folder):
+    for old in (folder.uploaded_input("image", "first.fits"),
+                folder.uploaded_input("image", "second.fits"),
+                folder.inputs / "image.fits",
+                folder.uploaded_input("flat", "flat.fits")):
+        old.parent.mkdir(parents=True, exist_ok=True)
+        old.write_bytes(b"x")
+
+    def left():
+        return sorted(p.relative_to(folder.inputs).as_posix()
+                      for p in folder.inputs.rglob("*") if p.is_file())
+
+    folder.clear_input("image", keep="inputs/image/second.fits")
+    assert left() == ["flat/flat.fits", "image/second.fits"]
+    folder.clear_input("image")  # a URL now
+    assert left() == ["flat/flat.fits"]

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+import qualityfits.io
 from pbs_bridge.jobfolder import Progress, WorkerError, WorkerSpec
 from pbs_bridge.worker import STEP_NAMES, _quality_error, main
 from qualityfits.datasets import SimulationParams, simulate_image
@@ -173,6 +174,30 @@ class TestGoodJob:
         job, _ = good
         assert not (job / "error.json").exists()
         assert leftovers(job) == []
+
+
+def test_the_roles_are_decided_once_per_job(tmp_path, monkeypatch):
+    """The check's roles are handed to assess, not decided again."""
+    sim = simulate_image(SMALL, seed=701)
+    path = tmp_path / "two.fits"
+    fits.HDUList([fits.PrimaryHDU()] + [
+        fits.ImageHDU(sim.data, sim.header, name=f"ccd{k}")
+        for k in range(2)]).writeto(path)
+    job = make_job(tmp_path, path, ccd_jobs=1)
+    decided = []
+
+    def counted(hdul):
+        decided.append(len(hdul))
+        return real(hdul)
+
+    real = qualityfits.io.hdu_roles
+    monkeypatch.setattr(qualityfits.io, "hdu_roles", counted)
+    assert main([str(job)]) == 0
+    assert decided == [3]
+    summary = json.loads(next((job / "results").glob("*.summary.json"))
+                         .read_text())
+    assert [h["role"] for h in summary["hdus"]] == [
+        "header only", "sky image", "sky image"]
 
 
 # -- bad input -------------------------------------------------------------

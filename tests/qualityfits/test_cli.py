@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -324,5 +325,8 @@ def test_progress_bar_on_a_terminal(mef, tmp_path):
     shown = b"".join(chunks).decode(errors="replace")
     assert "field.fits:" in shown
     assert f"{3 * len(STEPS)}/{3 * len(STEPS)} steps" in shown
+    # Sized from the first event: the total never grew CCD by CCD.
+    totals = set(re.findall(r"\d+/(\d+) steps", shown))
+    assert totals == {str(3 * len(STEPS))}
     assert "writing products: archive" in shown
     assert "3 CCD done" in shown

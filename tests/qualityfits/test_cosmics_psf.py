@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from qualityfits import pipeline
 from qualityfits.background import sep_background
 from qualityfits.config import QualityConfig
 from qualityfits.cosmics import estimate_fwhm, find_cosmic_rays
@@ -175,7 +174,8 @@ def test_estimate_fwhm_without_stars() -> None:
     assert peaks.x.size == 0
 
 
-def _assessed(scene: Any) -> tuple[Any, Any]:
+def _assessed(scene: Any,
+              config: QualityConfig | None = None) -> tuple[Any, Any]:
     """Assess a scene as a CCD; return the report and its cosmic-ray map."""
     header = fits.Header({"GAIN": GAIN, "RDNOISE": 5.0,
                           "SATURATE": 60000.0})
@@ -183,7 +183,7 @@ def _assessed(scene: Any) -> tuple[Any, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = assess_extension(scene.data, header, name="sim",
-                                  maps=maps.append)
+                                  config=config, maps=maps.append)
     return report, maps[0].cosmic
 
 
@@ -204,20 +204,16 @@ def test_star_cr_frac_measures_the_cores(fwhm: float, beta: float,
     assert _events_found(cosmic, scene) >= 0.97
 
 
-def test_star_cr_frac_without_protection(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_star_cr_frac_without_protection() -> None:
     """With L.A.Cosmic's tests alone, STAR_CR_FRAC sees the flagged cores.
 
-    The finder runs without the PSF (as before issue 15) and flags
-    undersampled star cores; STAR_CR_FRAC reported 0 then.
+    ``cr_protect_psf_cores`` off, the finder runs without the PSF (as
+    before issue 15) and flags undersampled star cores; STAR_CR_FRAC
+    reported 0 then.
     """
-    def unprotected(*args: Any, **kwargs: Any) -> Any:
-        kwargs["psf_fwhm"] = None
-        return find_cosmic_rays(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "find_cosmic_rays", unprotected)
     scene = _scene(1.6, 3.0, 301)
-    report, cosmic = _assessed(scene)
+    report, cosmic = _assessed(
+        scene, QualityConfig(cr_protect_psf_cores=False))
     x, y = _clean_cores(scene, 10.0)
     truth = _core_fraction(cosmic, x, y)
     assert truth > 0.02

@@ -23,7 +23,11 @@ from testkit import shared_file
 
 from qualityfits.config import QualityConfig
 from qualityfits.datasets import SimulationParams, write_exposure
-from qualityfits.errors import NoImageDataError, ShapeMismatchError
+from qualityfits.errors import (
+    InvalidParameterError,
+    NoImageDataError,
+    ShapeMismatchError,
+)
 from qualityfits.html import write_report
 from qualityfits.io import ImageSource
 from qualityfits.parameters import QualityParameters
@@ -133,6 +137,28 @@ def test_a_mask_given_replaces_the_dq_plane(hst, tmp_path):
         assert ext.metrics["NFLAG_USERMASK"] == 0
         assert not any(n.startswith("mask: the DQ") for n in ext.notes)
         assert any(n.startswith("weight: the ERR") for n in ext.notes)
+
+
+def test_roles_handed_in_are_those_assess_decides(hst):
+    """A caller that checked the file hands its roles on: same report."""
+    path, report = hst
+    with ImageSource(path, roles=True) as src:
+        roles = src.hdus
+    given = assess(path, config=NO_CR, jobs=1, roles=roles)
+    assert given.hdus == report.hdus
+    for own, handed in zip(report.extensions, given.extensions,
+                           strict=True):
+        assert own.metrics == pytest.approx(handed.metrics, nan_ok=True)
+
+
+def test_roles_of_other_hdus_are_refused(hst):
+    path, _ = hst
+    with ImageSource(path, roles=True) as src:
+        roles = src.hdus
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "image sim_flt.fits: the roles given are not those of its 7 "
+            "HDUs (they are for HDUs [0, 1, 2])")):
+        assess(path, config=NO_CR, jobs=1, roles=roles[:3])
 
 
 def test_the_command_line_lists_every_hdu(hst, tmp_path):

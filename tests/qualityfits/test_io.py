@@ -718,6 +718,7 @@ def test_progress_steps_in_order_then_done(mef3, jobs):
         name: [*STEPS, "done"] for name in ("ccd00", "ccd01", "ccd02")}
     for event in recorder.events:
         assert event.n_steps == len(STEPS)
+        assert event.n_extensions == 3
         if event.step in STEPS:
             assert event.step_number == STEPS.index(event.step) + 1
 

@@ -21,6 +21,7 @@ from qualityfits.cli import main
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.observation import observation
 from qualityfits.parallel import ProgressEvent
+from qualityfits.pipeline import assess
 from qualityfits.runcli import RunProgress
 from qualityfits.runs import RunExposure, in_time_order, run_rows
 
@@ -181,14 +182,14 @@ def test_a_file_named_run_is_still_an_image(tmp_path, monkeypatch):
 def test_one_progress_bar_over_the_run():
     stream = io.StringIO()  # a terminal in the CLI
     bar = RunProgress(2, stream)
-    bar.start("a.fits", 2)
+    bar.start("a.fits")
     for ccd in ("ccd00", "ccd01"):
         bar(ProgressEvent(extension=ccd, index=1, step="done",
-                          step_number=0, n_steps=0))
+                          step_number=0, n_steps=0, n_extensions=2))
     bar.finish_image()
-    bar.start("b.fits", 4)
+    bar.start("b.fits")
     bar(ProgressEvent(extension="ccd00", index=1, step="failed",
-                      step_number=0, n_steps=0))
+                      step_number=0, n_steps=0, n_extensions=4))
     assert bar.done == pytest.approx(1.25)
     bar.finish_image()
     assert bar.done == pytest.approx(2.0)
@@ -196,3 +197,22 @@ def test_one_progress_bar_over_the_run():
     text = stream.getvalue()
     assert "b.fits: 1/4 CCDs" in text
     assert "100%" in text
+
+
+def test_the_run_bar_is_sized_by_the_pipeline(tmp_path):
+    """The bar learns an image's CCD count from its progress events
+    (the image is not opened a second time to count them)."""
+    path = tmp_path / "two.fits"
+    fits.HDUList([fits.PrimaryHDU()] + [
+        simulate_image(SimulationParams(shape=(384, 384), n_stars=120,
+                                        n_galaxies=20), seed=9200 + k)
+        .to_hdu(name=f"ccd{k}") for k in range(2)]).writeto(path)
+    stream = io.StringIO()
+    bar = RunProgress(1, stream)
+    bar.start("two.fits")
+    assess(path, jobs=1, progress=bar)
+    assert bar.done == pytest.approx(1.0)  # before finish_image
+    bar.finish_image()
+    assert bar.done == pytest.approx(1.0)
+    bar.close()
+    assert "two.fits: 2/2 CCDs" in stream.getvalue()

@@ -167,7 +167,7 @@ def test_a_real_image_completes_on_the_batch_system(pbs: Starter,
     assert record["JobName"] == f"qf-{job_id}"
     assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0")
     assert record["TimeLimit"] == "00:30:00"
-    size = (job_dir / "inputs" / "image.fits").stat().st_size
+    size = (job_dir / "inputs" / "image" / image.name).stat().st_size
     expected_mb = -(-(512 * 2**20 + 2 * size) // 2**20)
     assert record["MinMemoryNode"] == f"{expected_mb}M"
     assert record["StdOut"] == str(job_dir / "worker.log")

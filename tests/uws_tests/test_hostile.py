@@ -188,3 +188,50 @@ def test_a_decompression_bomb_is_refused_at_upload(start_service,
                            allow_redirects=False)
     _refused(r, 413, "IMAGE: its headers announce 1.6 GB")
     assert live.http.get(live.jobs).text.count("jobref") == 0
+
+
+# -- an upload's file name --------------------------------------------------
+@pytest.mark.parametrize(("sent", "stored"), [
+    ("../../../etc/passwd.fits", "passwd.fits"),
+    ("C:\\Users\\me\\night 1\\field.fits", "field.fits"),
+    ("étoile du soir.fits", "etoile_du_soir.fits"),
+    ("星.fits", "image.fits"),
+    ("x" * 300 + ".fits.gz", "x" * 92 + ".fits.gz"),
+    ("<b>alert(1)</b>.fits", "b_.fits"),  # "/" ends a path
+    ("<i>alert(1)<i>.fits", "_i_alert_1_i_.fits"),
+    (".htaccess", "htaccess"),
+])
+def test_an_upload_keeps_its_name_made_safe(live: LiveService,
+                                            sample_image: Path,
+                                            sent: str, stored: str):
+    """Stored as inputs/image/<the name made safe>, served and shown so."""
+    with sample_image.open("rb") as fh:
+        url = live.create(files={"image": (sent, fh)})
+    job_id = url.rsplit("/", 1)[1]
+    folder = live.service.job_root / job_id
+    assert [p.relative_to(live.service.job_root).as_posix()
+            for p in live.service.job_root.rglob("*") if p.is_file()] == [
+        f"{job_id}/inputs/image/{stored}"]
+    assert (folder / "inputs" / "image" / stored).read_bytes() == \
+        sample_image.read_bytes()
+    r = live.http.get(f"{url}/parameters/image")
+    assert r.status_code == 200
+    assert r.headers["Content-Disposition"] == (
+        f'inline; filename="{stored}"')
+    page = live.http.get(f"{live.url}/ui/jobs/{job_id}").text
+    assert f"uploaded file <code>{stored}</code>" in page
+
+
+def test_an_upload_named_with_a_nul_byte(live: LiveService,
+                                         sample_image: Path):
+    """A raw NUL in the part's file name (no client library sends one)."""
+    body = (b'--B\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="a\x00b.fits"\r\n'
+            b"Content-Type: application/fits\r\n\r\n"
+            + sample_image.read_bytes() + b"\r\n--B--\r\n")
+    r = _raw(live, "POST", "/jobs", body,
+             {"Content-Type": "multipart/form-data; boundary=B"})
+    assert r.status_code == 303, r.text
+    job_id = r.headers["Location"].rsplit("/", 1)[1]
+    stored = live.service.job_root / job_id / "inputs" / "image"
+    assert [p.name for p in stored.iterdir()] == ["a_b.fits"]

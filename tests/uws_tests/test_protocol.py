@@ -415,8 +415,23 @@ def test_create_with_an_upload(live: LiveService, sample_image: Path,
     assert media_type(r) == "application/fits"
     assert r.content == sample_image.read_bytes()
     assert int(r.headers["Content-Length"]) == sample_image.stat().st_size
-    stored = list((live.service.job_root / job_id_of(url)).rglob("*.fits"))
-    assert [p.name for p in stored] == ["image.fits"]  # not the client's
+    assert r.headers["Content-Disposition"] == (
+        'inline; filename="my_image.fits"')
+    folder = live.service.job_root / job_id_of(url)
+    stored = [p.relative_to(folder).as_posix()
+              for p in folder.rglob("*.fits")]
+    assert stored == ["inputs/image/my_image.fits"]  # the client's, safe
+    # Another upload replaces it, a URL too.
+    with sample_image.open("rb") as fh:
+        r = post(live.http, f"{url}/parameters", {}, "multipart",
+                 files=[("IMAGE", ("second.fits", fh))])
+    assert r.status_code == 303, r.text
+    assert [p.relative_to(folder).as_posix()
+            for p in folder.rglob("*.fits")] == ["inputs/image/second.fits"]
+    r = post(live.http, f"{url}/parameters",
+             {"IMAGE": "https://example.org/third.fits"}, "urlencoded")
+    assert r.status_code == 303, r.text
+    assert list(folder.rglob("*.fits")) == []
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)

@@ -153,13 +153,13 @@ def test_a_weight_map_is_a_file_input_like_the_flat(start_service,
     job_id = job_url.rsplit("/", 1)[1]
     stored = {p.name: p.value for p in
               live.service.store.get(job_id).parameters}
-    assert stored["weight"] == "inputs/weight.fits"
+    assert stored["weight"] == "inputs/weight/weight.fits"
     assert stored["weight_type"] == "MAP_WEIGHT"
     r = live.http.post(f"{job_url}/phase", data={"PHASE": "RUN"},
                        allow_redirects=False)
     assert r.status_code == 303
     spec = live.service.folder(job_id).read_spec()
-    assert spec.weight == "inputs/weight.fits"
+    assert spec.weight == "inputs/weight/weight.fits"
     assert live.wait_phase(job_url, {"COMPLETED", "ERROR"}) == "COMPLETED"
 
 
