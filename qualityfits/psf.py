@@ -60,6 +60,12 @@ BETA_STARS = 80
 FINE_INTEGRATION_FWHM = 4.0
 #: Iteration limit of the beta-free fit of the brightest stars.
 BETA_FREE_ITER = 200
+#: Largest radius of a PSF star's fitting stamp [px] (the stamp is 1.5
+#: times the first-guess FWHM, twice the locus r_h).  At 16 a 9.5 px
+#: PSF was fitted within 1.7 FWHM: its wings, which alone separate beta
+#: from the FWHM, were cut, beta came out 2.67 for 3 on one CCD and the
+#: FWHM -2.2 %.  24 holds 1.5 first-guess FWHM up to a 2 r_h of 16 px.
+STAMP_MAX_RADIUS = 24
 
 
 @dataclass(frozen=True)
@@ -812,7 +818,7 @@ def fit_stars(
     the model's own Poisson variance, and which stars have a cosmic ray
     on them (`residual_spikes`).
     """
-    radius = int(np.clip(np.ceil(1.5 * fwhm_guess), 4, 16))
+    radius = int(np.clip(np.ceil(1.5 * fwhm_guess), 4, STAMP_MAX_RADIUS))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
     data, usable = source_stamps(data_sub, bad, src.segmap, idx, ix, iy,
