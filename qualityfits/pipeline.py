@@ -108,6 +108,7 @@ from qualityfits.psf import (
     PsfResult,
     level_error,
     measure_psf,
+    undersampled_size,
 )
 from qualityfits.report import (
     ErrorInfo,
@@ -716,6 +717,15 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
     stars = psf.stars
     metrics["NSTAR_PSF"] = psf.n_candidates
     metrics["NSTAR_FIT"] = len(stars)
+    why = ""
+    if len(stars) < config.psf_min_stars:
+        small = undersampled_size(src, config)
+        if small is not None:
+            why = (f"the bright point sources have 2 r_h {small:.2f} px, "
+                   f"below psf_fwhm_range's {config.psf_fwhm_range[0]:g}"
+                   " px: an undersampled PSF, whose FWHM a Moffat fit "
+                   "cannot measure honestly (a 1.2 px Gaussian reads 10 %"
+                   " low, 1.4-1.6 px Airy discs 26-29 %)")
     if len(stars) == 0:
         assert ccd.header is not None
         background: Background = ccd.parts["background"]
@@ -726,8 +736,11 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
         raise errors.NoStarsError(
             f"{ccd.name}: no star usable for the PSF among {len(src)} "
             f"sources ({psf.n_candidates} bright, unflagged and "
-            "compact enough to be candidates)"
+            "compact enough to be candidates)" + (f"; {why}" if why
+                                                   else "")
         )
+    if why:
+        ccd.notes.append(f"PSF withheld: {why}")
     if ccd.saturation is None:
         src = _infer_saturation(ccd, src, psf)
     ccd.parts["psf_grid"] = psf.grid
