@@ -50,6 +50,22 @@ _PEAK_FRACTION = 0.88
 _SHARP_MARGIN = 1.6
 #: The CCD's Moffat beta is fitted on this many of the brightest stars.
 BETA_STARS = 80
+#: Below this first-guess FWHM (twice the locus r_h) [px], the stars'
+#: pixel integrals take 3 Gauss-Legendre nodes per axis instead of 2.
+#: Fitted to exact pixel integrals, 2 nodes bias beta low and the FWHM
+#: by -0.2 to -0.9 % at 1.0-2.0 px and -0.03 to -0.07 % at 3 px; 3 nodes
+#: by at most -0.12 % at 1.0 px and 0.01 % from 1.4 px (benchmarks/
+#: README.md, "PSF at undersampling").  Larger PSFs keep 2 (the fit is
+#: 2.25 times cheaper).
+FINE_INTEGRATION_FWHM = 4.0
+#: Iteration limit of the beta-free fit of the brightest stars.
+BETA_FREE_ITER = 200
+#: Largest radius of a PSF star's fitting stamp [px] (the stamp is 1.5
+#: times the first-guess FWHM, twice the locus r_h).  At 16 a 9.5 px
+#: PSF was fitted within 1.7 FWHM: its wings, which alone separate beta
+#: from the FWHM, were cut, beta came out 2.67 for 3 on one CCD and the
+#: FWHM -2.2 %.  24 holds 1.5 first-guess FWHM up to a 2 r_h of 16 px.
+STAMP_MAX_RADIUS = 24
 
 
 @dataclass(frozen=True)
@@ -791,12 +807,18 @@ def fit_stars(
     """Fit pixel-integrated Moffat profiles to the candidates.
 
     ``beta`` holds beta fixed; ``start`` gives starting parameters (in
-    the stamp frame of the rounded source centres).  Returns the fit, the
+    the stamp frame of the rounded source centres).  With beta free the
+    loop may take `BETA_FREE_ITER` iterations: a Gaussian-like core
+    (a Gaussian, an Airy disc) sends beta up a flat valley to the top of
+    its range in 60-100 iterations, and a fit stopped at 40 was counted
+    as not converged, which left the CCD's beta to one or two stars or
+    to the 3 assumed (an Airy PSF's FWHM came out -19 %, not -8 %).
+    Returns the fit, the
     image coordinates of the fitted centres, the reduced chi-square with
     the model's own Poisson variance, and which stars have a cosmic ray
     on them (`residual_spikes`).
     """
-    radius = int(np.clip(np.ceil(1.5 * fwhm_guess), 4, 16))
+    radius = int(np.clip(np.ceil(1.5 * fwhm_guess), 4, STAMP_MAX_RADIUS))
     ix = np.round(src.x[idx]).astype(np.intp)
     iy = np.round(src.y[idx]).astype(np.intp)
     data, usable = source_stamps(data_sub, bad, src.segmap, idx, ix, iy,
@@ -820,9 +842,12 @@ def fit_stars(
         usable_start = np.all(np.isfinite(start), axis=1)
         initial[usable_start] = start[usable_start]
     fixed = None if beta is None else np.full(idx.size, beta)
-    fit = moffat.fit_moffat(data, invvar, xs, ys, initial, order=2,
-                            fixed_beta=fixed)
-    model = moffat.render(fit.params, xs, ys, order=2, fast=True)
+    order = 3 if fwhm_guess < FINE_INTEGRATION_FWHM else 2
+    fit = moffat.fit_moffat(data, invvar, xs, ys, initial, order=order,
+                            fixed_beta=fixed,
+                            max_iter=40 if beta is not None
+                            else BETA_FREE_ITER)
+    model = moffat.render(fit.params, xs, ys, order=order, fast=True)
     var = sky_var + (np.maximum(model, 0.0) / gain if gain else 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2 = np.sum(np.where(usable, (data - model) ** 2 / var, 0.0),
@@ -1202,6 +1227,33 @@ def ccd_beta(fit: moffat.FitResult,
                          0.9 * moffat.BETA_RANGE[1])), err
 
 
+def undersampled_size(src: Sources, config: QualityConfig) -> float | None:
+    """Tell whether the bright point sources are below the size range.
+
+    Returns twice the median half-light radius of the unflagged, round
+    sources at S/N >= ``psf_min_snr`` whose 2 r_h lies between 0.6 and
+    1 times ``psf_fwhm_range``'s lower limit, when there are at least
+    ``few_psf_stars`` of them and more than within the range: the PSF
+    is undersampled below the limit.  None otherwise.  There a Moffat
+    fit is not honest: with the limit lowered to 1.5 px, a 1.2 px Gaussian
+    PSF reads 10 % low and 1.4-1.6 px Airy discs 26-29 %
+    (`benchmarks/README.md`), so the PSF is withheld, and this says why.
+    """
+    lo, hi = config.psf_fwhm_range
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iso_ell = (src.a - src.b) / (src.a + src.b)
+    size = 2.0 * src.r_half
+    bright = (((src.flags & REJECT_FLAGS) == 0) & np.isfinite(size)
+              & (src.snr >= config.psf_min_snr)
+              & (iso_ell <= config.psf_max_ellip))
+    below = bright & (size >= 0.6 * lo) & (size < lo)
+    within = bright & (size >= lo) & (size <= hi)
+    n_below = int(below.sum())
+    if n_below < config.few_psf_stars or n_below <= int(within.sum()):
+        return None
+    return float(np.median(size[below]))
+
+
 def measure_psf(
     data_sub: NDArray[np.float32],
     bad: NDArray[np.bool_],
@@ -1243,10 +1295,15 @@ def measure_psf(
     )
     shp = moffat.shape_from_params(fit.params)
     shift = np.hypot(xfit - src.x[first], yfit - src.y[first])
+    # A beta at the top of its range is a runaway fit, unless most stars
+    # have one: then the PSF's core is Gaussian-like, and they are it.
+    top = shp.beta >= 0.9 * moffat.BETA_RANGE[1]
+    gaussian_like = bool(fit.converged.any()) and bool(
+        np.median(shp.beta[fit.converged]) >= 0.9 * moffat.BETA_RANGE[1])
     good = (
         fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
         & (shp.fwhm >= lo) & (shp.fwhm <= hi) & (shift <= 1.5)
-        & (shp.flux > 0) & (shp.beta < 0.9 * moffat.BETA_RANGE[1])
+        & (shp.flux > 0) & (~top | gaussian_like)
         & ~spiked
     )
     good, _ = compact_clip(xfit, yfit, shp.fwhm, src.snr[first], good,
