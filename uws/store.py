@@ -69,7 +69,7 @@ class JSONText(sa.types.TypeDecorator[Any]):
 
 #: The Alembic revision (uws/migrations/versions) that `metadata`
 #: describes: the store works on a database at this revision only.
-SCHEMA_REVISION: Final = "0003"
+SCHEMA_REVISION: Final = "0004"
 
 #: What an operator runs to bring a database to `SCHEMA_REVISION`.
 UPGRADE_COMMAND: Final = "alembic -c development.ini upgrade head"
@@ -107,6 +107,10 @@ jobs_table = sa.Table(
     # The job list's order and columns: its pages read the index only.
     sa.Index("ix_jobs_list", "creation_time", "job_id", "phase", "run_id",
              "owner"),
+    # The same for one owner's list (revision 0004): without it, SQLite
+    # sorted the owner's every job for each page.
+    sa.Index("ix_jobs_owner_list", "owner", "creation_time", "job_id",
+             "phase", "run_id"),
     sa.Index("ix_jobs_phase", "phase"),
     sa.Index("ix_jobs_destruction", "destruction"),
 )

@@ -133,3 +133,40 @@ def test_a_filtered_list_reads_only_its_pages(start_service: Any) -> None:
            etree.fromstring(r.content).iter(f"{UWS}jobref")]
     assert ids == [f"job{i:02d}" for i in range(28, 16, -1)]
     assert queries.count == 2  # LIMIT 10, then LIMIT 2
+
+
+@pytest.mark.parametrize("owner", [None, "alice", ANY_OWNER],
+                         ids=["anonymous", "alice", "everybody"])
+def test_each_page_is_read_from_an_index_in_order(tmp_path: Any,
+                                                  owner: object) -> None:
+    """SQLite's plan of the list's queries: no sort of the owner's jobs.
+
+    Before revision 0004 an owner's list used the index on (owner,
+    phase, creation time) and sorted every job of the owner again for
+    each page (``USE TEMP B-TREE FOR ORDER BY``).
+    """
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    upgrade(url)
+    store = JobStore(url)
+    try:
+        for i in range(40):
+            _add(store, f"a{i:02d}", T0 + timedelta(seconds=i),
+                 owner=("alice", None, "bob")[i % 3])
+        sent: list[tuple[str, Any]] = []
+        sa.event.listen(store.engine, "before_cursor_execute",
+                        lambda _c, _k, sql, params, *_a:
+                        sent.append((sql, params)))
+        pages = list(store.list_pages(owner=owner, page=5))
+        assert len(pages) >= 2  # the keyset query is planned too
+        lists = [(sql, p) for sql, p in sent if "ORDER BY" in sql]
+        assert len(lists) >= 2
+        with store.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            for sql, params in lists:
+                plan = " | ".join(row[3] for row in raw.execute(
+                    f"EXPLAIN QUERY PLAN {sql}", params))
+                assert "TEMP B-TREE" not in plan, plan
+                assert "COVERING INDEX" in plan, plan
+    finally:
+        store.close()
