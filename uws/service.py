@@ -59,7 +59,16 @@ from uws.errors import (
     UsageError,
 )
 from uws.forms import Form
-from uws.model import ErrorSummary, Job, JobInfo, JobRef, Result, Step, utcnow
+from uws.model import (
+    ErrorSummary,
+    Job,
+    JobInfo,
+    JobListRow,
+    JobRef,
+    Result,
+    Step,
+    utcnow,
+)
 from uws.notify import NOTIFIED, JobEnd, Notifier
 from uws.params import (
     CONTROL_PARAMETERS,
@@ -477,14 +486,14 @@ class JobService:
         return self.store.list_jobs(owner=who, phases=phases_, after=after,
                                last=last)
 
-    def list_pages(self, owner: Identity, *,
-                   phases_: Sequence[Phase] = (),
-                   after: datetime | None = None,
-                   last: int | None = None) -> Iterator[list[JobRef]]:
-        """`list_jobs` a page at a time (`JobStore.list_pages`)."""
+    def list_rows(self, owner: Identity, *,
+                  phases_: Sequence[Phase] = (),
+                  after: datetime | None = None,
+                  last: int | None = None) -> Iterator[list[JobListRow]]:
+        """Return `list_jobs` a page at a time, as rows (`list_rows`)."""
         who: object = ANY_OWNER if owner.sees_all else owner.name
-        return self.store.list_pages(owner=who, phases=phases_, after=after,
-                                     last=last)
+        return self.store.list_rows(owner=who, phases=phases_, after=after,
+                                    last=last)
 
     def _job(self, job_id: str, owner: Identity) -> Job:
         try:

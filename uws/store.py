@@ -28,7 +28,15 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from uws.model import ErrorSummary, Job, JobInfo, JobRef, Parameter, Result
+from uws.model import (
+    ErrorSummary,
+    Job,
+    JobInfo,
+    JobListRow,
+    JobRef,
+    Parameter,
+    Result,
+)
 from uws.phases import Phase
 
 #: Constraint names as PostgreSQL gives them by default, so that a
@@ -157,6 +165,11 @@ UPDATABLE = frozenset({
 #: bound by the interpreter anyway.  benchmarks/README.md.
 LIST_READERS: Final = 2
 
+#: Length of an instant as SQLAlchemy writes it in SQLite, always with
+#: microseconds (``2026-01-02 03:04:05.123456``): `JobStore.list_rows`
+#: slices it into ISO text; another form is parsed.
+_TEXT_INSTANT: Final = 26
+
 #: Sentinel: list every owner's jobs (the reaper, the poller).
 ANY_OWNER = object()
 
@@ -252,8 +265,20 @@ def _naive(value: datetime | None) -> datetime | None:
     return value
 
 
-def _same(value: datetime) -> datetime:
-    return value
+def _stored_instant(value: str | datetime) -> datetime:
+    """Return a creation time as the list reads it, timezone-aware UTC.
+
+    SQLite's text (the list reads it as text) or PostgreSQL's naive UTC
+    datetime.
+    """
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime) -> str:
+    """Return an aware UTC instant as `uws.xml.iso` writes it."""
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -521,13 +546,48 @@ class JobStore:
         page : int, optional
             Rows per query (default `list_page`).
         """
+        for rows in self._list_rows(owner, phases, after, last, run_id,
+                                    page):
+            yield [JobRef(job_id, Phase(phase), run_id_, who,
+                          _stored_instant(when))
+                   for job_id, phase, run_id_, who, when in rows]
+
+    def list_rows(self, *, owner: object, phases: Sequence[Phase] = (),
+                  after: datetime | None = None, last: int | None = None,
+                  run_id: str | None = None,
+                  page: int | None = None) -> Iterator[list[JobListRow]]:
+        """Yield the job list as `list_pages` does, in plain tuples.
+
+        The same pages, each job a `uws.model.JobListRow` (its creation
+        time already ISO 8601 text): what the job-list document needs,
+        read without a `JobRef` or a datetime per job (a list of 10 000
+        jobs is read and written in a third of the time).  Parameters
+        as `list_pages`.
+        """
+        for rows in self._list_rows(owner, phases, after, last, run_id,
+                                    page):
+            yield [(job_id, phase, run_id_, who,
+                    f"{when[:10]}T{when[11:23]}Z"
+                    if isinstance(when, str) and len(when) == _TEXT_INSTANT
+                    else _iso(_stored_instant(when)))
+                   for job_id, phase, run_id_, who, when in rows]
+
+    def _list_rows(self, owner: object, phases: Sequence[Phase],
+                   after: datetime | None, last: int | None,
+                   run_id: str | None,
+                   page: int | None) -> Iterator[Sequence[Any]]:
+        """Yield the list's rows a page at a time (`list_pages`).
+
+        Rows of (job id, phase value, run id, owner, creation time as
+        the driver gives it: SQLite's text, PostgreSQL's naive UTC
+        datetime).
+        """
         c = jobs_table.c
         size = page or self.list_page
         created: Any = c.creation_time
-        text_times = self.engine.dialect.name == "sqlite"
-        if text_times:
+        if self.engine.dialect.name == "sqlite":
             # SQLAlchemy's reading of SQLite's text timestamps took half
-            # the time of a list: the text is parsed by fromisoformat.
+            # the time of a list: the text is parsed only where needed.
             created = sa.type_coerce(created, sa.String)
         stmt = sa.select(c.job_id, c.phase, c.run_id, c.owner, created)
         if owner is not ANY_OWNER:
@@ -553,13 +613,9 @@ class JobStore:
             with self._list_slots, self.engine.connect() as conn:
                 rows = conn.execute(query.limit(wanted)).all()
             if rows:
-                parse = datetime.fromisoformat if text_times else _same
-                refs = [JobRef(job_id, Phase(phase), run_id, who,
-                               parse(when).replace(tzinfo=UTC))
-                        for job_id, phase, run_id, who, when in rows]
-                seen = (refs[-1].creation_time.replace(tzinfo=None),
-                        refs[-1].job_id)
-                yield refs
+                seen = (_stored_instant(rows[-1][4]).replace(tzinfo=None),
+                        rows[-1][0])
+                yield rows
             if len(rows) < wanted:
                 return
             if left is not None:

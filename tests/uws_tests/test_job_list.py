@@ -26,6 +26,7 @@ from uws.model import utcnow
 from uws.phases import Phase
 from uws.schema import upgrade
 from uws.store import ANY_OWNER, JobStore, NewJob
+from uws.xml import iso
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -73,6 +74,26 @@ def test_pages_list_every_job_once_newest_first(store: JobStore) -> None:
     assert store.list_jobs(owner="alice")[0].job_id == "alices"
     # No job: no page.
     assert list(store.list_pages(owner="bob")) == []
+    # The rows of the job-list document: the same jobs, pages and times.
+    rows = list(store.list_rows(owner=None, page=3))
+    assert rows == [[(ref.job_id, ref.phase.value, ref.run_id, ref.owner,
+                      iso(ref.creation_time)) for ref in p] for p in pages]
+    assert rows[1][2][4] == "2026-12-01T12:00:00.123Z"
+
+
+def test_rows_carry_every_instant_as_iso_text(store: JobStore) -> None:
+    # Whole seconds, sub-millisecond digits (truncated, as `iso` does),
+    # the turn of a year.
+    times = [datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC),
+             datetime(2026, 12, 1, 12, 0, 0, 999999, tzinfo=UTC),
+             datetime(2026, 12, 31, 23, 59, 59, 1000, tzinfo=UTC)]
+    for i, when in enumerate(times):
+        _add(store, f"t{i}", when, owner="carol")
+    rows = [row for page in store.list_rows(owner="carol") for row in page]
+    assert [row[4] for row in rows] == ["2026-12-31T23:59:59.001Z",
+                                        "2026-12-01T12:00:00.999Z",
+                                        "2026-12-01T12:00:00.000Z"]
+    assert [row[4] for row in rows] == [iso(t) for t in reversed(times)]
 
 
 class _Queries:
