@@ -508,16 +508,19 @@ class JobStore:
     def list_jobs(self, *, owner: object, phases: Sequence[Phase] = (),
                   after: datetime | None = None,
                   last: int | None = None,
-                  run_id: str | None = None) -> list[JobRef]:
+                  run_id: str | None = None,
+                  before: tuple[datetime, str] | None = None,
+                  ) -> list[JobRef]:
         """List jobs, newest first (`list_pages`, all pages at once)."""
         return [ref for page in self.list_pages(
             owner=owner, phases=phases, after=after, last=last,
-            run_id=run_id)
+            run_id=run_id, before=before)
             for ref in page]
 
     def list_pages(self, *, owner: object, phases: Sequence[Phase] = (),
                    after: datetime | None = None, last: int | None = None,
                    run_id: str | None = None,
+                   before: tuple[datetime, str] | None = None,
                    page: int | None = None) -> Iterator[list[JobRef]]:
         """Yield the job list, newest first, a page at a time.
 
@@ -543,11 +546,16 @@ class JobStore:
             Only the ``last`` most recent of those.
         run_id : str, optional
             Only the jobs of this run (RUNID).
+        before : (datetime, str), optional
+            Only the jobs after this (creation time, job id) in the
+            list's order (older, or as old with a smaller id): the list
+            that follows a job shown last (the web page's next page),
+            whether that job still exists or not.
         page : int, optional
             Rows per query (default `list_page`).
         """
         for rows in self._list_rows(owner, phases, after, last, run_id,
-                                    page):
+                                    before, page):
             yield [JobRef(job_id, Phase(phase), run_id_, who,
                           _stored_instant(when))
                    for job_id, phase, run_id_, who, when in rows]
@@ -565,7 +573,7 @@ class JobStore:
         as `list_pages`.
         """
         for rows in self._list_rows(owner, phases, after, last, run_id,
-                                    page):
+                                    None, page):
             yield [(job_id, phase, run_id_, who,
                     f"{when[:10]}T{when[11:23]}Z"
                     if isinstance(when, str) and len(when) == _TEXT_INSTANT
@@ -574,7 +582,7 @@ class JobStore:
 
     def _list_rows(self, owner: object, phases: Sequence[Phase],
                    after: datetime | None, last: int | None,
-                   run_id: str | None,
+                   run_id: str | None, before: tuple[datetime, str] | None,
                    page: int | None) -> Iterator[Sequence[Any]]:
         """Yield the list's rows a page at a time (`list_pages`).
 
@@ -603,7 +611,7 @@ class JobStore:
             stmt = stmt.where(c.run_id == run_id)
         stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
         left = last
-        seen: tuple[datetime, str] | None = None
+        seen = None if before is None else (_naive(before[0]), before[1])
         while left is None or left > 0:
             query = stmt
             if seen is not None:
