@@ -127,13 +127,20 @@ def test_the_list_is_written_as_it_is_read(start_service: Any) -> None:
     assert head.startswith(b"<?xml")
     assert first.count(b"<uws:jobref ") == 10
     assert queries.count == 1  # nothing more read yet
-    # The oldest job goes now: the page that holds it is still to come.
+    # The oldest job goes now, another changes phase (the pages that
+    # hold them are still to come) and a new one comes (newer than all).
     live.service.delete("job00", ANONYMOUS)
+    store.transition("job03", [Phase.PENDING], Phase.ABORTED)
+    _add(store, "newest", utcnow())
     rest = b"".join(pieces)
     assert queries.count == 3  # 10 + 10 + 4 rows
     root = etree.fromstring(head + first + rest)
     listed = [ref.get("id") for ref in root.iter(f"{UWS}jobref")]
     assert listed == [f"job{i:02d}" for i in reversed(range(1, 25))]
+    phases = {ref.get("id"): ref.findtext(f"{UWS}phase")
+              for ref in root.iter(f"{UWS}jobref")}
+    assert phases["job03"] == "ABORTED"
+    assert set(phases.values()) == {"PENDING", "ABORTED"}
     if (SCHEMAS / "UWS.xsd").exists():
         schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "UWS.xsd")))
         schema.assertValid(root)
