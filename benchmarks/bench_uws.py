@@ -82,6 +82,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -1406,6 +1407,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="with --list-jobs: lists at once (default 20)")
     parser.add_argument("--list-rounds", type=int, default=3,
                         help="with --list-jobs: rounds (default 3)")
+    parser.add_argument("--list-reuse", type=Path, default=None,
+                        metavar="DIR",
+                        help="with --list-jobs: the filled database and "
+                             "job folders are copied from DIR when it "
+                             "has them (same N and --seed wanted), else "
+                             "filled and copied there for the next run")
     return parser
 
 
@@ -1709,6 +1716,36 @@ def summarise_fair(fig: dict[str, Any], args: argparse.Namespace,
 TARGET_LIST_ALL_S = 2.0
 
 
+def _list_database(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Fill ``work``'s database for `list_jobs_only`, or copy a kept one.
+
+    With ``--list-reuse DIR``: copied from DIR when DIR holds one (each
+    run starts from the same jobs; migrated to the schema's head), else
+    filled and copied to DIR.
+    """
+    keep = args.list_reuse
+    saved = None if keep is None else keep / "jobs.sqlite"
+    if saved is not None and saved.exists():
+        print(f"copying the database of {keep} ...", flush=True)
+        shutil.copy2(saved, work / "jobs.sqlite")
+        shutil.copytree(keep / "jobs", work / "jobs")
+        upgrade(f"sqlite:///{work / 'jobs.sqlite'}")  # if kept by an older
+        with contextlib.closing(sqlite3.connect(work / "jobs.sqlite")) as db:
+            n = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        return {"jobs": n, "reused": str(keep)}
+    print(f"filling the database with {args.list_jobs} jobs ...",
+          flush=True)
+    db = fill_database(f"sqlite:///{work / 'jobs.sqlite'}", work / "jobs",
+                       args.list_jobs, args.seed)
+    print(f"  {db['jobs']} jobs in {db['seconds']:.0f} s", flush=True)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / "jobs.sqlite", keep / "jobs.sqlite.part")
+        shutil.copytree(work / "jobs", keep / "jobs", dirs_exist_ok=True)
+        (keep / "jobs.sqlite.part").rename(keep / "jobs.sqlite")
+    return db
+
+
 def list_jobs_only(args: argparse.Namespace, work: Path) -> int:
     """``--list-jobs N``: concurrent unfiltered job lists, and memory.
 
@@ -1719,11 +1756,7 @@ def list_jobs_only(args: argparse.Namespace, work: Path) -> int:
     16); the server's RSS before the rounds, its peak during them
     (VmHWM, reset first) and its RSS 2 s after the last.
     """
-    print(f"filling the database with {args.list_jobs} jobs ...",
-          flush=True)
-    db = fill_database(f"sqlite:///{work / 'jobs.sqlite'}", work / "jobs",
-                       args.list_jobs, args.seed)
-    print(f"  {db['jobs']} jobs in {db['seconds']:.0f} s", flush=True)
+    db = _list_database(args, work)
     worker = work / "short_job.sh"
     worker.write_text(WORKER_SCRIPT.replace("@SECONDS@", str(SHORT_JOB_S)))
     port = free_port()

@@ -17,6 +17,7 @@ from pyramid.config import Configurator
 
 from pbs_bridge.runner import runner_class
 from uws.auth import make_policy
+from uws.memory import return_large_blocks
 from uws.runs_views import RUN_ROUTES
 from uws.security import TWEEN_OVER
 from uws.service import JobService
@@ -102,6 +103,7 @@ def main(global_config: dict[str, Any], **settings: Any) -> Any:
         if made.switch_interval > 0:
             # The served process only (tests build apps with make_app).
             sys.setswitchinterval(made.switch_interval)
+        return_large_blocks()  # the served process only, likewise
         return make_app(made)
     except (SettingsError, SchemaError) as exc:
         raise SystemExit(f"qualityfits-uws: cannot start: {exc}") from None

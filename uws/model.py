@@ -105,6 +105,14 @@ class JobInfo:
     cpu_s: float | None = None
 
 
+#: A job as the job-list document writes it, in the form cheapest to
+#: write: (job id, phase, runId, ownerId, creationTime), the phase as
+#: its value and the creation time as `uws.xml.iso` writes it
+#: (``2026-01-02T03:04:05.123Z``).  `uws.store.JobStore.list_rows`
+#: reads them without a `JobRef` or a datetime per job.
+JobListRow = tuple[str, str, str | None, str | None, str]
+
+
 @dataclass(frozen=True)
 class JobRef:
     """A job as the job list shows it (``<uws:jobref>``)."""

@@ -62,6 +62,7 @@ from uws.model import (
     ErrorSummary,
     Job,
     JobInfo,
+    JobListRow,
     JobRef,
     Parameter,
     Result,
@@ -483,21 +484,27 @@ class JobService:
             self._cache.pop(job_id, None)
 
     def list_jobs(self, owner: Identity, *, phases_: Sequence[Phase] = (),
-             after: datetime | None = None,
-             last: int | None = None) -> list[JobRef]:
-        """List the caller's jobs (every job in anonymous mode)."""
+                  after: datetime | None = None,
+                  last: int | None = None,
+                  before: tuple[datetime, str] | None = None,
+                  ) -> list[JobRef]:
+        """List the caller's jobs (every job in anonymous mode).
+
+        ``before``: only those after this (creation time, job id) in the
+        list's order (`JobStore.list_pages`).
+        """
         who: object = ANY_OWNER if owner.sees_all else owner.name
         return self.store.list_jobs(owner=who, phases=phases_, after=after,
-                               last=last)
+                                    last=last, before=before)
 
-    def list_pages(self, owner: Identity, *,
-                   phases_: Sequence[Phase] = (),
-                   after: datetime | None = None,
-                   last: int | None = None) -> Iterator[list[JobRef]]:
-        """`list_jobs` a page at a time (`JobStore.list_pages`)."""
+    def list_rows(self, owner: Identity, *,
+                  phases_: Sequence[Phase] = (),
+                  after: datetime | None = None,
+                  last: int | None = None) -> Iterator[list[JobListRow]]:
+        """Return `list_jobs` a page at a time, as rows (`list_rows`)."""
         who: object = ANY_OWNER if owner.sees_all else owner.name
-        return self.store.list_pages(owner=who, phases=phases_, after=after,
-                                     last=last)
+        return self.store.list_rows(owner=who, phases=phases_, after=after,
+                                    last=last)
 
     def _job(self, job_id: str, owner: Identity) -> Job:
         try:

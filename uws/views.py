@@ -177,7 +177,7 @@ def jobs_view(request: Any) -> Response:
         last_n = parse_int(last, "LAST")
         if last_n <= 0:
             raise UsageError(f"LAST: {last_n} must be a positive integer")
-    pages = service.list_pages(
+    pages = service.list_rows(
         owner, phases_=wanted,
         after=None if after is None else parse_instant(after, "AFTER"),
         last=last_n)

@@ -21,7 +21,7 @@ import contextlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,11 @@ from qualityfits import presentation
 from qualityfits.grades import MEANING
 from qualityfits.parameters import PARAMETERS
 from uws.auth import Identity
-from uws.errors import UnknownJobError, UWSError
+from uws.errors import UnknownJobError, UsageError, UWSError
 from uws.forms import Form
 from uws.model import Job, Result
 from uws.notify import RESULTS_PAGE
+from uws.params import parse_instant
 from uws.phases import FINAL, Phase
 from uws.runs import check_run_id, run_page_path
 from uws.security import TOKEN_FIELD, check_token, form_token
@@ -69,6 +70,8 @@ WEB_ROUTES = (
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
+#: Jobs per page of the job list (`jobs_page`).
+JOBS_PER_PAGE = 100
 #: Width of a picture's thumbnail [pixels].
 THUMB_WIDTH = 480
 #: The result whose numbers the per-CCD table shows (``<stem>.summary.json``).
@@ -418,17 +421,46 @@ def page_error_view(exc: UWSError, request: Any) -> Response:
 # -- lists and look-up -------------------------------------------------
 @view_config(route_name="ui_jobs")
 def jobs_page(request: Any) -> Response:
-    """List the caller's jobs, newest first, filtered by phase."""
+    """List the caller's jobs, newest first, filtered by phase.
+
+    A page at a time (`JOBS_PER_PAGE`): an "Older jobs" link goes on
+    after the last job shown (``before`` its creation time to the
+    microsecond and ``before_job`` its id: the next page is right even
+    when jobs come and go in between).
+    """
     allow_methods(request, "GET", "HEAD")
     query = form_of(request, body=False)
     wanted = (query.single("phase") or "").strip()
     phases = [parse_phase(wanted, "phase")] if wanted else []
+    before = _list_cursor(query.single("before"), query.single("before_job"))
     refs = service_of(request).list_jobs(owner_of(request),
-                                         phases_=phases, last=500)
+                                         phases_=phases, before=before,
+                                         last=JOBS_PER_PAGE + 1)
+    older = None
+    if len(refs) > JOBS_PER_PAGE:
+        refs = refs[:JOBS_PER_PAGE]
+        last = refs[-1]
+        when = last.creation_time.astimezone(UTC)
+        older = {**({"phase": wanted} if wanted else {}),
+                 "before": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                 "before_job": last.job_id}
     return render(request, "jobs.html", refs=refs, wanted=wanted,
                   phases=[p.value for p in Phase if p is not
                           Phase.ARCHIVED],
-                  deleted=bool(query.single("deleted")))
+                  deleted=bool(query.single("deleted")),
+                  older=older, newest=before is None)
+
+
+def _list_cursor(before: str | None,
+                 before_job: str | None) -> tuple[datetime, str] | None:
+    """Return where a page of the job list starts (None: the newest)."""
+    if before is None and before_job is None:
+        return None
+    if before is None or not before_job:
+        raise UsageError("before and before_job go together: the creation "
+                         "time and the id of the job shown last (the "
+                         '"Older jobs" link gives both)')
+    return parse_instant(before, "before"), before_job
 
 
 @view_config(route_name="ui_check")

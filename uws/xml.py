@@ -50,7 +50,15 @@ from urllib.parse import quote
 from lxml import etree
 from lxml.builder import ElementMaker
 
-from uws.model import ErrorSummary, Job, JobInfo, JobRef, Parameter, Result
+from uws.model import (
+    ErrorSummary,
+    Job,
+    JobInfo,
+    JobListRow,
+    JobRef,
+    Parameter,
+    Result,
+)
 
 __all__ = [
     "QF_NS",
@@ -334,7 +342,9 @@ def job_list_document(jobs: Sequence[JobRef], jobs_url: str) -> bytes:
     bytes
         UTF-8 XML with declaration (`job_list_chunks`, joined).
     """
-    return b"".join(job_list_chunks([jobs], jobs_url))
+    rows = [(ref.job_id, ref.phase.value, ref.run_id, ref.owner,
+             iso(ref.creation_time)) for ref in jobs]
+    return b"".join(job_list_chunks([rows], jobs_url))
 
 
 #: The job list's start and end (`job_list_chunks`).
@@ -352,26 +362,27 @@ _PLAIN_ID: Final = re.compile(r"[A-Za-z0-9_.~-]+\Z")
 #: Text that needs no escape (nor a U+FFFD).
 _PLAIN_TEXT: Final = re.compile(
     '[^&<>"\x00-\x1f\ud800-\udfff\ufffe\uffff]*\\Z')
+_NIL_OWNER: Final = '    <uws:ownerId xsi:nil="true"/>\n'
 
 
-def job_list_chunks(pages: Iterable[Sequence[JobRef]],
+def job_list_chunks(pages: Iterable[Sequence[JobListRow]],
                     jobs_url: str) -> Iterator[bytes]:
     """Yield the ``<uws:jobs>`` document a page of jobs at a time.
 
     The document of `job_list_document`, written as it is read (a
-    response's ``app_iter``): the start, one piece per page of
-    ``pages`` (`uws.store.JobStore.list_pages`), the end.  A list of
+    response's ``app_iter``): the start, the pieces of each page of
+    ``pages`` (`uws.store.JobStore.list_rows`), the end.  A list of
     any length thus costs the memory of one page.  The small
     ``<uws:jobref>`` elements are written as text here, escaped like
     lxml does, rather than built as trees (a tree per job took ~40 µs,
     ten times the text; benchmarks/README.md): the one place of this
     module that writes markup itself.
     """
-    base = jobs_url.rstrip("/")
+    base = _escaped(jobs_url.rstrip("/"))  # an attribute's text
     yield _JOBS_HEAD
     for page in pages:
         for start in range(0, len(page), _PIECE):
-            yield "".join([_jobref(ref, base) for ref
+            yield "".join([_jobref(row, base) for row
                            in page[start:start + _PIECE]]).encode()
     yield _JOBS_TAIL
 
@@ -383,20 +394,20 @@ def _escaped(text: str) -> str:
     return _text(text).translate(_ESCAPE)
 
 
-def _jobref(ref: JobRef, base: str) -> str:
-    job_id = ref.job_id
-    plain = _PLAIN_ID.match(job_id)
-    href = f"{base}/{job_id if plain else _segment(job_id)}"
-    run_id = ("" if ref.run_id is None else
-              f"    <uws:runId>{_escaped(ref.run_id)}</uws:runId>\n")
-    owner = ('    <uws:ownerId xsi:nil="true"/>\n' if ref.owner is None
-             else f"    <uws:ownerId>{_escaped(ref.owner)}</uws:ownerId>\n")
-    return (f'  <uws:jobref id="{job_id if plain else _escaped(job_id)}" '
-            f'xlink:href="{_escaped(href)}">\n'
-            f"    <uws:phase>{ref.phase.value}</uws:phase>\n"
-            f"{run_id}{owner}"
-            f"    <uws:creationTime>{iso(ref.creation_time)}"
-            "</uws:creationTime>\n"
+def _jobref(row: JobListRow, base: str) -> str:
+    """Return one ``<uws:jobref>``; ``base``: the list's URL, escaped."""
+    job_id, phase, run_id, owner, created = row
+    if _PLAIN_ID.match(job_id):
+        head = f'  <uws:jobref id="{job_id}" xlink:href="{base}/{job_id}">\n'
+    else:  # the segment is percent-encoded: nothing to escape
+        head = (f'  <uws:jobref id="{_escaped(job_id)}" '
+                f'xlink:href="{base}/{_segment(job_id)}">\n')
+    return (f"{head}    <uws:phase>{phase}</uws:phase>\n"
+            + ("" if run_id is None else
+               f"    <uws:runId>{_escaped(run_id)}</uws:runId>\n")
+            + (_NIL_OWNER if owner is None else
+               f"    <uws:ownerId>{_escaped(owner)}</uws:ownerId>\n")
+            + f"    <uws:creationTime>{created}</uws:creationTime>\n"
             "  </uws:jobref>\n")
 
 

@@ -26,6 +26,7 @@ from uws.model import utcnow
 from uws.phases import Phase
 from uws.schema import upgrade
 from uws.store import ANY_OWNER, JobStore, NewJob
+from uws.xml import iso
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -73,6 +74,26 @@ def test_pages_list_every_job_once_newest_first(store: JobStore) -> None:
     assert store.list_jobs(owner="alice")[0].job_id == "alices"
     # No job: no page.
     assert list(store.list_pages(owner="bob")) == []
+    # The rows of the job-list document: the same jobs, pages and times.
+    rows = list(store.list_rows(owner=None, page=3))
+    assert rows == [[(ref.job_id, ref.phase.value, ref.run_id, ref.owner,
+                      iso(ref.creation_time)) for ref in p] for p in pages]
+    assert rows[1][2][4] == "2026-12-01T12:00:00.123Z"
+
+
+def test_rows_carry_every_instant_as_iso_text(store: JobStore) -> None:
+    # Whole seconds, sub-millisecond digits (truncated, as `iso` does),
+    # the turn of a year.
+    times = [datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC),
+             datetime(2026, 12, 1, 12, 0, 0, 999999, tzinfo=UTC),
+             datetime(2026, 12, 31, 23, 59, 59, 1000, tzinfo=UTC)]
+    for i, when in enumerate(times):
+        _add(store, f"t{i}", when, owner="carol")
+    rows = [row for page in store.list_rows(owner="carol") for row in page]
+    assert [row[4] for row in rows] == ["2026-12-31T23:59:59.001Z",
+                                        "2026-12-01T12:00:00.999Z",
+                                        "2026-12-01T12:00:00.000Z"]
+    assert [row[4] for row in rows] == [iso(t) for t in reversed(times)]
 
 
 class _Queries:
@@ -106,13 +127,20 @@ def test_the_list_is_written_as_it_is_read(start_service: Any) -> None:
     assert head.startswith(b"<?xml")
     assert first.count(b"<uws:jobref ") == 10
     assert queries.count == 1  # nothing more read yet
-    # The oldest job goes now: the page that holds it is still to come.
+    # The oldest job goes now, another changes phase (the pages that
+    # hold them are still to come) and a new one comes (newer than all).
     live.service.delete("job00", ANONYMOUS)
+    store.transition("job03", [Phase.PENDING], Phase.ABORTED)
+    _add(store, "newest", utcnow())
     rest = b"".join(pieces)
     assert queries.count == 3  # 10 + 10 + 4 rows
     root = etree.fromstring(head + first + rest)
     listed = [ref.get("id") for ref in root.iter(f"{UWS}jobref")]
     assert listed == [f"job{i:02d}" for i in reversed(range(1, 25))]
+    phases = {ref.get("id"): ref.findtext(f"{UWS}phase")
+              for ref in root.iter(f"{UWS}jobref")}
+    assert phases["job03"] == "ABORTED"
+    assert set(phases.values()) == {"PENDING", "ABORTED"}
     if (SCHEMAS / "UWS.xsd").exists():
         schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "UWS.xsd")))
         schema.assertValid(root)
@@ -133,3 +161,40 @@ def test_a_filtered_list_reads_only_its_pages(start_service: Any) -> None:
            etree.fromstring(r.content).iter(f"{UWS}jobref")]
     assert ids == [f"job{i:02d}" for i in range(28, 16, -1)]
     assert queries.count == 2  # LIMIT 10, then LIMIT 2
+
+
+@pytest.mark.parametrize("owner", [None, "alice", ANY_OWNER],
+                         ids=["anonymous", "alice", "everybody"])
+def test_each_page_is_read_from_an_index_in_order(tmp_path: Any,
+                                                  owner: object) -> None:
+    """SQLite's plan of the list's queries: no sort of the owner's jobs.
+
+    Before revision 0004 an owner's list used the index on (owner,
+    phase, creation time) and sorted every job of the owner again for
+    each page (``USE TEMP B-TREE FOR ORDER BY``).
+    """
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    upgrade(url)
+    store = JobStore(url)
+    try:
+        for i in range(40):
+            _add(store, f"a{i:02d}", T0 + timedelta(seconds=i),
+                 owner=("alice", None, "bob")[i % 3])
+        sent: list[tuple[str, Any]] = []
+        sa.event.listen(store.engine, "before_cursor_execute",
+                        lambda _c, _k, sql, params, *_a:
+                        sent.append((sql, params)))
+        pages = list(store.list_pages(owner=owner, page=5))
+        assert len(pages) >= 2  # the keyset query is planned too
+        lists = [(sql, p) for sql, p in sent if "ORDER BY" in sql]
+        assert len(lists) >= 2
+        with store.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            for sql, params in lists:
+                plan = " | ".join(row[3] for row in raw.execute(
+                    f"EXPLAIN QUERY PLAN {sql}", params))
+                assert "TEMP B-TREE" not in plan, plan
+                assert "COVERING INDEX" in plan, plan
+    finally:
+        store.close()

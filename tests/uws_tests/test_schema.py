@@ -305,7 +305,7 @@ def test_alembic_command_migrates_the_database_of_the_ini(
     upgraded = _alembic(ini, "upgrade", "head")
     assert upgraded.returncode == 0, upgraded.stderr
     assert "Running upgrade  -> 0001" in upgraded.stderr
-    assert f"Running upgrade 0002 -> {schema.HEAD}" in upgraded.stderr
+    assert f"Running upgrade 0003 -> {schema.HEAD}" in upgraded.stderr
     assert schema.revision_of(url) == schema.HEAD
     checked = _alembic(ini, "check")
     assert checked.returncode == 0, checked.stderr

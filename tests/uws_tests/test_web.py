@@ -14,6 +14,7 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ from astropy.io import fits
 from smtpkit import SmtpServer
 from testkit import require_tool, shared_file
 from uwskit import LiveService, wait_for
+
+from uws.auth import ANONYMOUS
+from uws.model import utcnow
+from uws.phases import Phase
+from uws.store import NewJob
 
 ARTEFACTS = Path(__file__).resolve().parents[2] / "build" / \
     "test-artefacts" / "web"
@@ -250,6 +256,64 @@ def test_an_over_limit_file_is_refused_before_upload(
     assert posted == []
     assert live.service.store.count() == 0
     shot(page, "6-over-limit")
+
+
+def test_the_job_list_goes_a_page_at_a_time(start_service: Starter,
+                                            page: Any) -> None:
+    """230 jobs: pages of 100 with an "Older jobs" link (issue 16).
+
+    Ten jobs share one creation time across the first page's end; jobs
+    deleted and aborted between two pages, the phase filter kept.
+    """
+    live = start_service()
+    store = live.service.store
+    now = utcnow()
+    for i in range(230):
+        # j125-j134 created at one instant (the first page ends at j130).
+        age = 230 - (125 if 125 <= i < 135 else i)
+        created = now - timedelta(seconds=age)
+        store.create(NewJob(
+            job_id=f"j{i:03d}", owner=None, run_id=None,
+            creation_time=created, execution_duration=60,
+            destruction=created + timedelta(days=30), parameters=()))
+
+    def shown() -> list[str]:
+        return page.locator("#jobs tbody code").all_inner_texts()
+
+    page.goto(f"{live.url}/ui/jobs")
+    first = shown()
+    assert first == [f"j{i:03d}" for i in range(229, 129, -1)]
+    assert page.locator("#newest").count() == 0
+    shot(page, "8b-job-list-pages")
+    # Between two pages: the job shown last and the next one go.
+    live.service.delete("j130", ANONYMOUS)
+    live.service.delete("j129", ANONYMOUS)
+    page.click("#older")
+    assert shown() == [f"j{i:03d}" for i in range(128, 28, -1)]
+    page.click("#older")
+    assert shown() == [f"j{i:03d}" for i in range(28, -1, -1)]
+    assert page.locator("#older").count() == 0
+    page.click("#newest")
+    assert shown() == [f"j{i:03d}" for i in range(229, 130, -1)] + ["j128"]
+    # Filtered by phase: the link keeps the filter.
+    for job_id in ("j200", "j100", "j005"):
+        store.transition(job_id, [Phase.PENDING], Phase.ABORTED)
+    page.goto(f"{live.url}/ui/jobs?phase=PENDING")
+    seen = shown()
+    while page.locator("#older").count():
+        assert "phase=PENDING" in page.get_attribute("#older", "href")
+        page.click("#older")
+        seen += shown()
+    assert seen == [f"j{i:03d}" for i in range(229, -1, -1)
+                    if i not in (130, 129, 200, 100, 5)]
+    # A cursor that is not one: a page saying why.
+    answer = page.goto(f"{live.url}/ui/jobs?before=yesterday&before_job=j1")
+    assert answer.status == 400
+    assert "before: 'yesterday' is not an ISO 8601 instant" in \
+        page.inner_text("main")
+    answer = page.goto(f"{live.url}/ui/jobs?before_job=j1")
+    assert answer.status == 400
+    assert "before and before_job go together" in page.inner_text("main")
 
 
 def test_job_list_check_abort_and_delete(start_service: Starter, page: Any,
