@@ -40,11 +40,15 @@ SHAPE = (1024, 1024)
 SUB = 10
 
 
-def profile(kind: str, fwhm: float,
-            r2: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Unnormalised PSF profile at squared radii ``r2`` [px²]."""
+def profile(kind: str, fwhm: float, r2: NDArray[np.float64],
+            beta: float = 3.0) -> NDArray[np.float64]:
+    """Unnormalised PSF profile at squared radii ``r2`` [px²].
+
+    ``kind``: ``moffat`` (of ``beta``), ``moffatB`` (a Moffat of beta B,
+    e.g. ``moffat1.7``), ``gauss`` or ``airy`` (FWHM 1.029 lambda/D).
+    """
     if kind.startswith("moffat"):
-        beta = float(kind[6:] or 3.0)
+        beta = float(kind[6:] or beta)
         alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
         return np.asarray((1 + r2 / alpha**2) ** -beta)
     if kind == "gauss":
@@ -56,14 +60,23 @@ def profile(kind: str, fwhm: float,
     raise SystemExit(f"unknown profile {kind!r}: moffatB, gauss, airy")
 
 
-def field(kind: str, fwhm: float, n_stars: int,
-          seed: int) -> NDArray[np.float32]:
-    """Sky, stars and noise (dN/dF ~ F^-2, flux 150 to 3e5 ADU)."""
+def field(kind: str, fwhm: float, n_stars: int, seed: int, *,
+          shape: tuple[int, int] = SHAPE, beta: float = 3.0,
+          ellipticity: float = 0.0, theta: float = 0.0,
+          ) -> NDArray[np.float32]:
+    """Sky, stars and noise (dN/dF ~ F^-2, flux 150 to 3e5 ADU).
+
+    ``ellipticity`` (A-B)/(A+B) at ``theta`` degrees: the round profile
+    of the same FWHM (the mean of the axes' FWHM) stretched by 1 + e
+    and 1 - e along the axes.
+    """
     rng = np.random.default_rng(seed)
-    ny, nx = SHAPE
-    model = np.zeros(SHAPE)
+    ny, nx = shape
+    model = np.zeros(shape)
     half = max(8, math.ceil(6 * fwhm))
     sub = (np.arange(SUB) + 0.5) / SUB - 0.5
+    cos_t = math.cos(math.radians(theta))
+    sin_t = math.sin(math.radians(theta))
     u = rng.uniform(0, 1, n_stars)
     flux = 150.0 / (1 - u * (1 - 150.0 / 3e5))
     xs = rng.uniform(5, nx - 5, n_stars)
@@ -73,10 +86,14 @@ def field(kind: str, fwhm: float, n_stars: int,
         jj, ii = np.mgrid[j0 - half:j0 + half + 1, i0 - half:i0 + half + 1]
         dy = jj[..., None, None] + sub[:, None] - y
         dx = ii[..., None, None] + sub[None, :] - x
-        stamp = profile(kind, fwhm, dx**2 + dy**2).mean(axis=(2, 3))
+        along = dx * cos_t + dy * sin_t
+        across = dy * cos_t - dx * sin_t
+        r2 = ((along / (1 + ellipticity)) ** 2
+              + (across / (1 - ellipticity)) ** 2)
+        stamp = profile(kind, fwhm, r2, beta).mean(axis=(2, 3))
         inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
         np.add.at(model, (jj[inside], ii[inside]), f * stamp[inside])
-    data = SKY + model + rng.normal(0.0, 1.0, SHAPE) * np.sqrt(
+    data = SKY + model + rng.normal(0.0, 1.0, shape) * np.sqrt(
         NOISE**2 + model / GAIN)
     return np.asarray(data, dtype=np.float32)
 

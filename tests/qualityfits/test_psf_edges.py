@@ -2,83 +2,47 @@
 
 Issue 15.
 
-The fields are drawn here, not by `qualityfits.datasets`: stars with a
-power-law flux distribution on a flat sky, each pixel the mean of the
-profile over 10 x 10 sub-pixel points (not Gauss-Legendre nodes), with
-profiles the pipeline does not model (a Gaussian, an Airy disc) beside
-Moffat ones.  Seeds differ from those the fixes were measured on
+The fields are drawn by `benchmarks/psf_edges.py`, not by
+`qualityfits.datasets`: stars with a power-law flux distribution on a
+flat sky, each pixel the mean of the profile over 10 x 10 sub-pixel
+points (not Gauss-Legendre nodes), with profiles the pipeline does not
+model (a Gaussian, an Airy disc) beside Moffat ones.  Seeds differ from those the fixes were measured on
 (`benchmarks/README.md`, "PSF at undersampling").
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from numpy.typing import NDArray
-from scipy.special import j1
 
 from qualityfits.pipeline import assess_extension
 
-SKY = 800.0
-NOISE = 12.0
-GAIN = 2.0
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+import psf_edges  # noqa: E402
+
+#: The benchmark's fields, smaller: drawn without `qualityfits.datasets`.
 SHAPE = (768, 768)
-SUB = 10
-
-
-def _profile(kind: str, fwhm: float, r2: NDArray[np.float64],
-             beta: float) -> NDArray[np.float64]:
-    if kind == "moffat":
-        alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
-        return np.asarray((1 + r2 / alpha**2) ** -beta)
-    if kind == "gauss":
-        sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
-        return np.exp(-0.5 * r2 / sigma**2)
-    # Airy disc: FWHM = 1.029 lambda/D.
-    x = np.maximum(math.pi * np.sqrt(r2) * 1.029 / fwhm, 1e-8)
-    return np.asarray((2 * j1(x) / x) ** 2)
 
 
 def _field(kind: str, fwhm: float, seed: int, *, beta: float = 3.0,
            n_stars: int = 300, ellipticity: float = 0.0,
            theta: float = 0.0) -> NDArray[np.float32]:
-    """Sky, stars and noise; ``ellipticity`` (A-B)/(A+B) at ``theta`` deg.
-
-    An elliptical profile is the round one of the same FWHM (the mean
-    of the axes' FWHM) stretched by 1 + e and 1 - e along the axes.
-    """
-    rng = np.random.default_rng(seed)
-    ny, nx = SHAPE
-    model = np.zeros(SHAPE)
-    half = max(8, math.ceil(6 * fwhm))
-    sub = (np.arange(SUB) + 0.5) / SUB - 0.5
-    cos_t, sin_t = math.cos(math.radians(theta)), math.sin(math.radians(theta))
-    u = rng.uniform(0, 1, n_stars)
-    flux = 150.0 / (1 - u * (1 - 150.0 / 3e5))  # dN/dF ~ F^-2
-    xs = rng.uniform(5, nx - 5, n_stars)
-    ys = rng.uniform(5, ny - 5, n_stars)
-    for x, y, f in zip(xs, ys, flux, strict=True):
-        i0, j0 = round(x), round(y)
-        jj, ii = np.mgrid[j0 - half:j0 + half + 1, i0 - half:i0 + half + 1]
-        dy = jj[..., None, None] + sub[:, None] - y
-        dx = ii[..., None, None] + sub[None, :] - x
-        u = dx * cos_t + dy * sin_t
-        v = dy * cos_t - dx * sin_t
-        r2 = (u / (1 + ellipticity)) ** 2 + (v / (1 - ellipticity)) ** 2
-        stamp = _profile(kind, fwhm, r2, beta).mean(axis=(2, 3))
-        inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
-        np.add.at(model, (jj[inside], ii[inside]), f * stamp[inside])
-    data = SKY + model + rng.normal(0.0, 1.0, SHAPE) * np.sqrt(
-        NOISE**2 + model / GAIN)
-    return np.asarray(data, dtype=np.float32)
+    return psf_edges.field(kind, fwhm, n_stars, seed, shape=SHAPE,
+                           beta=beta, ellipticity=ellipticity, theta=theta)
 
 
 def _assess(data: NDArray[np.float32]) -> dict[str, float]:
-    header = fits.Header({"GAIN": GAIN, "SATURATE": 1e7})
+    header = fits.Header({"GAIN": psf_edges.GAIN, "SATURATE": 1e7})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = assess_extension(data, header, name="sim")
@@ -158,7 +122,7 @@ def test_undersampled_non_moffat_psf_is_withheld_with_the_reason(
     There the bright point sources are under ``psf_fwhm_range``; with
     that limit lowered a Moffat fit reads these PSFs 10-29 % low.
     """
-    header = fits.Header({"GAIN": GAIN, "SATURATE": 1e7})
+    header = fits.Header({"GAIN": psf_edges.GAIN, "SATURATE": 1e7})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = assess_extension(_field(kind, fwhm, seed), header,
@@ -175,7 +139,7 @@ def test_undersampled_non_moffat_psf_is_withheld_with_the_reason(
 
 def test_well_sampled_fields_are_not_called_undersampled() -> None:
     """A 1.4 px Moffat (2 r_h above 2 px) gets its FWHM, no such note."""
-    header = fits.Header({"GAIN": GAIN, "SATURATE": 1e7})
+    header = fits.Header({"GAIN": psf_edges.GAIN, "SATURATE": 1e7})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = assess_extension(_field("moffat", 1.4, 89), header,
