@@ -56,7 +56,8 @@ measured, from a separate asyncio load client process
 change phase now and then (p50/p99/max of the reads, reads over 2 s),
 and 16 readers without and with the 100 WAITs in alternating pairs
 (the ratio, median and range), ``--rounds`` times; ``--server`` picks
-waitress or gunicorn (``uws/serve.py``) instead of the ini's server.
+waitress, gunicorn or granian (``uws/serve.py``) instead of the ini's
+server.
 
 The temporary folder and the server are removed at the end, even on
 failure or Ctrl-C.  With ``--profile DIR``, extra runs (not the measured
@@ -343,9 +344,10 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
     """Write ``development.ini`` with the benchmark's own settings.
 
     ``server_kind``: ``ini`` keeps the ini's server (threads set to
-    ``THREADS``); ``waitress`` and ``gunicorn`` put that server in
-    ``[server:main]`` instead (gunicorn: ``workers`` gthread processes
-    of ``THREADS`` threads).
+    ``THREADS``); ``waitress``, ``gunicorn`` and ``granian`` put that
+    server in ``[server:main]`` instead (gunicorn: ``workers`` gthread
+    processes of ``THREADS`` threads; granian: ``uws.serve``'s runner,
+    one worker of ``THREADS`` Python threads).
     """
     ini = configparser.ConfigParser(interpolation=None)
     ini.optionxform = str  # type: ignore[assignment,method-assign]
@@ -369,6 +371,8 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
         server["port"] = str(port)
         if server_kind == "waitress":
             server["max_request_body_size"] = "1700000000"
+        elif server_kind == "granian":
+            server["use"] = "call:uws.serve:granian"
         elif workers == 1:
             server["use"] = "call:uws.serve:gunicorn"
         else:
@@ -377,7 +381,7 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
             server["worker_class"] = "gthread"
             server["workers"] = str(workers)
     server["threads"] = str(THREADS)
-    if connection_limit is not None and "gunicorn" not in server["use"]:
+    if connection_limit is not None and "waitress" in server["use"]:
         server["connection_limit"] = str(connection_limit)
     for setting in extra:  # SECTION:KEY=VALUE; the section may hold ':'
         where, _, value = setting.partition("=")
@@ -1385,10 +1389,12 @@ def _parser() -> argparse.ArgumentParser:
     fair.add_argument("--churn", type=float, default=1.0,
                       help="seconds between two PHASE=RUN of a waited "
                            "job (default 1)")
-    fair.add_argument("--server", choices=("ini", "waitress", "gunicorn"),
+    fair.add_argument("--server",
+                      choices=("ini", "waitress", "gunicorn", "granian"),
                       default="ini",
                       help="the server: as development.ini says (default)"
-                           ", or waitress or gunicorn (gthread) instead")
+                           ", or waitress, gunicorn (gthread) or granian "
+                           "instead")
     fair.add_argument("--workers", type=int, default=1,
                       help="gunicorn worker processes (default 1, "
                            "uws.serve's runner; more: gunicorn's own "
