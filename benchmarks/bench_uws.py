@@ -15,10 +15,11 @@ What it does, in one command (``python benchmarks/bench_uws.py``):
    temporary ini derived from ``development.ini``: the temporary database
    and job folder, a free port, ``threads = 128``,
    ``qfits.max_running = 2``, a worker command that sleeps 1 s and
-   writes a one-product manifest, and waitress's ``connection_limit =
-   1000``: at waitress's default of 100, which ``development.ini``
-   keeps, 100 clients in WAIT hold every connection and the server
-   accepts no other; ``--connection-limit 0`` shows it).
+   writes a one-product manifest, and, served by waitress, its
+   ``connection_limit = 1000``: at waitress's default of 100, 100
+   clients in WAIT hold every connection and the server accepts no
+   other; ``--connection-limit 0`` shows it).  The server is
+   ``development.ini``'s (granian) unless ``--server`` says otherwise.
 3. From a load generator in this process (threads, one keep-alive
    ``http.client`` connection per client, on loopback, on the same
    machine: its CPU time is reported), for ``--duration`` seconds each:
@@ -435,9 +436,32 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def pid(self) -> int:
+    def main_pid(self) -> int:
+        """The ``pserve`` process (granian's or gunicorn's parent)."""
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def pid(self) -> int:
+        """The process that runs the service (its CPU, memory, files).
+
+        ``pserve`` itself (waitress), or its one worker (granian and
+        gunicorn through ``uws.serve``: a fork of it, with the same
+        command line; the job workers are other programs).
+        """
+        main = self.main_pid
+        try:
+            cmdline = Path(f"/proc/{main}/cmdline").read_bytes()
+            children = Path(f"/proc/{main}/task/{main}/children"
+                            ).read_text().split()
+        except OSError:
+            return main
+        forks = []
+        for child in children:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/cmdline").read_bytes() == cmdline:
+                    forks.append(int(child))
+        return forks[0] if len(forks) == 1 else main
 
     def start(self, timeout: float = 120.0) -> float:
         """Start the server; return the seconds until it answers."""
@@ -1574,7 +1598,8 @@ def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             phases.append({"name": "fair", "readers": args.readers,
                            "waiters": True, "think": args.think,
                            "duration": args.duration})
-            plan = {"port": port, "server_pid": server.pid, "ids": sample,
+            plan = {"port": port, "server_pid": server.main_pid,
+                    "ids": sample,
                     "seed": args.seed + k, "waiters": N_WAITERS,
                     "wait_s": WAIT_S, "churn": args.churn,
                     "phases": phases}
