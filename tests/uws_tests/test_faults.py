@@ -42,7 +42,7 @@ from uwskit import (
     wait_for,
 )
 
-from pbs_bridge.jobfolder import SPEC_FILE, WorkerSpec
+from pbs_bridge.jobfolder import LOG_FILE, SPEC_FILE, WorkerSpec
 from uws.phases import Phase
 from uws.schema import upgrade
 from uws.store import JobStore
@@ -825,6 +825,13 @@ def test_server_killed_while_jobs_run(server: ServerProcess,
         assert server.wait_phase(victim, {"EXECUTING"}) == "EXECUTING"
         assert server.phase(queued) == "QUEUED"
         pids = [backend_pid(server.job(u)) for u in (survivor, victim)]
+        # The victim has started (its first line is in its log).
+        log = server.ini.parent / "jobs" / victim.rsplit("/", 1)[1] / LOG_FILE
+        deadline = time.monotonic() + 30
+        while not (log.exists() and "delayed worker: waiting"
+                   in log.read_text()):
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
         server.kill()
         (server.ini.parent / "delay").write_text("0")  # for the queued job
         # While the service is down, one worker dies.
