@@ -15,10 +15,11 @@ What it does, in one command (``python benchmarks/bench_uws.py``):
    temporary ini derived from ``development.ini``: the temporary database
    and job folder, a free port, ``threads = 128``,
    ``qfits.max_running = 2``, a worker command that sleeps 1 s and
-   writes a one-product manifest, and waitress's ``connection_limit =
-   1000``: at waitress's default of 100, which ``development.ini``
-   keeps, 100 clients in WAIT hold every connection and the server
-   accepts no other; ``--connection-limit 0`` shows it).
+   writes a one-product manifest, and, served by waitress, its
+   ``connection_limit = 1000``: at waitress's default of 100, 100
+   clients in WAIT hold every connection and the server accepts no
+   other; ``--connection-limit 0`` shows it).  The server is
+   ``development.ini``'s (granian) unless ``--server`` says otherwise.
 3. From a load generator in this process (threads, one keep-alive
    ``http.client`` connection per client, on loopback, on the same
    machine: its CPU time is reported), for ``--duration`` seconds each:
@@ -56,7 +57,8 @@ measured, from a separate asyncio load client process
 change phase now and then (p50/p99/max of the reads, reads over 2 s),
 and 16 readers without and with the 100 WAITs in alternating pairs
 (the ratio, median and range), ``--rounds`` times; ``--server`` picks
-waitress or gunicorn (``uws/serve.py``) instead of the ini's server.
+waitress, gunicorn or granian (``uws/serve.py``) instead of the ini's
+server.
 
 The temporary folder and the server are removed at the end, even on
 failure or Ctrl-C.  With ``--profile DIR``, extra runs (not the measured
@@ -344,9 +346,10 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
     """Write ``development.ini`` with the benchmark's own settings.
 
     ``server_kind``: ``ini`` keeps the ini's server (threads set to
-    ``THREADS``); ``waitress`` and ``gunicorn`` put that server in
-    ``[server:main]`` instead (gunicorn: ``workers`` gthread processes
-    of ``THREADS`` threads).
+    ``THREADS``); ``waitress``, ``gunicorn`` and ``granian`` put that
+    server in ``[server:main]`` instead (gunicorn: ``workers`` gthread
+    processes of ``THREADS`` threads; granian: ``uws.serve``'s runner,
+    one worker of ``THREADS`` Python threads).
     """
     ini = configparser.ConfigParser(interpolation=None)
     ini.optionxform = str  # type: ignore[assignment,method-assign]
@@ -370,6 +373,8 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
         server["port"] = str(port)
         if server_kind == "waitress":
             server["max_request_body_size"] = "1700000000"
+        elif server_kind == "granian":
+            server["use"] = "call:uws.serve:granian"
         elif workers == 1:
             server["use"] = "call:uws.serve:gunicorn"
         else:
@@ -378,7 +383,7 @@ def write_ini(path: Path, *, work: Path, port: int, worker: Path,
             server["worker_class"] = "gthread"
             server["workers"] = str(workers)
     server["threads"] = str(THREADS)
-    if connection_limit is not None and "gunicorn" not in server["use"]:
+    if connection_limit is not None and "waitress" in server["use"]:
         server["connection_limit"] = str(connection_limit)
     for setting in extra:  # SECTION:KEY=VALUE; the section may hold ':'
         where, _, value = setting.partition("=")
@@ -432,9 +437,32 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
-    def pid(self) -> int:
+    def main_pid(self) -> int:
+        """The ``pserve`` process (granian's or gunicorn's parent)."""
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def pid(self) -> int:
+        """The process that runs the service (its CPU, memory, files).
+
+        ``pserve`` itself (waitress), or its one worker (granian and
+        gunicorn through ``uws.serve``: a fork of it, with the same
+        command line; the job workers are other programs).
+        """
+        main = self.main_pid
+        try:
+            cmdline = Path(f"/proc/{main}/cmdline").read_bytes()
+            children = Path(f"/proc/{main}/task/{main}/children"
+                            ).read_text().split()
+        except OSError:
+            return main
+        forks = []
+        for child in children:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/cmdline").read_bytes() == cmdline:
+                    forks.append(int(child))
+        return forks[0] if len(forks) == 1 else main
 
     def start(self, timeout: float = 120.0) -> float:
         """Start the server; return the seconds until it answers."""
@@ -1386,10 +1414,12 @@ def _parser() -> argparse.ArgumentParser:
     fair.add_argument("--churn", type=float, default=1.0,
                       help="seconds between two PHASE=RUN of a waited "
                            "job (default 1)")
-    fair.add_argument("--server", choices=("ini", "waitress", "gunicorn"),
+    fair.add_argument("--server",
+                      choices=("ini", "waitress", "gunicorn", "granian"),
                       default="ini",
                       help="the server: as development.ini says (default)"
-                           ", or waitress or gunicorn (gthread) instead")
+                           ", or waitress, gunicorn (gthread) or granian "
+                           "instead")
     fair.add_argument("--workers", type=int, default=1,
                       help="gunicorn worker processes (default 1, "
                            "uws.serve's runner; more: gunicorn's own "
@@ -1536,6 +1566,27 @@ FAIR_READERS = 200
 LOAD_CLIENT = HERE / "loadclient.py"
 
 
+def warm_up(port: int, ids: list[str]) -> float:
+    """Read each job once, one at a time; return the seconds it took.
+
+    Without it the first runs of 16 readers would meet the service's
+    caches of finished jobs (the job, its rendered document) empty,
+    and the first pair's ratio would compare a cold "without" with a
+    warmer "with".
+    """
+    client = Client(port)
+    t0 = time.perf_counter()
+    try:
+        for job_id in ids:
+            status, _, _ = client.request("GET", f"/jobs/{job_id}")
+            if status != 200:
+                msg = f"warm-up: GET /jobs/{job_id} answered {status}"
+                raise RuntimeError(msg)
+    finally:
+        client.close()
+    return time.perf_counter() - t0
+
+
 def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """``--fair``: the load client process, ``--rounds`` times.
 
@@ -1565,6 +1616,9 @@ def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
               f"{port}, answered after {started:.1f} s", flush=True)
         rng = random.Random(args.seed)  # noqa: S311
         sample = rng.sample(ids, min(len(ids), 5000))
+        fig["warmup_s"] = warm_up(port, sample)
+        print(f"warm-up: every sampled job read once ({len(sample)}, "
+              f"{fig['warmup_s']:.1f} s; not measured)", flush=True)
         for k in range(args.rounds):
             phases = [{"name": f"16{'+wait' * waiting}", "pair": j,
                        "readers": 16, "waiters": waiting, "think": 0,
@@ -1575,7 +1629,8 @@ def run_fair(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             phases.append({"name": "fair", "readers": args.readers,
                            "waiters": True, "think": args.think,
                            "duration": args.duration})
-            plan = {"port": port, "server_pid": server.pid, "ids": sample,
+            plan = {"port": port, "server_pid": server.main_pid,
+                    "ids": sample,
                     "seed": args.seed + k, "waiters": N_WAITERS,
                     "wait_s": WAIT_S, "churn": args.churn,
                     "phases": phases}

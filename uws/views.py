@@ -13,6 +13,8 @@ import itertools
 import logging
 import mimetypes
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +32,9 @@ from uws.errors import UnknownJobError, UsageError, UWSError
 from uws.forms import Form, read_form
 from uws.model import Job, Parameter
 from uws.params import parse_instant, parse_int
+from uws.phases import FINAL as FINAL_PHASES
 from uws.phases import Phase
-from uws.service import JobService, ResultFile
+from uws.service import CACHE_SIZE, JobService, ResultFile
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +226,38 @@ def job_view(request: Any) -> Response:
         job = service.wait(job_id, owner, seconds, target)
     else:
         job = service.get(job_id, owner)
-    url = job_url(request, job_id)
-    return _xml(xml.job_document(public_job(job, url), url))
+    return _xml(_job_document(job, job_url(request, job_id)))
+
+
+#: Job documents kept rendered: (job id, job URL) -> (the job, bytes).
+_documents: OrderedDict[tuple[str, str], tuple[Job, bytes]] = OrderedDict()
+_documents_lock = threading.Lock()
+
+
+def _job_document(job: Job, url: str) -> bytes:
+    """Render the job document (once for a finished job).
+
+    The service hands a finished job from its cache as the same object
+    until the job changes (destruction time, deletion:
+    `JobService.get`), and the document depends on the job and its URL
+    only: while ``job`` is that object, the bytes rendered for it are
+    served again (``CACHE_SIZE`` documents at most, as many as the
+    service's cache).  Any other job is rendered each time.
+    """
+    key = (job.job_id, url)
+    with _documents_lock:
+        kept = _documents.get(key)
+        if kept is not None and kept[0] is job:
+            _documents.move_to_end(key)
+            return kept[1]
+    body = xml.job_document(public_job(job, url), url)
+    if job.phase in FINAL_PHASES:
+        with _documents_lock:
+            _documents[key] = (job, body)
+            _documents.move_to_end(key)
+            while len(_documents) > CACHE_SIZE:
+                _documents.popitem(last=False)
+    return body
 
 
 @view_config(route_name="job_phase")

@@ -42,7 +42,7 @@ from uwskit import (
     wait_for,
 )
 
-from pbs_bridge.jobfolder import SPEC_FILE, WorkerSpec
+from pbs_bridge.jobfolder import LOG_FILE, SPEC_FILE, WorkerSpec
 from uws.phases import Phase
 from uws.schema import upgrade
 from uws.store import JobStore
@@ -651,11 +651,7 @@ qfits.poll_interval = 0.2
 qfits.reaper_interval = 3600
 qfits.worker_command = {worker}
 
-[server:main]
-use = egg:waitress#main
-listen = 127.0.0.1:{port}
-threads = 8
-
+{server}
 [loggers]
 keys = root, uws
 
@@ -683,6 +679,15 @@ formatter = generic
 [formatter_generic]
 format = %(asctime)s %(levelname)-5.5s [%(name)s] %(message)s
 """
+
+#: The ``[server:main]`` of ``INI``: waitress, or granian (``uws.serve``,
+#: one worker process under granian's main process).
+SERVERS = {
+    "waitress": ("[server:main]\nuse = egg:waitress#main\n"
+                 "listen = 127.0.0.1:{port}\nthreads = 8\n"),
+    "granian": ("[server:main]\nuse = call:uws.serve:granian\n"
+                "host = 127.0.0.1\nport = {port}\nthreads = 8\n"),
+}
 
 #: Sleeps (the seconds written in the file ``delay`` beside it), then
 #: becomes the real worker (same pid, same last argument: the job folder).
@@ -779,13 +784,19 @@ class ServerProcess:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A pserve process over a tmp job folder (started by the test)."""
+def server(tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """A pserve process over a tmp job folder (started by the test).
+
+    Served by waitress, or by the server named by an indirect parameter.
+    """
     port = free_port()
     worker = script(tmp_path, "delayed", DELAYED_WORKER)
     (tmp_path / "delay").write_text("6")
     ini = tmp_path / "service.ini"
-    ini.write_text(INI.format(root=tmp_path, port=port, worker=worker))
+    kind = getattr(request, "param", "waitress")
+    ini.write_text(INI.format(root=tmp_path, port=port, worker=worker,
+                              server=SERVERS[kind].format(port=port)))
     upgrade(f"sqlite:///{tmp_path}/jobs.sqlite")  # as scripts/serve
     process = ServerProcess(ini, port, tmp_path / "pserve.log")
     yield process
@@ -793,9 +804,13 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server", ["waitress", "granian"], indirect=True)
 def test_server_killed_while_jobs_run(server: ServerProcess,
                                       sample_image: Path):
     """Kill -9 the server with two jobs EXECUTING and one QUEUED.
+
+    Served by granian, the kill hits its main process (what pserve
+    runs); its worker, where the service is, stops with it.
 
     After the restart: the worker that ran on is re-attached and its
     job COMPLETES; the job whose worker died meanwhile ends ERROR with
@@ -810,6 +825,13 @@ def test_server_killed_while_jobs_run(server: ServerProcess,
         assert server.wait_phase(victim, {"EXECUTING"}) == "EXECUTING"
         assert server.phase(queued) == "QUEUED"
         pids = [backend_pid(server.job(u)) for u in (survivor, victim)]
+        # The victim has started (its first line is in its log).
+        log = server.ini.parent / "jobs" / victim.rsplit("/", 1)[1] / LOG_FILE
+        deadline = time.monotonic() + 30
+        while not (log.exists() and "delayed worker: waiting"
+                   in log.read_text()):
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
         server.kill()
         (server.ini.parent / "delay").write_text("0")  # for the queued job
         # While the service is down, one worker dies.

@@ -1020,6 +1020,31 @@ def test_destruction(live: LiveService, encoding: str):
         created + timedelta(seconds=settings.destruction_max))
 
 
+def test_a_finished_jobs_document_follows_its_changes(live: LiveService):
+    """A finished job's document is kept rendered, and follows changes.
+
+    The document of an ended job is served again as rendered
+    (``uws.views``), until its destruction time changes or it is
+    deleted: then the new time, or 404.
+    """
+    url = pending(live)
+    see_other(post(live.http, f"{url}/phase", {"PHASE": "ABORT"},
+                   "urlencoded"), url)
+    assert wait_final(live, url) == "ABORTED"
+    first = get(live.http, url).content
+    assert get(live.http, url).content == first
+    created = instant(get_text(live.http, f"{url}/creationTime"))
+    for days in (2, 3):
+        when = iso_ms(created + timedelta(days=days))
+        see_other(post(live.http, f"{url}/destruction",
+                       {"DESTRUCTION": when}, "urlencoded"), url)
+        assert text_of(get_xml(live.http, url), "destruction") == when
+        assert text_of(get_xml(live.http, url), "destruction") == when
+    see_other(live.http.delete(url, allow_redirects=False, timeout=TIMEOUT),
+              live.jobs)
+    refused(get(live.http, url), 404)
+
+
 # -- WAIT --------------------------------------------------------------------
 
 def timed(live: LiveService, url: str,
