@@ -6,8 +6,9 @@ The fields are drawn by `benchmarks/psf_edges.py`, not by
 `qualityfits.datasets`: stars with a power-law flux distribution on a
 flat sky, each pixel the mean of the profile over 10 x 10 sub-pixel
 points (not Gauss-Legendre nodes), with profiles the pipeline does not
-model (a Gaussian, an Airy disc) beside Moffat ones.  Seeds differ from those the fixes were measured on
-(`benchmarks/README.md`, "PSF at undersampling").
+model (a Gaussian, an Airy disc) beside Moffat ones.  Seeds differ
+from those the fixes were measured on (`benchmarks/README.md`, "PSF at
+undersampling").
 """
 
 from __future__ import annotations
