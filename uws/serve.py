@@ -45,6 +45,21 @@ log = logging.getLogger(__name__)
 FIXED = {"workers": 1, "worker_class": "gthread"}
 
 
+def _refuse_other(fixed: dict[str, Any], local_conf: dict[str, Any],
+                  what: str) -> None:
+    """Take the ``fixed`` keys out of ``local_conf``; stop on another value.
+
+    ``what`` says how the service runs ("one gunicorn process").
+    """
+    for key, value in fixed.items():
+        given = local_conf.pop(key, None)
+        if given is not None and str(given) != str(value):
+            msg = (f"qualityfits-uws: cannot start: [server:main] {key} = "
+                   f"{given}: the service runs in {what} "
+                   f"({key} = {value}; docs/service.md, 'Serving')")
+            raise SystemExit(msg)
+
+
 def gunicorn(global_conf: dict[str, Any],
              **local_conf: Any) -> Callable[[Any], None]:
     """Paste server factory: gunicorn, one ``gthread`` worker.
@@ -53,13 +68,7 @@ def gunicorn(global_conf: dict[str, Any],
     ``threads``, ``worker_connections``, ``timeout``...); ``workers``
     and ``worker_class`` other than the fixed ones are refused.
     """
-    for key, value in FIXED.items():
-        given = local_conf.pop(key, None)
-        if given is not None and str(given) != str(value):
-            msg = (f"qualityfits-uws: cannot start: [server:main] {key} = "
-                   f"{given}: the service runs in one gunicorn process "
-                   f"({key} = {value}; docs/service.md, 'Serving')")
-            raise SystemExit(msg)
+    _refuse_other(FIXED, local_conf, "one gunicorn process")
     config_file = global_conf["__file__"]
     host = local_conf.pop("host", "127.0.0.1")
     port = local_conf.pop("port", "6543")
@@ -149,13 +158,7 @@ def granian(global_conf: dict[str, Any],
     granian settings of ``GRANIAN_KEYS``; ``workers`` other than 1 and
     unknown keys are refused.
     """
-    for key, value in GRANIAN_FIXED.items():
-        given = local_conf.pop(key, None)
-        if given is not None and str(given) != str(value):
-            msg = (f"qualityfits-uws: cannot start: [server:main] {key} = "
-                   f"{given}: the service runs in one granian worker "
-                   f"({key} = {value}; docs/service.md, 'Serving')")
-            raise SystemExit(msg)
+    _refuse_other(GRANIAN_FIXED, local_conf, "one granian worker")
     config_file = global_conf["__file__"]
     host = local_conf.pop("host", "127.0.0.1")
     port = int(local_conf.pop("port", "6543"))
