@@ -40,6 +40,7 @@ from uwskit import (
     steps_of,
     text_of,
     wait_for,
+    wait_serving,
 )
 
 from pbs_bridge.jobfolder import LOG_FILE, SPEC_FILE, WorkerSpec
@@ -717,20 +718,7 @@ class ServerProcess:
                 [str(PSERVE), str(self.ini)], stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.ini.parent,
                 start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.popen.poll() is not None:
-                pytest.fail(f"pserve ended: {self.log.read_text()}")
-            try:
-                if requests.get(f"{self.url}/availability",
-                                timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"pserve does not answer: "
-                            f"{self.log.read_text()}")
-            time.sleep(0.1)
+        wait_serving(self.popen, self.url, self.log)
 
     def kill(self) -> None:
         """SIGKILL the server (workers are in their own sessions)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from lxml import etree
-from uwskit import UWS, free_port
+from uwskit import UWS, free_port, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -49,19 +49,7 @@ def test_the_port_setting_moves_the_service_and_its_links(
             stderr=subprocess.STDOUT, start_new_session=True)
     http = requests.Session()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"pserve ended: {log.read_text()}")
-            try:
-                if http.get(f"{base}/availability",
-                            timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"pserve does not answer: {log.read_text()}")
-            time.sleep(0.1)
+        wait_serving(server, base, log)
         with sample_image.open("rb") as fh:
             r = http.post(f"{base}/jobs", data={"PHASE": "RUN"},
                           files={"image": fh}, allow_redirects=False,
@@ -154,17 +142,7 @@ def test_the_service_runs_once_in_the_gunicorn_worker(tmp_path: Path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, "pserve ended"
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/availability",
-                                timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "pserve does not answer"
-            time.sleep(0.1)
+        wait_serving(server, f"http://127.0.0.1:{port}")
         children = [int(p) for p in Path(
             f"/proc/{server.pid}/task/{server.pid}/children",
         ).read_text().split()]
@@ -196,24 +174,8 @@ def _serve(ini: Path, port: int) -> subprocess.Popen[bytes]:
             [str(BIN / "pserve"), str(ini), f"http_port={port}"],
             cwd=ini.parent, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_answer(server, port, ini.parent / "pserve.log")
+    wait_serving(server, f"http://127.0.0.1:{port}", ini.parent / "pserve.log")
     return server
-
-
-def _wait_answer(server: subprocess.Popen[bytes], port: int,
-                 log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None, f"pserve ended: {log.read_text()}"
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/availability",
-                            timeout=5).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, (
-            f"pserve does not answer: {log.read_text()}")
-        time.sleep(0.1)
 
 
 def _children(pid: int) -> list[int]:
@@ -294,7 +256,7 @@ def test_granian_worker_killed_is_replaced_and_ends_with_its_parent(
                 break
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        _wait_answer(server, port, log)
+        wait_serving(server, f"http://127.0.0.1:{port}", log)
         os.kill(server.pid, signal.SIGKILL)
         server.wait(timeout=10)
         assert _gone(replaced[0]), log.read_text()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -196,3 +197,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_serving(server: subprocess.Popen[bytes], url: str,
+                 log: Path | None = None, timeout: float = 60) -> None:
+    """Wait until ``pserve`` answers ``url``/availability with 200.
+
+    Fails the test, with the server's ``log`` where there is one, if it
+    ends or does not answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            said = "" if log is None else f": {log.read_text()}"
+            pytest.fail(f"pserve ended{said}")
+        try:
+            if requests.get(f"{url}/availability",
+                            timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            said = "" if log is None else f": {log.read_text()}"
+            pytest.fail(f"pserve does not answer{said}")
+        time.sleep(0.1)
