@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -26,6 +27,29 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
 
+
+
+def _run_to_end(http: requests.Session, base: str, image: Path,
+                log: Path) -> tuple[str, Any]:
+    """POST ``image`` with PHASE=RUN; follow the job until it ends.
+
+    Returns its URL and its document; the job must be COMPLETED.
+    """
+    with image.open("rb") as fh:
+        r = http.post(f"{base}/jobs", data={"PHASE": "RUN"},
+                      files={"image": fh}, allow_redirects=False,
+                      timeout=60)
+    assert r.status_code == 303, r.text
+    job_url = r.headers["Location"]
+    assert job_url.startswith(f"{base}/jobs/")
+    deadline = time.monotonic() + 120
+    phase = http.get(f"{job_url}/phase", timeout=30).text
+    while phase not in {"COMPLETED", "ERROR"}:
+        assert time.monotonic() < deadline, log.read_text()
+        http.get(job_url, params={"WAIT": 10, "PHASE": phase}, timeout=30)
+        phase = http.get(f"{job_url}/phase", timeout=30).text
+    assert phase == "COMPLETED", log.read_text()
+    return job_url, etree.fromstring(http.get(job_url, timeout=30).content)
 
 def test_the_port_setting_moves_the_service_and_its_links(
         tmp_path: Path, sample_image: Path):
@@ -50,22 +74,7 @@ def test_the_port_setting_moves_the_service_and_its_links(
     http = requests.Session()
     try:
         wait_serving(server, base, log)
-        with sample_image.open("rb") as fh:
-            r = http.post(f"{base}/jobs", data={"PHASE": "RUN"},
-                          files={"image": fh}, allow_redirects=False,
-                          timeout=60)
-        assert r.status_code == 303, r.text
-        job_url = r.headers["Location"]
-        assert job_url.startswith(f"{base}/jobs/")
-        deadline = time.monotonic() + 120
-        phase = http.get(f"{job_url}/phase", timeout=30).text
-        while phase not in {"COMPLETED", "ERROR"}:
-            assert time.monotonic() < deadline, log.read_text()
-            http.get(job_url, params={"WAIT": 10, "PHASE": phase},
-                     timeout=30)
-            phase = http.get(f"{job_url}/phase", timeout=30).text
-        assert phase == "COMPLETED", log.read_text()
-        job = etree.fromstring(http.get(job_url, timeout=30).content)
+        job_url, job = _run_to_end(http, base, sample_image, log)
         links = [e.get(XLINK_HREF) for e in job.iter(f"{UWS}result")]
         assert links
         assert all(link.startswith(f"{job_url}/results/")
@@ -211,21 +220,8 @@ def test_granian_serves_a_job_from_its_one_worker(tmp_path: Path,
     base = f"http://127.0.0.1:{port}"
     try:
         assert len(_children(server.pid)) == 1
-        with sample_image.open("rb") as fh:
-            r = requests.post(f"{base}/jobs", data={"PHASE": "RUN"},
-                              files={"image": fh}, allow_redirects=False,
-                              timeout=60)
-        assert r.status_code == 303, r.text
-        job_url = r.headers["Location"]
-        deadline = time.monotonic() + 120
-        phase = requests.get(f"{job_url}/phase", timeout=30).text
-        while phase not in {"COMPLETED", "ERROR"}:
-            assert time.monotonic() < deadline
-            requests.get(job_url, params={"WAIT": 10, "PHASE": phase},
-                         timeout=30)
-            phase = requests.get(f"{job_url}/phase", timeout=30).text
-        assert phase == "COMPLETED"
-        job = etree.fromstring(requests.get(job_url, timeout=30).content)
+        _, job = _run_to_end(requests.Session(), base, sample_image,
+                             ini.parent / "pserve.log")
         links = [e.get(XLINK_HREF) for e in job.iter(f"{UWS}result")]
         assert links
         assert requests.get(links[0], timeout=30).status_code == 200
