@@ -36,6 +36,7 @@ from uws.model import (
     JobRef,
     Parameter,
     Result,
+    iso,
 )
 from uws.phases import Phase
 
@@ -274,11 +275,6 @@ def _stored_instant(value: str | datetime) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime) -> str:
-    """Return an aware UTC instant as `uws.xml.iso` writes it."""
-    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -581,7 +577,7 @@ class JobStore:
             yield [(job_id, phase, run_id_, who,
                     f"{when[:10]}T{when[11:23]}Z"
                     if isinstance(when, str) and len(when) == _TEXT_INSTANT
-                    else _iso(_stored_instant(when)))
+                    else iso(_stored_instant(when)))
                    for job_id, phase, run_id_, who, when in rows]
 
     def _list_rows(self, owner: object, phases: Sequence[Phase],

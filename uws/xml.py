@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 from urllib.parse import quote
 
@@ -58,6 +58,7 @@ from uws.model import (
     JobRef,
     Parameter,
     Result,
+    iso,
 )
 
 __all__ = [
@@ -116,33 +117,6 @@ _ERROR_TYPES: Final = {
 
 _XML_ILLEGAL: Final = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def iso(dt: datetime) -> str:
-    """Format an instant as UWS writes it: ``2026-01-02T03:04:05.123Z``.
-
-    Parameters
-    ----------
-    dt : datetime
-        A timezone-aware datetime, converted to UTC; sub-millisecond
-        digits are truncated.
-
-    Returns
-    -------
-    str
-        ISO 8601, ``T`` separator, milliseconds, trailing ``Z``.
-
-    Raises
-    ------
-    ValueError
-        If ``dt`` is naive: its zone, hence the instant, is unknown.
-    """
-    if dt.tzinfo is UTC:  # the store's (a job list: 10 000 of them)
-        return dt.isoformat(timespec="milliseconds")[:-6] + "Z"
-    if dt.tzinfo is None or dt.utcoffset() is None:
-        raise ValueError(f"naive datetime {dt!r}: the instant is ambiguous")
-    utc = dt.astimezone(UTC).replace(tzinfo=None)
-    return utc.isoformat(timespec="milliseconds") + "Z"
 
 
 def _text(text: str) -> str:
