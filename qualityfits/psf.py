@@ -58,6 +58,10 @@ BETA_STARS = 80
 #: README.md, "PSF at undersampling").  Larger PSFs keep 2 (the fit is
 #: 2.25 times cheaper).
 FINE_INTEGRATION_FWHM = 4.0
+#: A star's beta at or above this is at the top of its fit range
+#: (a runaway fit, or a Gaussian-like core: `measure_psf`); also the
+#: highest beta the CCD is given (`ccd_beta`).
+BETA_TOP = 0.9 * moffat.BETA_RANGE[1]
 #: Iteration limit of the beta-free fit of the brightest stars.
 BETA_FREE_ITER = 200
 #: Largest radius of a PSF star's fitting stamp [px] (the stamp is 1.5
@@ -261,6 +265,14 @@ def _poly_design(x: FloatArray, y: FloatArray, shape: tuple[int, int],
     return np.column_stack(cols)
 
 
+def _weighted_lstsq(design: FloatArray, values: FloatArray,
+                    root_w: FloatArray) -> FloatArray:
+    """Least-squares coefficients with each row weighted by ``root_w``²."""
+    return np.asarray(np.linalg.lstsq(design * root_w[:, None],
+                                      values * root_w, rcond=None)[0],
+                      dtype=np.float64)
+
+
 def poly_degree(n: int) -> int:
     """Polynomial degree the number of stars supports."""
     if n >= 40:
@@ -300,12 +312,11 @@ def fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
     best, best_bic = np.array([np.median(vs)]), np.inf
     for degree in range(top + 1):
         design = _poly_design(xs, ys, shape, degree)
-        coef = np.linalg.lstsq(design * root_w[:, None], vs * root_w,
-                               rcond=None)[0]
+        coef = _weighted_lstsq(design, vs, root_w)
         rss = float(np.sum((root_w * (vs - design @ coef)) ** 2))
         bic = n * np.log(max(rss, 1e-300) / n) + coef.size * np.log(n)
         if bic < best_bic:
-            best, best_bic = np.asarray(coef, dtype=np.float64), bic
+            best, best_bic = coef, bic
     return best
 
 
@@ -605,6 +616,19 @@ def _locus_mode(r: FloatArray, low: float) -> float:
     return compact if compact < low * mode else mode
 
 
+def _bright_round(src: Sources, config: QualityConfig) -> NDArray[np.bool_]:
+    """Unflagged, round sources of S/N >= ``psf_min_snr`` with an r_h.
+
+    What a PSF candidate must be before its size and sharpness are
+    looked at (`select_candidates`, `undersampled_size`).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iso_ell = (src.a - src.b) / (src.a + src.b)
+    return (((src.flags & REJECT_FLAGS) == 0) & np.isfinite(src.r_half)
+            & (src.snr >= config.psf_min_snr)
+            & (iso_ell <= config.psf_max_ellip))
+
+
 def select_candidates(
     src: Sources, config: QualityConfig,
     data_sub: NDArray[np.float32] | None = None,
@@ -632,15 +656,11 @@ def select_candidates(
         shape = src.segmap.shape
     lo, hi = config.psf_fwhm_range
     with np.errstate(divide="ignore", invalid="ignore"):
-        iso_ell = (src.a - src.b) / (src.a + src.b)
         sharp = src.peak / src.flux
         peak_snr = src.peak / src.noise
     base = (
-        ((src.flags & REJECT_FLAGS) == 0)
-        & np.isfinite(src.r_half) & np.isfinite(sharp)
-        & (src.snr >= config.psf_min_snr)
+        _bright_round(src, config) & np.isfinite(sharp)
         & (2 * src.r_half >= lo) & (2 * src.r_half <= hi)
-        & (iso_ell <= config.psf_max_ellip)
         & (sharp <= _SHARP_MARGIN * _PEAK_FRACTION / lo**2)
     )
     idx = np.flatnonzero(base)
@@ -965,11 +985,9 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
             # prefer a constant, which hides a real gradient in the
             # "scatter" and the galaxies with it.
             degree = min(1, poly_degree(int(kept.sum())))
-            root_w = np.sqrt(weight[kept])
-            coef = np.asarray(np.linalg.lstsq(
-                _poly_design(x[kept], y[kept], shape, degree)
-                * root_w[:, None], fwhm[kept] * root_w,
-                rcond=None)[0], dtype=np.float64)
+            coef = _weighted_lstsq(
+                _poly_design(x[kept], y[kept], shape, degree), fwhm[kept],
+                np.sqrt(weight[kept]))
         else:
             coef = fit_trend(x, y, fwhm, shape, keep=kept, weights=weight)
         coef = coef * _shorth_mode(
@@ -1069,11 +1087,8 @@ def _mixture_em(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
         # M-step.  The trend: least squares on the stars' relative
         # residuals; the stars' intrinsic scatter; the galaxies' mean
         # excess; the star fraction.
-        weight = prob / (var * trend**2)
-        root_w = np.sqrt(weight)
-        new_coef = np.asarray(np.linalg.lstsq(
-            design * root_w[:, None], fwhm * root_w, rcond=None)[0],
-            dtype=np.float64)
+        new_coef = _weighted_lstsq(design, fwhm,
+                                   np.sqrt(prob / (var * trend**2)))
         if not np.all(design @ new_coef > 0):
             break
         coef = new_coef
@@ -1088,8 +1103,6 @@ def _mixture_em(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
     return coef, prob, loglike
 
 
-
-
 def _single_fit(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
                 coef: FloatArray, niter: int = 20) -> float:
     """Log-likelihood of the sources as stars only (no galaxies).
@@ -1102,10 +1115,8 @@ def _single_fit(fwhm: FloatArray, noise: FloatArray, design: FloatArray,
         trend = design @ coef
         rel = fwhm / trend - 1.0
         s2 = max(float(np.mean(rel**2 - noise**2)), _MIN_SCATTER**2)
-        root_w = 1.0 / (np.sqrt(noise**2 + s2) * trend)
-        new_coef = np.asarray(np.linalg.lstsq(
-            design * root_w[:, None], fwhm * root_w, rcond=None)[0],
-            dtype=np.float64)
+        new_coef = _weighted_lstsq(
+            design, fwhm, 1.0 / (np.sqrt(noise**2 + s2) * trend))
         if not np.all(design @ new_coef > 0):
             break
         coef = new_coef
@@ -1223,8 +1234,7 @@ def ccd_beta(fit: moffat.FitResult,
             break
         keep = new
     err = max(sig, 1.0) / float(np.sqrt(np.sum(w)))
-    return float(np.clip(mean, moffat.BETA_RANGE[0] + 0.1,
-                         0.9 * moffat.BETA_RANGE[1])), err
+    return float(np.clip(mean, moffat.BETA_RANGE[0] + 0.1, BETA_TOP)), err
 
 
 def undersampled_size(src: Sources, config: QualityConfig) -> float | None:
@@ -1240,12 +1250,8 @@ def undersampled_size(src: Sources, config: QualityConfig) -> float | None:
     (`benchmarks/README.md`), so the PSF is withheld, and this says why.
     """
     lo, hi = config.psf_fwhm_range
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iso_ell = (src.a - src.b) / (src.a + src.b)
     size = 2.0 * src.r_half
-    bright = (((src.flags & REJECT_FLAGS) == 0) & np.isfinite(size)
-              & (src.snr >= config.psf_min_snr)
-              & (iso_ell <= config.psf_max_ellip))
+    bright = _bright_round(src, config)
     below = bright & (size >= 0.6 * lo) & (size < lo)
     within = bright & (size >= lo) & (size <= hi)
     n_below = int(below.sum())
@@ -1297,9 +1303,9 @@ def measure_psf(
     shift = np.hypot(xfit - src.x[first], yfit - src.y[first])
     # A beta at the top of its range is a runaway fit, unless most stars
     # have one: then the PSF's core is Gaussian-like, and they are it.
-    top = shp.beta >= 0.9 * moffat.BETA_RANGE[1]
+    top = shp.beta >= BETA_TOP
     gaussian_like = bool(fit.converged.any()) and bool(
-        np.median(shp.beta[fit.converged]) >= 0.9 * moffat.BETA_RANGE[1])
+        np.median(shp.beta[fit.converged]) >= BETA_TOP)
     good = (
         fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
         & (shp.fwhm >= lo) & (shp.fwhm <= hi) & (shift <= 1.5)
