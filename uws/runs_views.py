@@ -32,7 +32,12 @@ from pyramid.response import Response
 from pyramid.view import view_config
 
 from qualityfits.grades import LETTERS, MEANING
-from qualityfits.runs import run_columns, run_rows, run_votable_bytes
+from qualityfits.runs import (
+    RunExposure,
+    run_columns,
+    run_rows,
+    run_votable_bytes,
+)
 from qualityfits.runs import write_run_fits as _write_run_fits
 from uws import xml
 from uws.phases import Phase
@@ -87,6 +92,12 @@ def _run(request: Any) -> Run:
                     request.matchdict["run_id"])
 
 
+def _exposures(request: Any, run: Run) -> list[RunExposure]:
+    """Return the exposures of ``run`` as the caller sees them."""
+    return exposures_of(service_of(request), owner_of(request), run,
+                        base_url(request))
+
+
 def _urls(base: str, run_id: str) -> dict[str, str]:
     return {"page": f"{base}/ui/runs/{run_id}",
             "summary_vot": f"{base}/runs/{run_id}/summary.vot",
@@ -135,8 +146,7 @@ def run_votable_view(request: Any) -> Response:
     """GET the run's VOTable (exposures and CCDs)."""
     allow_methods(request, "GET", "HEAD")
     run = _run(request)
-    exposures = exposures_of(service_of(request), owner_of(request), run,
-                             base_url(request))
+    exposures = _exposures(request, run)
     body = run_votable_bytes(run.run_id, exposures, versions())
     return _attachment(body, VOTABLE_TYPE, f"{run.run_id}_summary.vot")
 
@@ -146,8 +156,7 @@ def run_fits_view(request: Any) -> Response:
     """GET the run's tables as FITS (EXPOSURES and CCDS extensions)."""
     allow_methods(request, "GET", "HEAD")
     run = _run(request)
-    exposures = exposures_of(service_of(request), owner_of(request), run,
-                             base_url(request))
+    exposures = _exposures(request, run)
     with tempfile.TemporaryDirectory(
             dir=service_of(request).job_root) as scratch:
         path = Path(scratch) / "summary.fits"
@@ -169,8 +178,7 @@ def runs_page(request: Any) -> Response:
 def _table(request: Any, run: Run) -> dict[str, Any]:
     """Return what the run page's table part shows."""
     base = base_url(request)
-    exposures = exposures_of(service_of(request), owner_of(request), run,
-                             base)
+    exposures = _exposures(request, run)
     rows = []
     for row in run_rows(exposures):
         e = row.exposure
