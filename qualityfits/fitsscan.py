@@ -27,6 +27,10 @@ from qualityfits.html import human_size
 
 BLOCK = 2880
 CARD = 80
+#: Most HDUs a file may hold.  A mosaic camera writes one per CCD or
+#: amplifier (MegaCam 41, DECam 71, Euclid VIS 433); thousands of tiny
+#: ones cost astropy (and the pipeline) minutes for a few megabytes.
+MAX_HDUS = 1000
 _SKIP = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -98,8 +102,12 @@ def _walk(stream: Any, *, max_bytes: int, max_pixels: int,
         if header is None:
             break
         hdus += 1
+        if hdus > MAX_HDUS:
+            raise FitsTooLargeError(
+                f"{label}: more than {MAX_HDUS} HDUs (headers and "
+                "extensions), more than any camera writes")
         data = _data_bytes(header, label)
-        pixels += _pixels(header)
+        pixels += _pixels(header, label)
         announced = size + data
         if announced > max_bytes:
             raise FitsTooLargeError(
@@ -200,8 +208,12 @@ def _data_bytes(header: dict[str, str], label: str) -> int:
     return abs(bitpix) // 8 * gcount * (pcount + math.prod(axes))
 
 
-def _pixels(header: dict[str, str]) -> int:
-    """Pixels of an image HDU (a tile-compressed one: ZNAXISn)."""
+def _pixels(header: dict[str, str], label: str) -> int:
+    """Pixels of an image HDU (a tile-compressed one: ZNAXISn).
+
+    ``ZNAXIS`` is bounded as ``NAXIS`` is: two billion axes would hold
+    the loop below for minutes.
+    """
     kind = header.get("XTENSION", "'IMAGE'").strip("' ").upper()
     if "ZNAXIS" in header:
         prefix = "ZNAXIS"  # a tile-compressed image in a BINTABLE
@@ -211,6 +223,9 @@ def _pixels(header: dict[str, str]) -> int:
         return 0  # a table
     try:
         naxis = int(header.get(prefix, "0"))
+        if naxis > 999:
+            raise InvalidImageError(f"{label}: {prefix} = {naxis} is not "
+                                    "0..999")
         if naxis <= 0:
             return 0
         return math.prod(max(0, int(header.get(f"{prefix}{i}", "0")))

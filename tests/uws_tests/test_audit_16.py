@@ -1,0 +1,297 @@
+"""Issue 16 audited on the served code: what still got through.
+
+Each case here was found by attacking the service as the issue's author
+did (granian, ``development.ini``, the embedded defaults and ``basic``
+mode) after the issue's items were built, and each failed before its
+fix: a 500 (conditional and range headers WebOb cannot parse, a charset
+that is not a text encoding), a request thread held for minutes by a
+small upload (a ``ZNAXIS`` of two billion axes, thousands of HDUs read
+by astropy), an address that is not public let through (IPv6 forms
+that carry an IPv4 address or are not global unicast), the failed-login
+throttle undone by a flood of unknown user names.  Files are built
+here, byte by byte, not by the project's simulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from uwskit import LiveService
+
+from pbs_bridge.fetch import FetchPolicy
+from qualityfits.errors import InvalidImageError
+from qualityfits.fitsscan import MAX_HDUS, scan_fits
+from uws.auth import (
+    FAILURE_TABLE,
+    MAX_FAILURES,
+    BasicPolicy,
+    BasicSettings,
+    hash_password,
+)
+from uws.errors import NotAuthenticatedError, TooManyRequestsError
+from uws.params import check_fits
+
+MB = 10**6
+
+
+def _cards(*cards: str) -> bytes:
+    text = "".join(c.ljust(80) for c in (*cards, "END"))
+    return text.encode().ljust(-(-len(text) // 2880) * 2880, b" ")
+
+
+PRIMARY = _cards("SIMPLE  =                    T",
+                 "BITPIX  =                   16",
+                 "NAXIS   =                    0",
+                 "EXTEND  =                    T")
+#: A 2 x 3 int16 image extension: one header block, one data block.
+EXTENSION = _cards("XTENSION= 'IMAGE   '", "BITPIX  =                   16",
+                   "NAXIS   =                    2",
+                   "NAXIS1  =                    2",
+                   "NAXIS2  =                    3",
+                   "PCOUNT  =                    0",
+                   "GCOUNT  =                    1") + bytes(2880)
+
+
+def _many_hdus(path: Path, count: int, *, packed: bool = False) -> Path:
+    """A primary header and ``count`` tiny image extensions."""
+    with (gzip.open(path, "wb") if packed else path.open("wb")) as out:
+        out.write(PRIMARY)
+        for _ in range(count):
+            out.write(EXTENSION)
+    return path
+
+
+def _refused(r: requests.Response, status: int, *words: str) -> str:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert "Traceback" not in r.text
+    for word in words:
+        assert word in r.text, (word, r.text[:300])
+    return r.text
+
+
+@pytest.fixture
+def uploaded(live: LiveService, tmp_path: Path) -> tuple[str, bytes]:
+    """A job's uploaded image: its URL and its bytes."""
+    data = PRIMARY.replace(b"NAXIS   =                    0",
+                           b"NAXIS   =                    1"
+                           ).replace(b"EXTEND  =                    T",
+                                     b"NAXIS1  =                 2880")
+    data += bytes(range(256)) * 22 + bytes(2880 * 2 - 256 * 22)
+    path = tmp_path / "plain.fits"
+    path.write_bytes(data)
+    with path.open("rb") as fh:
+        job = live.create(files={"image": ("plain.fits", fh)})
+    return f"{job}/parameters/image", data
+
+
+# -- byte ranges and conditions (item 9; a 500 before) -----------------------
+@pytest.mark.parametrize("value", [
+    "bytes=-", "bytes=--1", "bytes=-1-", "bytes=0-1,5-6", "bytes=1-1-1",
+    "bytes=0-1,-0", "bytes=abc", "bytes=5-2", "pages=0-1", "bytes = 0-1x"])
+def test_an_unusable_range_is_ignored(live: LiveService, uploaded, value):
+    """RFC 9110 14.2: a range set the server does not serve is ignored.
+
+    WebOb read ``bytes=-`` as a suffix of ``int('')`` (a 500), and
+    served the first range of several as if it were all that was asked.
+    """
+    url, data = uploaded
+    r = live.http.get(url, headers={"Range": value})
+    assert r.status_code == 200, (value, r.status_code, r.text[:200])
+    assert r.content == data
+    assert "Content-Range" not in r.headers
+
+
+def test_usable_ranges_still_work(live: LiveService, uploaded):
+    url, data = uploaded
+    for value, part in (("bytes=0-9", data[:10]), ("bytes=10-", data[10:]),
+                        ("bytes=-7", data[-7:]), ("BYTES=3-3", data[3:4]),
+                        ("bytes=0-99999999999999999999", data)):
+        r = live.http.get(url, headers={"Range": value})
+        assert r.status_code == 206, (value, r.status_code)
+        assert r.content == part, value
+    r = live.http.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert r.status_code == 416
+
+
+@pytest.mark.parametrize("header", [
+    ("If-Modified-Since", "Sat, 01 Jan 10000 00:00:00 GMT"),
+    ("If-Modified-Since", "Fri, 31 Dec 9999 23:59:59 -1400"),
+    ("If-Unmodified-Since", "Sat, 01 Jan 10000 00:00:00 GMT"),
+    ("If-Range", "Mon, 99 Foo 99999 99:99:99 GMT"),
+    ("If-Range", "Sat, 01 Jan 10000 00:00:00 GMT")])
+def test_an_unreadable_date_is_ignored(live: LiveService, uploaded,
+                                       header):
+    """RFC 9110 13.1.3: an invalid HTTP-date is ignored, not a 500.
+
+    An If-Range whose date cannot be read matches nothing: the whole
+    file (200).  The static files, served by Pyramid, are answered the
+    same way.
+    """
+    url, data = uploaded
+    name, value = header
+    r = live.http.get(url, headers={name: value, "Range": "bytes=0-1"})
+    assert r.status_code == (200 if name == "If-Range" else 206), (
+        r.status_code, r.text[:200])
+    assert r.content == (data if name == "If-Range" else data[:2])
+    r = live.http.get(f"{live.url}/static/qfits.css",
+                      headers={name: value, "Range": "bytes=-"})
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+
+
+def test_a_readable_condition_still_applies(live: LiveService, uploaded):
+    url, _ = uploaded
+    first = live.http.get(url)
+    r = live.http.get(url, headers={
+        "If-Modified-Since": first.headers["Last-Modified"]})
+    assert r.status_code == 304
+    r = live.http.get(url, headers={"If-Range": '"another-etag"',
+                                    "Range": "bytes=0-1"})
+    assert r.status_code == 200
+
+
+# -- charsets (item 4; a 500 before) ------------------------------------------
+@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "uu"])
+def test_a_charset_that_is_no_text_encoding_is_400(live: LiveService,
+                                                    charset):
+    """Python knows these codecs, but they turn bytes into bytes."""
+    for body, ctype in ((b"RUNID=a",
+                         "application/x-www-form-urlencoded; charset="
+                         + charset),
+                        (b'--B\r\nContent-Disposition: form-data; '
+                         b'name="RUNID"\r\nContent-Type: text/plain; '
+                         b"charset=" + charset.encode()
+                         + b"\r\n\r\na\r\n--B--\r\n",
+                         "multipart/form-data; boundary=B")):
+        r = live.http.post(live.jobs, data=body,
+                           headers={"Content-Type": ctype},
+                           allow_redirects=False)
+        _refused(r, 400, "UsageError: unknown charset", charset)
+    assert live.service.store.count() == 0
+
+
+def test_bytes_a_charset_cannot_decode_are_400(live: LiveService):
+    """Punycode raises UnicodeError, not UnicodeDecodeError."""
+    r = live.http.post(live.jobs, data=b"abc-9999999999=1", headers={
+        "Content-Type": "application/x-www-form-urlencoded; "
+                        "charset=punycode"}, allow_redirects=False)
+    _refused(r, 400, "UsageError:", "not valid punycode")
+
+
+# -- headers that hold a request thread (item 1) ------------------------------
+@pytest.mark.timeout(60)
+def test_a_huge_znaxis_is_refused_at_once(live: LiveService,
+                                          tmp_path: Path):
+    """5760 bytes whose ZNAXIS says two billion axes: minutes of CPU."""
+    path = tmp_path / "znaxis.fits"
+    path.write_bytes(PRIMARY + _cards(
+        "XTENSION= 'BINTABLE'", "BITPIX  =                    8",
+        "NAXIS   =                    2", "NAXIS1  =                    8",
+        "NAXIS2  =                    0", "PCOUNT  =                    0",
+        "GCOUNT  =                    1", "TFIELDS =                    1",
+        "ZIMAGE  =                    T", "ZNAXIS  =           2000000000"))
+    with pytest.raises(InvalidImageError, match=r"ZNAXIS = 2000000000 is "
+                       r"not 0\.\.999"):
+        scan_fits(path, max_bytes=MB, max_pixels=MB)
+    started = time.monotonic()
+    with path.open("rb") as fh:
+        r = live.http.post(live.jobs, files={"image": fh},
+                           allow_redirects=False)
+    _refused(r, 400, "IMAGE: ZNAXIS = 2000000000 is not 0..999")
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+def test_thousands_of_hdus_are_refused_at_once(live: LiveService,
+                                               tmp_path: Path, packed):
+    """2 000 tiny HDUs (11.5 MB): astropy's check took 30 s, quadratic.
+
+    The same file with `MAX_HDUS` extensions (the primary makes one more)
+    is the first refused; one fewer is read, in a second (10 s before:
+    the check asked astropy where each HDU ends, which walks those
+    before it).
+    """
+    name = "many.fits.gz" if packed else "many.fits"
+    path = _many_hdus(tmp_path / name, 2000, packed=packed)
+    started = time.monotonic()
+    with path.open("rb") as fh:
+        r = live.http.post(live.jobs, files={"image": (name, fh)},
+                           allow_redirects=False)
+    _refused(r, 413, f"IMAGE: more than {MAX_HDUS} HDUs")
+    assert time.monotonic() - started < 10
+    assert live.service.store.count() == 0
+    with pytest.raises(InvalidImageError, match="more than"):
+        scan_fits(_many_hdus(tmp_path / "at.fits", MAX_HDUS, packed=packed),
+                  max_bytes=100 * MB, max_pixels=MB)
+    under = _many_hdus(tmp_path / "under.fits", MAX_HDUS - 1, packed=packed)
+    assert scan_fits(under, max_bytes=100 * MB,
+                     max_pixels=MB).hdus == MAX_HDUS
+    started = time.monotonic()  # 10 s before (fileinfo of each HDU)
+    assert check_fits("image", under) == pytest.approx(
+        (MAX_HDUS - 1) * 6e-6)
+    assert time.monotonic() - started < 5
+    with under.open("rb") as fh:
+        r = live.http.post(live.jobs, files={"image": (name, fh)},
+                           allow_redirects=False)
+    assert r.status_code == 303, r.text[:300]
+
+
+# -- URL inputs (item 2) ------------------------------------------------------
+@pytest.mark.parametrize("address", [
+    "::127.0.0.1", "::10.0.0.1",     # IPv4-compatible (RFC 4291, deprecated)
+    "::ffff:0:7f00:1",               # IPv4-translated (SIIT, RFC 2765)
+    "64:ff9b:1::a00:1",              # local-use NAT64 (RFC 8215)
+    "fec0::1",                       # site-local (deprecated, internal)
+    "5f00::1", "4000::1"])           # not global unicast (2000::/3)
+def test_ipv6_addresses_that_are_not_global_unicast_are_refused(address):
+    assert not FetchPolicy().permits(address)
+
+
+@pytest.mark.parametrize("address", [
+    "2606:4700:4700::1111", "2a00:1450:4007:80e::200e",
+    "64:ff9b::808:808",              # NAT64 of 8.8.8.8 (DNS64 networks)
+    "::ffff:8.8.8.8"])
+def test_public_ipv6_addresses_are_still_allowed(address):
+    assert FetchPolicy().permits(address)
+
+
+def test_the_allow_list_still_opens_any_ipv6_network():
+    assert FetchPolicy(("fec0::/10",)).permits("fec0::1")
+
+
+# -- the failed-login throttle (item 9) ---------------------------------------
+class _Request:
+    """What `BasicPolicy.identify` reads of a request."""
+
+    def __init__(self, user: str, password: str, address: str) -> None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
+        self.remote_addr = address
+
+
+def test_unknown_names_do_not_flush_the_throttle(tmp_path: Path):
+    """Failures of names that are no user cost nothing and are not kept.
+
+    Before, each took a place in the bounded table of failures, so
+    `FAILURE_TABLE` made-up names (no password check: cheap) pushed
+    a guessed user's failures out, and the guessing went on.
+    """
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('wonderland')}\n")
+    policy = BasicPolicy(BasicSettings(auth_user_file=users))
+    for _ in range(MAX_FAILURES - 1):
+        with pytest.raises(NotAuthenticatedError, match="wrong password"):
+            policy.identify(_Request("alice", "guess", "10.0.0.9"))
+    for k in range(FAILURE_TABLE + 10):
+        with pytest.raises(NotAuthenticatedError, match="wrong password"):
+            policy.identify(_Request(f"nobody{k}", "x", "10.0.0.9"))
+    with pytest.raises(NotAuthenticatedError, match="wrong password"):
+        policy.identify(_Request("alice", "guess", "10.0.0.9"))
+    with pytest.raises(TooManyRequestsError, match="failed logins"):
+        policy.identify(_Request("alice", "wonderland", "10.0.0.9"))
+    assert len(policy._failures) == 1  # alice's, from that address
