@@ -233,7 +233,9 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
                 _check_size(part, len(text), FORM_LIMIT, field=True)
     except multipart.MultipartError as exc:
         form.discard()
-        raise UsageError(f"malformed multipart/form-data body: {exc}"
+        # Its first argument says what; a second is Python's own error.
+        what = exc.args[0] if exc.args else type(exc).__name__
+        raise UsageError(f"malformed multipart/form-data body: {what}"
                          ) from None
     except OSError as exc:
         # A full or failing disk: the service's fault, not the client's.

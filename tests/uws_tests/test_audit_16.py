@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.server
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import pytest
 import requests
 from uwskit import LiveService
 
-from pbs_bridge.fetch import FetchPolicy
+from pbs_bridge.fetch import FetchError, FetchPolicy, fetch
 from qualityfits.errors import InvalidImageError
 from qualityfits.fitsscan import MAX_HDUS, scan_fits
 from uws.auth import (
@@ -295,3 +297,68 @@ def test_unknown_names_do_not_flush_the_throttle(tmp_path: Path):
     with pytest.raises(TooManyRequestsError, match="failed logins"):
         policy.identify(_Request("alice", "wonderland", "10.0.0.9"))
     assert len(policy._failures) == 1  # alice's, from that address
+
+
+# -- cross-site requests (item 5) ---------------------------------------------
+def test_an_origin_that_cannot_be_read_is_never_this_service(
+        live: LiveService):
+    """Two unreadable origins compared equal (None == None): accepted.
+
+    ``Host: a:b`` (no browser sends it) made the service's own origin
+    unreadable too; an unreadable ``Origin`` must be refused whatever
+    the service's is.
+    """
+    r = live.http.post(live.jobs, data={"RUNID": "x"}, headers={
+        "Host": "a:b", "Origin": "http://a:b"}, allow_redirects=False)
+    _refused(r, 403, "cross-site request refused", "'http://a:b'")
+    assert live.service.store.count() == 0
+
+
+# -- messages (item 4) --------------------------------------------------------
+def test_a_multipart_error_is_said_without_python_internals(
+        live: LiveService):
+    body = (b'--B\r\nContent-Disposition: form-data; name="\xff\xfe"\r\n'
+            b"\r\na\r\n--B--\r\n")
+    r = live.http.post(live.jobs, data=body, headers={
+        "Content-Type": "multipart/form-data; boundary=B"},
+        allow_redirects=False)
+    text = _refused(r, 400, "UsageError: malformed multipart/form-data "
+                    "body: ")
+    assert text.count("\n") == 1
+    assert "UnicodeDecodeError" not in text, text
+    assert "\\x" not in text, text
+
+
+# -- URL inputs: schemes at every redirect (item 2) ---------------------------
+class _ToFtp(http.server.BaseHTTPRequestHandler):
+    """Redirect every request to ftp:// on this same server."""
+
+    def do_GET(self):
+        port = self.server.server_address[1]
+        self.send_response(302)
+        self.send_header("Location", f"ftp://127.0.0.1:{port}/field.fits")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_to_another_scheme_is_refused(tmp_path: Path):
+    """urllib follows ftp:// redirects itself, outside the checked sockets."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ToFtp)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    port = httpd.server_address[1]
+    try:
+        with pytest.raises(FetchError) as info:
+            fetch("image", f"http://127.0.0.1:{port}/x",
+                  tmp_path / "image.fits", limit=MB, timeout=5,
+                  policy=FetchPolicy(("127.0.0.1",)), user_agent="test")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert info.value.kind == "usage"
+    refused = (f"redirect to ftp://127.0.0.1:{port}/field.fits refused "
+               "(http or https only)")
+    assert refused in info.value.message, info.value.message
