@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import http.server
 import threading
 import time
@@ -27,10 +28,11 @@ from uwskit import LiveService
 
 from pbs_bridge.fetch import FetchError, FetchPolicy, fetch
 from qualityfits.errors import InvalidImageError
-from qualityfits.fitsscan import MAX_HDUS, scan_fits
+from qualityfits.fitsscan import MAX_HDUS, FitsTooLargeError, scan_fits
 from uws.auth import (
     FAILURE_TABLE,
     MAX_FAILURES,
+    VERIFIED_CACHE,
     BasicPolicy,
     BasicSettings,
     hash_password,
@@ -362,3 +364,84 @@ def test_a_redirect_to_another_scheme_is_refused(tmp_path: Path):
     refused = (f"redirect to ftp://127.0.0.1:{port}/field.fits refused "
                "(http or https only)")
     assert refused in info.value.message, info.value.message
+
+
+# -- a bomb is inflated up to the limit only (item 1) -------------------------
+def test_a_bomb_is_not_inflated_past_the_limit(tmp_path: Path):
+    """A corrupt tail after 300 MB of zeros: reached only by a full inflate.
+
+    tests/qualityfits/test_fitsscan.py checks the message; a scan that
+    inflated the whole stream and then compared would give the same one.
+    Here the stream breaks after the zeros: a scan that stops at the
+    limit never reads that far, one that goes on finds the break.
+    """
+    path = tmp_path / "bomb.fits.gz"
+    head = PRIMARY.replace(b"EXTEND  =                    T",
+                           b"COMMENT a bomb follows".ljust(30))
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(head)
+        block = bytes(MB)
+        for _ in range(300):
+            out.write(block)
+    with path.open("ab") as out:
+        out.write(b"\x1f\x8b\x08\x00" + b"\xff" * 64)  # a broken member
+    assert path.stat().st_size < MB
+    with pytest.raises(FitsTooLargeError, match=r"decompresses to more "
+                       r"than the limit of 10\.0 MB"):
+        scan_fits(path, max_bytes=10 * MB, max_pixels=MB)
+    with pytest.raises(InvalidImageError, match="not a readable gzip"):
+        scan_fits(path, max_bytes=400 * MB, max_pixels=MB)
+
+
+# -- precise messages at upload (item 8) --------------------------------------
+@pytest.mark.parametrize(("cards", "message"), [
+    (("NAXIS   =                    2", "NAXIS1  =                  -10",
+      "NAXIS2  =                   10"),
+     "UsageError: IMAGE: a negative NAXISn ([-10, 10])"),
+    (("NAXIS   =                    2", "NAXIS1  =                   10",
+      "NAXIS2  =                   10"),
+     "UsageError: IMAGE: BITPIX = 12 is not a FITS value"),
+])
+def test_lying_headers_are_named_at_upload(live: LiveService,
+                                           tmp_path: Path, cards, message):
+    """Said once, naming the parameter: no "constant image", no echo."""
+    bitpix = "12" if "BITPIX" in message else "16"
+    path = tmp_path / "odd.fits"
+    path.write_bytes(_cards("SIMPLE  =                    T",
+                            f"BITPIX  = {bitpix:>20}", *cards)
+                     + bytes(2880))
+    for packed in (False, True):
+        data = path.read_bytes()
+        with (gzip.open(path.with_suffix(".fits.gz"), "wb") if packed
+              else path.open("wb")) as out:
+            out.write(data)
+        sent = path.with_suffix(".fits.gz") if packed else path
+        with sent.open("rb") as fh:
+            r = live.http.post(live.jobs, files={"image": fh},
+                               allow_redirects=False)
+        text = _refused(r, 400, message)
+        assert text.count("IMAGE") == 1, text
+    assert live.service.store.count() == 0
+
+
+# -- bounded caches of basic authentication (item 9) --------------------------
+def test_the_caches_of_basic_authentication_are_bounded(tmp_path: Path):
+    """`VERIFIED_CACHE` right pairs, `FAILURE_TABLE` failing ones at most.
+
+    Users with a one-round hash, so that thousands of checks are quick.
+    """
+    count = FAILURE_TABLE + 20
+    users = tmp_path / "users"
+    users.write_text("".join(
+        f"u{k}:{hash_password(f'p{k}', iterations=1)}\n"
+        for k in range(count)))
+    policy = BasicPolicy(BasicSettings(auth_user_file=users))
+    for k in range(VERIFIED_CACHE + 20):
+        assert policy.identify(_Request(f"u{k}", f"p{k}", "10.0.0.1")
+                               ).name == f"u{k}"
+    assert len(policy._verified) == VERIFIED_CACHE
+    assert ("u0", hashlib.sha256(b"p0").hexdigest()) not in policy._verified
+    for k in range(count):
+        with pytest.raises(NotAuthenticatedError):
+            policy.identify(_Request(f"u{k}", "wrong", "10.0.0.1"))
+    assert len(policy._failures) == FAILURE_TABLE
