@@ -26,7 +26,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from uwskit import LiveService
+from uwskit import LiveService, settings_for
 
 from pbs_bridge.fetch import FetchError, FetchPolicy, fetch
 from qualityfits.errors import InvalidImageError
@@ -484,3 +484,32 @@ def test_generated_conditions_are_never_a_500(live: LiveService, uploaded,
     r = live.http.get(url, headers=headers, timeout=30)
     assert r.status_code in (200, 206, 304, 412, 416), (
         headers, r.status_code, r.text[:200])
+
+
+# -- the default limits admit a MegaCam exposure (item 1) ---------------------
+@pytest.mark.parametrize("bitpix", [16, -32])
+def test_the_default_limits_admit_a_megacam_exposure(tmp_path: Path,
+                                                     bitpix: int):
+    """40 CCDs of 2112 x 4644 pixels: 785 MB raw (16 bits), 1.57 GB float.
+
+    The file is sparse (its data are holes): the scan seeks past them.
+    """
+    defaults = settings_for(tmp_path, "sqlite://")
+    ccd = _cards("XTENSION= 'IMAGE   '", f"BITPIX  = {bitpix:>20}",
+                 "NAXIS   =                    2",
+                 "NAXIS1  =                 2112",
+                 "NAXIS2  =                 4644",
+                 "PCOUNT  =                    0",
+                 "GCOUNT  =                    1")
+    data = -(-2112 * 4644 * abs(bitpix) // 8 // 2880) * 2880
+    path = tmp_path / "megacam.fits"
+    with path.open("wb") as out:
+        out.write(PRIMARY)
+        for _ in range(40):
+            out.write(ccd)
+            out.seek(data, 1)
+        out.truncate()
+    layout = scan_fits(path, max_bytes=defaults.decompressed_limit,
+                       max_pixels=defaults.pixel_limit)
+    assert layout.pixels == 40 * 2112 * 4644
+    assert layout.size == path.stat().st_size
