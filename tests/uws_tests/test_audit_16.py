@@ -18,6 +18,7 @@ import base64
 import gzip
 import hashlib
 import http.server
+import math
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from hypothesis import strategies as st
 from uwskit import LiveService, settings_for
 
 from pbs_bridge.fetch import FetchError, FetchPolicy, fetch
+from pbs_bridge.jobfolder import JobFolder, WorkerSpec
+from pbs_bridge.pbs import PbsRunner, PbsSettings
+from pbs_bridge.runner import BackendPhase, RunnerJob
 from qualityfits.errors import InvalidImageError
 from qualityfits.fitsscan import MAX_HDUS, FitsTooLargeError, scan_fits
 from uws.auth import (
@@ -513,3 +517,58 @@ def test_the_default_limits_admit_a_megacam_exposure(tmp_path: Path,
                        max_pixels=defaults.pixel_limit)
     assert layout.pixels == 40 * 2112 * 4644
     assert layout.size == path.stat().st_size
+
+
+# -- a tile-compressed image counts decompressed (item 1) ---------------------
+def _tiled(path: Path, zbitpix: int, nx: int, ny: int) -> Path:
+    """A tile-compressed image's headers; its table and heap are holes."""
+    table = _cards(
+        "XTENSION= 'BINTABLE'", "BITPIX  =                    8",
+        "NAXIS   =                    2", "NAXIS1  =                    8",
+        f"NAXIS2  = {ny:>20}", "PCOUNT  =                 2880",
+        "GCOUNT  =                    1", "TFIELDS =                    1",
+        "TTYPE1  = 'COMPRESSED_DATA'", "TFORM1  = '1PB(0)  '",
+        "ZIMAGE  =                    T", f"ZBITPIX = {zbitpix:>20}",
+        "ZNAXIS  =                    2", f"ZNAXIS1 = {nx:>20}",
+        f"ZNAXIS2 = {ny:>20}", "ZTILE1  = " + f"{nx:>20}",
+        "ZTILE2  =                    1", "ZCMPTYPE= 'GZIP_1  '")
+    with path.open("wb") as out:
+        out.write(PRIMARY + table)
+        out.seek(-(-(8 * ny + 2880) // 2880) * 2880, 1)
+        out.truncate()
+    return path
+
+
+def test_a_tile_compressed_image_counts_as_it_decompresses(tmp_path: Path):
+    """20 000 x 20 000 float64 zeros (400 Mpx, under the pixel limit).
+
+    Its tiles of zeros compress to almost nothing: the file is a few MB
+    (here 3 MB of table), the image 3.2 GB in the worker's memory, and a
+    PBS job asked memory for the 3 MB.  What the headers say once
+    decompressed is checked against the limit, and is the size the
+    memory request follows.
+    """
+    defaults = settings_for(tmp_path, "sqlite://")
+    path = _tiled(tmp_path / "zeros.fits.fz", -64, 20000, 20000)
+    assert path.stat().st_size < 2 * MB
+    with pytest.raises(FitsTooLargeError, match=r"announce 3\.2 GB"):
+        scan_fits(path, max_bytes=defaults.decompressed_limit,
+                  max_pixels=defaults.pixel_limit)
+    small = scan_fits(_tiled(tmp_path / "small.fits.fz", 16, 2112, 4644),
+                      max_bytes=defaults.decompressed_limit,
+                      max_pixels=defaults.pixel_limit)
+    assert small.expanded == 2 * 2880 + 2112 * 4644 * 2
+    assert small.size < 2 * 2880 + 8 * 4644 + 2 * 2880
+
+
+def test_pbs_memory_follows_a_tile_compressed_image(tmp_path: Path):
+    """2112 x 4644 pixels of 16 bits: 19.6 MB asked for, not the table's."""
+    runner = PbsRunner(PbsSettings(pbs_memory_base=2**20,
+                                   pbs_memory_factor=2.0))
+    folder = JobFolder(tmp_path / "abc")
+    folder.inputs.mkdir(parents=True)
+    _tiled(folder.inputs / "image.fits.fz", 16, 2112, 4644)
+    job = RunnerJob("abc", BackendPhase.QUEUED, "", None, folder)
+    spec = WorkerSpec(job_id="abc", image="inputs/image.fits.fz")
+    assert runner._memory_mb(job, spec) == math.ceil(
+        (2**20 + 2 * (2 * 2880 + 2112 * 4644 * 2)) / 2**20)
