@@ -572,3 +572,59 @@ def test_pbs_memory_follows_a_tile_compressed_image(tmp_path: Path):
     spec = WorkerSpec(job_id="abc", image="inputs/image.fits.fz")
     assert runner._memory_mb(job, spec) == math.ceil(
         (2**20 + 2 * (2 * 2880 + 2112 * 4644 * 2)) / 2**20)
+
+
+# -- generated input for the resources test_fuzz.py leaves out (item 4) -------
+#: The run resources, the registry's (with ``qfits.ivoid`` set) and the
+#: job attributes not in test_fuzz.RESOURCES; ``{run}`` is a real run.
+MORE_RESOURCES = [
+    "/runs", "/runs/{run}/summary.vot", "/runs/{run}/summary.fits",
+    "/ui/runs", "/ui/runs/{run}", "/ui/runs/{run}/table",
+    "/ui/runs/{run}/plots/fwhm.png", "/oai", "/resource.xml",
+    "/jobs/{job}/runId", "/jobs/{job}/creationTime", "/jobs/{job}/startTime",
+    "/jobs/{job}/endTime", "/jobs/{job}/parameters/zeropoint"]
+OAI_NAMES = ["verb", "metadataPrefix", "identifier", "from", "until", "set",
+             "resumptionToken", "since", "RUNID", "run_id"]
+FIELD_VALUES = st.one_of(
+    HEADER_TEXT, st.text(max_size=30), st.integers().map(str),
+    st.sampled_from(["Identify", "ListRecords", "ListIdentifiers",
+                     "GetRecord", "ListSets", "ListMetadataFormats",
+                     "ivo_vor", "oai_dc", "ivo://example.org/qfits",
+                     "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                     "2026-13-45", "", "%ff", "night-1", "../x"]))
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory):
+    """A service with a VO record and one PENDING job of run night-1."""
+    root = tmp_path_factory.mktemp("registered")
+    live = LiveService(settings_for(
+        root, f"sqlite:///{root}/jobs.sqlite", worker_command="false",
+        ivoid="ivo://example.org/qfits", record_publisher="Example",
+        record_contact_email="vo@example.org"))
+    job = live.create(RUNID="night-1", ZEROPOINT="25")
+    try:
+        yield live, job.rsplit("/", 1)[1]
+    finally:
+        live.stop()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(resource=st.sampled_from(MORE_RESOURCES),
+       params=st.dictionaries(st.sampled_from(OAI_NAMES), FIELD_VALUES,
+                              max_size=4),
+       method=st.sampled_from(["GET", "POST", "HEAD"]),
+       real=st.booleans())
+def test_more_generated_requests_are_never_a_500(registered, resource,
+                                                 params, method, real):
+    live, job = registered
+    path = resource.format(job=job if real else "0123456789abcdef",
+                           run="night-1" if real else "no-such_run")
+    r = live.http.request(method, f"{live.url}{path}",
+                          **({"data": params} if method == "POST"
+                             else {"params": params}),
+                          timeout=30, allow_redirects=False)
+    assert r.status_code < 500, (method, path, params, r.status_code,
+                                 r.text[:300])
+    assert "Traceback" not in r.text
