@@ -11,9 +11,10 @@ read the answer off the error message.  So:
   checked, and the connection goes to the address that was checked (a
   second resolution, DNS rebinding, is never made); an address that is
   not public (loopback, private, shared, link-local, multicast,
-  reserved, unspecified, IPv4 and IPv6, IPv4-mapped IPv6 included) is
-  refused before any packet is sent to it, unless the operator allows
-  it: `FetchPolicy` takes host names and networks
+  reserved, unspecified, IPv4 and IPv6, IPv4-mapped IPv6 included; of
+  IPv6, only global unicast 2000::/3 and the NAT64 prefix 64:ff9b::/96
+  can be public) is refused before any packet is sent to it, unless the
+  operator allows it: `FetchPolicy` takes host names and networks
   (``qfits.fetch_allow``: a data centre's own archive);
 * no proxy from the environment is used;
 * every refused address and every connection failure (unknown name,
@@ -100,6 +101,12 @@ class FetchPolicy:
             ip = ip.ipv4_mapped
         if any(ip in net for net in self.networks):
             return True
+        if isinstance(ip, ipaddress.IPv6Address) and not any(
+                ip in net for net in _IPV6_PUBLIC):
+            # ::/96 (IPv4-compatible), ::ffff:0:0:0/96 (SIIT), the
+            # local-use NAT64 prefix, fec0::/10 (site-local)...: Python
+            # calls several of them global.
+            return False
         return all(one.is_global and not one.is_multicast
                    for one in _carried(ip))
 
@@ -124,6 +131,10 @@ class FetchPolicy:
 
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: The only IPv6 networks with public addresses: global unicast
+#: (2000::/3; Python's ``is_global`` then rules out its special blocks)
+#: and the well-known NAT64 prefix, judged by the IPv4 address it carries.
+_IPV6_PUBLIC = (ipaddress.IPv6Network("2000::/3"), _NAT64)
 
 
 def _carried(ip: Address) -> list[Address]:

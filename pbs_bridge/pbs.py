@@ -247,7 +247,8 @@ class PbsRunner:
         """Memory to request: a base plus a multiple of the image size.
 
         The size is that of the image once decompressed (its headers
-        walked, a compressed stream inflated: `qualityfits.fitsscan`);
+        walked, a compressed stream inflated, tile-compressed images
+        counted decompressed: `qualityfits.fitsscan`);
         an image given by URL is not fetched yet, nor is one that cannot
         be read (the worker will say why): the decompressed limit is
         its size at most.
@@ -258,7 +259,7 @@ class PbsRunner:
                                      QualityFitsError):
                 size = scan_fits(job.folder.input_path(spec.image),
                                  max_bytes=spec.decompressed_limit,
-                                 max_pixels=spec.pixel_limit).size
+                                 max_pixels=spec.pixel_limit).expanded
         total = self.settings.pbs_memory_base + \
             self.settings.pbs_memory_factor * size
         return math.ceil(total / 2**20)

@@ -4,9 +4,10 @@ A small compressed file can announce (or inflate to) gigabytes: a
 decompression bomb.  `scan_fits` reads a plain or gzip-compressed FITS
 file as a stream, header by header: each header says how many bytes of
 data follow (``BITPIX``, ``NAXISn``, ``PCOUNT``, ``GCOUNT``) and, for a
-tile-compressed image, how many pixels it holds (``ZNAXISn``); the
-limits are checked on what the headers announce *before* the data is
-read, and on the bytes actually inflated while the data is skipped.  It
+tile-compressed image, how many pixels it holds (``ZNAXISn``, counted
+at ``ZBITPIX`` bytes: its tiles of zeros compress to almost nothing);
+the limits are checked on what the headers announce *before* the data
+is read, and on the bytes actually inflated while the data is skipped.  It
 never holds more than one block in memory and never calls astropy.
 
 Used by the service's upload check and by the worker before the
@@ -27,6 +28,10 @@ from qualityfits.html import human_size
 
 BLOCK = 2880
 CARD = 80
+#: Most HDUs a file may hold.  A mosaic camera writes one per CCD or
+#: amplifier (MegaCam 41, DECam 71, Euclid VIS 433); thousands of tiny
+#: ones cost astropy (and the pipeline) minutes for a few megabytes.
+MAX_HDUS = 1000
 _SKIP = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -47,6 +52,9 @@ class FitsLayout:
     size: int
     #: Whether the file was gzip-compressed.
     gzipped: bool
+    #: Bytes with its tile-compressed images decompressed too: what a
+    #: reader holds (``size`` counts their compressed tables).
+    expanded: int
 
 
 def scan_fits(path: Path, *, max_bytes: int, max_pixels: int,
@@ -91,26 +99,32 @@ def scan_fits(path: Path, *, max_bytes: int, max_pixels: int,
 
 def _walk(stream: Any, *, max_bytes: int, max_pixels: int,
           label: str, gzipped: bool) -> FitsLayout:
-    size = pixels = hdus = 0
+    size = pixels = hdus = expanded = 0
     while True:
         header, length = _read_header(stream, label, first=hdus == 0)
         size += length
+        expanded += length
         if header is None:
             break
         hdus += 1
-        data = _data_bytes(header, label)
-        pixels += _pixels(header)
-        announced = size + data
-        if announced > max_bytes:
+        if hdus > MAX_HDUS:
             raise FitsTooLargeError(
-                f"{label}: its headers announce {human_size(announced)}, more "
+                f"{label}: more than {MAX_HDUS} HDUs (headers and "
+                "extensions), more than any camera writes")
+        data = _data_bytes(header, label)
+        image = _pixels(header, label)
+        pixels += image
+        padded = math.ceil(data / BLOCK) * BLOCK
+        expanded += max(padded, _tiled_bytes(header, image, label))
+        if expanded > max_bytes:
+            raise FitsTooLargeError(
+                f"{label}: its headers announce {human_size(expanded)}, more "
                 f"than the limit of {human_size(max_bytes)}")
         if pixels > max_pixels:
             raise FitsTooLargeError(
                 f"{label}: its images hold {pixels / 1e6:.0f} million "
                 f"pixels, more than the limit of {max_pixels / 1e6:.0f} "
                 "million")
-        padded = math.ceil(data / BLOCK) * BLOCK
         skipped = _skip(stream, padded, inflate=gzipped)
         size += skipped
         if skipped < data:
@@ -122,12 +136,14 @@ def _walk(stream: Any, *, max_bytes: int, max_pixels: int,
     if hdus == 0:
         raise InvalidImageError(f"{label}: not a FITS file (empty)")
     # Whatever follows the last HDU counts too (a bomb hides there).
-    size += _skip(stream, max_bytes - size + 1, inflate=gzipped)
+    tail = _skip(stream, max_bytes - size + 1, inflate=gzipped)
+    size += tail
     if size > max_bytes:
         raise FitsTooLargeError(
             f"{label}: decompresses to more than the limit of "
             f"{human_size(max_bytes)}")
-    return FitsLayout(hdus=hdus, pixels=pixels, size=size, gzipped=gzipped)
+    return FitsLayout(hdus=hdus, pixels=pixels, size=size, gzipped=gzipped,
+                      expanded=expanded + tail)
 
 
 def _read_header(stream: Any, label: str, *,
@@ -200,8 +216,12 @@ def _data_bytes(header: dict[str, str], label: str) -> int:
     return abs(bitpix) // 8 * gcount * (pcount + math.prod(axes))
 
 
-def _pixels(header: dict[str, str]) -> int:
-    """Pixels of an image HDU (a tile-compressed one: ZNAXISn)."""
+def _pixels(header: dict[str, str], label: str) -> int:
+    """Pixels of an image HDU (a tile-compressed one: ZNAXISn).
+
+    ``ZNAXIS`` is bounded as ``NAXIS`` is: two billion axes would hold
+    the loop below for minutes.
+    """
     kind = header.get("XTENSION", "'IMAGE'").strip("' ").upper()
     if "ZNAXIS" in header:
         prefix = "ZNAXIS"  # a tile-compressed image in a BINTABLE
@@ -211,12 +231,30 @@ def _pixels(header: dict[str, str]) -> int:
         return 0  # a table
     try:
         naxis = int(header.get(prefix, "0"))
+        if naxis > 999:
+            raise InvalidImageError(f"{label}: {prefix} = {naxis} is not "
+                                    "0..999")
         if naxis <= 0:
             return 0
         return math.prod(max(0, int(header.get(f"{prefix}{i}", "0")))
                          for i in range(1, naxis + 1))
     except ValueError:
         return 0
+
+
+def _tiled_bytes(header: dict[str, str], pixels: int, label: str) -> int:
+    """Bytes of a tile-compressed image once decompressed (else 0).
+
+    Its tiles of zeros compress to almost nothing: a file of a few
+    megabytes can hold gigabytes of image.
+    """
+    if "ZNAXIS" not in header:
+        return 0
+    zbitpix = _integer(header, "ZBITPIX", label)
+    if zbitpix not in (8, 16, 32, 64, -32, -64):
+        raise InvalidImageError(f"{label}: ZBITPIX = {zbitpix} is not a "
+                                "FITS value (8, 16, 32, 64, -32, -64)")
+    return pixels * abs(zbitpix) // 8
 
 
 def _skip(stream: Any, count: int, *, inflate: bool) -> int:

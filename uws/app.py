@@ -75,6 +75,8 @@ def make_app(settings: Settings, service: JobService | None = None) -> Any:
                                    or secrets.token_bytes(32))
     config.add_tween("uws.security.origin_tween_factory",
                      over=TWEEN_OVER)
+    config.add_tween("uws.forms.conditions_tween_factory",
+                     over=TWEEN_OVER)
     for name, pattern in (*ROUTES, *WEB_ROUTES, *VO_ROUTES,
                           *RUN_ROUTES):
         config.add_route(name, pattern)

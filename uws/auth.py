@@ -184,7 +184,8 @@ class BasicPolicy:
     most `VERIFIED_CACHE`, least recently used first out), wrong ones
     never are, and `MAX_FAILURES` wrong ones for one user from one
     address within `FAILURE_WINDOW` seconds make that pair wait (429)
-    until the window has passed.
+    until the window has passed.  A name that is no user is refused
+    without a check and not counted.
     """
 
     settings_type = BasicSettings
@@ -224,7 +225,12 @@ class BasicPolicy:
         who = (str(request.remote_addr or "?"), user)
         self._check_throttle(who)
         stored = self._users.get(user)
-        if stored is None or not check_password(password, stored):
+        if stored is None:
+            # Nothing to guess, no PBKDF2 spent: not counted, so that a
+            # flood of made-up names cannot push a guessed user's
+            # failures out of the bounded table.
+            raise NotAuthenticatedError("unknown user or wrong password")
+        if not check_password(password, stored):
             self._fail(who)
             raise NotAuthenticatedError("unknown user or wrong password")
         with self._lock:

@@ -15,14 +15,18 @@ reading.  Client file names are kept only as labels, never as paths.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import re
 import shutil
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import multipart
+from webob.datetime_utils import parse_date
 
 from uws.errors import (
     ServiceUnavailableError,
@@ -36,6 +40,10 @@ FORM_LIMIT = 1 << 20
 #: Room for the multipart envelope and text fields beside the files.
 ENVELOPE = 1 << 20
 CHUNK = 1 << 20
+#: One byte range as WebOb serves it: ``first-last``, ``first-`` or
+#: ``-suffix`` (RFC 9110 14.1.1; the unit without case).
+_ONE_RANGE = re.compile(r"\s*bytes=(?:([0-9]+)-([0-9]*)|-([0-9]+))\s*",
+                        re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -134,10 +142,13 @@ def _charset(name: str | None, where: str) -> str:
     """
     wanted = (name or "utf-8").strip()
     try:
-        return codecs.lookup(wanted).name
+        codec = codecs.lookup(wanted).name
+        with contextlib.suppress(UnicodeError):
+            b"x".decode(codec)  # rot13, base64...: not text (LookupError)
     except LookupError:
         raise UsageError(f"unknown charset {wanted[:40]!r} {where} (use "
                          "UTF-8)") from None
+    return codec
 
 
 def _body_charset(request: Any) -> str:
@@ -171,7 +182,7 @@ def _text(data: bytes, charset: str, name: str | None) -> str:
     """
     try:
         return data.decode(charset)
-    except UnicodeDecodeError:
+    except UnicodeError:  # punycode and idna raise the base class
         what = "a parameter name" if name is None else \
             f"{name.upper()[:40]}: the value"
         label = "UTF-8" if charset == "utf-8" else charset
@@ -222,7 +233,9 @@ def _read_multipart(request: Any, form: Form, staging_root: Path,
                 _check_size(part, len(text), FORM_LIMIT, field=True)
     except multipart.MultipartError as exc:
         form.discard()
-        raise UsageError(f"malformed multipart/form-data body: {exc}"
+        # Its first argument says what; a second is Python's own error.
+        what = exc.args[0] if exc.args else type(exc).__name__
+        raise UsageError(f"malformed multipart/form-data body: {what}"
                          ) from None
     except OSError as exc:
         # A full or failing disk: the service's fault, not the client's.
@@ -276,3 +289,52 @@ def _record_upload(form: Form, part: Any) -> None:
         return
     form.uploads[name] = Upload(name, form.staging / name, part.size,
                                 part.filename or "")
+
+
+# -- conditional and range headers ---------------------------------------
+def ignore_unusable_conditions(environ: dict[str, Any]) -> None:
+    """Drop the range and date conditions WebOb cannot take (RFC 9110).
+
+    WebOb reads them when a file is answered, after the exception views:
+    ``Range: bytes=-`` (``int('')``) or an ``If-Modified-Since`` in the
+    year 10000 was a 500 with an empty body.  RFC 9110 lets a server
+    ignore a range set it does not serve (14.2: here, anything but one
+    well-formed range, which WebOb would otherwise cut to its first
+    range) and makes it ignore a date it cannot read (13.1.3, 13.1.4);
+    an ``If-Range`` date that cannot be read matches nothing, so the
+    whole file is sent (13.1.5).
+    """
+    asked = environ.get("HTTP_RANGE")
+    if asked is not None:
+        one = _ONE_RANGE.fullmatch(asked)
+        if one is None or (one.group(2) and
+                           int(one.group(2)) < int(one.group(1))):
+            del environ["HTTP_RANGE"]
+    for key in ("HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE"):
+        if key in environ and _http_date(environ[key]) is None:
+            del environ[key]
+    validator = environ.get("HTTP_IF_RANGE", "")
+    # WebOb takes a value ending in " GMT" for a date, else an ETag.
+    if validator.endswith(" GMT") and _http_date(validator) is None:
+        del environ["HTTP_IF_RANGE"]
+        environ.pop("HTTP_RANGE", None)
+
+
+def _http_date(value: str) -> Any:
+    """Return WebOb's reading of an HTTP-date, or None if it has none."""
+    try:
+        return parse_date(value)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def conditions_tween_factory(handler: Callable[[Any], Any],
+                             registry: Any) -> Callable[[Any], Any]:
+    """Apply `ignore_unusable_conditions` to every request."""
+    del registry
+
+    def tween(request: Any) -> Any:
+        ignore_unusable_conditions(request.environ)
+        return handler(request)
+
+    return tween

@@ -223,16 +223,17 @@ def _fits_mpix(name: str, path: Path) -> float:
             # card is unreadable (found by tests/uws_tests/test_fuzz.py).
             with path.open("rb") as raw, fits.open(
                     raw, memmap=True, lazy_load_hdus=False) as hdul:
-                end = 0
-                for index, hdu in enumerate(hdul):
-                    info = hdul.fileinfo(index)
-                    end = max(end, info["datLoc"] + info["datSpan"])
+                for hdu in hdul:
                     header = hdu.header
                     keys = (("ZNAXIS1", "ZNAXIS2") if "ZNAXIS1" in header
                             else ("NAXIS1", "NAXIS2"))
                     nx, ny = (header.get(k, 0) or 0 for k in keys)
                     if isinstance(nx, int) and isinstance(ny, int):
                         mpix += nx * ny / 1e6
+                # The last HDU ends the file.  (``fileinfo`` walks every
+                # HDU before it: called on each, 1000 HDUs took 10 s.)
+                info = hdul.fileinfo(len(hdul) - 1)
+                end = info["datLoc"] + info["datSpan"]
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise UsageError(f"{name.upper()}: not a readable FITS file ({exc})"
                          ) from None

@@ -72,7 +72,7 @@ def check_origin(request: Any, own: str) -> None:
         if value is None:
             continue
         theirs = origin_of(value) if value.strip() != "null" else None
-        if theirs != origin_of(own):
+        if theirs is None or theirs != origin_of(own):
             shown = value.strip()[:80]
             raise PermissionDeniedError(
                 f"cross-site request refused: its {header} {shown!r} is "
