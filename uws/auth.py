@@ -27,6 +27,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import sys
 import threading
@@ -123,11 +124,25 @@ class AnonymousPolicy:
         return {}
 
 
+#: An RFC 9110 (11.3) challenge: an auth-scheme token, then parameters
+#: or a token68, on one line.
+_CHALLENGE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: [\x20-\x7e]+)?")
+
+
 @dataclass(frozen=True)
 class HeaderSettings:
     """``qfits.auth = header``: the trusted proxy's header."""
 
     auth_header: str = option("X-Remote-User", "str")
+    auth_challenge: str = option('Proxy realm="QualityFITS-UWS"', "str")
+
+    def __post_init__(self) -> None:
+        """Refuse a challenge that is no ``auth-scheme [params]``."""
+        if not _CHALLENGE.fullmatch(self.auth_challenge):
+            raise SettingsError(
+                f"qfits.auth_challenge {self.auth_challenge[:60]!r} is no "
+                'HTTP challenge (a scheme, then optional parameters: '
+                'Basic realm="archive", Negotiate)')
 
 
 class HeaderPolicy:
@@ -137,6 +152,7 @@ class HeaderPolicy:
 
     def __init__(self, settings: HeaderSettings) -> None:
         self.header = settings.auth_header
+        self._challenge = settings.auth_challenge
 
     def identify(self, request: Any) -> Identity:
         """Return the user the proxy names (401 without the header)."""
@@ -148,8 +164,16 @@ class HeaderPolicy:
         return Identity(user)
 
     def challenge(self) -> dict[str, str]:
-        """Return no header: the proxy authenticates."""
-        return {}
+        """Return the deployment's challenge (RFC 9110 needs one on a 401).
+
+        The proxy authenticates; a request that reached the service
+        without its header gets the challenge ``qfits.auth_challenge``
+        names: by default a scheme no browser knows (``Proxy``), so a
+        browser shows the page's message rather than a password prompt
+        the service could not check; a deployment whose proxy answers
+        a scheme (``Basic``, ``Negotiate``) names it there.
+        """
+        return {"WWW-Authenticate": self._challenge}
 
 
 @dataclass(frozen=True)

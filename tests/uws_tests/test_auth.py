@@ -269,8 +269,10 @@ def test_header_missing_is_401(proxied: LiveService,
                             timeout=30)):
         status_text(r, 401, "NotAuthenticated: authentication required "
                     "(no X-Remote-User header from the proxy)")
-        # The proxy authenticates: the service does not ask for a password.
-        assert "WWW-Authenticate" not in r.headers
+        # RFC 9110 needs a challenge on a 401; the proxy authenticates,
+        # so the default names no scheme a browser would prompt for.
+        assert (r.headers["WWW-Authenticate"]
+                == 'Proxy realm="QualityFITS-UWS"')
     assert proxied.service.store.count() == 0
 
 
@@ -314,6 +316,7 @@ def test_pages_behind_the_proxy_say_401(proxied: LiveService):
     r = requests.get(f"{proxied.url}/ui/jobs", timeout=30)
     assert r.status_code == 401, (r.status_code, r.text)
     assert "no X-Remote-User header from the proxy" in r.text
+    assert r.headers["WWW-Authenticate"].startswith("Proxy realm=")
 
 
 def test_failed_logins_are_throttled(basic: LiveService):

@@ -79,6 +79,10 @@ def test_sizes(text, size):
       "of runner local or of auth anonymous")),
     ({"auth_header": "X-User"}, "unknown settings: qfits.auth_header"),
     ({"auth": "basic"}, "qfits.auth = basic needs qfits.auth_user_file"),
+    ({"auth": "header", "auth_challenge": 'realm="x"'},
+     "qfits.auth_challenge 'realm=\"x\"' is no HTTP challenge"),
+    ({"auth": "header", "auth_challenge": "Basic\trealm=x"},
+     "is no HTTP challenge"),
     ({"execution_duration": "5h"}, "qfits.execution_duration must be"),
     ({"destruction": "60d"}, "qfits.destruction must not exceed"),
     ({"base_url": "example.org"}, "is not an http(s) URL"),
@@ -142,6 +146,11 @@ def test_auth_settings_are_the_policys():
     header = Settings.from_ini(_ini(auth="header", auth_header="X-User"))
     assert isinstance(header.auth_settings, HeaderSettings)
     assert header.auth_settings.auth_header == "X-User"
+    assert (header.auth_settings.auth_challenge
+            == 'Proxy realm="QualityFITS-UWS"')
+    negotiate = Settings.from_ini(_ini(auth="header",
+                                       auth_challenge="Negotiate"))
+    assert negotiate.auth_settings.auth_challenge == "Negotiate"
     basic = Settings.from_ini(_ini(auth="basic", auth_user_file="users"))
     assert isinstance(basic.auth_settings, BasicSettings)
     assert basic.auth_settings.auth_user_file == Path("users")
