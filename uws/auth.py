@@ -32,7 +32,7 @@ import secrets
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,7 +64,7 @@ def check_password(password: str, stored: str) -> bool:
         rounds = int(iterations)
     except ValueError:
         return False
-    if scheme != "pbkdf2_sha256":
+    if scheme != "pbkdf2_sha256" or rounds < 1:
         return False
     made = hash_password(password, salt=salt, iterations=rounds)
     return hmac.compare_digest(made.rsplit("$", 1)[1], digest)
@@ -192,13 +192,50 @@ class BasicSettings:
 
 #: Failed logins of one user from one address within `FAILURE_WINDOW`
 #: seconds after which that pair is refused (429) without a password
-#: check until the window has passed.
+#: check until the window has passed; failed logins of any names from
+#: one address after which that address is (a password check costs the
+#: service ~30 ms of CPU, whatever the name).
 MAX_FAILURES = 10
+MAX_ADDRESS_FAILURES = 100
 FAILURE_WINDOW = 60.0
-#: Verified (user, password digest) pairs kept, and (address, user)
-#: pairs whose failures are counted: both bounded.
+#: Verified (user, password digest) pairs kept, and (address, name)
+#: pairs and addresses whose failures are counted: all bounded.
 VERIFIED_CACHE = 256
 FAILURE_TABLE = 4096
+
+
+class _Failures:
+    """Recent failures per key, at most `FAILURE_TABLE` keys (oldest out).
+
+    Not locked: its owner holds its lock around every call.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._times: OrderedDict[Any, list[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def wait(self, key: Any, now: float) -> float:
+        """Seconds ``key`` must wait (0: it may try)."""
+        recent = [t for t in self._times.get(key, [])
+                  if now - t < FAILURE_WINDOW]
+        if len(recent) < self.limit:
+            return 0.0
+        return FAILURE_WINDOW - (now - recent[0])
+
+    def add(self, key: Any, now: float) -> None:
+        """Count one failure of ``key``."""
+        recent = [t for t in self._times.pop(key, [])
+                  if now - t < FAILURE_WINDOW]
+        self._times[key] = [*recent, now][-self.limit:]
+        while len(self._times) > FAILURE_TABLE:
+            self._times.popitem(last=False)
+
+    def forget(self, key: Any) -> None:
+        """Drop the failures of ``key`` (it logged in)."""
+        self._times.pop(key, None)
 
 
 class BasicPolicy:
@@ -206,10 +243,14 @@ class BasicPolicy:
 
     A password check costs a PBKDF2 (~30 ms): right ones are cached (at
     most `VERIFIED_CACHE`, least recently used first out), wrong ones
-    never are, and `MAX_FAILURES` wrong ones for one user from one
-    address within `FAILURE_WINDOW` seconds make that pair wait (429)
-    until the window has passed.  A name that is no user is refused
-    without a check and not counted.
+    never are.  A name that is no user costs the same check, against a
+    hash of nothing, so that the time of the answer does not tell
+    which names are users.  `MAX_FAILURES` failures for one name from
+    one address within `FAILURE_WINDOW` seconds make that pair wait
+    (429), and `MAX_ADDRESS_FAILURES` for any names make the address
+    wait, until the window has passed, without a check.  Users' and
+    other names' failures are counted in tables of their own, so that a
+    flood of made-up names cannot push a guessed user's failures out.
     """
 
     settings_type = BasicSettings
@@ -221,8 +262,10 @@ class BasicPolicy:
         self._users: dict[str, str] = {}
         self._mtime = -1.0
         self._verified: OrderedDict[tuple[str, str], bool] = OrderedDict()
-        self._failures: OrderedDict[tuple[str, str], list[float]] = \
-            OrderedDict()
+        self._failures = _Failures(MAX_FAILURES)  # (address, user)
+        self._strangers = _Failures(MAX_FAILURES)  # (address, other name)
+        self._addresses = _Failures(MAX_ADDRESS_FAILURES)
+        self._nobody = ""  # a hash like the users': `_load`
         self._lock = threading.Lock()
         self._load()
 
@@ -246,45 +289,41 @@ class BasicPolicy:
                 self._verified.move_to_end(key)
         if known:
             return Identity(user)
-        who = (str(request.remote_addr or "?"), user)
-        self._check_throttle(who)
+        address = str(request.remote_addr or "?")
+        who = (address, user)
         stored = self._users.get(user)
-        if stored is None:
-            # Nothing to guess, no PBKDF2 spent: not counted, so that a
-            # flood of made-up names cannot push a guessed user's
-            # failures out of the bounded table.
-            raise NotAuthenticatedError("unknown user or wrong password")
-        if not check_password(password, stored):
-            self._fail(who)
+        table = self._failures if stored is not None else self._strangers
+        self._check_throttle(table, who, address)
+        if not check_password(password, stored or self._nobody) \
+                or stored is None:
+            now = time.monotonic()
+            with self._lock:
+                table.add(who, now)
+                self._addresses.add(address, now)
             raise NotAuthenticatedError("unknown user or wrong password")
         with self._lock:
             self._verified[key] = True
             if len(self._verified) > VERIFIED_CACHE:
                 self._verified.popitem(last=False)
-            self._failures.pop(who, None)
+            self._failures.forget(who)
         return Identity(user)
 
-    def _check_throttle(self, who: tuple[str, str]) -> None:
+    def _check_throttle(self, table: _Failures, who: tuple[str, str],
+                        address: str) -> None:
         now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._failures.get(who, [])
-                      if now - t < FAILURE_WINDOW]
-            if len(recent) < MAX_FAILURES:
-                return
-            wait = FAILURE_WINDOW - (now - recent[0])
-        raise TooManyRequestsError(
-            f"{MAX_FAILURES} failed logins for this user from this "
-            f"address within {FAILURE_WINDOW:.0f} s: try again in "
-            f"{wait:.0f} s")
-
-    def _fail(self, who: tuple[str, str]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.pop(who, [])
-                      if now - t < FAILURE_WINDOW]
-            self._failures[who] = [*recent, now][-MAX_FAILURES:]
-            while len(self._failures) > FAILURE_TABLE:
-                self._failures.popitem(last=False)
+            pair = table.wait(who, now)
+            anyone = self._addresses.wait(address, now)
+        if pair > 0:
+            raise TooManyRequestsError(
+                f"{MAX_FAILURES} failed logins for this user from this "
+                f"address within {FAILURE_WINDOW:.0f} s: try again in "
+                f"{pair:.0f} s")
+        if anyone > 0:
+            raise TooManyRequestsError(
+                f"{MAX_ADDRESS_FAILURES} failed logins from this address "
+                f"within {FAILURE_WINDOW:.0f} s: try again in "
+                f"{anyone:.0f} s")
 
     def challenge(self) -> dict[str, str]:
         """Ask for basic credentials."""
@@ -306,8 +345,18 @@ class BasicPolicy:
             if line and not line.startswith("#") and ":" in line:
                 name, _, stored = line.partition(":")
                 users[name.strip()] = stored.strip()
+        # What a name that is no user is checked against: a hash of
+        # nothing with the users' most common number of rounds, so that
+        # it takes as long as theirs.
+        rounds = Counter(stored.split("$")[1] for stored in users.values()
+                         if stored.count("$") == 3).most_common(1)
+        nobody = hash_password(
+            secrets.token_hex(16),
+            iterations=max(1, int(rounds[0][0]))
+            if rounds and rounds[0][0].isdigit() else ITERATIONS)
         with self._lock:
             self._users, self._mtime = users, mtime
+            self._nobody = nobody
             self._verified.clear()
 
 
