@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -170,6 +170,9 @@ LIST_READERS: Final = 2
 #: microseconds (``2026-01-02 03:04:05.123456``): `JobStore.list_rows`
 #: slices it into ISO text; another form is parsed.
 _TEXT_INSTANT: Final = 26
+
+#: What `JobStore.list_rendered` makes of each page.
+T = TypeVar("T")
 
 #: Sentinel: list every owner's jobs (the reaper, the poller).
 ANY_OWNER = object()
@@ -554,11 +557,11 @@ class JobStore:
         page : int, optional
             Rows per query (default `list_page`).
         """
-        for rows in self._list_rows(owner, phases, after, last, run_id,
-                                    before, page):
-            yield [JobRef(job_id, Phase(phase), run_id_, who,
-                          _stored_instant(when))
-                   for job_id, phase, run_id_, who, when in rows]
+        return self._list_rows(
+            owner, phases, after, last, run_id, before, page,
+            lambda rows: [JobRef(job_id, Phase(phase), run_id_, who,
+                                 _stored_instant(when))
+                          for job_id, phase, run_id_, who, when in rows])
 
     def list_rows(self, *, owner: object, phases: Sequence[Phase] = (),
                   after: datetime | None = None, last: int | None = None,
@@ -572,23 +575,39 @@ class JobStore:
         jobs is read and written in a third of the time).  Parameters
         as `list_pages`.
         """
-        for rows in self._list_rows(owner, phases, after, last, run_id,
-                                    None, page):
-            yield [(job_id, phase, run_id_, who,
-                    f"{when[:10]}T{when[11:23]}Z"
-                    if isinstance(when, str) and len(when) == _TEXT_INSTANT
-                    else iso(_stored_instant(when)))
-                   for job_id, phase, run_id_, who, when in rows]
+        return self.list_rendered(_same, owner=owner, phases=phases,
+                                  after=after, last=last, run_id=run_id,
+                                  page=page)
+
+    def list_rendered(self, render: Callable[[list[JobListRow]], T], *,
+                      owner: object, phases: Sequence[Phase] = (),
+                      after: datetime | None = None,
+                      last: int | None = None, run_id: str | None = None,
+                      page: int | None = None) -> Iterator[T]:
+        """Yield ``render`` of each page of `list_rows`, as it is read.
+
+        ``render`` (e.g. `uws.xml.jobref_writer`) is called as soon as
+        the page is read, in the page's slot (`LIST_READERS`): at most
+        that many pages of rows exist at once in the process, however
+        many lists are being written, and what is yielded is one object
+        per page.  20 lists of 10 000 jobs holding a page of row tuples
+        each while they were written kept the interpreter ~4 MB larger
+        after them (benchmarks/README.md).  Other parameters as
+        `list_pages`.
+        """
+        return self._list_rows(owner, phases, after, last, run_id, None,
+                               page, lambda rows: render(_list_rows(rows)))
 
     def _list_rows(self, owner: object, phases: Sequence[Phase],
                    after: datetime | None, last: int | None,
                    run_id: str | None, before: tuple[datetime, str] | None,
-                   page: int | None) -> Iterator[Sequence[Any]]:
-        """Yield the list's rows a page at a time (`list_pages`).
+                   page: int | None,
+                   render: Callable[[Sequence[Any]], T]) -> Iterator[T]:
+        """Yield ``render`` of the list's rows a page at a time.
 
         Rows of (job id, phase value, run id, owner, creation time as
         the driver gives it: SQLite's text, PostgreSQL's naive UTC
-        datetime).
+        datetime); ``render`` runs in the page's slot (`list_rendered`).
         """
         c = jobs_table.c
         size = page or self.list_page
@@ -609,25 +628,39 @@ class JobStore:
             stmt = stmt.where(c.creation_time > _naive(after))
         if run_id is not None:
             stmt = stmt.where(c.run_id == run_id)
-        stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
+        stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc()).limit(
+            sa.bindparam("rows", type_=sa.Integer()))
+        # The statements are built once per list, each page's keyset
+        # and size bound as parameters: a statement built per page left
+        # ~7 objects in reference cycles (SQLAlchemy's expressions),
+        # freed only by a full collection, pinning the interpreter's
+        # arenas of 20 concurrent lists (benchmarks/README.md).
+        following = stmt.where(
+            sa.tuple_(c.creation_time, c.job_id) < sa.tuple_(
+                sa.bindparam("seen_time", type_=c.creation_time.type),
+                sa.bindparam("seen_id", type_=c.job_id.type)))
         left = last
         seen = None if before is None else (_naive(before[0]), before[1])
         while left is None or left > 0:
-            query = stmt
-            if seen is not None:
-                query = query.where(
-                    sa.tuple_(c.creation_time, c.job_id) < seen)
             wanted = size if left is None else min(size, left)
             with self._list_slots, self.engine.connect() as conn:
-                rows = conn.execute(query.limit(wanted)).all()
-            if rows:
-                seen = (_stored_instant(rows[-1][4]).replace(tzinfo=None),
-                        rows[-1][0])
-                yield rows
-            if len(rows) < wanted:
+                rows = (conn.execute(stmt, {"rows": wanted}) if seen is None
+                        else conn.execute(following, {
+                            "rows": wanted, "seen_time": seen[0],
+                            "seen_id": seen[1]})).all()
+                got = len(rows)
+                if got:
+                    seen = (_stored_instant(rows[-1][4]).replace(
+                        tzinfo=None), rows[-1][0])
+                    rendered = render(rows)
+                del rows  # not kept while the caller writes the page
+            if got:
+                yield rendered
+                del rendered
+            if got < wanted:
                 return
             if left is not None:
-                left -= len(rows)
+                left -= got
 
     def list_runs(self, *, owner: object) -> list[RunRef]:
         """List the runs (RUNIDs) of ``owner`` as `list_jobs` sees them.
@@ -714,6 +747,19 @@ class JobStore:
             return int(conn.execute(
                 sa.select(sa.func.count()).select_from(jobs_table)
             ).scalar() or 0)
+
+
+def _same(rows: list[JobListRow]) -> list[JobListRow]:
+    return rows
+
+
+def _list_rows(rows: Sequence[Any]) -> list[JobListRow]:
+    """Return a page of the list as `uws.model.JobListRow` tuples."""
+    return [(job_id, phase, run_id, who,
+             f"{when[:10]}T{when[11:23]}Z"
+             if isinstance(when, str) and len(when) == _TEXT_INSTANT
+             else iso(_stored_instant(when)))
+            for job_id, phase, run_id, who, when in rows]
 
 
 def _job(row: Any, params: Sequence[Any], results: Sequence[Any]) -> Job:
