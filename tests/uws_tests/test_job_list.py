@@ -142,7 +142,7 @@ def test_the_list_is_written_as_it_is_read(start_service: Any) -> None:
     for i in range(25):
         _add(store, f"job{i:02d}", now - timedelta(seconds=100 - i))
     store.list_page = 10
-    queries = _Queries(store.engine)
+    queries = _Queries(store.list_engine)
     request = Request.blank("/jobs", base_url="http://127.0.0.1:1")
     status, headers, app_iter = request.call_application(live.app)
     assert status == "200 OK"
@@ -180,7 +180,7 @@ def test_a_filtered_list_reads_only_its_pages(start_service: Any) -> None:
         _add(store, f"job{i:02d}", now - timedelta(seconds=100 - i))
     store.transition("job29", [Phase.PENDING], Phase.ABORTED)
     store.list_page = 10
-    queries = _Queries(store.engine)
+    queries = _Queries(store.list_engine)
     r = live.http.get(live.jobs, params={"LAST": "12", "PHASE": "PENDING"})
     assert r.status_code == 200, r.text
     ids = [ref.get("id") for ref in
@@ -207,7 +207,7 @@ def test_each_page_is_read_from_an_index_in_order(tmp_path: Any,
             _add(store, f"a{i:02d}", T0 + timedelta(seconds=i),
                  owner=("alice", None, "bob")[i % 3])
         sent: list[tuple[str, Any]] = []
-        sa.event.listen(store.engine, "before_cursor_execute",
+        sa.event.listen(store.list_engine, "before_cursor_execute",
                         lambda _c, _k, sql, params, *_a:
                         sent.append((sql, params)))
         pages = list(store.list_pages(owner=owner, page=5))
