@@ -26,7 +26,13 @@ from uws.auth import ANONYMOUS
 from uws.model import utcnow
 from uws.phases import Phase
 from uws.schema import upgrade
-from uws.store import ANY_OWNER, JobStore, NewJob
+from uws.store import (
+    ANY_OWNER,
+    LIST_CACHE_KIB,
+    LIST_READERS,
+    JobStore,
+    NewJob,
+)
 from uws.xml import iso
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -120,6 +126,30 @@ def test_a_list_of_many_pages_leaves_no_more_garbage(store: JobStore) -> None:
     garbage(3)  # SQLAlchemy's caches filled
     one, ten = garbage(3), garbage(30)
     assert ten <= one, (one, ten)
+
+
+def test_lists_read_sqlite_through_their_own_small_connections(
+        tmp_path: Any) -> None:
+    # A list of a SQLite file goes through LIST_READERS connections of
+    # its own with a small page cache, not through the store's pool
+    # (whose connections would each keep the index pages they read).
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    upgrade(url)
+    store = JobStore(url)
+    try:
+        for i in range(12):
+            _add(store, f"job{i:02d}", T0 + timedelta(seconds=i))
+        on_store = _Queries(store.engine)
+        on_lists = _Queries(store.list_engine)
+        assert len(store.list_jobs(owner=None)) == 12
+        assert len(list(store.list_pages(owner=None, page=5))) == 3
+        assert (on_store.count, on_lists.count) == (0, 1 + 3)
+        with store.list_engine.connect() as conn:
+            kib = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        assert kib == -LIST_CACHE_KIB
+        assert store.list_engine.pool.size() == LIST_READERS
+    finally:
+        store.close()
 
 
 class _Queries:
