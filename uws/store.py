@@ -159,11 +159,12 @@ UPDATABLE = frozenset({
     "max_rss_kb", "wall_s", "cpu_s", "email", "stored_bytes",
 })
 
-#: Job-list pages read at once (`JobStore.list_pages`), whatever the
-#: number of lists being written: 20 concurrent lists of 10 000 jobs
-#: then use 2 connections, not 20 (each with its SQLite page cache);
-#: a page is a short query, and what follows it (writing the XML) is
-#: bound by the interpreter anyway.  benchmarks/README.md.
+#: Job-list pages read (and rendered, `JobStore.list_rendered`) at
+#: once, whatever the number of lists being written: 20 concurrent
+#: lists of 10 000 jobs then use 2 connections, not 20 (each with its
+#: SQLite page cache), and hold no more than 2 pages of rows; a page is
+#: a short query, and writing it is bound by the interpreter anyway.
+#: benchmarks/README.md.
 LIST_READERS: Final = 2
 
 #: SQLite's page cache of each connection that reads job lists [KiB]:
@@ -345,11 +346,11 @@ class JobStore:
         The database cannot be reached.
     """
 
-    #: Rows per query of a job list (`list_pages`): 20 lists being
-    #: written hold 20 pages, whose small objects are spread over the
-    #: interpreter's arenas (pages of 1000: 20 more 1 MB arenas kept
-    #: after 20 lists of 10 000, pages of 250: 5, for the same CPU;
-    #: benchmarks/README.md).
+    #: Rows per query of a job list (`list_pages`).  Pages of 1000 kept
+    #: 20 more 1 MB arenas of the interpreter after 20 concurrent lists
+    #: of 10 000 when each list held its page while writing it; since
+    #: a page is rendered in its read slot (`list_rendered`) at most
+    #: `LIST_READERS` pages of rows exist at once (benchmarks/README.md).
     list_page = 250
 
     def __init__(self, url: str) -> None:
