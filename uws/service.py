@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from pbs_bridge.jobfolder import (
     LOG_FILE,
@@ -90,6 +91,9 @@ from uws.settings import Settings, human_bytes
 from uws.store import ANY_OWNER, ActiveJob, JobStore, NewJob, StoreError
 
 log = logging.getLogger(__name__)
+
+#: What `JobService.list_rendered` makes of each page of a job list.
+T = TypeVar("T")
 
 #: Phases the poller asks the runner about.
 OBSERVED = (Phase.QUEUED, Phase.EXECUTING, Phase.HELD, Phase.SUSPENDED,
@@ -497,14 +501,18 @@ class JobService:
         return self.store.list_jobs(owner=who, phases=phases_, after=after,
                                     last=last, before=before)
 
-    def list_rows(self, owner: Identity, *,
-                  phases_: Sequence[Phase] = (),
-                  after: datetime | None = None,
-                  last: int | None = None) -> Iterator[list[JobListRow]]:
-        """Return `list_jobs` a page at a time, as rows (`list_rows`)."""
+    def list_rendered(self, owner: Identity,
+                      render: Callable[[list[JobListRow]], T], *,
+                      phases_: Sequence[Phase] = (),
+                      after: datetime | None = None,
+                      last: int | None = None) -> Iterator[T]:
+        """Return `list_jobs` a page at a time, each page rendered.
+
+        ``render`` takes a page of rows (`JobStore.list_rendered`).
+        """
         who: object = ANY_OWNER if owner.sees_all else owner.name
-        return self.store.list_rows(owner=who, phases=phases_, after=after,
-                                    last=last)
+        return self.store.list_rendered(render, owner=who, phases=phases_,
+                                        after=after, last=last)
 
     def _job(self, job_id: str, owner: Identity) -> Job:
         try:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -159,17 +159,29 @@ UPDATABLE = frozenset({
     "max_rss_kb", "wall_s", "cpu_s", "email", "stored_bytes",
 })
 
-#: Job-list pages read at once (`JobStore.list_pages`), whatever the
-#: number of lists being written: 20 concurrent lists of 10 000 jobs
-#: then use 2 connections, not 20 (each with its SQLite page cache);
-#: a page is a short query, and what follows it (writing the XML) is
-#: bound by the interpreter anyway.  benchmarks/README.md.
+#: Job-list pages read (and rendered, `JobStore.list_rendered`) at
+#: once, whatever the number of lists being written: 20 concurrent
+#: lists of 10 000 jobs then use 2 connections, not 20 (each with its
+#: SQLite page cache), and hold no more than 2 pages of rows; a page is
+#: a short query, and writing it is bound by the interpreter anyway.
+#: benchmarks/README.md.
 LIST_READERS: Final = 2
+
+#: SQLite's page cache of each connection that reads job lists [KiB]:
+#: a list reads an index once, in order, and each page of it is one
+#: short query; with SQLite's default (2 MB) a list of 10 000 jobs left
+#: ~0.7 MB of that index cached in each pooled connection that read a
+#: page of it, kept for good.  The pages come from the system's file
+#: cache instead, for the same CPU (benchmarks/README.md).
+LIST_CACHE_KIB: Final = 64
 
 #: Length of an instant as SQLAlchemy writes it in SQLite, always with
 #: microseconds (``2026-01-02 03:04:05.123456``): `JobStore.list_rows`
 #: slices it into ISO text; another form is parsed.
 _TEXT_INSTANT: Final = 26
+
+#: What `JobStore.list_rendered` makes of each page.
+T = TypeVar("T")
 
 #: Sentinel: list every owner's jobs (the reaper, the poller).
 ANY_OWNER = object()
@@ -285,15 +297,20 @@ def _aware_required(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine; SQLite gets WAL mode and a busy timeout."""
+def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20,
+                cache_kib: int | None = None) -> Engine:
+    """Create the engine; SQLite gets WAL mode and a busy timeout.
+
+    ``cache_kib``: SQLite's page cache per connection (default: SQLite's,
+    2 MB).
+    """
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=20, max_overflow=20)
+            pool_size=pool_size, max_overflow=max_overflow)
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -301,6 +318,8 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            if cache_kib is not None:
+                cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
             cursor.close()
 
         return engine
@@ -327,11 +346,11 @@ class JobStore:
         The database cannot be reached.
     """
 
-    #: Rows per query of a job list (`list_pages`): 20 lists being
-    #: written hold 20 pages, whose small objects are spread over the
-    #: interpreter's arenas (pages of 1000: 20 more 1 MB arenas kept
-    #: after 20 lists of 10 000, pages of 250: 5, for the same CPU;
-    #: benchmarks/README.md).
+    #: Rows per query of a job list (`list_pages`).  Pages of 1000 kept
+    #: 20 more 1 MB arenas of the interpreter after 20 concurrent lists
+    #: of 10 000 when each list held its page while writing it; since
+    #: a page is rendered in its read slot (`list_rendered`) at most
+    #: `LIST_READERS` pages of rows exist at once (benchmarks/README.md).
     list_page = 250
 
     def __init__(self, url: str) -> None:
@@ -347,10 +366,21 @@ class JobStore:
         if found != SCHEMA_REVISION:
             self.engine.dispose()
             raise SchemaError(schema_message(found, has_tables=has_tables))
+        #: The job lists' connections: a SQLite file's own,
+        #: `LIST_READERS` with a small page cache (`LIST_CACHE_KIB`);
+        #: another database's are the store's (its cache is the
+        #: server's).
+        self.list_engine = self.engine
+        if (self.engine.dialect.name == "sqlite"
+                and self.engine.url.database not in {None, "", ":memory:"}):
+            self.list_engine = make_engine(
+                url, pool_size=LIST_READERS, max_overflow=0,
+                cache_kib=LIST_CACHE_KIB)
 
     def close(self) -> None:
         """Release the connections."""
         self.engine.dispose()
+        self.list_engine.dispose()
 
     def ping(self) -> None:
         """Raise `StoreError` unless the database answers."""
@@ -554,11 +584,11 @@ class JobStore:
         page : int, optional
             Rows per query (default `list_page`).
         """
-        for rows in self._list_rows(owner, phases, after, last, run_id,
-                                    before, page):
-            yield [JobRef(job_id, Phase(phase), run_id_, who,
-                          _stored_instant(when))
-                   for job_id, phase, run_id_, who, when in rows]
+        return self._list_rows(
+            owner, phases, after, last, run_id, before, page,
+            lambda rows: [JobRef(job_id, Phase(phase), run_id_, who,
+                                 _stored_instant(when))
+                          for job_id, phase, run_id_, who, when in rows])
 
     def list_rows(self, *, owner: object, phases: Sequence[Phase] = (),
                   after: datetime | None = None, last: int | None = None,
@@ -572,23 +602,39 @@ class JobStore:
         jobs is read and written in a third of the time).  Parameters
         as `list_pages`.
         """
-        for rows in self._list_rows(owner, phases, after, last, run_id,
-                                    None, page):
-            yield [(job_id, phase, run_id_, who,
-                    f"{when[:10]}T{when[11:23]}Z"
-                    if isinstance(when, str) and len(when) == _TEXT_INSTANT
-                    else iso(_stored_instant(when)))
-                   for job_id, phase, run_id_, who, when in rows]
+        return self.list_rendered(_same, owner=owner, phases=phases,
+                                  after=after, last=last, run_id=run_id,
+                                  page=page)
+
+    def list_rendered(self, render: Callable[[list[JobListRow]], T], *,
+                      owner: object, phases: Sequence[Phase] = (),
+                      after: datetime | None = None,
+                      last: int | None = None, run_id: str | None = None,
+                      page: int | None = None) -> Iterator[T]:
+        """Yield ``render`` of each page of `list_rows`, as it is read.
+
+        ``render`` (e.g. `uws.xml.jobref_writer`) is called as soon as
+        the page is read, in the page's slot (`LIST_READERS`): at most
+        that many pages of rows exist at once in the process, however
+        many lists are being written, and what is yielded is one object
+        per page.  20 lists of 10 000 jobs holding a page of row tuples
+        each while they were written kept the interpreter ~4 MB larger
+        after them (benchmarks/README.md).  Other parameters as
+        `list_pages`.
+        """
+        return self._list_rows(owner, phases, after, last, run_id, None,
+                               page, lambda rows: render(_list_rows(rows)))
 
     def _list_rows(self, owner: object, phases: Sequence[Phase],
                    after: datetime | None, last: int | None,
                    run_id: str | None, before: tuple[datetime, str] | None,
-                   page: int | None) -> Iterator[Sequence[Any]]:
-        """Yield the list's rows a page at a time (`list_pages`).
+                   page: int | None,
+                   render: Callable[[Sequence[Any]], T]) -> Iterator[T]:
+        """Yield ``render`` of the list's rows a page at a time.
 
         Rows of (job id, phase value, run id, owner, creation time as
         the driver gives it: SQLite's text, PostgreSQL's naive UTC
-        datetime).
+        datetime); ``render`` runs in the page's slot (`list_rendered`).
         """
         c = jobs_table.c
         size = page or self.list_page
@@ -609,25 +655,39 @@ class JobStore:
             stmt = stmt.where(c.creation_time > _naive(after))
         if run_id is not None:
             stmt = stmt.where(c.run_id == run_id)
-        stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc())
+        stmt = stmt.order_by(c.creation_time.desc(), c.job_id.desc()).limit(
+            sa.bindparam("rows", type_=sa.Integer()))
+        # The statements are built once per list, each page's keyset
+        # and size bound as parameters: a statement built per page left
+        # ~7 objects in reference cycles (SQLAlchemy's expressions),
+        # freed only by a full collection, pinning the interpreter's
+        # arenas of 20 concurrent lists (benchmarks/README.md).
+        following = stmt.where(
+            sa.tuple_(c.creation_time, c.job_id) < sa.tuple_(
+                sa.bindparam("seen_time", type_=c.creation_time.type),
+                sa.bindparam("seen_id", type_=c.job_id.type)))
         left = last
         seen = None if before is None else (_naive(before[0]), before[1])
         while left is None or left > 0:
-            query = stmt
-            if seen is not None:
-                query = query.where(
-                    sa.tuple_(c.creation_time, c.job_id) < seen)
             wanted = size if left is None else min(size, left)
-            with self._list_slots, self.engine.connect() as conn:
-                rows = conn.execute(query.limit(wanted)).all()
-            if rows:
-                seen = (_stored_instant(rows[-1][4]).replace(tzinfo=None),
-                        rows[-1][0])
-                yield rows
-            if len(rows) < wanted:
+            with self._list_slots, self.list_engine.connect() as conn:
+                rows = (conn.execute(stmt, {"rows": wanted}) if seen is None
+                        else conn.execute(following, {
+                            "rows": wanted, "seen_time": seen[0],
+                            "seen_id": seen[1]})).all()
+                got = len(rows)
+                if got:
+                    seen = (_stored_instant(rows[-1][4]).replace(
+                        tzinfo=None), rows[-1][0])
+                    rendered = render(rows)
+                del rows  # not kept while the caller writes the page
+            if got:
+                yield rendered
+                del rendered
+            if got < wanted:
                 return
             if left is not None:
-                left -= len(rows)
+                left -= got
 
     def list_runs(self, *, owner: object) -> list[RunRef]:
         """List the runs (RUNIDs) of ``owner`` as `list_jobs` sees them.
@@ -714,6 +774,19 @@ class JobStore:
             return int(conn.execute(
                 sa.select(sa.func.count()).select_from(jobs_table)
             ).scalar() or 0)
+
+
+def _same(rows: list[JobListRow]) -> list[JobListRow]:
+    return rows
+
+
+def _list_rows(rows: Sequence[Any]) -> list[JobListRow]:
+    """Return a page of the list as `uws.model.JobListRow` tuples."""
+    return [(job_id, phase, run_id, who,
+             f"{when[:10]}T{when[11:23]}Z"
+             if isinstance(when, str) and len(when) == _TEXT_INSTANT
+             else iso(_stored_instant(when)))
+            for job_id, phase, run_id, who, when in rows]
 
 
 def _job(row: Any, params: Sequence[Any], results: Sequence[Any]) -> Job:

@@ -180,17 +180,16 @@ def jobs_view(request: Any) -> Response:
         last_n = parse_int(last, "LAST")
         if last_n <= 0:
             raise UsageError(f"LAST: {last_n} must be a positive integer")
-    pages = service.list_rows(
-        owner, phases_=wanted,
+    pieces = service.list_rendered(
+        owner, xml.jobref_writer(jobs_url(request)), phases_=wanted,
         after=None if after is None else parse_instant(after, "AFTER"),
         last=last_n)
     # The first page is read now: a database that does not answer is
     # still a 503; the others as the response is written (a list of any
-    # length costs one page of memory).
-    first = next(pages, [])
+    # length costs a page of memory, written as it is read).
+    first = next(pieces, b"")
     return Response(
-        app_iter=xml.job_list_chunks(itertools.chain([first], pages),
-                                     jobs_url(request)),
+        app_iter=xml.job_list_chunks(itertools.chain([first], pieces)),
         content_type=XML_TYPE, charset="utf-8")
 
 

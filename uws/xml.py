@@ -4,7 +4,7 @@ The one module of the service that knows the UWS, XLink, XSI, VOSI and
 VODataService namespaces and element names; the views hand it the plain
 objects of `uws.model` and send the bytes it returns.  Nothing here is
 a string template (but the job list's small ``<uws:jobref>``
-elements, written as escaped text for speed: `job_list_chunks`), and
+elements, written as escaped text for speed: `jobref_writer`), and
 nothing here reads configuration: every URL is
 passed in (built by the views from the public base URL, ``uws.md`` §4).
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Final
 from urllib.parse import quote
@@ -76,6 +76,7 @@ __all__ = [
     "job_document",
     "job_list_chunks",
     "job_list_document",
+    "jobref_writer",
     "parameters_document",
     "results_document",
 ]
@@ -318,7 +319,7 @@ def job_list_document(jobs: Sequence[JobRef], jobs_url: str) -> bytes:
     """
     rows = [(ref.job_id, ref.phase.value, ref.run_id, ref.owner,
              iso(ref.creation_time)) for ref in jobs]
-    return b"".join(job_list_chunks([rows], jobs_url))
+    return b"".join(job_list_chunks([jobref_writer(jobs_url)(rows)]))
 
 
 #: The job list's start and end (`job_list_chunks`).
@@ -327,8 +328,6 @@ _JOBS_HEAD: Final = (
     f'<uws:jobs xmlns:uws="{UWS_NS}" xmlns:xlink="{XLINK_NS}" '
     f'xmlns:xsi="{XSI_NS}" version="{UWS_VERSION}">\n').encode()
 _JOBS_TAIL: Final = b"</uws:jobs>\n"
-#: Jobs per piece of the response (~26 kB).
-_PIECE: Final = 100
 _ESCAPE: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;",
                                 '"': "&quot;", "\r": "&#13;",
                                 "\n": "&#10;", "\t": "&#9;"})
@@ -339,26 +338,37 @@ _PLAIN_TEXT: Final = re.compile(
 _NIL_OWNER: Final = '    <uws:ownerId xsi:nil="true"/>\n'
 
 
-def job_list_chunks(pages: Iterable[Sequence[JobListRow]],
-                    jobs_url: str) -> Iterator[bytes]:
-    """Yield the ``<uws:jobs>`` document a page of jobs at a time.
+def job_list_chunks(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield the ``<uws:jobs>`` document around ``pieces``.
 
     The document of `job_list_document`, written as it is read (a
-    response's ``app_iter``): the start, the pieces of each page of
-    ``pages`` (`uws.store.JobStore.list_rows`), the end.  A list of
-    any length thus costs the memory of one page.  The small
-    ``<uws:jobref>`` elements are written as text here, escaped like
-    lxml does, rather than built as trees (a tree per job took ~40 µs,
-    ten times the text; benchmarks/README.md): the one place of this
-    module that writes markup itself.
+    response's ``app_iter``): the start, each piece of ``<uws:jobref>``
+    elements (`jobref_writer`, a page of the list each), the end.  A
+    list of any length thus costs the memory of the pieces being
+    written.
+    """
+    yield _JOBS_HEAD
+    yield from pieces
+    yield _JOBS_TAIL
+
+
+def jobref_writer(jobs_url: str) -> Callable[[Sequence[JobListRow]], bytes]:
+    """Return the function that writes rows as ``<uws:jobref>`` elements.
+
+    It takes a page of the list (`uws.store.JobStore.list_rendered`)
+    and returns its elements, UTF-8, in one piece.  The small elements
+    are written as text here, escaped like lxml does, rather than built
+    as trees (a tree per job took ~40 µs, ten times the text;
+    benchmarks/README.md): the one place of this module that writes
+    markup itself.  ``jobs_url``: the list's URL, each job's is
+    ``{jobs_url}/{job_id}``.
     """
     base = _escaped(jobs_url.rstrip("/"))  # an attribute's text
-    yield _JOBS_HEAD
-    for page in pages:
-        for start in range(0, len(page), _PIECE):
-            yield "".join([_jobref(row, base) for row
-                           in page[start:start + _PIECE]]).encode()
-    yield _JOBS_TAIL
+
+    def write(rows: Sequence[JobListRow]) -> bytes:
+        return "".join([_jobref(row, base) for row in rows]).encode()
+
+    return write
 
 
 def _escaped(text: str) -> str:

@@ -11,6 +11,7 @@ follow: rows are read after the first piece was written, not before.
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,13 @@ from uws.auth import ANONYMOUS
 from uws.model import utcnow
 from uws.phases import Phase
 from uws.schema import upgrade
-from uws.store import ANY_OWNER, JobStore, NewJob
+from uws.store import (
+    ANY_OWNER,
+    LIST_CACHE_KIB,
+    LIST_READERS,
+    JobStore,
+    NewJob,
+)
 from uws.xml import iso
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -96,6 +103,55 @@ def test_rows_carry_every_instant_as_iso_text(store: JobStore) -> None:
     assert [row[4] for row in rows] == [iso(t) for t in reversed(times)]
 
 
+def test_a_list_of_many_pages_leaves_no_more_garbage(store: JobStore) -> None:
+    # Objects in reference cycles outlive a list until a full
+    # collection, and 20 lists at once left enough of them to pin the
+    # interpreter's arenas: a list of ten pages may leave no more than
+    # a list of one (a statement built per page left ~7 each).
+    for i in range(30):
+        _add(store, f"job{i:02d}", T0 + timedelta(seconds=i))
+    store.list_page = 3
+
+    def garbage(last: int) -> int:
+        gc.collect()
+        gc.disable()
+        try:
+            pages = list(store.list_rendered(len, owner=None, last=last))
+            found = gc.collect()
+        finally:
+            gc.enable()
+        assert sum(pages) == last
+        return found
+
+    garbage(3)  # SQLAlchemy's caches filled
+    one, ten = garbage(3), garbage(30)
+    assert ten <= one, (one, ten)
+
+
+def test_lists_read_sqlite_through_their_own_small_connections(
+        tmp_path: Any) -> None:
+    # A list of a SQLite file goes through LIST_READERS connections of
+    # its own with a small page cache, not through the store's pool
+    # (whose connections would each keep the index pages they read).
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    upgrade(url)
+    store = JobStore(url)
+    try:
+        for i in range(12):
+            _add(store, f"job{i:02d}", T0 + timedelta(seconds=i))
+        on_store = _Queries(store.engine)
+        on_lists = _Queries(store.list_engine)
+        assert len(store.list_jobs(owner=None)) == 12
+        assert len(list(store.list_pages(owner=None, page=5))) == 3
+        assert (on_store.count, on_lists.count) == (0, 1 + 3)
+        with store.list_engine.connect() as conn:
+            kib = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        assert kib == -LIST_CACHE_KIB
+        assert store.list_engine.pool.size() == LIST_READERS
+    finally:
+        store.close()
+
+
 class _Queries:
     """Count the job-list queries the store sends (SQLAlchemy's hook)."""
 
@@ -116,7 +172,7 @@ def test_the_list_is_written_as_it_is_read(start_service: Any) -> None:
     for i in range(25):
         _add(store, f"job{i:02d}", now - timedelta(seconds=100 - i))
     store.list_page = 10
-    queries = _Queries(store.engine)
+    queries = _Queries(store.list_engine)
     request = Request.blank("/jobs", base_url="http://127.0.0.1:1")
     status, headers, app_iter = request.call_application(live.app)
     assert status == "200 OK"
@@ -154,7 +210,7 @@ def test_a_filtered_list_reads_only_its_pages(start_service: Any) -> None:
         _add(store, f"job{i:02d}", now - timedelta(seconds=100 - i))
     store.transition("job29", [Phase.PENDING], Phase.ABORTED)
     store.list_page = 10
-    queries = _Queries(store.engine)
+    queries = _Queries(store.list_engine)
     r = live.http.get(live.jobs, params={"LAST": "12", "PHASE": "PENDING"})
     assert r.status_code == 200, r.text
     ids = [ref.get("id") for ref in
@@ -181,7 +237,7 @@ def test_each_page_is_read_from_an_index_in_order(tmp_path: Any,
             _add(store, f"a{i:02d}", T0 + timedelta(seconds=i),
                  owner=("alice", None, "bob")[i % 3])
         sent: list[tuple[str, Any]] = []
-        sa.event.listen(store.engine, "before_cursor_execute",
+        sa.event.listen(store.list_engine, "before_cursor_execute",
                         lambda _c, _k, sql, params, *_a:
                         sent.append((sql, params)))
         pages = list(store.list_pages(owner=owner, page=5))
