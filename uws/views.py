@@ -169,7 +169,8 @@ def jobs_view(request: Any) -> Response:
     unknown = query.names() - {"phase", "after", "last"}
     if unknown:
         raise UsageError(
-            f"unknown job-list filter {', '.join(sorted(unknown)).upper()}"
+            "unknown job-list filter "
+            f"{', '.join(repr(name.upper()[:40]) for name in sorted(unknown))}"
             ": the filters are PHASE (repeatable), AFTER and LAST")
     wanted = [parse_phase(value, "PHASE")
               for value in query.values.get("phase", [])]

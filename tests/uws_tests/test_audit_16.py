@@ -370,6 +370,19 @@ def test_one_address_is_held_back_whatever_the_names(tmp_path: Path):
                            ).name == "alice"
 
 
+# -- the job list's filters (item 8) ------------------------------------------
+@pytest.mark.parametrize(("query", "named"), [
+    ("=1", "''"), ("%00x=1", "'\\x00X'"), ("phse=RUN", "'PHSE'"),
+])
+def test_an_unknown_filter_is_named_quoted(live: LiveService, query: str,
+                                           named: str):
+    """An empty name, or one with a NUL, was echoed raw (``filter :``)."""
+    r = live.http.get(f"{live.jobs}?{query}")
+    text = _refused(r, 400, f"unknown job-list filter {named}: the "
+                    "filters are PHASE")
+    assert "\x00" not in text
+
+
 # -- cross-site requests (item 5) ---------------------------------------------
 def test_an_origin_that_cannot_be_read_is_never_this_service(
         live: LiveService):
