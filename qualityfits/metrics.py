@@ -87,8 +87,10 @@ METRICS: tuple[Metric, ...] = (
          "PSF FWHM before pixel sampling: the FWHM field of the stars' "
          "pixel-free Moffat fits, median at the PSF stars"),
     _err("FWHM_PIX", "pix",
-         "bootstrap over the PSF stars of the level of the FWHM field "
-         "(the shorth mode of the stars' FWHM over the field)"),
+         "bootstrap of the FWHM field at the PSF stars, its trend and "
+         "its level (a biweight location of the stars' FWHM over the "
+         "field), each star kept in place with the FWHM/field ratio of "
+         "a star drawn at random"),
     _psf("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
          "FWHM_PIX times the pixel scale: the seeing"),
     _err("FWHM_ARCSEC", "arcsec", "FWHM_PIX_ERR times the pixel scale"),

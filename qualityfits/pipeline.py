@@ -106,7 +106,7 @@ from qualityfits.parameters import QualityParameters
 from qualityfits.psf import (
     FWHM_NOISE,
     PsfResult,
-    level_error,
+    fwhm_error,
     measure_psf,
     undersampled_size,
 )
@@ -753,7 +753,8 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
     assert psf.field is not None
     field = psf.field.fwhm_at(stars.x, stars.y)
     fwhm = float(np.median(field))
-    fwhm_rel_err = level_error(stars.fwhm / field)
+    fwhm_rel_err = fwhm_error(stars.x, stars.y, stars.fwhm, stars.snr,
+                              psf.shape)
     # The stars' ellipticity vectors weighted by their precision (noise
     # FWHM_NOISE/SNR, floored at the PSF's variation): an unweighted mean
     # gave the S/N 30 stars the weight of the S/N 1000 ones, and their

@@ -298,16 +298,28 @@ def fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
     A quadratic is used only where the data ask for it, not because
     there are enough stars to fit one.
     """
+    return _fit_trend(x, y, values, shape, max_degree=max_degree,
+                      keep=keep, weights=weights)[0]
+
+
+def _fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
+               shape: tuple[int, int], *, max_degree: int = 2,
+               keep: NDArray[np.bool_] | None = None,
+               weights: FloatArray | None = None,
+               ) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """`fit_trend`, and the mask of the values it was fitted to."""
     use = np.isfinite(values) if keep is None else keep & np.isfinite(
         values)
     top = min(max_degree, poly_degree(int(use.sum())))
     if top == 0:
         level = float(np.median(values[use])) if use.any() else np.nan
-        return np.array([level])
+        return np.array([level]), use
     _, inliers = robust_polyfit(x[use], y[use], values[use], shape, top)
-    xs, ys, vs = x[use][inliers], y[use][inliers], values[use][inliers]
+    fitted = np.zeros_like(use)
+    fitted[np.flatnonzero(use)[inliers]] = True
+    xs, ys, vs = x[fitted], y[fitted], values[fitted]
     root_w = (np.ones(vs.size) if weights is None
-              else np.sqrt(weights[use][inliers]))
+              else np.sqrt(weights[fitted]))
     n = vs.size
     best, best_bic = np.array([np.median(vs)]), np.inf
     for degree in range(top + 1):
@@ -317,7 +329,7 @@ def fit_trend(x: FloatArray, y: FloatArray, values: FloatArray,
         bic = n * np.log(max(rss, 1e-300) / n) + coef.size * np.log(n)
         if bic < best_bic:
             best, best_bic = coef, bic
-    return best
+    return best, fitted
 
 
 def robust_polyfit(
@@ -354,7 +366,9 @@ def _shorth_mode(values: FloatArray) -> float:
     """Estimate a mode as PSFEx does for the stellar locus.
 
     The midpoint of the narrowest interval holding a quarter of the
-    values.
+    values: the r_h locus among many galaxies (`_locus_mode`), and the
+    centre of `compact_clip`'s clipping.  Not the published FWHM level,
+    which it made jump between groups of stars (`fwhm_level`).
     """
     v = np.sort(values)
     n = v.size
@@ -366,31 +380,127 @@ def _shorth_mode(values: FloatArray) -> float:
     return float(0.5 * (v[i] + v[i + w]))
 
 
-def level_error(ratios: FloatArray, *, n_boot: int = 200) -> float:
-    """Relative standard error of the level of the FWHM field.
+#: Tukey biweight tuning constant of `fwhm_level`, in sigmas of the
+#: stars' ratios measured on their sharp side: ratios farther than this
+#: from the level get no weight.  3 rather than the textbook 4.685 (95 %
+#: efficiency for a Gaussian): a compact galaxy left among the stars 2-3
+#: sigma broader weighs little (`benchmarks/README.md`).
+LEVEL_TUNING = 3.0
 
-    ``ratios`` are the PSF stars' FWHM over the field at each: the
-    field's level is their shorth mode (`compact_clip`; their median
-    below 3 stars).  The error is the standard deviation of that
-    estimator over ``n_boot`` bootstrap resamples of the stars
-    (seeded by their number: the same stars give the same error).
-    NaN below 2 stars.
+
+def _biweight_location(sample: FloatArray, *, niter: int = 100,
+                       ) -> FloatArray:
+    """Tukey's biweight location of each row of ``sample``.
+
+    Iteratively reweighted means started at the row's median.  The scale
+    is that of the sharp side, (median - first quartile) / 0.6745, which
+    galaxies (broader) do not reach; a constant row is its median.  The
+    weights fall smoothly to 0 at `LEVEL_TUNING` scales and the quartiles
+    interpolate, so the result moves continuously with the values: no
+    small change of one value can carry it from one group of values to
+    another, as it did the midpoint of the narrowest window (the shorth).
+    """
+    m = np.median(sample, axis=1)
+    c = LEVEL_TUNING * (m - np.percentile(sample, 25, axis=1)) / 0.6745
+    live = c > 0
+    c = np.where(live, c, 1.0)
+    for _ in range(niter):
+        u = (sample - m[:, None]) / c[:, None]
+        w = np.clip(1.0 - u**2, 0.0, None) ** 2
+        total = w.sum(axis=1)
+        ok = live & (total > 0)
+        new = np.where(ok, (w * sample).sum(axis=1)
+                       / np.where(ok, total, 1.0), m)
+        done = bool(np.all(np.abs(new - m) <= 1e-12 * np.abs(m)))
+        m = new
+        if done:
+            break
+    return np.asarray(m, dtype=np.float64)
+
+
+def fwhm_level(ratios: FloatArray) -> float:
+    """Level of the FWHM field: the location of the stars' FWHM/field.
+
+    Tukey's biweight location (`_biweight_location`) of the finite
+    ratios, their median below 3.  Galaxies left among the stars are
+    broader (one-sided): they do not set its scale, the farthest get no
+    weight, and the median it starts from moves by at most half a star
+    per galaxy.  It is meant for the stars the clips kept (a minority of
+    galaxies): where galaxies are nearly half the sources, only a mode
+    finds the stars, and the clips are centred on one (`compact_clip`).
+    It replaced the shorth mode (midpoint of the narrowest quarter) as
+    the published level, which on a field whose stars spread in loose
+    groups (ntt_emmi_R_galaxies, 1.71-2.35 px) jumped from one group to
+    another (-9 %) between two runs.  NaN without a finite ratio.
     """
     r = np.asarray(ratios, dtype=np.float64)
     r = r[np.isfinite(r)]
-    n = r.size
+    if r.size == 0:
+        return float("nan")
+    if r.size < 3:
+        return float(np.median(r))
+    return float(_biweight_location(r[None, :])[0])
+
+
+def fwhm_weight(snr: FloatArray) -> FloatArray:
+    """Weight of each star's FWHM in the trends: its precision.
+
+    The inverse of its noise FWHM_NOISE/SNR squared, with a 1 % floor
+    (the stars' own scatter): faint galaxies, the ones the clipping
+    cannot tell, weigh least.
+    """
+    return np.asarray(1.0 / ((FWHM_NOISE / np.maximum(snr, 1.0)) ** 2
+                             + 0.01**2), dtype=np.float64)
+
+
+def fwhm_error(x: FloatArray, y: FloatArray, fwhm: FloatArray,
+               snr: FloatArray, shape: tuple[int, int], *,
+               n_boot: int = 200) -> float:
+    """Relative standard error of FWHM_PIX, the FWHM field at the stars.
+
+    The field through the PSF stars is their `fit_trend` (weighted by
+    `fwhm_weight`) levelled by `fwhm_level`, and FWHM_PIX its median at
+    them.  The error is the standard deviation of that estimate over
+    ``n_boot`` bootstrap samples (seeded by the number of stars: the same
+    stars give the same error) that keep the stars where they are and
+    give each the FWHM/field ratio and weight of a star drawn at random
+    (with its clipped-or-not status): each sample refits the trend (of
+    the full sample's degree) and its level, so the trend's uncertainty
+    counts (on the NTT frame, whose PSF changes by 28 % across the
+    field: 0.028 px, the level alone 0.026).  Resampling the positions
+    too would add the spread of the stars' median place on the field
+    (0.050 px there), which is not a measurement error.  NaN below 2
+    stars.
+    """
+    good = np.flatnonzero(np.isfinite(fwhm) & (fwhm > 0))
+    n = good.size
     if n < 2:
         return float("nan")
+    x, y, fwhm, snr = x[good], y[good], fwhm[good], snr[good]
+    weight = fwhm_weight(snr)
+    coef, fitted = _fit_trend(x, y, fwhm, shape, weights=weight)
+    design = _poly_design(x, y, shape, _DEGREE_OF[coef.size])
+    field = design @ coef
+    ratio = fwhm / field
+    value = float(np.median(field) * fwhm_level(ratio))
     rng = np.random.default_rng(n)
-    sample = np.sort(r[rng.integers(0, n, (n_boot, n))], axis=1)
-    if n < 3:
-        level = np.median(sample, axis=1)
-    else:
-        w = n // 4 if n >= 16 else 1  # as _shorth_mode
-        i = np.argmin(sample[:, w:] - sample[:, :-w], axis=1)
-        rows = np.arange(n_boot)
-        level = 0.5 * (sample[rows, i] + sample[rows, i + w])
-    return float(np.std(level, ddof=1))
+    idx = rng.integers(0, n, (n_boot, n))
+    sample = field * ratio[idx]
+    if coef.size == 1:
+        # A constant trend: the level (scale-equivariant) is all.
+        boot = (np.median(sample, axis=1) if n < 3
+                else _biweight_location(sample))
+        return float(np.std(boot, ddof=1) / value)
+    w = np.where(fitted, weight, 0.0)[idx]
+    normal = np.einsum("bn,ni,nj->bij", w, design, design)
+    rhs = np.einsum("bn,ni,bn->bi", w, design, sample)
+    trend = np.einsum("bi,ni->bn", np.einsum(
+        "bij,bj->bi", np.linalg.pinv(normal), rhs), design)
+    ok = np.all(trend > 0, axis=1)
+    trend, sample = trend[ok], sample[ok]
+    level = _biweight_location(sample / trend)
+    boot = np.median(trend * level[:, None], axis=1)
+    return float(np.std(boot, ddof=1) / value)
 
 
 def _log_histogram(r: FloatArray, bin_dex: float) -> tuple[
@@ -957,11 +1067,13 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     the stars' intrinsic scatter.  Sources more than ``kappa`` sigma
     broader (or 2 kappa sharper) are dropped and the trend refitted,
     until nothing changes.  Compact galaxies as sharp as the noise allows
-    remain; the levelled trend is what they cannot bias.  Given ``seed``
-    (sources known to be stars: `Locus.seeds`), at least `MIN_SEEDS` of
-    them kept, the first trend is theirs instead of the peeled one: where
-    galaxies are a third or more of the sources, peeling can settle
-    between the two populations.
+    remain; the trend returned is levelled on the sources kept by
+    `fwhm_level` (a biweight location: it moves continuously with them,
+    where the shorth can jump between loose groups of stars).
+    Given ``seed`` (sources known to be stars: `Locus.seeds`), at least
+    `MIN_SEEDS` of them kept, the first trend is theirs instead of the
+    peeled one: where galaxies are a third or more of the sources,
+    peeling can settle between the two populations.
 
     Returns
     -------
@@ -971,15 +1083,12 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
         The levelled FWHM trend (polynomial coefficients).
     """
     noise = FWHM_NOISE / np.maximum(snr, 1.0)
-    # Trends weighted by the sources' precision, with a 1 % floor (the
-    # stars' own scatter): faint galaxies, the ones the clipping cannot
-    # tell, weigh least.
-    weight = 1.0 / (noise**2 + 0.01**2)
+    weight = fwhm_weight(snr)
     base = keep.copy()
 
     def trend_and_sigma(kept: NDArray[np.bool_], *,
-                        peeling: bool = False) -> tuple[
-            FloatArray, FloatArray, FloatArray]:
+                        peeling: bool = False, final: bool = False,
+                        ) -> tuple[FloatArray, FloatArray, FloatArray]:
         if peeling:
             # A plane while peeling: a contaminated sample can make BIC
             # prefer a constant, which hides a real gradient in the
@@ -990,8 +1099,13 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
                 np.sqrt(weight[kept]))
         else:
             coef = fit_trend(x, y, fwhm, shape, keep=kept, weights=weight)
-        coef = coef * _shorth_mode(
-            fwhm[kept] / _eval_coef(coef, x[kept], y[kept], shape))
+        # The clipping is centred on the mode (the shorth), which the
+        # stars make even where galaxies are nearly half the sources (a
+        # biweight started at their median kept 20 galaxies among 44
+        # sources on a 6 px CCD where the mode keeps 12 among 37); the
+        # field returned is levelled on the stars kept (`fwhm_level`).
+        ratio = fwhm[kept] / _eval_coef(coef, x[kept], y[kept], shape)
+        coef = coef * (fwhm_level(ratio) if final else _shorth_mode(ratio))
         rel = fwhm / _eval_coef(coef, x, y, shape) - 1.0
         low = kept & (rel < 0)
         intrinsic2 = 0.0
@@ -1027,7 +1141,7 @@ def compact_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
         if readmitted.sum() < 3 or np.array_equal(readmitted, keep):
             break
         keep = readmitted
-    coef, _, _ = trend_and_sigma(keep)
+    coef, _, _ = trend_and_sigma(keep, final=True)
     return keep, coef
 
 
@@ -1191,13 +1305,13 @@ def mixture_clip(x: FloatArray, y: FloatArray, fwhm: FloatArray,
     out = np.zeros_like(keep)
     out[use[star]] = True
     # The field through the stars as `compact_clip` makes it (degree by
-    # BIC up to what their number supports, levelled on the densest
-    # part): the mixture's own trend may be a quadratic through a few
+    # BIC up to what their number supports, levelled by `fwhm_level`):
+    # the mixture's own trend may be a quadratic through a few
     # dozen stars, whose value at the CCD centre (the PSF model's) a
     # few stars at the edges decide.
-    weight = 1.0 / (FWHM_NOISE**2 / np.maximum(snr, 1.0) ** 2 + 0.01**2)
-    field = fit_trend(x, y, fwhm, shape, keep=out, weights=weight)
-    field = field * _shorth_mode(
+    field = fit_trend(x, y, fwhm, shape, keep=out,
+                      weights=fwhm_weight(snr))
+    field = field * fwhm_level(
         fwhm[out] / _eval_coef(field, x[out], y[out], shape))
     return out, field
 
