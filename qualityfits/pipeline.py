@@ -863,7 +863,7 @@ def _classification(ccd: _Ccd, src: Sources, psf: PsfResult,
                      config=config)
     # The PSF stars checked against the spread S their own model gives.
     found = galaxy_contamination(src, klass.spread, klass.spread_err,
-                                 psf.stars.index)
+                                 psf.stars.index, klass.spread_ref)
     if found is not None:
         ccd.psf_contaminated = (
             f"{found.n_sharp} bright sources are sharper than the PSF "
