@@ -1674,7 +1674,7 @@ def psf_area(params: FloatArray) -> float:
 CONTAMINATION_CHI = 2.5
 #: ... and by more than this fraction of the reference galaxy's S
 #: (1.4826 x median |S - median|; a real frame's PSF model errors: 0.13
-#: on the NTT frame, 0.03-0.07 on simulated fields whose FWHM is right) ...
+#: on the NTT frame, 0.01-0.11 on simulated fields whose FWHM is right) ...
 CONTAMINATION_SCATTER = 0.15
 #: ... and at least this many bright, unflagged sources are sharper than
 #: the PSF model (S + `CONTAMINATION_NSIGMA` σ_S < 0) ...
@@ -1709,14 +1709,14 @@ def galaxy_contamination(src: Sources, spread: FloatArray,
     stars, and the PSF model is too broad (+4 ... +6 % at 8-9.5 px,
     `docs/metrics.md`).  Two signatures, both required: the PSF stars'
     spread S (zero at their median, `qualityfits.classify`) scatters far
-    beyond its noise (a mixture of stars and galaxies: 4.4-7.3 times,
-    against at most 1.7 on simulated fields whose FWHM is right) and by
+    beyond its noise (a mixture of stars and galaxies: 3.4-7.3 times,
+    against at most 2.8 on simulated fields whose FWHM is right) and by
     a good part of the reference galaxy's S ``spread_ref`` (0.18-0.49,
-    against 0.03-0.07; 0.13 on the NTT frame, whose PSF model errors
+    against 0.01-0.11; 0.13 on the NTT frame, whose PSF model errors
     make its stars' S scatter 6 times its noise), and bright,
     unflagged sources not much smaller than the PSF stars (not cosmic
-    rays) are sharper than the model -- the true stars (4-14 of them,
-    against at most 1 on the right fields).
+    rays) are sharper than the model -- the true stars (3-24 of them,
+    against 0-6 on the right fields).
     """
     ok = np.isfinite(spread[stars]) & np.isfinite(spread_err[stars]) & (
         spread_err[stars] > 0)
