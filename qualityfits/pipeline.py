@@ -933,10 +933,12 @@ def _weights(ccd: _Ccd, cosmic: NDArray[np.bool_] | None,
 
 
 def _withhold(ccd: _Ccd) -> None:
-    """Withhold the PSF numbers that rest on too few stars.
+    """Withhold the PSF numbers that rest on too few stars ...
 
-    The metrics (`qualityfits.metrics.withhold`) become NaN, the PSF
-    model and map are not published, and a note says why.
+    ... or on PSF stars that are largely compact galaxies
+    (``psf_contaminated``, `galaxy_contamination`).  The metrics
+    (`qualityfits.metrics.withhold`) become NaN, the PSF model and map
+    are not published, and a note says why.
     """
     notes = withhold(ccd.metrics, ccd.config,
                      contaminated=ccd.psf_contaminated)
