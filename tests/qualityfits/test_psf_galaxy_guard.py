@@ -6,8 +6,10 @@ PSF stars; the FWHM then reads 3-8 % high (``docs/metrics.md``).
 `qualityfits.psf.galaxy_contamination` finds the signature (the PSF
 stars' spread S scatters far beyond its noise, and bright sources are
 sharper than the PSF model) and the PSF numbers are withheld with the
-``PSF_WITHHELD`` flag and a note.  The fields here were not used to set
-its thresholds (other seeds, other numbers of stars and galaxies).
+``PSF_WITHHELD`` flag and a note.  The fields here are not those its
+thresholds were set on (other numbers of galaxies; seed 1305 and the
+clean fields were drawn after every threshold was fixed, seed 1301
+before the bound on the scatter relative to the reference galaxy).
 """
 
 from __future__ import annotations
