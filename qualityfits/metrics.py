@@ -227,8 +227,10 @@ QA_FLAGS: tuple[QaFlag, ...] = (
     QaFlag("ELONGATED", "ELLIPTICITY above elongated_ellipticity"),
     QaFlag("FEW_PSF_STARS", "NSTAR_FIT below few_psf_stars"),
     QaFlag("PSF_WITHHELD",
-           "NSTAR_FIT (or NSTAR_PSF) below psf_min_stars: the PSF metrics "
-           "resting on those stars are withheld (null)"),
+           "NSTAR_FIT (or NSTAR_PSF) below psf_min_stars, or the PSF "
+           "stars largely compact galaxies (bright sources sharper than "
+           "the PSF model): the PSF metrics resting on those stars are "
+           "withheld (null)"),
     QaFlag("BKG_ANOMALY",
            "SKY_GRAD above bkg_gradient, or SKY_RMS above "
            "bkg_noise_excess times the noise the sky level, gain and "
@@ -248,8 +250,14 @@ def _gt(value: float, limit: float) -> bool:
 
 
 def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
-             read_noise: float | None, config: QualityConfig) -> list[str]:
-    """QA flags of one CCD from its metrics."""
+             read_noise: float | None, config: QualityConfig,
+             psf_contaminated: bool = False) -> list[str]:
+    """QA flags of one CCD from its metrics.
+
+    ``psf_contaminated``: the PSF stars were found to be largely compact
+    galaxies (`qualityfits.psf.galaxy_contamination`), the PSF metrics
+    withheld (`withhold`).
+    """
     flags = []
     if _gt(metrics["FWHM_ARCSEC"], config.poor_seeing_arcsec):
         flags.append("POOR_SEEING")
@@ -257,7 +265,8 @@ def qa_flags(metrics: Mapping[str, float], *, double_locus: bool,
         flags.append("ELONGATED")
     if metrics["NSTAR_FIT"] < config.few_psf_stars:
         flags.append("FEW_PSF_STARS")
-    if any(_too_few(metrics, count, config) for count in (_FIT, _LOCUS)):
+    if psf_contaminated or any(_too_few(metrics, count, config)
+                               for count in (_FIT, _LOCUS)):
         flags.append("PSF_WITHHELD")
     gain = metrics["GAIN"]
     expected = float("nan")
@@ -286,16 +295,26 @@ def _too_few(metrics: Mapping[str, float], count: str,
     return math.isfinite(n) and n < config.psf_min_stars
 
 
-def withhold(metrics: dict[str, float],
-             config: QualityConfig) -> list[str]:
+def withhold(metrics: dict[str, float], config: QualityConfig, *,
+             contaminated: str = "") -> list[str]:
     """Withhold the PSF metrics that rest on too few stars.
 
     Every metric whose `Metric.rests_on` count is below
-    ``config.psf_min_stars`` becomes NaN (null in every product).
-    Returns the notes that say what was withheld and why (none where
-    nothing had been measured on those stars).
+    ``config.psf_min_stars`` becomes NaN (null in every product); every
+    PSF metric when ``contaminated`` says why the PSF stars are not
+    stars (`qualityfits.psf.galaxy_contamination`).  Returns the notes
+    that say what was withheld and why (none where nothing had been
+    measured on those stars).
     """
     notes = []
+    if contaminated:
+        names = [m.name for m in METRICS if m.rests_on in (_FIT, _LOCUS)]
+        if any(math.isfinite(metrics.get(name, math.nan))
+               for name in names):
+            for name in names:
+                metrics[name] = math.nan
+            notes.append(f"PSF withheld: {contaminated}")
+        return notes
     for count, what, one, many in (
             (_FIT, "FWHM, ellipticity, beta, the PSF model and map",
              "PSF star", "PSF stars"),

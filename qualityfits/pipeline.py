@@ -107,6 +107,7 @@ from qualityfits.psf import (
     FWHM_NOISE,
     PsfResult,
     fwhm_error,
+    galaxy_contamination,
     measure_psf,
     undersampled_size,
 )
@@ -401,6 +402,8 @@ class _Ccd:
     nodata: NDArray[np.bool_] = field(
         default_factory=lambda: np.zeros((0, 0), bool))
     user_bad: NDArray[np.bool_] | None = None
+    #: Why the PSF stars are not stars (`galaxy_contamination`), or "".
+    psf_contaminated: str = ""
     #: The relative inverse variance of the weight map given (0: bad).
     ivar: NDArray[np.float32] | None = None
     #: Where the weight map given is 0.
@@ -858,6 +861,14 @@ def _classification(ccd: _Ccd, src: Sources, psf: PsfResult,
     metrics, config = ccd.metrics, ccd.config
     klass = classify(ccd.sub, ccd.bad, src, psf, gain=ccd.gain,
                      config=config)
+    # The PSF stars checked against the spread S their own model gives.
+    found = galaxy_contamination(src, klass.spread, klass.spread_err,
+                                 psf.stars.index, klass.spread_ref)
+    if found is not None:
+        ccd.psf_contaminated = (
+            f"{found.n_sharp} bright sources are sharper than the PSF "
+            f"model and the PSF stars' spread S scatters {found.chi:.1f} "
+            "times its noise: the PSF stars are likely compact galaxies")
     ccd.sky_sub = None
     zp_used = ccd.zeropoint if ccd.zeropoint is not None else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -922,16 +933,20 @@ def _weights(ccd: _Ccd, cosmic: NDArray[np.bool_] | None,
 
 
 def _withhold(ccd: _Ccd) -> None:
-    """Withhold the PSF numbers that rest on too few stars.
+    """Withhold the PSF numbers that rest on too few stars ...
 
-    The metrics (`qualityfits.metrics.withhold`) become NaN, the PSF
-    model and map are not published, and a note says why.
+    ... or on PSF stars that are largely compact galaxies
+    (``psf_contaminated``, `galaxy_contamination`).  The metrics
+    (`qualityfits.metrics.withhold`) become NaN, the PSF model and map
+    are not published, and a note says why.
     """
-    notes = withhold(ccd.metrics, ccd.config)
+    notes = withhold(ccd.metrics, ccd.config,
+                     contaminated=ccd.psf_contaminated)
     if notes:
         ccd.notes.extend(notes)
     n_fit = ccd.metrics["NSTAR_FIT"]
-    if math.isfinite(n_fit) and n_fit < ccd.config.psf_min_stars:
+    if ccd.psf_contaminated or (math.isfinite(n_fit)
+                                and n_fit < ccd.config.psf_min_stars):
         ccd.parts.pop("psf_grid", None)
         ccd.parts.pop("psf_model", None)
 
@@ -1029,7 +1044,8 @@ def assess_extension(
         clock.begin("metrics")
         _withhold(ccd)
         flags = qa_flags(ccd.metrics, double_locus=psf.double_locus,
-                         read_noise=ccd.read_noise, config=config)
+                         read_noise=ccd.read_noise, config=config,
+                         psf_contaminated=bool(ccd.psf_contaminated))
         clock.begin(None)
     except errors.QualityFitsError as exc:
         clock.begin(None)

@@ -1666,3 +1666,75 @@ def psf_area(params: FloatArray) -> float:
     phi = moffat.render(p[None], xs, ys, order=3)[0]
     phi = phi / phi.sum()
     return float(1.0 / np.sum(phi**2))
+
+
+#: `galaxy_contamination`: the PSF stars' spread S scatters by more than
+#: this many times its noise (robust, 1.4826 x median |S - median| / σ_S)
+#: ...
+CONTAMINATION_CHI = 2.5
+#: ... and by more than this fraction of the reference galaxy's S
+#: (1.4826 x median |S - median|; a real frame's PSF model errors: 0.13
+#: on the NTT frame, 0.01-0.11 on simulated fields whose FWHM is right) ...
+CONTAMINATION_SCATTER = 0.15
+#: ... and at least this many bright, unflagged sources are sharper than
+#: the PSF model (S + `CONTAMINATION_NSIGMA` σ_S < 0) ...
+CONTAMINATION_SHARP = 3
+CONTAMINATION_NSIGMA = 3.0
+#: ... counting sources of S/N above this, and half-light radius above
+#: `CONTAMINATION_MIN_SIZE` times the PSF stars' (sharper: cosmic rays,
+#: hot pixels).
+CONTAMINATION_SNR = 30.0
+CONTAMINATION_MIN_SIZE = 0.5
+
+
+@dataclass(frozen=True)
+class Contamination:
+    """`galaxy_contamination`'s evidence: compact galaxies as PSF stars."""
+
+    #: Bright unflagged sources sharper than the PSF model.
+    n_sharp: int
+    #: The PSF stars' robust scatter of S in units of its noise.
+    chi: float
+    #: ... and in units of the reference galaxy's S.
+    scatter: float
+
+
+def galaxy_contamination(src: Sources, spread: FloatArray,
+                         spread_err: FloatArray, stars: IntArray,
+                         spread_ref: float) -> Contamination | None:
+    """Whether the PSF stars are largely compact galaxies (None: no).
+
+    With a large PSF, compact galaxies are hardly broader than it: the
+    candidate selection and the clips may then keep more galaxies than
+    stars, and the PSF model is too broad (+4 ... +6 % at 8-9.5 px,
+    `docs/metrics.md`).  Two signatures, both required: the PSF stars'
+    spread S (zero at their median, `qualityfits.classify`) scatters far
+    beyond its noise (a mixture of stars and galaxies: 3.4-7.3 times,
+    against at most 2.8 on simulated fields whose FWHM is right) and by
+    a good part of the reference galaxy's S ``spread_ref`` (0.18-0.49,
+    against 0.01-0.11; 0.13 on the NTT frame, whose PSF model errors
+    make its stars' S scatter 6 times its noise), and bright,
+    unflagged sources not much smaller than the PSF stars (not cosmic
+    rays) are sharper than the model -- the true stars (3-24 of them,
+    against 0-6 on the right fields).
+    """
+    ok = np.isfinite(spread[stars]) & np.isfinite(spread_err[stars]) & (
+        spread_err[stars] > 0)
+    if ok.sum() < 3 or not spread_ref > 0:
+        return None
+    s, e = spread[stars][ok], spread_err[stars][ok]
+    dev = np.abs(s - np.median(s))
+    chi = 1.4826 * float(np.median(dev / e))
+    scatter = 1.4826 * float(np.median(dev)) / spread_ref
+    r_psf = float(np.median(src.r_half[stars]))
+    with np.errstate(invalid="ignore"):
+        sharp = (np.isfinite(spread) & np.isfinite(spread_err)
+                 & (np.nan_to_num(src.snr) > CONTAMINATION_SNR)
+                 & (src.flags == 0)
+                 & (src.r_half > CONTAMINATION_MIN_SIZE * r_psf)
+                 & (spread + CONTAMINATION_NSIGMA * spread_err < 0))
+    n_sharp = int(np.count_nonzero(sharp))
+    if (chi > CONTAMINATION_CHI and scatter > CONTAMINATION_SCATTER
+            and n_sharp >= CONTAMINATION_SHARP):
+        return Contamination(n_sharp=n_sharp, chi=chi, scatter=scatter)
+    return None
