@@ -57,15 +57,27 @@ def hash_password(password: str, *, salt: str | None = None,
     return f"pbkdf2_sha256${iterations}${salt}${digest}"
 
 
-def check_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches a `hash_password` string."""
+def _parsed(stored: str) -> tuple[int, str, str] | None:
+    """Return the rounds, salt and digest of a `hash_password` string.
+
+    None where it is not one (another scheme, rounds below 1).
+    """
     try:
         scheme, iterations, salt, digest = stored.split("$")
         rounds = int(iterations)
     except ValueError:
-        return False
+        return None
     if scheme != "pbkdf2_sha256" or rounds < 1:
+        return None
+    return rounds, salt, digest
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a `hash_password` string."""
+    parsed = _parsed(stored)
+    if parsed is None:
         return False
+    rounds, salt, digest = parsed
     made = hash_password(password, salt=salt, iterations=rounds)
     return hmac.compare_digest(made.rsplit("$", 1)[1], digest)
 
@@ -348,12 +360,11 @@ class BasicPolicy:
         # What a name that is no user is checked against: a hash of
         # nothing with the users' most common number of rounds, so that
         # it takes as long as theirs.
-        rounds = Counter(stored.split("$")[1] for stored in users.values()
-                         if stored.count("$") == 3).most_common(1)
-        nobody = hash_password(
-            secrets.token_hex(16),
-            iterations=max(1, int(rounds[0][0]))
-            if rounds and rounds[0][0].isdigit() else ITERATIONS)
+        rounds = Counter(parsed[0] for parsed in map(_parsed, users.values())
+                         if parsed is not None).most_common(1)
+        nobody = hash_password(secrets.token_hex(16),
+                               iterations=rounds[0][0] if rounds
+                               else ITERATIONS)
         with self._lock:
             self._users, self._mtime = users, mtime
             self._nobody = nobody
