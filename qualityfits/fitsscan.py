@@ -196,11 +196,17 @@ def _integer(header: dict[str, str], key: str, label: str,
                                 "an integer") from None
 
 
-def _data_bytes(header: dict[str, str], label: str) -> int:
-    bitpix = _integer(header, "BITPIX", label)
+def _bitpix(header: dict[str, str], key: str, label: str) -> int:
+    """Return ``BITPIX`` (or ``ZBITPIX``), one of the FITS values."""
+    bitpix = _integer(header, key, label)
     if bitpix not in (8, 16, 32, 64, -32, -64):
-        raise InvalidImageError(f"{label}: BITPIX = {bitpix} is not a FITS "
+        raise InvalidImageError(f"{label}: {key} = {bitpix} is not a FITS "
                                 "value (8, 16, 32, 64, -32, -64)")
+    return bitpix
+
+
+def _data_bytes(header: dict[str, str], label: str) -> int:
+    bitpix = _bitpix(header, "BITPIX", label)
     naxis = _integer(header, "NAXIS", label)
     if not 0 <= naxis <= 999:
         raise InvalidImageError(f"{label}: NAXIS = {naxis} is not 0..999")
@@ -250,11 +256,7 @@ def _tiled_bytes(header: dict[str, str], pixels: int, label: str) -> int:
     """
     if "ZNAXIS" not in header:
         return 0
-    zbitpix = _integer(header, "ZBITPIX", label)
-    if zbitpix not in (8, 16, 32, 64, -32, -64):
-        raise InvalidImageError(f"{label}: ZBITPIX = {zbitpix} is not a "
-                                "FITS value (8, 16, 32, 64, -32, -64)")
-    return pixels * abs(zbitpix) // 8
+    return pixels * abs(_bitpix(header, "ZBITPIX", label)) // 8
 
 
 def _skip(stream: Any, count: int, *, inflate: bool) -> int:
