@@ -5,8 +5,10 @@
 (power-law fluxes, flat sky 800, noise 12, gain 2), each pixel the mean
 of the profile over 10 x 10 sub-pixel points, with a PSF profile the
 pipeline may not model: ``moffatB`` (a Moffat of beta B, e.g.
-``moffat1.7``), ``gauss`` or ``airy`` (an Airy disc, FWHM 1.029
-lambda/D).  It prints, per field, our ``FWHM_PIX`` and PSFEx's
+``moffat1.7``), ``gauss``, ``airy`` (an Airy disc, FWHM 1.029
+lambda/D), ``kolmogorov`` (long-exposure Kolmogorov seeing) or
+``dgauss`` (a core Gaussian and a halo of twice its width).  It
+prints, per field, our ``FWHM_PIX`` and PSFEx's
 ``FWHM_PixelFree_Mean`` (`terapix.run_reference`) against the
 pixel-free truth, with the betas and star counts.  A field where either
 side found no PSF star shows ``-``.  Results: ``benchmarks/README.md``,
@@ -20,12 +22,13 @@ import math
 import sys
 import tempfile
 import warnings
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from numpy.typing import NDArray
-from scipy.special import j1
+from scipy.special import j0, j1
 
 BENCHMARKS = Path(__file__).resolve().parent
 if str(BENCHMARKS) not in sys.path:
@@ -57,7 +60,40 @@ def profile(kind: str, fwhm: float, r2: NDArray[np.float64],
     if kind == "airy":
         x = np.maximum(math.pi * np.sqrt(r2) * 1.029 / fwhm, 1e-8)
         return np.asarray((2 * j1(x) / x) ** 2)
-    raise SystemExit(f"unknown profile {kind!r}: moffatB, gauss, airy")
+    if kind in TABULATED:
+        radius, values = _tabulated(kind)
+        return np.asarray(np.interp(np.sqrt(r2) / fwhm, radius, values,
+                                    right=0.0))
+    raise SystemExit(f"unknown profile {kind!r}: moffatB, gauss, airy, "
+                     + ", ".join(TABULATED))
+
+
+#: Profiles tabulated in units of their FWHM: ``kolmogorov``, the
+#: long-exposure seeing of Kolmogorov turbulence (optical transfer
+#: function exp(-(k/k0)^(5/3)), the atmospheric PSF of GalSim's
+#: ``Kolmogorov``), and ``dgauss``, a core and a halo Gaussian of twice
+#: its width and a tenth of its peak (the SDSS photometric pipeline's
+#: double-Gaussian PSF).
+TABULATED = ("kolmogorov", "dgauss")
+
+
+@cache
+def _tabulated(kind: str) -> tuple[NDArray[np.float64],
+                                   NDArray[np.float64]]:
+    """Radii in units of the FWHM and the profile there (1 at r = 0)."""
+    r = np.linspace(0.0, 20.0, 8001)
+    if kind == "kolmogorov":
+        k = np.linspace(0.0, 12.0, 6001)
+        otf = np.exp(-(k ** (5.0 / 3.0))) * k
+        values = np.concatenate([j0(np.outer(part, k)) @ otf
+                                 for part in np.array_split(r, 16)])
+    else:
+        values = np.exp(-0.5 * r**2) + 0.1 * np.exp(-0.125 * r**2)
+    values = values / values[0]
+    half = int(np.argmax(values <= 0.5))
+    fwhm = 2.0 * float(np.interp(0.5, values[half:half - 2:-1],
+                                 r[half:half - 2:-1]))
+    return r / fwhm, values
 
 
 def field(kind: str, fwhm: float, n_stars: int, seed: int, *,

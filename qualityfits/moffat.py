@@ -383,7 +383,8 @@ def fit_moffat(
             ])
         trial = params[idx].copy()
         trial[:, free] += step
-        trial[:, BETA] = np.clip(trial[:, BETA], *BETA_RANGE)
+        if free[BETA]:
+            trial[:, BETA] = np.clip(trial[:, BETA], *BETA_RANGE)
         valid = (
             (trial[:, Q11] > 0)
             & (trial[:, Q22] > 0)
