@@ -85,12 +85,21 @@ METRICS: tuple[Metric, ...] = (
        "and the PSF map rest on them", integer=True),
     _psf("FWHM_PIX", "pix", "instr.det.psf",
          "PSF FWHM before pixel sampling: the FWHM field of the stars' "
-         "pixel-free Moffat fits, median at the PSF stars"),
+         "pixel-free Moffat fits times FWHM_CORR, median at the PSF "
+         "stars"),
     _err("FWHM_PIX", "pix",
          "bootstrap of the FWHM field at the PSF stars, its trend and "
          "its level (a biweight location of the stars' FWHM over the "
          "field), each star kept in place with the FWHM/field ratio of "
-         "a star drawn at random"),
+         "a star drawn at random; FWHM_CORR's error added in "
+         "quadrature"),
+    _psf("FWHM_CORR", "", "instr.det.psf;arith.ratio",
+         "FWHM of the PSF over that of its Moffat description: the "
+         "stars' stacked residuals from their Moffat fits, fitted with "
+         "concentric Gaussians, added to the Moffat (1 for a Moffat "
+         "PSF; ~1.015 for Kolmogorov seeing)"),
+    _err("FWHM_CORR", "",
+         "propagated from the covariance of the Gaussians' amplitudes"),
     _psf("FWHM_ARCSEC", "arcsec", "phys.angSize;instr.det.psf",
          "FWHM_PIX times the pixel scale: the seeing"),
     _err("FWHM_ARCSEC", "arcsec", "FWHM_PIX_ERR times the pixel scale"),
@@ -144,10 +153,13 @@ METRICS: tuple[Metric, ...] = (
          "of the median, 1.2533 x 1.4826 MAD / sqrt(n) of the locus "
          "stars' A/B", rests_on=_LOCUS),
     _psf("PSF_BETA", "", "instr.det.psf",
-         "Moffat beta, median of the pixel-free star fits"),
+         "Moffat beta, median of the pixel-free star fits; above 22.5 "
+         "for a Gaussian-like core, from the stars' chi-square at beta "
+         "held up to 500, the Gaussian limit"),
     _err("PSF_BETA", "",
          "of the inverse-variance weighted mean of the brightest stars' "
-         "beta, scaled up by their scatter when it exceeds their errors"),
+         "beta, scaled up by their scatter when it exceeds their errors; "
+         "above 22.5, where their chi-square rises by 1 (none at 500)"),
     _psf("PSF_CHI2", "", "stat.fit.chi2;instr.det.psf",
          "Median reduced chi-square of the star fits"),
     _psf("PSF_RESID", "", "stat.fit.residual;instr.det.psf",

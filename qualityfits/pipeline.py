@@ -105,6 +105,7 @@ from qualityfits.parallel import (
 from qualityfits.parameters import QualityParameters
 from qualityfits.psf import (
     FWHM_NOISE,
+    PROFILE_MIN_FWHM,
     PsfResult,
     fwhm_error,
     galaxy_contamination,
@@ -754,10 +755,20 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
     # The PSF field at the stars, not their median: compact galaxies
     # left among them (one-sided) cannot pull it up.
     assert psf.field is not None
-    field = psf.field.fwhm_at(stars.x, stars.y)
+    field = psf.field.psf_fwhm_at(stars.x, stars.y)
     fwhm = float(np.median(field))
     fwhm_rel_err = fwhm_error(stars.x, stars.y, stars.fwhm, stars.snr,
                               psf.shape)
+    corr = corr_err = math.nan
+    if psf.model is not None and math.isfinite(psf.model.profile_scale):
+        corr, corr_err = psf.field.fwhm_scale, psf.field.fwhm_scale_err
+        fwhm_rel_err = math.hypot(fwhm_rel_err, corr_err / corr)
+    elif psf.model is not None:
+        ccd.notes.append(
+            "FWHM_CORR not measured: the PSF's core is taken to be a "
+            "Moffat's" + (f" (FWHM {fwhm:.2f} px, under "
+                          f"{PROFILE_MIN_FWHM} px: too few pixels across "
+                          "the core)" if fwhm < PROFILE_MIN_FWHM else ""))
     # The stars' ellipticity vectors weighted by their precision (noise
     # FWHM_NOISE/SNR, floored at the PSF's variation): an unweighted mean
     # gave the S/N 30 stars the weight of the S/N 1000 ones, and their
@@ -782,6 +793,8 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
         FWHM_PIX_ERR=fwhm * fwhm_rel_err,
         FWHM_ARCSEC=fwhm * scale if scale else math.nan,
         FWHM_ARCSEC_ERR=fwhm * fwhm_rel_err * scale if scale else math.nan,
+        FWHM_CORR=corr,
+        FWHM_CORR_ERR=corr_err,
         FWHM_MIN=float(np.nanmin(psf.grid.fwhm)),
         FWHM_MAX=float(np.nanmax(psf.grid.fwhm)),
         # PSFEx's counterparts, on PSFEx's sample: the locus stars.

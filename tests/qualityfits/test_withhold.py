@@ -252,6 +252,9 @@ def subsets():
         sim = simulate_image(params, seed=1000 + k)
         rep = assess_extension(sim.data, sim.header, name=f"s{k}")
         t = rep.psf_stars
+        # The stars' FWHMs carry the CCD's profile correction, whose
+        # error FWHM_PIX_ERR adds as the pipeline does.
+        corr_err = rep.metrics["FWHM_CORR_ERR"] / rep.metrics["FWHM_CORR"]
         x, y = np.asarray(t["X_IMAGE"]) - 1, np.asarray(t["Y_IMAGE"]) - 1
         fw, snr = np.asarray(t["FWHM"]), np.asarray(t["SNR"])
         t2 = np.radians(2 * np.asarray(t["THETA"]))
@@ -267,7 +270,9 @@ def subsets():
                 field = _eval_coef(coef, x[pick], y[pick], shape)
                 truth = float(np.median(sim.fwhm_at(x[pick], y[pick])))
                 sub = pick[keep]
-                err = fwhm_error(x[sub], y[sub], fw[sub], snr[sub], shape)
+                err = math.hypot(
+                    fwhm_error(x[sub], y[sub], fw[sub], snr[sub], shape),
+                    corr_err)
                 rel = float(np.median(field)) / truth - 1.0
                 de = max(abs(_clipped_mean(eps1[pick]) - ell * c),
                          abs(_clipped_mean(eps2[pick]) - ell * s))
