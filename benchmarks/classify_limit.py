@@ -39,6 +39,15 @@ aperture against the PSF-fit flux, the chi2 per degree of freedom of
 the PSF fit, FLUX_RADIUS, FLUX_MAX / FLUX_AUTO and A·B (second
 moments) against the PSF stars'.
 
+``--theory`` prints instead, for the PSFs of the cases, how much of
+the information S uses: on S's stamp, the separation of a star from
+an r_e = 2 px exponential disc of the same flux (no noise but the
+sky's) by S's template against the likelihood ratio of the two
+profiles (the Neyman-Pearson test, whose statistic is the source's
+projection on the galaxy-minus-star profile, `_theory`); and the
+separation at a PSF S/N of 20 on that stamp, on a 3 FWHM stamp, and
+with the sky known (no local plane).
+
 ``--seed-base B --nseeds N`` replaces every case's seeds by
 B + 10 k + i (k the case, i < N): more seeds, none of the defaults.
 
@@ -72,8 +81,10 @@ from qualityfits.classify import (  # noqa: E402
     SPREAD_RADIUS,
     Classification,
     _broadened,
+    _convolve_same,
     _project_plane,
     _spread,
+    spread_radius,
     windowed_centroid,
 )
 from qualityfits.config import QualityConfig  # noqa: E402
@@ -372,44 +383,93 @@ def _best_line(star: np.ndarray, s: np.ndarray, err: np.ndarray,
     return best
 
 
-def _best_pair(star: np.ndarray, s: np.ndarray, err: np.ndarray,
-               snr: np.ndarray, feature: np.ndarray,
-               contamination: float = MAX_CONTAMINATION) -> float:
-    """Best completeness of a cut on S and a feature f at <= 3 %.
+@dataclass(frozen=True)
+class _Rule:
+    """'cos a S + sin a k f - b σ_S < t and S/N >= m' (see `_best_pair`)."""
+
+    m: float
+    a: float
+    k: float
+    b: float
+    t: float
+
+    def stars(self, d: dict[str, np.ndarray], feature: str | None) -> Any:
+        """Which sources of ``d`` the rule calls stars."""
+        f = d[feature] if feature else np.zeros_like(d["S"])
+        score = (np.cos(self.a) * d["S"] + np.sin(self.a) * self.k * f
+                 - self.b * d["err"])
+        ok = (np.isfinite(score) & (np.nan_to_num(d["snr"]) >= self.m))
+        return ok & (np.where(ok, score, np.inf) < self.t)
+
+
+def _pair_rule(d: dict[str, np.ndarray], feature: str | None,
+               contamination: float = MAX_CONTAMINATION,
+               ) -> tuple[float, _Rule]:
+    """Best completeness of a cut on S and a feature at <= 3 %, and it.
 
     'cos a S + sin a k f - b σ_S < t and S/N >= m': a line in the
     (S, f) plane (a in [-90°, 90°] by 5°; k scales the stars' spread
-    of f to that of S), shifted with the noise of S (b in [-4, 4]),
-    with a minimum S/N m in {0, 10, 15, 20} -- every parameter and t
-    chosen with the truth.  a = 0 is `_best_line`'s family (on a
-    coarser grid of b).  A source without S or f is a galaxy.
+    of f to that of S), shifted with the noise of S (b in [-4, 4] by
+    0.5), with a minimum S/N m in {0, 10, 15, 20} -- every parameter
+    and t chosen with the truth.  Without a feature (None) only a = 0:
+    `_best_line`'s family on a coarser grid of b.  A source without S
+    or f is a galaxy.
     """
-    fin = np.isfinite(s) & np.isfinite(err) & np.isfinite(feature)
+    star, s, err = d["star"], d["S"], d["err"]
+    f = d[feature] if feature else np.zeros_like(s)
+    fin = np.isfinite(s) & np.isfinite(err) & np.isfinite(f)
     ref = star & fin
-    if not ref.any():
-        return 0.0
-    spread_f = np.median(np.abs(feature[ref] - np.median(feature[ref])))
-    k = np.median(np.abs(s[ref])) / max(float(spread_f), 1e-12)
-    best = 0.0
+    k = 1.0
+    if feature and ref.any():
+        spread_f = np.median(np.abs(f[ref] - np.median(f[ref])))
+        k = float(np.median(np.abs(s[ref]))) / max(float(spread_f), 1e-12)
+    angles = np.radians(np.arange(-90.0, 90.1, 5.0)) if feature else [0.0]
+    best, rule = -1.0, _Rule(0.0, 0.0, k, 0.0, -np.inf)
     for m in (0.0, 10.0, 15.0, 20.0):
-        ok = fin & (np.nan_to_num(snr) >= m)
-        for a in np.radians(np.arange(-90.0, 90.1, 5.0)):
-            line = np.cos(a) * s + np.sin(a) * k * feature
+        ok = fin & (np.nan_to_num(d["snr"]) >= m)
+        for a in angles:
+            line = np.cos(a) * s + np.sin(a) * k * f
             for b in np.linspace(-4.0, 4.0, 17):
                 score = np.where(ok, line - b * err, np.inf)
-                best = max(best, _best(star, score, contamination))
-    return best
+                c = _best(star, score, contamination)
+                if c > best:
+                    gal = np.sort(score[~star])
+                    allowed = int(np.floor(contamination * gal.size + 1e-9))
+                    t = gal[allowed] if allowed < gal.size else np.inf
+                    best, rule = c, _Rule(m, float(a), k, float(b), float(t))
+    return best, rule
+
+
+def _best_pair(d: dict[str, np.ndarray], feature: str) -> float:
+    """Best completeness of a cut on S and ``feature`` at <= 3 %."""
+    return _pair_rule(d, feature)[0]
 
 
 def _bounds(d: dict[str, np.ndarray]) -> dict[str, Any]:
     """S-only line bound and the 2-feature bound of every feature."""
     star = d["star"]
     line = _best_line(star, d["S"], d["err"], d["snr"])
-    pairs = {f: _best_pair(star, d["S"], d["err"], d["snr"], d[f])
-             for f in FEATURES}
+    pairs = {f: _best_pair(d, f) for f in FEATURES}
     top = max(pairs, key=lambda f: pairs[f])
     return {"best_line": line, "best_pair": pairs,
             "best_2feat": pairs[top], "best_2feat_feature": top}
+
+
+def _cross(train: dict[str, np.ndarray], test: dict[str, np.ndarray],
+           top: str) -> dict[str, Any]:
+    """Rules chosen on ``train`` applied to ``test``.
+
+    S alone, and S with ``top`` (the best feature on ``train``): the
+    completeness and the fraction of galaxies called stars on
+    ``test``, whose truth chose nothing.
+    """
+    out: dict[str, Any] = {"feature": top}
+    for key, feature in (("line", None), ("pair", top)):
+        _, rule = _pair_rule(train, feature)
+        called = rule.stars(test, feature)
+        star = test["star"]
+        out[key] = [float(called[star].mean()), float(called[~star].mean())]
+    return out
 
 
 def measure(case: Case, config: QualityConfig) -> dict[str, Any]:
@@ -424,10 +484,14 @@ def measure(case: Case, config: QualityConfig) -> dict[str, Any]:
             h = {k: np.concatenate([p[k] for p in parts[first::2]])
                  for k in parts[0]}
             b = _bounds(h)
+            other = {k: np.concatenate([p[k] for p in parts[1 - first::2]])
+                     for k in parts[0]}
             halves.append({"seeds": list(case.seeds[first::2]),
                            "best_line": b["best_line"],
                            "best_2feat": b["best_2feat"],
-                           "best_2feat_feature": b["best_2feat_feature"]})
+                           "best_2feat_feature": b["best_2feat_feature"],
+                           "applied_to_other_half": _cross(
+                               h, other, b["best_2feat_feature"])})
     star = d["star"]
     with np.errstate(invalid="ignore", divide="ignore"):
         z = d["S"] / d["err"]
@@ -453,6 +517,69 @@ def measure(case: Case, config: QualityConfig) -> dict[str, Any]:
     }
 
 
+def _profiles(params: SimulationParams, r_e: float,
+              radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Star, r_e disc and template G on a stamp, unit flux, pixelised.
+
+    The PSF of the case at the centre (3 sub-samples per pixel).
+    """
+    sub = 3
+    big = radius + int(np.ceil(6 * r_e + 3 * params.fwhm))
+    n = 2 * big * sub + sub
+    u = (np.arange(n) - (n - 1) / 2) / sub
+    gx, gy = np.meshgrid(u, u)
+    p = moffat.params_from_shape(x0=0.0, y0=0.0, flux=1.0,
+                                 fwhm=params.fwhm, beta=params.beta,
+                                 ellipticity=params.ellipticity,
+                                 theta=params.theta)
+    psf = moffat.render_point(p, gx.ravel(), gy.ravel())[0].reshape(n, n)
+    disc = np.exp(-1.678 * np.hypot(gx, gy) / r_e)
+    out = []
+    for image in (psf, _convolve_same(disc, psf)):
+        pix = image.reshape(n // sub, sub, n // sub, sub).sum(axis=(1, 3))
+        pix /= pix.sum()
+        mid = pix.shape[0] // 2
+        out.append(pix[mid - radius:mid + radius + 1,
+                       mid - radius:mid + radius + 1].ravel())
+    xs, ys = stamp_grid(radius)
+    g = moffat.render(_broadened(p), xs, ys, order=2)[0]
+    return out[0], out[1], g
+
+
+def _orthogonal(v: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Part of v orthogonal to the columns of basis."""
+    q, _ = np.linalg.qr(basis)
+    return v - q @ (q.T @ v)
+
+
+def _theory(params: SimulationParams) -> dict[str, float]:
+    """S's efficiency and the separations of `--theory` for one PSF.
+
+    Separations in σ at a PSF S/N of 20 (S/N = F |φ| / σ, φ of unit
+    sum over the whole profile): F |(T - φ)⊥| / σ, ⊥ to what is
+    fitted (the flux, and the local plane unless the sky is known).
+    """
+    r_e = QualityConfig().class_galaxy_re
+    whole, _, _ = _profiles(params, r_e, int(np.ceil(4 * params.fwhm)))
+    norm = float(np.linalg.norm(whole))
+    out: dict[str, float] = {}
+    for key, radius in (("stamp", spread_radius(params.fwhm)),
+                        ("3fwhm", int(np.ceil(3 * params.fwhm)))):
+        star, gal, g = _profiles(params, r_e, radius)
+        xs, ys = stamp_grid(radius)
+        plane = np.stack([star, np.ones_like(xs), xs, ys], axis=1)
+        diff = _orthogonal(gal - star, plane)
+        sep = float(np.linalg.norm(diff))
+        out[f"sep20_{key}"] = 20.0 * sep / norm
+        out[f"sep20_{key}_sky_known"] = 20.0 * float(np.linalg.norm(
+            _orthogonal(gal - star, star[:, None]))) / norm
+        if key == "stamp":
+            g_perp = _orthogonal(g, plane)
+            out["efficiency"] = float(abs(g_perp @ diff)
+                                      / (np.linalg.norm(g_perp) * sep))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE",
@@ -469,7 +596,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nseeds", type=int, default=3,
                         help="seeds per case with --seed-base "
                              "(default %(default)s, at most 10)")
+    parser.add_argument("--theory", action="store_true",
+                        help="print how much of the information S uses "
+                             "(no simulation)")
     args = parser.parse_args(argv)
+    if args.theory:
+        print(f"{'case':20s} {'S/NP':>6s} {'sep@20 stamp':>12s} "
+              f"{'sky known':>9s} {'3 FWHM':>7s} {'sky known':>9s}")
+        for case in CASES:
+            t = _theory(_params(case.changes))
+            print(f"{case.name:20s} {t['efficiency']:6.3f} "
+                  f"{t['sep20_stamp']:12.2f} "
+                  f"{t['sep20_stamp_sky_known']:9.2f} "
+                  f"{t['sep20_3fwhm']:7.2f} "
+                  f"{t['sep20_3fwhm_sky_known']:9.2f}")
+        return 0
     if not 1 <= args.nseeds <= 10:
         parser.error("--nseeds must be in 1..10")
     config = QualityConfig(class_confidence=args.class_confidence)
@@ -498,12 +639,21 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     print("\nbest completeness at <= 3 % of a cut on S and one feature "
           "(S alone: best line); halves: even / odd seeds, S alone -> "
-          "best 2-feature")
+          "best 2-feature; held out: the rules chosen on one half "
+          "applied to the other, completeness/galaxies called stars, "
+          "S alone | S and the feature chosen")
     print(f"{'case':20s} {'line':>5s} "
           + " ".join(f"{f[:11]:>11s}" for f in FEATURES) + "  halves")
     for r in rows:
         halves = "  ".join(f"{h['best_line']:.3f}->{h['best_2feat']:.3f}"
                            for h in r["halves"])
+        held = "  ".join(
+            "{:.3f}/{:.3f} | {:.3f}/{:.3f}".format(
+                *h["applied_to_other_half"]["line"],
+                *h["applied_to_other_half"]["pair"])
+            for h in r["halves"])
+        if held:
+            halves += f"  held out: {held}"
         print(f"{r['case']:20s} {r['best_line']:5.3f} "
               + " ".join(f"{r['best_pair'][f]:11.3f}" for f in FEATURES)
               + f"  {halves}")
