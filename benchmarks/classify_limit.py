@@ -169,7 +169,7 @@ def _recording() -> Iterator[_Inputs]:
                            config=config)
         return seen.result
 
-    pipeline.classify = wrapper  # type: ignore[assignment]
+    pipeline.classify = wrapper
     try:
         yield seen
     finally:
