@@ -23,21 +23,23 @@ r_e > 2 px.  For each case it prints
   a galaxy of r_e 2-2.5 px: the median S of those galaxies over the
   median σ_S of those stars (the stars' S is 0 by construction);
 * ``best 2-feat``: the best completeness at <= 3 % of a cut on S and
-  one other feature of the detection (`FEATURES`, `_best_pair`: a line
+  one other feature of the detection (`FEATURES`, `_pair_rule`: a line
   in the (S, feature) plane, minus b σ_S, with a minimum S/N; all
   chosen with the truth), and which feature gives it.  A second table
   gives that bound for every feature, and, with two seeds or more, the
   S-only and 2-feature bounds on the even and the odd seeds alone (the
-  seed-to-seed scatter a gain must exceed).
+  seed-to-seed scatter a gain must exceed) and ``held out``: the rules
+  chosen on one half applied to the other (`_cross`).
 
 The features are measured on the very inputs `qualityfits.classify`
 gets in the pipeline (`_Inputs` records them): S on larger stamps
 (1.75 and 2.5 FWHM) and without its local plane, the quadrupole
-counterpart of S (the source against sheared copies of the PSF: a
-chi2 of 2 degrees of freedom), the deficit of light in a 0.6 FWHM
-aperture against the PSF-fit flux, the chi2 per degree of freedom of
-the PSF fit, FLUX_RADIUS, FLUX_MAX / FLUX_AUTO and A·B (second
-moments) against the PSF stars'.
+counterpart of S (the source against sheared copies of the PSF: σ_S
+times the square root of a chi2 of 2 degrees of freedom), the
+deficit of light in a 0.6 FWHM aperture against the PSF-fit flux,
+the chi2 per degree of freedom of the PSF fit, and FLUX_RADIUS,
+FLUX_MAX / FLUX_AUTO and A·B (second moments) against the PSF
+stars'.
 
 ``--theory`` prints instead, for the PSFs of the cases, how much of
 the information S uses: on S's stamp, the separation of a star from
