@@ -177,6 +177,37 @@ def windowed_centroid(
     return np.where(lost, x0, cx), np.where(lost, y0, cy)
 
 
+#: Below this FWHM [px] the sources are centred by a fit of the PSF
+#: (centre and flux, the shape held), not by a windowed centroid: an
+#: undersampled source's windowed centroid is pulled towards the centre
+#: of its pixel, and S then follows the pixel phase (correlation 0.88
+#: with the distance from the pixel centre on a 1.0 px Moffat field, S
+#: scattering 9.5 times its noise; 0.71 at 1.2 px).
+FIT_CENTRE_FWHM = 1.5
+
+
+def _fitted_centres(data: FloatArray, usable: NDArray[np.bool_],
+                    sky_var: FloatArray, xs: FloatArray, ys: FloatArray,
+                    placed: FloatArray, flux: FloatArray) -> FloatArray:
+    """Move the PSF of each stamp to the centre a PSF fit finds.
+
+    A source whose fit fails or wanders more than a pixel keeps its
+    windowed centroid.
+    """
+    start = placed.copy()
+    start[:, moffat.AMP] *= flux
+    invvar = np.where(usable, 1.0 / sky_var, 0.0)
+    fit = moffat.fit_moffat(data, invvar, xs, ys, start, order=4,
+                            fit_shape=False, max_iter=20)
+    moved = np.hypot(fit.params[:, moffat.X0] - placed[:, moffat.X0],
+                     fit.params[:, moffat.Y0] - placed[:, moffat.Y0])
+    ok = fit.converged & np.isfinite(moved) & (moved <= 1.0)
+    out = placed.copy()
+    out[ok, moffat.X0] = fit.params[ok, moffat.X0]
+    out[ok, moffat.Y0] = fit.params[ok, moffat.Y0]
+    return out
+
+
 def measure_spread(
     data_sub: NDArray[np.float32],
     bad: NDArray[np.bool_],
@@ -204,6 +235,9 @@ def measure_spread(
     cx, cy = windowed_centroid(data, usable, xs, ys, src.x[idx] - ix,
                                src.y[idx] - iy, fwhm)
     placed = field.params_at(src.x[idx], src.y[idx], x0=cx, y0=cy)
+    if fwhm < FIT_CENTRE_FWHM:
+        placed = _fitted_centres(data, usable, sky_var, xs, ys, placed,
+                                 np.maximum(src.flux[idx], 1.0))
     placed[:, moffat.AMP] = 1.0
     order = 2
     phi = moffat.render(placed, xs, ys, order=order, fast=True)

@@ -183,3 +183,26 @@ def test_well_sampled_fields_are_not_called_undersampled() -> None:
     assert not math.isfinite(report.metrics["FWHM_CORR"])
     assert any(note.startswith("FWHM_CORR not measured")
                and "under 1.5 px" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("seed", [97, 98])
+def test_undersampled_stars_are_not_called_compact_galaxies(
+        seed: int) -> None:
+    """A 1.0 px Moffat field of stars only keeps its FWHM.
+
+    The windowed centroid of so sharp a source is pulled towards its
+    pixel's centre; S then followed the pixel phase, scattered ~9 times
+    its noise over the PSF stars, and the galaxy guard withheld the PSF
+    as "likely compact galaxies".  Such sources are now centred by a
+    PSF fit (`qualityfits.classify.FIT_CENTRE_FWHM`).
+    """
+    header = fits.Header({"GAIN": psf_edges.GAIN, "SATURATE": 1e7})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = assess_extension(
+            _field("moffat", 1.0, seed, beta=1.7, n_stars=500), header,
+            name="sim")
+    assert report.status == "ok"
+    assert not any("compact galaxies" in note for note in report.notes)
+    assert "PSF_WITHHELD" not in report.flags
+    assert abs(report.metrics["FWHM_PIX"] - 1.0) < 0.03
