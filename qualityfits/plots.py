@@ -1502,7 +1502,14 @@ def _plot_psf_model(fig: Figure, rep: _Report) -> None:
     ax_prof.set_xlim(0.0, reach * math.sqrt(2.0))
     ax_prof.set_xlabel("Radius [pix]", fontsize=11)
     ax_prof.set_ylabel("PSF / peak", fontsize=11)
-    ax_prof.set_title("Radial profile (pixel-convolved model)", fontsize=11)
+    title = "Radial profile (pixel-convolved model)"
+    fwhm_pix = ext.metrics.get("FWHM_PIX", math.nan)
+    corr = ext.metrics.get("FWHM_CORR", math.nan)
+    if math.isfinite(fwhm_pix):
+        # The published FWHM is pixel-free, so not this curve's.
+        how = f"Moffat × {corr:.3f}" if math.isfinite(corr) else "Moffat"
+        title += f"\nFWHM_PIX {fwhm_pix:.2f} pix, pixel-free: {how}"
+    ax_prof.set_title(title, fontsize=11)
     ax_prof.grid(visible=True, which="both", color="0.9", lw=0.5)
     ax_prof.legend(fontsize=9, loc="upper right")
     fig.suptitle(f"{rep.stem}: PSF model ({ext.name}, the CCD of median "
