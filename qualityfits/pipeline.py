@@ -763,6 +763,12 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
     if psf.model is not None and math.isfinite(psf.model.profile_scale):
         corr, corr_err = psf.field.fwhm_scale, psf.field.fwhm_scale_err
         fwhm_rel_err = math.hypot(fwhm_rel_err, corr_err / corr)
+        if abs(corr - 1.0) > FAR_FROM_MOFFAT:
+            ccd.notes.append(
+                f"the PSF's profile is far from a Moffat's: its FWHM is "
+                f"the best Moffat's times FWHM_CORR {corr:.3f} (within "
+                "0.5 % on Kolmogorov and Gaussian PSFs, +3 % on an Airy "
+                "disc; docs/metrics.md)")
     elif psf.model is not None:
         ccd.notes.append(
             "FWHM_CORR not measured: the PSF's core is taken to be a "
@@ -827,6 +833,12 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
             PSF_AREA_ERR=2.0 * model.area * fwhm_rel_err,
         )
     return psf, src
+
+
+#: A profile correction (FWHM_CORR) further than this from 1 is said in
+#: a note: the FWHM then rests on it (Kolmogorov seeing 1.013-1.029, a
+#: core with a halo ~1.03, an Airy disc ~1.10).
+FAR_FROM_MOFFAT = 0.05
 
 
 def _ellipticity_errors(eps1: float, eps2: float, s1: float,

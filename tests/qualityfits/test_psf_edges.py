@@ -206,3 +206,17 @@ def test_undersampled_stars_are_not_called_compact_galaxies(
     assert not any("compact galaxies" in note for note in report.notes)
     assert "PSF_WITHHELD" not in report.flags
     assert abs(report.metrics["FWHM_PIX"] - 1.0) < 0.03
+
+
+def test_a_profile_far_from_a_moffat_is_said() -> None:
+    """An Airy disc's FWHM rests on a 10 % correction: a note says so."""
+    header = fits.Header({"GAIN": psf_edges.GAIN, "SATURATE": 1e7})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        airy = assess_extension(_field("airy", 3.5, 99), header, name="a")
+        kolmo = assess_extension(_field("kolmogorov", 3.5, 99), header,
+                                 name="k")
+    said = [n for n in airy.notes if "far from a Moffat" in n]
+    assert len(said) == 1
+    assert f"FWHM_CORR {airy.metrics['FWHM_CORR']:.3f}" in said[0]
+    assert not any("far from a Moffat" in n for n in kolmo.notes)
