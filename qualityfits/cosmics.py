@@ -279,6 +279,7 @@ def find_cosmic_rays(
     objlim: float = OBJLIM,
     event_sigclip: float | None = None,
     psf_fwhm: float | None = None,
+    pixel_noise: float | None = None,
 ) -> CosmicRays:
     """Find the cosmic rays of a background-subtracted CCD image.
 
@@ -331,6 +332,11 @@ def find_cosmic_rays(
         undersampled images (FWHM below ~2.5 px) L.A.Cosmic's fine
         structure test alone flags many star cores.  None: no such
         protection (L.A.Cosmic's tests only).
+    pixel_noise : float or None
+        The pixel-to-pixel noise of ``sub`` outside ``bad``, ADU, as
+        `estimate_fwhm` measured it on the same pixels (`PsfPeaks`'s
+        ``noise``): it is not measured a second time.  None: measured
+        here.
 
     Returns
     -------
@@ -341,9 +347,14 @@ def find_cosmic_rays(
     ------
     ValueError
         If ``sub`` is not two-dimensional, a map does not have its
-        shape, or a number is not positive and finite.
+        shape, or a number is not positive and finite (``pixel_noise``:
+        not negative and finite).
     """
     image, noise_map, badmask = _check(sub, rms, bad)
+    if pixel_noise is not None and not (math.isfinite(pixel_noise)
+                                        and pixel_noise >= 0):
+        raise ValueError("pixel_noise must be finite and not negative or "
+                         f"None, got {pixel_noise!r}")
     for name, value in (
         ("gain", gain),
         ("read_noise", read_noise),
@@ -381,7 +392,8 @@ def find_cosmic_rays(
     # The candidates' RMS is kept within the range the windows will
     # allow about the pixel-to-pixel noise (see _Tiler._noise), so that
     # they remain a superset of what the windows can find.
-    pixel_noise = _pixel_noise(image, badmask)
+    if pixel_noise is None:
+        pixel_noise = _pixel_noise(image, badmask)
     high = _LOCAL_CEILING * pixel_noise if pixel_noise > 0 else math.inf
     seeds = _candidates(
         image,
@@ -446,11 +458,16 @@ class PsfPeaks:
     x, y : ndarray of int
         Column and row of the peak pixel of each star-like peak (those
         whose width is within `_FWHM_WINDOW_DEX` of the mode).
+    noise : float
+        The pixel-to-pixel noise of the image, ADU (what the peaks'
+        thresholds are in units of; `find_cosmic_rays` takes it as
+        ``pixel_noise``).
     """
 
     fwhm: float | None
     x: IndexArray
     y: IndexArray
+    noise: float = 0.0
 
 
 def estimate_fwhm(
@@ -496,8 +513,9 @@ def estimate_fwhm(
     image = np.ascontiguousarray(sub, dtype=np.float32)
     badmask = None if bad is None or not bad.any() else bad
     ny, nx = image.shape
-    none = PsfPeaks(None, np.zeros(0, np.intp), np.zeros(0, np.intp))
     noise = _pixel_noise(image, badmask)
+    none = PsfPeaks(None, np.zeros(0, np.intp), np.zeros(0, np.intp),
+                    noise)
     if ny < 3 or nx < 3 or not noise > 0:
         return none
     if saturation is None:
@@ -559,7 +577,7 @@ def estimate_fwhm(
     if np.count_nonzero(near & bright) < _FWHM_MIN_PEAKS:
         return none
     y, x = np.divmod(idx[near], nx)
-    return PsfPeaks(float(np.median(fwhm[near & bright])), x, y)
+    return PsfPeaks(float(np.median(fwhm[near & bright])), x, y, noise)
 
 
 def _psf_cores(img: FloatArray, noise: FloatArray, stack: _Stack,
@@ -683,10 +701,16 @@ def _candidates(
     flat = image.ravel()
     value = flat[idx]
     j, i = np.divmod(idx, nx)
+    # Only the pixels of the image's edge need their neighbours mirrored.
+    edge = np.flatnonzero((j == 0) | (j == ny - 1) | (i == 0)
+                          | (i == nx - 1))
 
     def around(dj: int, di: int) -> FloatArray:
         """Return the neighbour at (dj, di) of every candidate, mirrored."""
-        k = _mirror(j + dj, ny) * nx + _mirror(i + di, nx)
+        k = idx + (dj * nx + di)
+        if edge.size:
+            k[edge] = (_mirror(j[edge] + dj, ny) * nx
+                       + _mirror(i[edge] + di, nx))
         out = flat[k]
         if bad is not None:
             # A bad neighbour counts as equal to the pixel.
@@ -701,6 +725,8 @@ def _candidates(
     )
     keep = lap > (2 * sigclip) * sky
     idx, j, i, value = idx[keep], j[keep], i[keep], value[keep]
+    edge = np.flatnonzero((j == 0) | (j == ny - 1) | (i == 0)
+                          | (i == nx - 1))
     box = np.stack([around(dj, di) for dj in (-1, 0, 1) for di in (-1, 0, 1)])
     median = np.median(box, axis=0)
     sharp = value - median > _SHARPNESS * np.maximum(median, 0)

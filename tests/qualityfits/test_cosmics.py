@@ -389,6 +389,8 @@ def test_empty_result_is_valid():
     ({"sigclip": 0.0}, "sigclip must be positive"),
     ({"objlim": float("inf")}, "objlim must be positive"),
     ({"event_sigclip": -1.0}, "event_sigclip must be positive"),
+    ({"pixel_noise": -1.0}, "pixel_noise must be finite and not negative"),
+    ({"pixel_noise": float("nan")}, "pixel_noise must be finite"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     args: dict[str, Any] = {
