@@ -205,7 +205,8 @@ def flag_map(shape: tuple[int, int], **bits: NDArray[np.bool_] | None,
     flags = np.zeros(shape, np.uint8)
     for name, where in bits.items():
         if where is not None:
-            flags[where] |= np.uint8(PixelFlag[name.upper()])
+            np.bitwise_or(flags, np.uint8(PixelFlag[name.upper()]),
+                          out=flags, where=where)
     return flags
 
 
