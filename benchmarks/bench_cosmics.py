@@ -201,13 +201,18 @@ def _pipeline_inputs(data: np.ndarray) -> dict[str, Any]:
             "sky": float(bkg.globalback)}
 
 
-def _psf_fwhm(inputs: dict[str, Any], saturation: float | None,
-              args: argparse.Namespace) -> float | None:
-    """The PSF FWHM the pipeline gives `find_cosmic_rays` (or None)."""
+def _psf_peaks(inputs: dict[str, Any], saturation: float | None,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """What the pipeline gives `find_cosmic_rays` from `estimate_fwhm`.
+
+    The PSF FWHM and the pixel noise it measured (nothing with
+    ``--no-psf-protection``).
+    """
     if args.no_psf_protection:
-        return None
-    return estimate_fwhm(inputs["sub"], inputs["bad"],
-                         saturation=saturation).fwhm
+        return {}
+    peaks = estimate_fwhm(inputs["sub"], inputs["bad"],
+                          saturation=saturation)
+    return {"psf_fwhm": peaks.fwhm, "pixel_noise": peaks.noise}
 
 
 def _ratio(num: float, den: float) -> float:
@@ -314,7 +319,7 @@ def run_simulated(args: argparse.Namespace) -> dict[str, Any]:
                 inputs["sub"], inputs["rms"], inputs["bad"], gain=gain,
                 read_noise=rdnoise, saturation=above,
                 event_sigclip=args.event_sigclip,
-                psf_fwhm=_psf_fwhm(inputs, above, args))
+                **_psf_peaks(inputs, above, args))
 
         result, wall, cpu = _timed(ours, args.repeat)
         peak = _peak_memory(ours)
@@ -533,7 +538,7 @@ def run_real(args: argparse.Namespace) -> dict[str, Any] | None:
                 inputs["sub"], inputs["rms"], inputs["bad"], gain=gain,
                 read_noise=rdnoise, saturation=above_sky,
                 event_sigclip=args.event_sigclip,
-                psf_fwhm=_psf_fwhm(inputs, above_sky, args)),
+                **_psf_peaks(inputs, above_sky, args)),
             args.repeat)
         kwargs: dict[str, float] = {}
         if gain is not None:

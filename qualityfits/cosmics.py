@@ -21,8 +21,9 @@ tests where they can succeed:
    each side, the reach of L.A.Cosmic's filters).  The windows are
    stacked into one strip and processed at once with astroscrappy's
    separable median filters, as astroscrappy does by default
-   (``sepmed=True``): the noise model (sky variance plus the photons of
-   sources, from a median so that a cosmic ray does not raise it),
+   (``sepmed=True``; `_sepmed` computes their values, faster): the
+   noise model (sky variance plus the photons of sources, from a
+   median so that a cosmic ray does not raise it),
    ``L+``, ``S' = S - med(S)``, the fine structure ``F``, detection where
    ``S' > sigclip`` and ``S' / F > objlim``, growth into neighbours with
    ``S' > sigclip`` then ``S' > sigfrac sigclip``, and the cleaning of
@@ -47,11 +48,12 @@ Units: ``sub`` and ``rms`` in ADU, ``gain`` in e-/ADU, ``read_noise`` in
 electrons (the usual unit of the ``RDNOISE`` keyword).
 
 On simulated MegaCam CCDs (2048 x 4612, 330 hits and tracks) this takes
-~0.6 s of one core, 25 times less than astroscrappy at its defaults, and
-finds more of the cosmic-ray pixels (98 % against 88 %);
-``benchmarks/bench_cosmics.py`` measures both.  astroscrappy's filters
-use OpenMP; `find_cosmic_rays` runs them on one thread whatever
-``OMP_NUM_THREADS`` says (more made it slower, see `_FILTER_THREADS`).
+~0.26 s of one core with `estimate_fwhm`, ~65 times less than
+astroscrappy at its defaults, and finds more of the cosmic-ray pixels
+(98 % against 88 %); ``benchmarks/bench_cosmics.py`` measures both.
+astroscrappy's dilation uses OpenMP; `find_cosmic_rays` runs it on one
+thread whatever ``OMP_NUM_THREADS`` says (more made astroscrappy's
+filters slower, see `_FILTER_THREADS`).
 
 >>> import numpy as np
 >>> from qualityfits.cosmics import find_cosmic_rays
@@ -66,12 +68,13 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import numpy as np
-from astroscrappy.utils import dilate3, sepmedfilt5, sepmedfilt7, sepmedfilt9
+from astroscrappy.utils import dilate3
 from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.sparse import coo_array
@@ -184,13 +187,30 @@ _NOISE_ROW_STEP: Final = 16
 #: sigma of white noise (that difference has a variance of 1.25 sigma²).
 _MAD_TO_SIGMA: Final = 1.4826 / math.sqrt(1.25)
 
-#: OpenMP threads of astroscrappy's median filters.  They run on strips
-#: of a few hundred 28 x 28 windows, ~15 ms a call: a second thread
-#: saves little when a core is idle and, when it is not (another worker,
-#: another program), its spin-waits made the step 1.5-2.5 times slower
-#: (2 s instead of 0.85 s per 2048 x 4612 CCD in ``assess(jobs=1)``,
-#: where nothing else limits the threads).
+#: OpenMP threads of astroscrappy's filters (its 3 x 3 dilation; the
+#: median filters were too, see `_sepmed`).  They run on strips of a
+#: few hundred 28 x 28 windows: a second thread saves little when a core
+#: is idle and, when it is not (another worker, another program), its
+#: spin-waits made the step 1.5-2.5 times slower (2 s instead of 0.85 s
+#: per 2048 x 4612 CCD in ``assess(jobs=1)``, where nothing else limits
+#: the threads).
 _FILTER_THREADS: Final = 1
+
+#: Median-selection networks of 5, 7 and 9 values (N. Devillard's
+#: ``opt_med5/7/9``, which astroscrappy's C filters use): compare-
+#: exchanges (i, j) that leave the smaller value in i and the larger in
+#: j, and the index that holds the median at the end.
+_MEDIAN_NETWORKS: Final[dict[int, tuple[tuple[tuple[int, int], ...], int]]] = {
+    5: (((0, 1), (3, 4), (0, 3), (1, 4), (1, 2), (2, 3), (1, 2)), 2),
+    7: (((0, 5), (0, 3), (1, 6), (2, 4), (0, 1), (3, 5), (2, 6), (2, 3),
+         (3, 6), (4, 5), (1, 4), (1, 3), (3, 4)), 3),
+    9: (((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5),
+         (7, 8), (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7),
+         (4, 2), (6, 4), (4, 2)), 4),
+}
+#: Rows of a strip filtered at a time by `_sepmed` (its temporaries,
+#: ~0.5 MB each for 28 columns, then stay in the cache).
+_SEPMED_ROWS: Final = 4096
 
 #: A local maximum is protected as the core of a PSF-like source when
 #: its neighbours reach this fraction of the least a Gaussian of the
@@ -260,6 +280,7 @@ def find_cosmic_rays(
     objlim: float = OBJLIM,
     event_sigclip: float | None = None,
     psf_fwhm: float | None = None,
+    pixel_noise: float | None = None,
 ) -> CosmicRays:
     """Find the cosmic rays of a background-subtracted CCD image.
 
@@ -312,6 +333,11 @@ def find_cosmic_rays(
         undersampled images (FWHM below ~2.5 px) L.A.Cosmic's fine
         structure test alone flags many star cores.  None: no such
         protection (L.A.Cosmic's tests only).
+    pixel_noise : float or None
+        The pixel-to-pixel noise of ``sub`` outside ``bad``, ADU, as
+        `estimate_fwhm` measured it on the same pixels (`PsfPeaks`'s
+        ``noise``): it is not measured a second time.  None: measured
+        here.
 
     Returns
     -------
@@ -322,9 +348,14 @@ def find_cosmic_rays(
     ------
     ValueError
         If ``sub`` is not two-dimensional, a map does not have its
-        shape, or a number is not positive and finite.
+        shape, or a number is not positive and finite (``pixel_noise``:
+        not negative and finite).
     """
     image, noise_map, badmask = _check(sub, rms, bad)
+    if pixel_noise is not None and not (math.isfinite(pixel_noise)
+                                        and pixel_noise >= 0):
+        raise ValueError("pixel_noise must be finite and not negative or "
+                         f"None, got {pixel_noise!r}")
     for name, value in (
         ("gain", gain),
         ("read_noise", read_noise),
@@ -362,7 +393,8 @@ def find_cosmic_rays(
     # The candidates' RMS is kept within the range the windows will
     # allow about the pixel-to-pixel noise (see _Tiler._noise), so that
     # they remain a superset of what the windows can find.
-    pixel_noise = _pixel_noise(image, badmask)
+    if pixel_noise is None:
+        pixel_noise = _pixel_noise(image, badmask)
     high = _LOCAL_CEILING * pixel_noise if pixel_noise > 0 else math.inf
     seeds = _candidates(
         image,
@@ -427,11 +459,16 @@ class PsfPeaks:
     x, y : ndarray of int
         Column and row of the peak pixel of each star-like peak (those
         whose width is within `_FWHM_WINDOW_DEX` of the mode).
+    noise : float
+        The pixel-to-pixel noise of the image, ADU (what the peaks'
+        thresholds are in units of; `find_cosmic_rays` takes it as
+        ``pixel_noise``).
     """
 
     fwhm: float | None
     x: IndexArray
     y: IndexArray
+    noise: float = 0.0
 
 
 def estimate_fwhm(
@@ -477,8 +514,9 @@ def estimate_fwhm(
     image = np.ascontiguousarray(sub, dtype=np.float32)
     badmask = None if bad is None or not bad.any() else bad
     ny, nx = image.shape
-    none = PsfPeaks(None, np.zeros(0, np.intp), np.zeros(0, np.intp))
     noise = _pixel_noise(image, badmask)
+    none = PsfPeaks(None, np.zeros(0, np.intp), np.zeros(0, np.intp),
+                    noise)
     if ny < 3 or nx < 3 or not noise > 0:
         return none
     if saturation is None:
@@ -489,9 +527,11 @@ def estimate_fwhm(
     threshold = np.float32(_CORE_PEAK_NSIGMA * noise)
     for j0 in range(1, ny - 1, _BLOCK_ROWS):
         j1 = min(ny - 1, j0 + _BLOCK_ROWS)
-        above = image[j0:j1, 1:-1] > threshold
-        jj, ii = np.nonzero(above)
-        pieces.append((jj + j0) * nx + ii + 1)
+        # Whole rows and flat indices (a 2-d np.nonzero is 4x slower);
+        # the first and last columns are not peaks.
+        above = image[j0:j1] > threshold
+        above[:, 0] = above[:, -1] = False
+        pieces.append(np.flatnonzero(above) + j0 * nx)
     idx = np.concatenate(pieces)
     value = image.ravel()[idx]
     keep = value < np.float32(0.5 * saturation)
@@ -540,7 +580,7 @@ def estimate_fwhm(
     if np.count_nonzero(near & bright) < _FWHM_MIN_PEAKS:
         return none
     y, x = np.divmod(idx[near], nx)
-    return PsfPeaks(float(np.median(fwhm[near & bright])), x, y)
+    return PsfPeaks(float(np.median(fwhm[near & bright])), x, y, noise)
 
 
 def _psf_cores(img: FloatArray, noise: FloatArray, stack: _Stack,
@@ -664,10 +704,16 @@ def _candidates(
     flat = image.ravel()
     value = flat[idx]
     j, i = np.divmod(idx, nx)
+    # Only the pixels of the image's edge need their neighbours mirrored.
+    edge = np.flatnonzero((j == 0) | (j == ny - 1) | (i == 0)
+                          | (i == nx - 1))
 
     def around(dj: int, di: int) -> FloatArray:
         """Return the neighbour at (dj, di) of every candidate, mirrored."""
-        k = _mirror(j + dj, ny) * nx + _mirror(i + di, nx)
+        k = idx + (dj * nx + di)
+        if edge.size:
+            k[edge] = (_mirror(j[edge] + dj, ny) * nx
+                       + _mirror(i[edge] + di, nx))
         out = flat[k]
         if bad is not None:
             # A bad neighbour counts as equal to the pixel.
@@ -682,6 +728,8 @@ def _candidates(
     )
     keep = lap > (2 * sigclip) * sky
     idx, j, i, value = idx[keep], j[keep], i[keep], value[keep]
+    edge = np.flatnonzero((j == 0) | (j == ny - 1) | (i == 0)
+                          | (i == nx - 1))
     box = np.stack([around(dj, di) for dj in (-1, 0, 1) for di in (-1, 0, 1)])
     median = np.median(box, axis=0)
     sharp = value - median > _SHARPNESS * np.maximum(median, 0)
@@ -695,6 +743,80 @@ def _mirror(k: IndexArray, n: int) -> IndexArray:
     period = 2 * (n - 1)
     k = np.abs(k) % period
     return np.where(k >= n, period - k, k)
+
+
+def _sepmed(image: FloatArray, width: int) -> FloatArray:
+    """Separable median filter, as astroscrappy's ``sepmedfilt5/7/9``.
+
+    The median of ``width`` pixels along each row, then of ``width`` of
+    those along each column; the border of ``width // 2`` pixels is the
+    input's, as astroscrappy leaves it.  The same values as
+    astroscrappy's C functions (a median of an odd number of values is
+    one of them, picked by the same comparisons; ``test_cosmics`` checks
+    it), 5-10 times faster on the strips of `_Stack`: Devillard's
+    networks applied to whole shifted views with ``np.minimum`` and
+    ``np.maximum`` instead of value by value with a branch each.  The
+    pixels must be finite (a NaN spreads here, not in astroscrappy's).
+    """
+    out = image.copy()
+    half = width // 2
+    ny, nx = image.shape
+    if ny <= 2 * half or nx <= 2 * half:
+        return out
+    inner = nx - 2 * half
+    for j0 in range(half, ny - half, _SEPMED_ROWS):
+        j1 = min(ny - half, j0 + _SEPMED_ROWS)
+        rows = image[j0 - half:j1 + half]
+        along_rows = _median_of(
+            [rows[:, k:k + inner] for k in range(width)], width)
+        out[j0:j1, half:nx - half] = _median_of(
+            [along_rows[k:k + j1 - j0] for k in range(width)], width)
+    return out
+
+
+def _median_of(values: list[FloatArray], width: int) -> FloatArray:
+    """Element-wise median of ``width`` arrays (not modified).
+
+    Only the compare-exchanges and the halves of them that lead to the
+    median are computed (`_median_plan`).
+    """
+    steps, result = _median_plan(width)
+    p = list(values)
+    own = [False] * width  # p[k] is a temporary of ours, writable
+    for i, j, low, high in steps:
+        a, b = p[i], p[j]
+        if low and high:
+            p[i] = np.minimum(a, b)
+            p[j] = np.maximum(a, b, out=b if own[j] else None)
+            own[i] = own[j] = True
+        elif low:
+            p[i] = np.minimum(a, b, out=a if own[i] else None)
+            own[i] = True
+        else:
+            p[j] = np.maximum(a, b, out=b if own[j] else None)
+            own[j] = True
+    return p[result]
+
+
+@functools.cache
+def _median_plan(
+    width: int,
+) -> tuple[tuple[tuple[int, int, bool, bool], ...], int]:
+    """`_MEDIAN_NETWORKS`' steps for ``width`` with the outputs needed.
+
+    Each step is (i, j, the minimum is needed, the maximum is needed);
+    a compare-exchange none of whose outputs leads to the median is
+    left out.
+    """
+    network, result = _MEDIAN_NETWORKS[width]
+    live = {result}
+    steps = []
+    for i, j in reversed(network):
+        low, high = i in live, j in live
+        if low or high:
+            steps.append((i, j, low, high))
+            live |= {i, j}
+    return tuple(reversed(steps)), result
 
 
 def _laplace_plus(
@@ -821,9 +943,10 @@ def _four_residual(
 class _Stack:
     """A stack of square windows seen as one 2-d strip by the filters.
 
-    astroscrappy's filters work on 2-d C-contiguous float32 arrays; with
-    the windows stacked vertically, a filter mixes two windows only in
-    their halos, which are discarded.
+    astroscrappy's filters work on 2-d C-contiguous float32 arrays (and
+    `_sepmed` works as its median filters); with the windows stacked
+    vertically, a filter mixes two windows only in their halos, which
+    are discarded.
     """
 
     def __init__(self, n: int, size: int) -> None:
@@ -832,10 +955,8 @@ class _Stack:
 
     def sepmed(self, array: FloatArray, width: int) -> FloatArray:
         """Separable median filter of ``array`` (shaped like the stack)."""
-        filt = {5: sepmedfilt5, 7: sepmedfilt7, 9: sepmedfilt9}[width]
-        strip = np.ascontiguousarray(array, dtype=np.float32)
-        out: FloatArray = filt(strip.reshape(self.flat_shape))
-        return out.reshape(self.shape)
+        strip = np.asarray(array, dtype=np.float32).reshape(self.flat_shape)
+        return _sepmed(strip, width).reshape(self.shape)
 
     def dilate(self, mask: BoolArray) -> BoolArray:
         """Dilate ``mask`` by one pixel, 8-connected."""

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import sep
 from astropy.io import fits
+from astroscrappy.utils import sepmedfilt5, sepmedfilt7, sepmedfilt9
 from scipy import ndimage
 from testkit import shared_file
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -315,22 +316,23 @@ def test_tiny_images(shape):
 def test_filters_run_on_one_openmp_thread(monkeypatch):
     """Whatever the caller allows: more made the step 2x slower.
 
-    astroscrappy's median filters start an OpenMP thread per core; in
-    ``assess(jobs=1)`` nothing else limits them.  The filters are
-    watched (not replaced) for the number of threads they may use.
+    astroscrappy's filters (its dilation; its median filters were used
+    too) start an OpenMP thread per core; in ``assess(jobs=1)`` nothing
+    else limits them.  The filter is watched (not replaced) for the
+    number of threads it may use.
     """
     def openmp_threads() -> set[int]:
         return {lib["num_threads"] for lib in threadpool_info()
                 if lib["user_api"] == "openmp"}
 
     seen: list[set[int]] = []
-    original = cosmics._Stack.sepmed
+    original = cosmics._Stack.dilate
 
-    def watched(self, array, width):
+    def watched(self, mask):
         seen.append(openmp_threads())
-        return original(self, array, width)
+        return original(self, mask)
 
-    monkeypatch.setattr(cosmics._Stack, "sepmed", watched)
+    monkeypatch.setattr(cosmics._Stack, "dilate", watched)
     rng = np.random.default_rng(1)
     sub = rng.normal(0.0, 10.0, (200, 200)).astype(np.float32)
     sub[50, 60] += 500.0
@@ -342,6 +344,29 @@ def test_filters_run_on_one_openmp_thread(monkeypatch):
     assert crs.mask[50, 60]
     assert seen
     assert all(threads == {1} for threads in seen)
+
+
+@pytest.mark.parametrize("width", [5, 7, 9])
+@pytest.mark.parametrize("shape", [(28 * 40, 28), (8200, 28), (13, 40),
+                                   (9, 9), (4, 100), (100, 4)])
+def test_separable_median_is_astroscrappys(width, shape):
+    """`_sepmed` gives astroscrappy's ``sepmedfilt`` values exactly.
+
+    Noise, ties (few distinct values), zeros and a window-stack shape
+    taller than `_SEPMED_ROWS` (its blocks of rows), and shapes
+    narrower than the filter (the input comes back).
+    """
+    rng = np.random.default_rng(width * 1000 + shape[0])
+    filt = {5: sepmedfilt5, 7: sepmedfilt7, 9: sepmedfilt9}[width]
+    noise = rng.normal(0.0, 10.0, shape).astype(np.float32)
+    noise[rng.random(shape) < 0.05] = 0.0
+    ties = rng.integers(-2, 3, shape).astype(np.float32)
+    for image in (noise, ties):
+        before = image.copy()
+        out = cosmics._sepmed(image, width)
+        assert np.array_equal(image, before)  # not modified
+        assert out.dtype == np.float32
+        assert np.array_equal(out, filt(image))
 
 
 def test_empty_result_is_valid():
@@ -364,6 +389,8 @@ def test_empty_result_is_valid():
     ({"sigclip": 0.0}, "sigclip must be positive"),
     ({"objlim": float("inf")}, "objlim must be positive"),
     ({"event_sigclip": -1.0}, "event_sigclip must be positive"),
+    ({"pixel_noise": -1.0}, "pixel_noise must be finite and not negative"),
+    ({"pixel_noise": float("nan")}, "pixel_noise must be finite"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     args: dict[str, Any] = {

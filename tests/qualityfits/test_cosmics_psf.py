@@ -151,6 +151,14 @@ def test_star_cores_kept_cosmic_rays_found(fwhm: float, beta: float | None,
                               **kwargs)
     after = find_cosmic_rays(inputs["sub"], inputs["rms"], inputs["bad"],
                              psf_fwhm=peaks.fwhm, **kwargs)
+    # As the pipeline calls it: the noise estimate_fwhm measured is
+    # not measured again, and nothing changes.
+    given = find_cosmic_rays(inputs["sub"], inputs["rms"], inputs["bad"],
+                             psf_fwhm=peaks.fwhm, pixel_noise=peaks.noise,
+                             **kwargs)
+    assert peaks.noise > 0
+    assert np.array_equal(given.mask, after.mask)
+    assert given.n_significant == after.n_significant
     assert _core_fraction(after.mask, x, y) <= 0.01
     found_before = _events_found(before.mask, scene)
     found_after = _events_found(after.mask, scene)

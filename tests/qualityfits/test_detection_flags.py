@@ -1,0 +1,86 @@
+"""Per-source flags of `qualityfits.detection.measure` (BAD_PIXELS).
+
+`measure` counts the bad pixels of a source's AUTO aperture only where
+sep met a masked pixel (the HASMASKED flag of the photometry); these
+tests count them in every aperture, as SExtractor's FLAGS would, and
+compare.  Two images: the project's simulator, and one drawn here
+independently (Gaussian blobs on white noise), each with bad columns,
+a bad block and scattered bad pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sep
+
+from qualityfits.background import sep_background
+from qualityfits.config import QualityConfig
+from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.detection import (
+    KRON_FACTOR,
+    KRON_MIN_RADIUS,
+    SourceFlag,
+    configure_sep,
+    extract,
+    measure,
+)
+
+
+def _blobs(seed: int) -> np.ndarray:
+    """Round and elongated Gaussian sources on white noise, not simulated."""
+    rng = np.random.default_rng(seed)
+    ny, nx = 600, 500
+    yy, xx = np.mgrid[:ny, :nx]
+    image = rng.normal(300.0, 8.0, (ny, nx))
+    for _ in range(250):
+        x0, y0 = rng.uniform(0, nx), rng.uniform(0, ny)
+        sx = rng.uniform(1.0, 4.0)
+        sy = sx * rng.uniform(0.5, 1.0)
+        flux = 10 ** rng.uniform(2.5, 5.0)
+        box = (slice(max(int(y0) - 20, 0), int(y0) + 21),
+               slice(max(int(x0) - 20, 0), int(x0) + 21))
+        r2 = ((xx[box] - x0) / sx) ** 2 + ((yy[box] - y0) / sy) ** 2
+        image[box] += flux / (2 * np.pi * sx * sy) * np.exp(-0.5 * r2)
+    return image.astype(np.float32)
+
+
+def _simulated(seed: int) -> np.ndarray:
+    params = SimulationParams(shape=(512, 512), n_stars=150,
+                              n_galaxies=250, n_cr_hits=0, n_cr_tracks=0)
+    return np.asarray(simulate_image(params, seed=seed).data,
+                      dtype=np.float32)
+
+
+def _bad_pixels(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    bad = np.zeros(shape, dtype=bool)
+    bad[:, rng.integers(0, shape[1], 3)] = True
+    j, i = rng.integers(0, shape[0] - 20), rng.integers(0, shape[1] - 20)
+    bad[j:j + 15, i:i + 20] = True
+    bad.flat[rng.integers(0, bad.size, bad.size // 500)] = True
+    return bad
+
+
+@pytest.mark.parametrize("make", [_simulated, _blobs])
+def test_bad_pixel_flags_match_a_count_in_every_aperture(make):
+    configure_sep()
+    config = QualityConfig()
+    pix = make(7)
+    bad = _bad_pixels(pix.shape, 8)
+    bkg = sep_background(pix, bad, config)
+    sub = pix.copy()
+    bkg.subfrom(sub)
+    rms = bkg.rms()
+    objects, segmap = extract(sub, rms, bad, config)
+    src = measure(sub, pix, rms, bad, objects, segmap, gain=1.5,
+                  saturation=None, config=config)
+    assert len(src) > 100
+    # Every aperture, as measure built it (the Kron radius it found).
+    scale = np.maximum(KRON_FACTOR * src.kron_radius, KRON_MIN_RADIUS)
+    nbad, _, _ = sep.sum_ellipse(bad.astype(np.float32), src.x, src.y,
+                                 src.a, src.b, src.theta, scale, subpix=1)
+    flagged = (src.flags & SourceFlag.BAD_PIXELS) != 0
+    expected = nbad > 0.5
+    assert 5 <= int(expected.sum()) < len(src) - 5  # both kinds are seen
+    np.testing.assert_array_equal(flagged, expected)
