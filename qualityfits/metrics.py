@@ -91,7 +91,8 @@ METRICS: tuple[Metric, ...] = (
          "bootstrap of the FWHM field at the PSF stars, its trend and "
          "its level (a biweight location of the stars' FWHM over the "
          "field), each star kept in place with the FWHM/field ratio of "
-         "a star drawn at random; FWHM_CORR's error added in "
+         "a star drawn at random; FWHM_CORR's error and the "
+         "correction's model error, 0.35 (FWHM_CORR - 1), added in "
          "quadrature"),
     _psf("FWHM_CORR", "", "instr.det.psf;arith.ratio",
          "FWHM of the PSF over that of its Moffat description: the "

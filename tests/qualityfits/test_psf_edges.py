@@ -209,7 +209,8 @@ def test_undersampled_stars_are_not_called_compact_galaxies(
 
 
 def test_a_profile_far_from_a_moffat_is_said() -> None:
-    """An Airy disc's FWHM rests on a 10 % correction: a note says so."""
+    """An Airy disc's FWHM rests on a 10 % correction: a note says so,
+    and its error counts the correction's own inaccuracy."""
     header = fits.Header({"GAIN": psf_edges.GAIN, "SATURATE": 1e7})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -220,3 +221,10 @@ def test_a_profile_far_from_a_moffat_is_said() -> None:
     assert len(said) == 1
     assert f"FWHM_CORR {airy.metrics['FWHM_CORR']:.3f}" in said[0]
     assert not any("far from a Moffat" in n for n in kolmo.notes)
+    # The correction overshoots an Airy disc by ~3 %: the error says so
+    # (a third of the correction), and stays small on Kolmogorov seeing.
+    m = airy.metrics
+    assert abs(m["FWHM_PIX"] / 3.5 - 1) > 0.015
+    assert abs(m["FWHM_PIX"] - 3.5) < 1.5 * m["FWHM_PIX_ERR"]
+    assert abs(m["FWHM_PIX"] / 3.5 - 1) < 0.05
+    assert kolmo.metrics["FWHM_PIX_ERR"] / 3.5 < 0.01
