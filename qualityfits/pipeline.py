@@ -104,8 +104,10 @@ from qualityfits.parallel import (
 )
 from qualityfits.parameters import QualityParameters
 from qualityfits.psf import (
+    FAR_FROM_MOFFAT,
     FWHM_NOISE,
     PROFILE_MIN_FWHM,
+    PROFILE_MODEL_ERROR,
     PsfResult,
     fwhm_error,
     galaxy_contamination,
@@ -764,7 +766,7 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
                               psf.shape)
     corr = corr_err = math.nan
     if psf.model is not None and math.isfinite(psf.model.profile_scale):
-        corr, corr_err = psf.field.fwhm_scale, psf.field.fwhm_scale_err
+        corr, corr_err = psf.model.profile_scale, psf.model.profile_scale_err
         fwhm_rel_err = math.hypot(fwhm_rel_err, corr_err / corr,
                                   PROFILE_MODEL_ERROR * (corr - 1.0) / corr)
         if abs(corr - 1.0) > FAR_FROM_MOFFAT:
@@ -838,20 +840,6 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
             PSF_AREA_ERR=2.0 * model.area * fwhm_rel_err,
         )
     return psf, src
-
-
-#: A profile correction (FWHM_CORR) further than this from 1 is said in
-#: a note: the FWHM then rests on it (Kolmogorov seeing 1.013-1.029, a
-#: core with a halo ~1.03, an Airy disc ~1.10).
-FAR_FROM_MOFFAT = 0.05
-#: The profile correction's own model error, as a fraction of the
-#: correction (FWHM_CORR - 1), added to FWHM_PIX_ERR: measured against
-#: the truth after the correction, Gaussian and Kolmogorov PSFs, a core
-#: with a halo and Kolmogorov seeing through an obscured telescope were
-#: off by at most 0.05-0.34 of their correction (0-0.5 %), an Airy disc
-#: by 0.3 of it (+3 % for 1.10), an obscured Airy disc with jitter by
-#: 0.34 (+6-7 % for 1.19; benchmarks/README.md, psf_edges and GalSim).
-PROFILE_MODEL_ERROR = 0.35
 
 
 def _ellipticity_errors(eps1: float, eps2: float, s1: float,

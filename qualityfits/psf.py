@@ -1770,6 +1770,18 @@ PROFILE_LADDER = (0.7, 1.0, 1.4, 2.0)
 #: -0.4 to -0.7 % at 1.6 px, where Kolmogorov seeing gains +2.1 to
 #: +2.4 % (from -3.9 % to -1.8 %).
 PROFILE_MIN_FWHM = 1.5
+#: A correction further than this from 1 is said in a note: the FWHM
+#: then rests on it (Kolmogorov seeing 1.013-1.029, a core with a halo
+#: ~1.03, an Airy disc ~1.10).
+FAR_FROM_MOFFAT = 0.05
+#: The correction's own model error, as a fraction of the correction
+#: (FWHM_CORR - 1), added to FWHM_PIX_ERR: measured against the truth
+#: after the correction, Gaussian and Kolmogorov PSFs, a core with a halo
+#: and Kolmogorov seeing through an obscured telescope were off by at
+#: most 0.05-0.34 of their correction (0-0.5 %), an Airy disc by 0.3 of
+#: it (+3 % for 1.10), an obscured Airy disc with jitter by 0.34 (+6-7 %
+#: for 1.19; benchmarks/README.md, psf_edges and GalSim).
+PROFILE_MODEL_ERROR = 0.35
 
 
 def profile_scale(xs: FloatArray, ys: FloatArray, resid: FloatArray,
@@ -1831,7 +1843,6 @@ def profile_scale(xs: FloatArray, ys: FloatArray, resid: FloatArray,
     cov = np.linalg.pinv(normal) * max(chi2 / (resid.size - rank), 1.0)
     err = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
     return float(np.sqrt(half2 / rho_h2)), err
-
 
 
 def psf_area(params: FloatArray) -> float:
