@@ -705,8 +705,8 @@ def _candidates(
     value = flat[idx]
     j, i = np.divmod(idx, nx)
     # Only the pixels of the image's edge need their neighbours mirrored.
-    edge = np.flatnonzero((j == 0) | (j == ny - 1) | (i == 0)
-                          | (i == nx - 1))
+    at_edge = (j == 0) | (j == ny - 1) | (i == 0) | (i == nx - 1)
+    edge = np.flatnonzero(at_edge)
 
     def around(dj: int, di: int) -> FloatArray:
         """Return the neighbour at (dj, di) of every candidate, mirrored."""
@@ -728,8 +728,7 @@ def _candidates(
     )
     keep = lap > (2 * sigclip) * sky
     idx, j, i, value = idx[keep], j[keep], i[keep], value[keep]
-    edge = np.flatnonzero((j == 0) | (j == ny - 1) | (i == 0)
-                          | (i == nx - 1))
+    edge = np.flatnonzero(at_edge[keep])
     box = np.stack([around(dj, di) for dj in (-1, 0, 1) for di in (-1, 0, 1)])
     median = np.median(box, axis=0)
     sharp = value - median > _SHARPNESS * np.maximum(median, 0)
