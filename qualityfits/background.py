@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from qualityfits.config import QualityConfig
+from qualityfits.weights import block_sum
 
 FloatArray = NDArray[np.float64]
 
@@ -203,18 +204,7 @@ def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     none = np.zeros((max(h, 0), max(w, 0)), dtype=bool)
     if h < 8 or w < 8:
         return none
-    # Rows, then columns, summed by slices in place: several times
-    # faster than a 4-d reshape's mean (and than np.add.reduce of a list
-    # of the slices, which copies them into one array first; the same
-    # sums in the same order).
-    rows = data[:h * b].reshape(h, b, nx)
-    cols = rows[:, 0].astype(np.float32)
-    for k in range(1, b):
-        cols += rows[:, k]
-    cols3 = cols[:, :w * b].reshape(h, w, b)
-    binned = np.ascontiguousarray(cols3[..., 0])
-    for k in range(1, b):
-        binned += cols3[..., k]
+    binned = block_sum(data[:h * b, :w * b], b, np.float32)
     binned *= np.float32(1.0 / (b * b))
     erow = exclude[:h * b].reshape(h, b, nx)
     ecol = np.logical_or.reduce([erow[:, k] for k in range(b)])
