@@ -332,9 +332,13 @@ def test_job_list_check_abort_and_delete(start_service: Starter, page: Any,
         "() => document.getElementById('report').dataset.phase "
         "=== 'EXECUTING'")
     shot(page, "7-job-executing")
-    # Keyboard: the abort button is reachable and works with Enter.
+    # Keyboard: the abort button is reachable and works with Enter.  The
+    # form's POST answers with a redirect to the job page: wait for that
+    # navigation, or the page's own refresh may show ABORTED first and
+    # the redirect cut the next goto short.
     page.focus("#abort")
-    page.keyboard.press("Enter")
+    with page.expect_navigation(url=f"**/ui/jobs/{job_id}"):
+        page.keyboard.press("Enter")
     page.wait_for_function(
         "() => document.getElementById('report').dataset.phase "
         "=== 'ABORTED'")
