@@ -24,7 +24,7 @@ import galsim_fields  # noqa: E402
 
 @pytest.mark.parametrize(("name", "seed"), [
     ("kolmogorov", 11), ("kolmogorov_1.8px", 12), ("kolmogorov_e0.15", 13),
-    ("optical", 14)])
+    ("optical", 14), ("kolmogorov_9px", 15)])
 def test_galsim_field_meets_the_issue_targets(name: str, seed: int) -> None:
     """FWHM within 1.5 %, ellipticity 0.003, sky 0.1 sigma, RMS 5 %,
     stars >= 0.90 complete at S/N > 20, <= 3 % of galaxies called stars.

@@ -16,7 +16,10 @@ import warnings
 import numpy as np
 import pytest
 from astropy.io import fits
+from scipy import ndimage
 
+from qualityfits import background
+from qualityfits.background import _noise_correlation
 from qualityfits.pipeline import assess_extension
 
 SKY = 800.0
@@ -26,8 +29,11 @@ SHAPE = (1024, 1024)
 
 
 def _field(n_stars: int, fwhm: float, beta: float, seed: int,
-           gradient: float = 0.0) -> np.ndarray:
-    """Sky plus stars plus noise; the sky is SKY at the centre."""
+           gradient: float = 0.0, noise: str = "white") -> np.ndarray:
+    """Sky plus stars plus noise; the sky is SKY at the centre.
+
+    ``noise``: white, or correlated as `_smoothed_noise` makes it.
+    """
     rng = np.random.default_rng(seed)
     ny, nx = SHAPE
     model = np.zeros(SHAPE)
@@ -53,8 +59,9 @@ def _field(n_stars: int, fwhm: float, beta: float, seed: int,
         np.add.at(model, (jj[inside], ii[inside]), stamp[inside])
     y, x = np.mgrid[0:ny, 0:nx]
     sky = SKY * (1 + gradient * ((x + y) / (nx + ny) - 0.5))
-    data = sky + model + rng.normal(0.0, 1.0, SHAPE) * np.sqrt(
-        NOISE**2 + model / GAIN)
+    unit = (rng.normal(0.0, 1.0, SHAPE) if noise == "white"
+            else _smoothed_noise(noise, seed))
+    data = sky + model + unit * np.sqrt(NOISE**2 + model / GAIN)
     return np.asarray(data, dtype=np.float32)
 
 
@@ -105,3 +112,75 @@ def test_sky_headline_no_worse_on_ordinary_fields(
     assert abs(m["SKY_RMS"] / NOISE - 1) < 0.05
     assert (abs(m["SKY_RMS"] / NOISE - 1)
             <= abs(m["SKY_RMS_MESH"] / NOISE - 1) + 0.025)
+
+
+def _smoothed_noise(kind: str, seed: int) -> np.ndarray:
+    """Unit noise, white or correlated as resampling correlates it."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, 1.0, SHAPE)
+    if kind == "neighbours":  # correlated with the next pixel only
+        taps = np.array([0.2, 1.0, 0.2])
+        noise = ndimage.convolve1d(ndimage.convolve1d(noise, taps, axis=0),
+                                   taps, axis=1)
+    elif kind.startswith("gauss"):
+        noise = ndimage.gaussian_filter(noise, float(kind[5:]))
+    return noise / noise.std()
+
+
+@pytest.mark.parametrize(("kind", "low", "high"), [
+    ("white", -0.02, 0.02), ("neighbours", -0.02, 0.05),
+    ("gauss0.7", 0.08, 0.2), ("gauss1.0", 0.3, 0.45)])
+def test_noise_correlation_two_pixels_apart(kind: str, low: float,
+                                            high: float) -> None:
+    """0 for white noise, whatever smooth light; >0 once resampled.
+
+    A gradient of 3 sigma across the image and a source mask do not
+    move it; noise correlated with the next pixel alone (inter-pixel
+    capacitance, charge diffusion) stays near 0 as well.
+    """
+    x = np.arange(SHAPE[1])[None, :]
+    data = (_smoothed_noise(kind, 71) + 3.0 * x / SHAPE[1]).astype(
+        np.float32)
+    exclude = np.zeros(SHAPE, dtype=bool)
+    exclude[100:300, 200:700] = True
+    assert low <= _noise_correlation(data, exclude) <= high
+
+
+@pytest.mark.parametrize("kind", ["gauss0.7", "gauss1.0"])
+def test_sky_headline_unbiased_on_resampled_noise(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Correlated noise keeps the plain faint-light rule: within 0.05σ.
+
+    The white rule (forced on, its skew test too) would keep the
+    sampled pixels whose neighbours - hence, through the correlation,
+    themselves - happen to be low: it reads 0.07-0.2σ too low.
+    """
+    data = _field(600, 3.5, 2.8, 72, noise=kind)
+    m = _assess(data)
+    assert abs(m["SKY_MEAN"] - SKY) < 0.05 * NOISE, m["SKY_MEAN"]
+    monkeypatch.setattr(background, "_WHITE_NOISE", math.inf)
+    monkeypatch.setattr(background, "_LIGHT_SKEW", -math.inf)
+    forced = _assess(data)
+    assert forced["SKY_MEAN"] - SKY < -0.07 * NOISE, forced["SKY_MEAN"]
+
+
+@pytest.mark.parametrize("scale", [6.0, 12.0])
+def test_sky_headline_not_fooled_by_structure_below_the_map(
+        scale: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Residual structure as much below the background map as above.
+
+    Flat-field or bias residuals (here a Gaussian random field of
+    0.3 sigma on scales of 6-12 px) are not skewed to the bright side
+    as diffuse light is: the plain faint-light rule stays, within
+    0.05 sigma.  The white rule forced on keeps the low half and reads
+    0.1 sigma or more too low.
+    """
+    rng = np.random.default_rng(75)
+    structure = ndimage.gaussian_filter(rng.normal(0, 1, SHAPE), scale)
+    structure *= 0.3 * NOISE / structure.std()
+    data = (_field(600, 3.5, 2.8, 75) + structure).astype(np.float32)
+    m = _assess(data)
+    assert abs(m["SKY_MEAN"] - SKY) < 0.05 * NOISE, m["SKY_MEAN"]
+    monkeypatch.setattr(background, "_LIGHT_SKEW", -math.inf)
+    forced = _assess(data)
+    assert forced["SKY_MEAN"] - SKY < -0.1 * NOISE, forced["SKY_MEAN"]
