@@ -40,13 +40,16 @@ _FAINT_NSIGMA: Final = 3.0
 #: sampled pixel's own noise decides whether it is kept (`_faint_light`).
 _FAINT_NSIGMA_WHITE: Final = 0.5
 _WHITE_NOISE: Final = 0.05
-#: ... and where the smoothed bins are skewed to the bright side this
-#: much (`_faint_light`): 1.41-1.50 on GalSim's 9 px fields, 1.3
-#: crowded, 1.08-1.24 on its others, 0.74-1.12 on the real images of
-#: ../shared/data (residual flat-field, bias and row structure).
-_LIGHT_SKEW: Final = 1.25
-#: `_noise_correlation` compares differences of pixels this far apart.
+#: ... and where the smoothed bins (plain rule) are skewed to the
+#: bright side this much (`_faint_light`): 1.71-1.89 on GalSim's 9 px
+#: fields, 1.56-1.58 crowded, 1.12-1.37 on its others, 0.70-1.09 on
+#: the real images of ../shared/data (residual flat-field, bias and
+#: row structure).
+_LIGHT_SKEW: Final = 1.5
+#: `_noise_correlation` compares differences of pixels this far apart,
+#: on about this many pairs (the ratio's noise ~0.01).
 _NOISE_LAGS: Final = (2, 6)
+_CORR_PAIRS: Final = 100_000
 #: `masked_sky` needs this many sampled sky pixels (the white rule
 #: `_MIN_WHITE_PIXELS`: it keeps 13-19 % of them, and below this many
 #: the noise of their mode, ~2.1 sigma / sqrt(n), passes 0.03 sigma) ...
@@ -180,19 +183,18 @@ def masked_sky(data_sub: NDArray[np.float32], exclude: NDArray[np.bool_],
     """
     sub = data_sub[::4, ::4]
     mask = exclude[::4, ::4]
-    rules = [False]
-    if _noise_correlation(data_sub, exclude) <= _WHITE_NOISE:
-        rules.insert(0, True)
-    for white in rules:
-        faint = _faint_light(data_sub, exclude, config, white=white)
-        if faint is None:
-            continue
+    plain, skew = _faint_light(data_sub, exclude, config)
+    choices = [(plain, _MIN_FREE_PIXELS)]
+    if (skew >= _LIGHT_SKEW
+            and _noise_correlation(data_sub, exclude) <= _WHITE_NOISE):
+        white, _ = _faint_light(data_sub, exclude, config, white=True)
+        choices.insert(0, (white, _MIN_WHITE_PIXELS))
+    for faint, needed in choices:
         h, w = faint.shape
         both = mask.copy()
         both[:h, :w] |= faint
         values = sub[~both]
-        if values.size >= (_MIN_WHITE_PIXELS if white
-                           else _MIN_FREE_PIXELS):
+        if values.size >= needed:
             break
     else:
         values = sub[~mask]
@@ -215,22 +217,24 @@ def _noise_correlation(data: NDArray[np.float32],
     """How correlated the noise of pixels two apart is, outside sources.
 
     1 − var(p(x) − p(x + 2)) / var(p(x) − p(x + 6)), robust variances
-    of the differences of pixel pairs outside ``exclude`` on every
-    fourth row (along x) and column (along y), the larger of the two:
-    0 for white noise, whatever smooth light is left (it is nearly the
-    same at both lags; 0.00–0.03 on real unresampled CCDs and GalSim's
-    fields), 0.13 for noise smoothed by a Gaussian of σ 0.7 px, 0.37
-    for σ 1 px, 0.4–0.5 on resampled mosaics.  Infinite when fewer
-    than `_MIN_FREE_PIXELS` pairs are free.
+    of the differences of pixel pairs outside ``exclude`` along rows
+    and along columns (evenly spaced ones, about `_CORR_PAIRS` pairs),
+    the larger of the two: 0 for white noise, whatever smooth light is
+    left (it is nearly the same at both lags; 0.00–0.03 on the
+    unresampled images of ../shared/data and GalSim's fields), 0.13
+    for noise smoothed by a Gaussian of σ 0.7 px, 0.37 for σ 1 px,
+    0.4–0.5 on resampled mosaics.  Infinite when fewer than
+    `_MIN_FREE_PIXELS` pairs are free.
     """
     near, far = _NOISE_LAGS
     worst = -math.inf
-    for d, e in ((data[::4], exclude[::4]),
-                 (data[:, ::4].T, exclude[:, ::4].T)):
+    for d, e in ((data, exclude), (data.T, exclude.T)):
+        step = max(1, d.shape[0] * d.shape[1] // _CORR_PAIRS)
+        rows, keep = d[::step], e[::step]
         var = []
         for lag in (near, far):
-            free = ~e[:, :-lag] & ~e[:, lag:]
-            diff = (d[:, :-lag] - d[:, lag:])[free]
+            free = ~keep[:, :-lag] & ~keep[:, lag:]
+            diff = (rows[:, :-lag] - rows[:, lag:])[free]
             if diff.size < _MIN_FREE_PIXELS:
                 return math.inf
             var.append(_robust_var(diff))
@@ -270,7 +274,7 @@ def _clipped_mode(values: NDArray[np.float32]) -> tuple[float, float]:
 
 def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
                  config: QualityConfig, *,
-                 white: bool = False) -> NDArray[np.bool_] | None:
+                 white: bool = False) -> tuple[NDArray[np.bool_], float]:
     """Bins of faint light outside ``exclude`` (see `masked_sky`).
 
     Bin (j, i) covers pixels [4j, 4j + 4) x [4i, 4i + 4): pixel
@@ -279,21 +283,20 @@ def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     `_FAINT_NSIGMA`.  With ``white``: the mean of the 7 pixels two or
     more pixels away from every sampled pixel (so that neither a
     sampled pixel's noise nor its neighbours' decides whether it is
-    kept; 5 pixels sharing no row or column with one as well left the
-    map too noisy: +0.02 ... +0.10 sigma at 9 px instead of +0.03 ...
-    +0.09), the threshold `_FAINT_NSIGMA_WHITE`; and None (the rule
-    does not apply)
-    unless the smoothed bins outside the sources are skewed to the
-    bright side, their 84th percentile at least `_LIGHT_SKEW` times
-    further above their median than the 16th is below: diffuse light
-    does that; residual flat-field or bias structure, which is as much
-    below the background map as above it and whose low half a low
-    threshold would keep, does not.
+    kept; the 5 of them that share no row or column with one either
+    left the map too noisy: +0.02 ... +0.10 sigma at 9 px instead of
+    +0.03 ... +0.09), the threshold `_FAINT_NSIGMA_WHITE`.
+
+    Returns the mask of the bins and the skew of the smoothed bins
+    outside the sources: their 84th percentile's distance above their
+    median over the 16th's below (1 for noise; more where diffuse light
+    lifts some; residual flat-field or bias structure is as much below
+    the background map as above; NaN without bins).
     """
     ny, nx = data.shape
     b = _FAINT_BIN
     h, w = ny // b, nx // b
-    none = None if white else np.zeros((max(h, 0), max(w, 0)), dtype=bool)
+    none = np.zeros((max(h, 0), max(w, 0)), dtype=bool), math.nan
     if h < 8 or w < 8:
         return none
     block = data[:h * b, :w * b]
@@ -328,8 +331,7 @@ def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     sigma = 1.4826 * float(np.median(np.abs(free - mid)))
     if not sigma > 0:
         return none
-    if white and not high - mid >= _LIGHT_SKEW * (mid - low):
-        return None
+    skew = float((high - mid) / (mid - low)) if mid > low else math.inf
     # Above the threshold, grown by one bin (8-connected).
     nsigma = _FAINT_NSIGMA_WHITE if white else _FAINT_NSIGMA
     core = np.pad(smooth > nsigma * sigma, 1)
@@ -337,7 +339,7 @@ def _faint_light(data: NDArray[np.float32], exclude: NDArray[np.bool_],
     for dj in range(3):
         for di in range(3):
             faint |= core[dj:dj + h, di:di + w]
-    return faint
+    return faint, skew
 
 
 def summarise_background(
