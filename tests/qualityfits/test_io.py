@@ -684,6 +684,40 @@ def test_workers_start_either_way(mef3, tmp_path):
     assert all(f == first for f in out["fwhm"])
 
 
+_FREEZE = """
+import gc, json, sys
+import qualityfits
+
+if __name__ == "__main__":
+    image = sys.argv[1]
+    frozen = [gc.get_freeze_count()]
+    two = qualityfits.assess(image, jobs=2)
+    frozen.append(gc.get_freeze_count())
+    one = qualityfits.assess(image, jobs=1)
+    print(json.dumps({"frozen": frozen, "fwhm": [
+        [e.metrics["FWHM_PIX"] for e in r.extensions] for r in (one, two)]}))
+"""
+
+
+def test_forked_workers_inherit_a_frozen_heap(mef3, tmp_path):
+    """Before forking its workers, ``assess`` moves the objects alive
+    (modules, the caller's) to the collector's permanent generation, as
+    CPython advises before a fork; the report is the one of a run in
+    the process itself.  In a fresh interpreter, where nothing is frozen
+    yet and no CCD was assessed in the process (workers are forked)."""
+    script = tmp_path / "freeze.py"
+    script.write_text(_FREEZE)
+    result = subprocess.run([sys.executable, str(script), str(mef3)],
+                            capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    before, after = out["frozen"]
+    assert before == 0
+    assert after > 10_000  # numpy, scipy and astropy's objects
+    assert out["fwhm"][0] == out["fwhm"][1]
+
+
 class SlowRecorder:
     """A progress callback that takes its time, as a terminal or a DB."""
 
