@@ -80,7 +80,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from qualityfits.moffat import SIGMA_TO_FWHM
 
@@ -407,8 +407,12 @@ def find_cosmic_rays(
     todo = tiler.tiles_of(seeds)
     done = np.zeros(tiler.n_tiles, dtype=bool)
     # One OpenMP thread for astroscrappy's filters, whatever the caller
-    # set: see _FILTER_THREADS.
-    with threadpool_limits(limits=_FILTER_THREADS, user_api="openmp"):
+    # set: see _FILTER_THREADS.  Only the OpenMP libraries are limited
+    # and then restored: `threadpool_limits` would restore every
+    # library's limit, and setting OpenBLAS's (even to its own value)
+    # starts its thread pools again in a forked worker, which spin.
+    openmp = ThreadpoolController().select(user_api="openmp")
+    with openmp.limit(limits=_FILTER_THREADS):
         for _ in range(_MAX_ROUNDS):
             if todo.size == 0:
                 break
