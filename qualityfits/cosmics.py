@@ -75,11 +75,12 @@ from typing import Final, TypeVar
 
 import numpy as np
 from astroscrappy.utils import dilate3
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from qualityfits.moffat import SIGMA_TO_FWHM
 
@@ -406,8 +407,12 @@ def find_cosmic_rays(
     todo = tiler.tiles_of(seeds)
     done = np.zeros(tiler.n_tiles, dtype=bool)
     # One OpenMP thread for astroscrappy's filters, whatever the caller
-    # set: see _FILTER_THREADS.
-    with threadpool_limits(limits=_FILTER_THREADS, user_api="openmp"):
+    # set: see _FILTER_THREADS.  Only the OpenMP libraries are limited
+    # and then restored: `threadpool_limits` would restore every
+    # library's limit, and setting OpenBLAS's (even to its own value)
+    # starts its thread pools again in a forked worker, which spin.
+    openmp = ThreadpoolController().select(user_api="openmp")
+    with openmp.limit(limits=_FILTER_THREADS):
         for _ in range(_MAX_ROUNDS):
             if todo.size == 0:
                 break
@@ -756,6 +761,12 @@ def _sepmed(image: FloatArray, width: int) -> FloatArray:
     networks applied to whole shifted views with ``np.minimum`` and
     ``np.maximum`` instead of value by value with a branch each.  The
     pixels must be finite (a NaN spreads here, not in astroscrappy's).
+
+    Each block of rows is filtered as one flat run of pixels: a shift
+    by one column is a shift by one pixel, by one row a shift by a
+    row's length, so every view is contiguous (the rows of a strip are
+    28 pixels: row by row, the loops' per-row start cost 30-40 % of the
+    time).  Medians that straddle two rows are computed and dropped.
     """
     out = image.copy()
     half = width // 2
@@ -765,11 +776,17 @@ def _sepmed(image: FloatArray, width: int) -> FloatArray:
     inner = nx - 2 * half
     for j0 in range(half, ny - half, _SEPMED_ROWS):
         j1 = min(ny - half, j0 + _SEPMED_ROWS)
-        rows = image[j0 - half:j1 + half]
-        along_rows = _median_of(
-            [rows[:, k:k + inner] for k in range(width)], width)
-        out[j0:j1, half:nx - half] = _median_of(
-            [along_rows[k:k + j1 - j0] for k in range(width)], width)
+        run = image[j0 - half:j1 + half].reshape(-1)
+        # Along rows: pixel p of `along` is the median of run[p:p + width]
+        # (row r, column c of the block at p = r * nx + c, c < inner).
+        n = run.size - 2 * half
+        along = _median_of([run[k:k + n] for k in range(width)], width)
+        # Along columns: the same `width` rows apart.
+        m = (j1 - j0 - 1) * nx + inner
+        both = np.empty((j1 - j0) * nx, dtype=out.dtype)
+        both[:m] = _median_of(
+            [along[k * nx:k * nx + m] for k in range(width)], width)
+        out[j0:j1, half:nx - half] = both.reshape(j1 - j0, nx)[:, :inner]
     return out
 
 
@@ -1060,10 +1077,27 @@ class _Tiler:
     def _windows(
         self, array: NDArray[_T], rows: IndexArray, cols: IndexArray
     ) -> NDArray[_T]:
-        """Stack of windows of ``array``, mirrored beyond the edges."""
-        r = _mirror(rows, self.shape[0])
-        c = _mirror(cols, self.shape[1])
-        return np.ascontiguousarray(array[r[:, :, None], c[:, None, :]])
+        """Stack of windows of ``array``, mirrored beyond the edges.
+
+        ``rows`` and ``cols`` are runs of consecutive indices: a window
+        inside the image is one block, copied row by row from a
+        sliding-window view (2-4 times faster than gathering it pixel
+        by pixel, as the few windows that reach beyond an edge are).
+        """
+        ny, nx = self.shape
+        size = rows.shape[1]
+        r0, c0 = rows[:, 0], cols[:, 0]
+        inside = (r0 >= 0) & (r0 + size <= ny) & (c0 >= 0) & (c0 + size <= nx)
+        out = np.empty((rows.shape[0], size, size), dtype=array.dtype)
+        if inside.any():
+            blocks = sliding_window_view(array, (size, size))
+            out[inside] = blocks[r0[inside], c0[inside]]
+        edge = ~inside
+        if edge.any():
+            r = _mirror(rows[edge], ny)
+            c = _mirror(cols[edge], nx)
+            out[edge] = array[r[:, :, None], c[:, None, :]]
+        return out
 
     def _noise(
         self,

@@ -684,6 +684,95 @@ def test_workers_start_either_way(mef3, tmp_path):
     assert all(f == first for f in out["fwhm"])
 
 
+_FREEZE = """
+import gc, json, sys
+import qualityfits
+
+if __name__ == "__main__":
+    image = sys.argv[1]
+    frozen = [gc.get_freeze_count()]
+    two = qualityfits.assess(image, jobs=2)
+    frozen.append(gc.get_freeze_count())
+    one = qualityfits.assess(image, jobs=1)
+    print(json.dumps({"frozen": frozen, "fwhm": [
+        [e.metrics["FWHM_PIX"] for e in r.extensions] for r in (one, two)]}))
+"""
+
+
+def test_forked_workers_inherit_a_frozen_heap(mef3, tmp_path):
+    """Before forking its workers, ``assess`` moves the objects alive
+    (modules, the caller's) to the collector's permanent generation, as
+    CPython advises before a fork; the report is the one of a run in
+    the process itself.  In a fresh interpreter, where nothing is frozen
+    yet and no CCD was assessed in the process (workers are forked)."""
+    script = tmp_path / "freeze.py"
+    script.write_text(_FREEZE)
+    result = subprocess.run([sys.executable, str(script), str(mef3)],
+                            capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    before, after = out["frozen"]
+    assert before == 0
+    assert after > 10_000  # numpy, scipy and astropy's objects
+    assert out["fwhm"][0] == out["fwhm"][1]
+
+
+_WORKER_THREADS = """
+import json, os, sys
+from threadpoolctl import threadpool_info
+import qualityfits
+from qualityfits import pipeline
+
+work = pipeline._run_task
+
+
+def spy(task, post):
+    blas = sorted({lib["num_threads"] for lib in threadpool_info()
+                   if lib["user_api"] == "blas"})
+    threads = len(os.listdir("/proc/self/task"))
+    with open(f"{sys.argv[2]}/{os.getpid()}-{task.ext.name}", "w") as out:
+        json.dump({"blas": blas, "threads": threads}, out)
+    return work(task, post)
+
+
+pipeline._run_task = spy
+if __name__ == "__main__":
+    def blas():
+        return sorted({lib["num_threads"] for lib in threadpool_info()
+                       if lib["user_api"] == "blas"})
+
+    before = blas()
+    qualityfits.assess(sys.argv[1], jobs=2)
+    print(json.dumps({"before": before, "after": blas(),
+                      "pid": os.getpid()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(),
+                    reason="counts threads in /proc")
+def test_forked_workers_start_no_blas_threads(mef3, tmp_path):
+    """Forked workers get their one BLAS thread from the parent: a
+    limit set in the worker would start OpenBLAS's thread pools there
+    again (spinning ~0.1 s each).  The parent's limits come back."""
+    script = tmp_path / "threads.py"
+    script.write_text(_WORKER_THREADS)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    result = subprocess.run([sys.executable, str(script), str(mef3),
+                             str(seen)], capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["after"] == out["before"]
+    tasks = [json.loads(f.read_text()) for f in seen.iterdir()]
+    assert len(tasks) == 3
+    assert not any(f.name.startswith(f"{out['pid']}-")
+                   for f in seen.iterdir())  # in workers
+    assert all(t["blas"] == [1] for t in tasks)
+    assert all(t["threads"] == 1 for t in tasks)
+
+
 class SlowRecorder:
     """A progress callback that takes its time, as a terminal or a DB."""
 
