@@ -153,6 +153,25 @@ def run_tasks(
     forked = ctx.get_start_method() == "fork"
     if forked:
         _freeze_heap()
+    try:
+        return _run_pool(ctx, tasks, work, steps, jobs, progress, ready,
+                         forked)
+    finally:
+        if forked:
+            gc.unfreeze()
+
+
+def _run_pool(
+    ctx: Any,
+    tasks: Sequence[T],
+    work: Callable[[T, Poster | None], ExtensionReport],
+    steps: Sequence[str],
+    jobs: int,
+    progress: ProgressCallback | None,
+    ready: Callable[[T], T],
+    forked: bool,
+) -> list[ExtensionReport]:
+    """`run_tasks`' pool of ``jobs`` workers (``forked``: by fork)."""
     events = ctx.Queue() if progress is not None else None
     results: dict[int, ExtensionReport] = {}
     pending: dict[Future[ExtensionReport], T] = {}
@@ -399,13 +418,11 @@ def _freeze_heap() -> None:
 
     What CPython's `gc.freeze` documentation advises before forking
     workers: their collections then never walk (and so never copy) the
-    objects they inherit.  In this process the frozen objects are the
-    loaded modules and the caller's objects, freed by reference
-    counting as before; only reference cycles among them are never
-    collected (the young generations' garbage is collected first).  It
-    also spares the interpreter its final collections over them at exit:
-    ~0.15 s of a run's wall time for the ~100 000 objects of numpy,
-    scipy and astropy.
+    pages of the objects they inherit.  `run_tasks` unfreezes them
+    when its workers are gone: a caller that assesses file after file
+    in one process must not keep the reference cycles it dropped
+    before each call.  (Kept frozen, the interpreter's final collection
+    would also be ~0.15 s shorter; not worth a leak in a library.)
     """
     gc.collect(1)
     gc.freeze()

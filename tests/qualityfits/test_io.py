@@ -685,9 +685,22 @@ def test_workers_start_either_way(mef3, tmp_path):
 
 
 _FREEZE = """
-import gc, json, sys
+import gc, json, os, sys
 import qualityfits
+from qualityfits import parallel, pipeline
 
+work = pipeline._run_task
+
+
+def spy(task, post):
+    if parallel._IN_WORKER:
+        with open(f"{sys.argv[2]}/{os.getpid()}-{task.ext.name}",
+                  "w") as out:
+            json.dump(gc.get_freeze_count(), out)
+    return work(task, post)
+
+
+pipeline._run_task = spy
 if __name__ == "__main__":
     image = sys.argv[1]
     frozen = [gc.get_freeze_count()]
@@ -702,19 +715,24 @@ if __name__ == "__main__":
 def test_forked_workers_inherit_a_frozen_heap(mef3, tmp_path):
     """Before forking its workers, ``assess`` moves the objects alive
     (modules, the caller's) to the collector's permanent generation, as
-    CPython advises before a fork; the report is the one of a run in
-    the process itself.  In a fresh interpreter, where nothing is frozen
-    yet and no CCD was assessed in the process (workers are forked)."""
+    CPython advises before a fork, and back when the workers are gone
+    (a caller assessing file after file keeps no dropped cycle); the
+    report is the one of a run in the process itself.  In a fresh
+    interpreter, where nothing is frozen yet and no CCD was assessed in
+    the process (workers are forked)."""
     script = tmp_path / "freeze.py"
     script.write_text(_FREEZE)
-    result = subprocess.run([sys.executable, str(script), str(mef3)],
-                            capture_output=True, text=True, timeout=600,
-                            check=False)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(script), str(mef3), str(seen)],
+        capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.splitlines()[-1])
-    before, after = out["frozen"]
-    assert before == 0
-    assert after > 10_000  # numpy, scipy and astropy's objects
+    assert out["frozen"] == [0, 0]
+    in_workers = [json.loads(p.read_text()) for p in seen.iterdir()]
+    assert len(in_workers) == 3
+    assert all(n > 10_000 for n in in_workers)  # numpy, scipy, astropy
     assert out["fwhm"][0] == out["fwhm"][1]
 
 
