@@ -151,27 +151,6 @@ def run_tasks(
                 for task in tasks]
     ctx = _pool_context(work.__module__)
     forked = ctx.get_start_method() == "fork"
-    if forked:
-        _freeze_heap()
-    try:
-        return _run_pool(ctx, tasks, work, steps, jobs, progress, ready,
-                         forked)
-    finally:
-        if forked:
-            gc.unfreeze()
-
-
-def _run_pool(
-    ctx: Any,
-    tasks: Sequence[T],
-    work: Callable[[T, Poster | None], ExtensionReport],
-    steps: Sequence[str],
-    jobs: int,
-    progress: ProgressCallback | None,
-    ready: Callable[[T], T],
-    forked: bool,
-) -> list[ExtensionReport]:
-    """`run_tasks`' pool of ``jobs`` workers (``forked``: by fork)."""
     events = ctx.Queue() if progress is not None else None
     results: dict[int, ExtensionReport] = {}
     pending: dict[Future[ExtensionReport], T] = {}
@@ -183,12 +162,8 @@ def _run_pool(
             task = ready(todo.pop(0))
             pending[pool.submit(_run_pooled, work, task)] = task
 
-    # Forked workers inherit this process's BLAS limit: set in a worker,
-    # the limit would start OpenBLAS's thread pools again there (the
-    # fork stopped them), and their threads would spin for ~0.1 s.
-    blas = (threadpool_limits(1, user_api="blas") if forked
-            else nullcontext())
-    with blas, ProcessPoolExecutor(
+    prepared = _ready_to_fork() if forked else nullcontext()
+    with prepared, ProcessPoolExecutor(
             max_workers=min(jobs, len(tasks)), mp_context=ctx,
             initializer=_init_worker,
             initargs=(events, not forked)) as pool:
@@ -319,7 +294,7 @@ def _init_worker(events: Any, limit_blas: bool) -> None:
     # One CCD per core: a worker's native libraries (astroscrappy's
     # OpenMP median filters, BLAS) must not start a thread per core each,
     # which left the cosmic-ray step 3 times slower, spinning.  A forked
-    # worker has its BLAS limit from its parent (see `run_tasks`).
+    # worker has its BLAS limit from its parent (`_ready_to_fork`).
     threadpool_limits(1, user_api=None if limit_blas else "openmp")
 
 
@@ -413,19 +388,29 @@ def _single_threaded() -> bool:
             and _native_threads() <= _BASE_THREADS)
 
 
-def _freeze_heap() -> None:
-    """Move the objects alive now out of reach of the cyclic collector.
+@contextmanager
+def _ready_to_fork() -> Iterator[None]:
+    """Prepare this process to fork its workers; restore it after.
 
-    What CPython's `gc.freeze` documentation advises before forking
-    workers: their collections then never walk (and so never copy) the
-    pages of the objects they inherit.  `run_tasks` unfreezes them
-    when its workers are gone: a caller that assesses file after file
-    in one process must not keep the reference cycles it dropped
-    before each call.  (Kept frozen, the interpreter's final collection
-    would also be ~0.15 s shorter; not worth a leak in a library.)
+    The objects alive now leave the cyclic collector's reach
+    (`gc.freeze`, as CPython's documentation advises before forking
+    workers: their collections then never walk, and so never copy, the
+    pages of the objects they inherit), and BLAS gets one thread, which
+    forked workers inherit (set in a worker, the limit would start
+    OpenBLAS's thread pools again there, which the fork had stopped,
+    and their threads would spin for ~0.1 s).  Both are undone when the
+    workers are gone: a caller that assesses file after file in one
+    process must not keep the reference cycles it dropped before each
+    call.  (Kept frozen, the interpreter's final collection would also
+    be ~0.15 s shorter; not worth a leak in a library.)
     """
     gc.collect(1)
     gc.freeze()
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        gc.unfreeze()
 
 
 def _pool_context(preload: str) -> Any:
