@@ -38,12 +38,18 @@ _COUNT_METRICS = {m.name for m in METRICS if m.integer}
 
 
 def celestial_wcs(header: object) -> WCS | None:
-    """Return the celestial part of a header's WCS, or None."""
+    """Return the celestial part of a header's WCS, or None.
+
+    Only the first two axes are read: the image's, also when it is a
+    cube of one plane (``NAXIS3 = 1`` with a two-axis WCS, which wcslib
+    cannot copy when read as three axes).  A WCS that wcslib cannot
+    read is no WCS.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wcs = WCS(header).celestial
-    except (ValueError, KeyError, TypeError, MemoryError):
+            wcs = WCS(header, naxis=2).celestial
+    except (ValueError, KeyError, TypeError, MemoryError, RuntimeError):
         return None
     if wcs.naxis != 2 or not wcs.has_celestial:
         return None

@@ -408,3 +408,26 @@ class TestNoLeaks:
                 qualityfits.assess(image, flat=flat, mask=mask, jobs=1)
 
         assert resource_warnings(run) == []
+
+
+class TestOneImageCube:
+    """A cube of one plane whose WCS has two axes (and a TPV distortion).
+
+    wcslib reads such a WCS as three axes and cannot copy it (a
+    ``RuntimeError``, not a ``ValueError``): it once ended the run in a
+    traceback.  The image's two axes are read instead.
+    """
+
+    def test_its_wcs_is_read(self, tmp_path, sim):
+        header = sim.header.copy()
+        assert header["CTYPE1"].endswith("-TAN")
+        header["CTYPE1"], header["CTYPE2"] = "RA---TPV", "DEC--TPV"
+        header["PV1_1"], header["PV2_1"] = 1.0, 1.0  # TPV's identity
+        flat = write(tmp_path / "image.fits", sim.data, header)
+        cube = write(tmp_path / "cube.fits", sim.data[None], header)
+        assert fits.getheader(cube)["NAXIS"] == 3
+        one = qualityfits.assess(flat, jobs=1).extensions[0]
+        other = qualityfits.assess(cube, jobs=1).extensions[0]
+        assert other.status == "ok", other.error
+        assert other.metrics["PIXSCALE"] > 0
+        assert other.metrics["PIXSCALE"] == one.metrics["PIXSCALE"]
