@@ -149,6 +149,12 @@ PIXSCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
 GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
 RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
 
+#: Without a GAIN keyword, the cosmic-ray finder takes the sources'
+#: photon noise at the gain the sky implies (`_sky_gain`) when the sky
+#: is at least this many RMS above zero; nearer zero (a sky-subtracted
+#: image) the sky says nothing and astroscrappy's 1 e-/ADU is kept.
+_SKY_GAIN_MIN_SNR = 5.0
+
 
 @dataclass(frozen=True)
 class _Context:
@@ -615,7 +621,36 @@ def _background(ccd: _Ccd) -> sep.Background:
     return bkg
 
 
-def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
+def _sky_gain(ccd: _Ccd, sky: float, rms: float) -> float | None:
+    """Return the gain the sky's noise implies (no GAIN keyword gives one).
+
+    sky / RMS² [e-/ADU] is the gain at which the sky's photons alone
+    would make its noise: a lower bound on the true gain (read noise
+    and dark current add variance), so the sources' photon noise it
+    gives the cosmic-ray finder errs high, on the side that spares
+    sources.  Unlike a fixed 1 e-/ADU it follows the image's units:
+    the same frame in e-/s, in nanomaggies or times 1e-4 gets the same
+    cosmic rays.  None when the sky is within `_SKY_GAIN_MIN_SNR` RMS
+    of zero (sky-subtracted: the finder's 1 e-/ADU default is kept).
+    """
+    if not (math.isfinite(sky) and math.isfinite(rms) and rms > 0):
+        return None
+    if sky < _SKY_GAIN_MIN_SNR * rms:
+        ccd.notes.append(
+            f"no GAIN keyword and a sky of {sky / rms:.1f} RMS (sky-"
+            "subtracted?): the cosmic-ray finder takes the sources' "
+            "photon noise at 1 e-/ADU")
+        return None
+    gain = sky / (rms * rms)
+    ccd.notes.append(
+        f"no GAIN keyword: the cosmic-ray finder takes the sources' "
+        f"photon noise at {gain:.3g} e-/ADU, the sky level over its "
+        "variance (a lower bound on the gain)")
+    return gain
+
+
+def _cosmic_rays(ccd: _Ccd, sky: float,
+                 sky_rms: float) -> NDArray[np.bool_] | None:
     """Find the cosmic rays of a CCD (None when off); NCR, CR_FRAC, ...
 
     ... and STAR_CR_FRAC: the fraction of the star cores (`PsfPeaks`,
@@ -636,9 +671,11 @@ def _cosmic_rays(ccd: _Ccd, sky: float) -> NDArray[np.bool_] | None:
     sub = ccd.sub
     saturation = (None if ccd.saturation is None
                   else ccd.saturation - sky)
+    gain = ccd.gain if ccd.gain is not None else _sky_gain(ccd, sky,
+                                                           sky_rms)
     peaks = estimate_fwhm(sub, ccd.bad, saturation=saturation)
     found = find_cosmic_rays(
-        sub, ccd.rms, ccd.bad, gain=ccd.gain, read_noise=ccd.read_noise,
+        sub, ccd.rms, ccd.bad, gain=gain, read_noise=ccd.read_noise,
         saturation=saturation,
         psf_fwhm=peaks.fwhm if ccd.config.cr_protect_psf_cores else None,
         pixel_noise=peaks.noise)
@@ -1058,7 +1095,7 @@ def assess_extension(
         if ccd.ivar is not None:
             _noise_from_weight(ccd, bkg, weight_type)
         clock.begin("cosmic_rays")
-        cosmic = _cosmic_rays(ccd, bkg.globalback)
+        cosmic = _cosmic_rays(ccd, bkg.globalback, bkg.globalrms)
         clock.begin("detection")
         src, background = _detection(ccd, bkg)
         clock.begin("psf")
