@@ -49,7 +49,8 @@ class SourceFlag(IntFlag):
     BAD_PIXELS = 16
     """Masked (bad) pixels within the AUTO aperture."""
     APER_CORRUPT = 32
-    """The AUTO flux is not positive or its aperture is fully masked."""
+    """The AUTO flux is not positive, its aperture is fully masked, or
+    the source's second moments are degenerate (measured as a point)."""
 
 
 @dataclass(frozen=True)
@@ -179,10 +180,15 @@ def measure(
             background=empty, noise=empty, flags=np.zeros(0, np.int64),
             segmap=segmap,
         )
-    # sep wants a >= b > 0 and |theta| <= pi/2.
-    a = np.maximum(a, 1e-3)
-    b = np.clip(b, 1e-3, a)
-    theta = np.clip(theta, -np.pi / 2, np.pi / 2)
+    # sep wants a >= b > 0 and |theta| <= pi/2.  Degenerate second
+    # moments (sep gave b = NaN for a source on the edge of a zeroed
+    # third of a real frame): the source is measured in a circle (a = b
+    # = 1 px, the aperture's radius its Kron radius, at least
+    # KRON_MIN_RADIUS) and its aperture is flagged.
+    degenerate = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(theta))
+    a = np.where(degenerate, 1.0, np.maximum(a, 1e-3))
+    b = np.where(degenerate, 1.0, np.clip(b, 1e-3, a))
+    theta = np.where(degenerate, 0.0, np.clip(theta, -np.pi / 2, np.pi / 2))
     kron, kflag = sep.kron_radius(
         data_sub, x, y, a, b, theta, 6.0, mask=bad, seg_id=ids,
         segmap=segmap,
@@ -224,7 +230,7 @@ def measure(
           | ((aflag & sep.APER_TRUNC) != 0)] |= SourceFlag.TRUNCATED
     flags[nbad > 0.5] |= SourceFlag.BAD_PIXELS | SourceFlag.NEIGHBOURS
     flags[(flux <= 0) | ((aflag & sep.APER_ALLMASKED) != 0)
-          | ~np.isfinite(flux)] |= SourceFlag.APER_CORRUPT
+          | ~np.isfinite(flux) | degenerate] |= SourceFlag.APER_CORRUPT
     if saturation is not None:
         sat = np.flatnonzero(raw >= config.saturation_margin * saturation)
         sat_ids = np.unique(np.ravel(segmap).take(sat))

@@ -216,6 +216,26 @@ class TestNothingToMeasure:
         assert "a bias frame, not a sky exposure" in message
 
 
+    @pytest.mark.realdata
+    def test_real_frame_with_a_dead_third(self, tmp_path):
+        # A source on the edge of the zeroed columns had degenerate
+        # moments: sep refused the CCD's photometry, an internal error.
+        packed = shared_file("saao1m_ste3_raw_a8280271.fits.gz")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(packed) as hdul:
+                data = hdul[0].data.astype(np.float32)
+                header = hdul[0].header.copy()
+        data[:, : data.shape[1] // 3] = 0.0
+        for key in ("BZERO", "BSCALE"):
+            header.remove(key, ignore_missing=True)
+        path = write(tmp_path / "dead_third.fits", data, header)
+        code, message = assess_error(NoStarsError, path)
+        assert code == "no-stars"
+        assert re.search(r"no star usable for the PSF among \d+ sources",
+                         message), message
+
+
 # -- flats and masks ---------------------------------------------------------
 class TestFlatAndMask:
     def test_flat_of_another_shape(self, tmp_path, image):

@@ -84,3 +84,41 @@ def test_bad_pixel_flags_match_a_count_in_every_aperture(make):
     expected = nbad > 0.5
     assert 5 <= int(expected.sum()) < len(src) - 5  # both kinds are seen
     np.testing.assert_array_equal(flagged, expected)
+
+
+def test_degenerate_second_moments_are_measured_in_a_circle():
+    """sep's b or theta can be NaN (a source on the edge of a zeroed
+    third of the SAAO frame): sep's photometry refused the whole CCD,
+    'invalid aperture parameters', an internal error.  Such a source is
+    measured in a circle and its aperture flagged; the others unchanged.
+    """
+    configure_sep()
+    config = QualityConfig()
+    pix = _blobs(11)
+    bad = np.zeros(pix.shape, dtype=bool)
+    bkg = sep_background(pix, bad, config)
+    sub = pix.copy()
+    bkg.subfrom(sub)
+    rms = bkg.rms()
+    objects, segmap = extract(sub, rms, bad, config)
+    kwargs = {"gain": None, "saturation": None, "config": config}
+    before = measure(sub, pix, rms, bad, objects, segmap, **kwargs)
+    broken = objects.copy()
+    broken["b"][3] = np.nan
+    broken["theta"][5] = np.nan
+    broken["a"][7] = np.nan
+    after = measure(sub, pix, rms, bad, broken, segmap, **kwargs)
+    hit = np.zeros(len(after), dtype=bool)
+    hit[[3, 5, 7]] = True
+    for field in ("a", "b", "theta", "flux", "r_half"):
+        values = getattr(after, field)
+        assert np.isfinite(values[hit]).all(), field
+        np.testing.assert_array_equal(values[~hit],
+                                      getattr(before, field)[~hit])
+    assert (after.flags[hit] & SourceFlag.APER_CORRUPT).all()
+    np.testing.assert_array_equal(after.flags[~hit], before.flags[~hit])
+    # A circle, not the others' shapes.
+    assert (after.a[hit] == 1.0).all()
+    assert (after.b[hit] == 1.0).all()
+    assert (after.theta[hit] == 0.0).all()
+    assert (after.flux[hit] > 0).all()
