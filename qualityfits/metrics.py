@@ -190,7 +190,8 @@ METRICS: tuple[Metric, ...] = (
     _m("PIXSCALE", "arcsec", "instr.scale;instr.pixel",
        "Pixel scale used (geometric mean of the two axes)"),
     _m("GAIN", "", "instr.calib",
-       "Gain used (header GAIN), electrons per ADU"),
+       "Gain used, electrons per pixel unit (header GAIN; 1, EXPTIME "
+       "or GAIN x EXPTIME when BUNIT is electrons, e-/s or ADU/s)"),
     _m("EXPTIME", "s", "time.duration;obs.exposure",
        "Exposure time (header EXPTIME)"),
     _m("NCR", "", "meta.number;phys.particle",

@@ -203,6 +203,65 @@ def _pixscale(header: fits.Header, wcs: WCS | None, given: float | None,
     return None
 
 
+#: BUNIT values (lower case, no spaces, a rate's "/s" taken off) of
+#: pixels in detector counts and in electrons.
+_COUNT_UNITS = frozenset({"adu", "adus", "count", "counts", "cts", "dn"})
+_ELECTRON_UNITS = frozenset({"electron", "electrons", "e-", "e"})
+#: Words of physical units, in which the GAIN keyword is not the gain.
+_PHYSICAL_UNITS = ("jy", "maggy", "maggies", "mag", "erg", "w/", "w.",
+                   "/sr", "photon", "flam", "fnu")
+
+
+def _pixel_gain(header: fits.Header, exptime: float | None,
+                notes: list[str]) -> float | None:
+    """Return the gain of the pixels as they are: e- per pixel unit.
+
+    The GAIN keyword is the detector's, electrons per ADU; BUNIT says
+    whether the pixels are still ADU.  Without BUNIT, or in ADU, counts
+    or DN, the keyword is the gain.  In electrons (HST's ACS and
+    WFC3/UVIS ``_flt``, whose primary header's CCDGAIN is the ADC's)
+    it is 1; in electrons per second (WFC3/IR, drizzled products)
+    EXPTIME; in ADU per second GAIN x EXPTIME; in Spitzer's MJy/sr,
+    GAIN x EXPTIME / FLUXCONV.  In another physical unit (Jy,
+    nanomaggies, erg...) it is unknown (None).  A BUNIT not understood
+    leaves the keyword, with a note.
+    """
+    gain = header_number(header, *GAIN_KEYS)
+    raw = header.get("BUNIT")
+    unit = str(raw or "").strip().lower().replace(" ", "")
+    for tail in ("/sec", "/second", "s**-1", "s^-1", "s-1"):
+        if unit.endswith(tail):
+            unit = unit.removesuffix(tail).removesuffix(".") + "/s"
+    rate = unit.endswith("/s")
+    base = unit.removesuffix("/s")
+    if not unit or (base in _COUNT_UNITS and not rate):
+        return gain
+    said = f"pixels in {str(raw).strip()} (BUNIT)"
+    value: float | None = None
+    if base in _ELECTRON_UNITS:
+        value, how = (exptime, "EXPTIME") if rate else (1.0, "1")
+    elif base in _COUNT_UNITS:  # a rate: counts are handled above
+        how = "GAIN x EXPTIME"
+        if gain is not None and exptime is not None:
+            value = gain * exptime
+    elif unit == "mjy/sr":
+        how = "GAIN x EXPTIME / FLUXCONV"
+        fluxconv = header_number(header, "FLUXCONV")
+        if gain is not None and exptime is not None and fluxconv:
+            value = gain * exptime / fluxconv
+    elif not any(word in unit for word in _PHYSICAL_UNITS):
+        if gain is not None:
+            notes.append(f"{said}, a unit not understood: the GAIN "
+                         "keyword is taken as e- per pixel unit")
+        return gain
+    if value is None:
+        notes.append(f"{said}: the gain of these pixels is unknown (a "
+                     "GAIN keyword is the detector's, per ADU)")
+    else:
+        notes.append(f"{said}: gain {how} = {value:g} e- per pixel unit")
+    return value
+
+
 def _zeropoint(header: fits.Header, given: float | None,
                notes: list[str]) -> float | None:
     if given is not None:
@@ -507,9 +566,9 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
             badmask |= other
     check_pixels(pix, badmask, name=name)
     ccd.image, ccd.bad, ccd.nodata, ccd.user_bad = pix, badmask, nonfinite, bad
-    ccd.gain = gain = header_number(header, *GAIN_KEYS)
-    ccd.read_noise = header_number(header, *RDNOISE_KEYS)
     exptime = header_number(header, "EXPTIME", "EXPOSURE", "ITIME")
+    ccd.gain = gain = _pixel_gain(header, exptime, notes)
+    ccd.read_noise = header_number(header, *RDNOISE_KEYS)
     ccd.wcs = celestial_wcs(header)
     ccd.scale = scale = _pixscale(header, ccd.wcs, pixscale, notes)
     ccd.zeropoint = zp = _zeropoint(header, zeropoint, notes)
@@ -528,8 +587,8 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
             source=ccd.saturation_source, name=name)
     ccd.saturation = saturation
     if gain is None:
-        notes.append("no GAIN keyword: flux errors and S/N from the "
-                     "background noise only")
+        notes.append("no gain (no GAIN keyword, or pixels not in ADU): "
+                     "flux errors and S/N from the background noise only")
     ccd.metrics.update(
         ZEROPOINT=zp if zp is not None else math.nan,
         PIXSCALE=scale or math.nan,
@@ -637,13 +696,13 @@ def _sky_gain(ccd: _Ccd, sky: float, rms: float) -> float | None:
         return None
     if sky < _SKY_GAIN_MIN_SNR * rms:
         ccd.notes.append(
-            f"no GAIN keyword and a sky of {sky / rms:.1f} RMS (sky-"
+            f"no gain and a sky of {sky / rms:.1f} RMS (sky-"
             "subtracted?): the cosmic-ray finder takes the sources' "
             "photon noise at 1 e-/ADU")
         return None
     gain = sky / (rms * rms)
     ccd.notes.append(
-        f"no GAIN keyword: the cosmic-ray finder takes the sources' "
+        f"no gain: the cosmic-ray finder takes the sources' "
         f"photon noise at {gain:.3g} e-/ADU, the sky level over its "
         "variance (a lower bound on the gain)")
     return gain
