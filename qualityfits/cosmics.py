@@ -161,6 +161,10 @@ _SATURATED_GROW: Final = 4
 #: Gain assumed when it is unknown, e-/ADU (astroscrappy's default), for
 #: the photon noise of sources.
 _DEFAULT_GAIN: Final = 1.0
+#: The noise is never taken below this fraction of the pixel-to-pixel
+#: noise (where the RMS map falls to zero and no local measurement
+#: bounds it): relative, so that the pixels' unit does not matter.
+_NOISE_FLOOR: Final = 1e-6
 #: Rounds of tiles added to follow cosmic rays across tiles.
 _MAX_ROUNDS: Final = 64
 #: Growth never enters a pixel whose fine structure exceeds this many
@@ -380,6 +384,8 @@ def find_cosmic_rays(
         top = float(image.max() if badmask is None else image[~badmask].max())
         if top > 0:
             saturation = _UNKNOWN_SATURATION * top / _SATURATED_FRACTION
+    if pixel_noise is None:
+        pixel_noise = _pixel_noise(image, badmask)
     tiler = _Tiler(
         image,
         noise_map,
@@ -390,12 +396,12 @@ def find_cosmic_rays(
         sigclip=sigclip,
         objlim=objlim,
         psf_fwhm=psf_fwhm,
+        noise_floor=_NOISE_FLOOR * pixel_noise if pixel_noise > 0
+        else float(np.finfo(np.float32).tiny),
     )
     # The candidates' RMS is kept within the range the windows will
     # allow about the pixel-to-pixel noise (see _Tiler._noise), so that
     # they remain a superset of what the windows can find.
-    if pixel_noise is None:
-        pixel_noise = _pixel_noise(image, badmask)
     high = _LOCAL_CEILING * pixel_noise if pixel_noise > 0 else math.inf
     seeds = _candidates(
         image,
@@ -996,8 +1002,10 @@ class _Tiler:
         sigclip: float,
         objlim: float,
         psf_fwhm: float | None = None,
+        noise_floor: float,
     ) -> None:
         self.image = image
+        self.noise_floor = np.float32(noise_floor)
         self.rms = rms
         self.bad = bad
         self.gain = gain
@@ -1136,7 +1144,7 @@ class _Tiler:
             read = np.float32((self.read_noise / self.gain) ** 2)
             np.maximum(var, read, out=var)
         np.sqrt(var, out=var)
-        np.maximum(var, np.float32(1e-6), out=var)
+        np.maximum(var, self.noise_floor, out=var)
         return var
 
     def _saturated_stars(

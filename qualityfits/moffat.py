@@ -430,7 +430,16 @@ def fit_moffat(
     j = jac[..., free]
     normal = np.matmul((j * invvar[..., None]).transpose(0, 2, 1), j)
     variance = np.zeros_like(params)
-    cov = np.linalg.pinv(normal)
+    # Inverted with unit diagonal (Jacobi scaling): the amplitude's row
+    # scales as the pixels' unit, the shape's do not, and pinv's cut at
+    # 1e-15 of the largest singular value would drop the shape's in
+    # images whose values are ~1e-12 (beta's variance, hence the CCD's
+    # beta, then depended on the unit).
+    diag = np.einsum("nii->ni", normal)
+    unit = np.where(diag > 0, 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0)),
+                    0.0)
+    scale = unit[:, :, None] * unit[:, None, :]
+    cov = np.linalg.pinv(normal * scale) * scale
     variance[:, free] = np.einsum("nii->ni", cov)
     return FitResult(
         params=params,

@@ -149,6 +149,11 @@ PIXSCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
 GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
 RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
 
+#: Sky noise per pixel [pixel unit] between which the same frame in any
+#: unit was measured to give the same results (1e-12 to 1e12 times
+#: frames of 16 and 61 ADU RMS, `tests/qualityfits/test_units.py`).
+_UNIT_SAFE = (1e-10, 1e13)
+
 #: Without a GAIN keyword, the cosmic-ray finder takes the sources'
 #: photon noise at the gain the sky implies (`_sky_gain`) when the sky
 #: is at least this many RMS above zero; nearer zero (a sky-subtracted
@@ -673,6 +678,13 @@ def _background(ccd: _Ccd) -> sep.Background:
     verdicts.sky_verdict(bkg.globalback, ccd.saturation,
                          source=ccd.saturation_source, name=ccd.name)
     _require_noise(ccd.name, bkg.globalrms)
+    if not _UNIT_SAFE[0] <= bkg.globalrms <= _UNIT_SAFE[1]:
+        ccd.notes.append(
+            f"a sky noise of {bkg.globalrms:.3g} per pixel: outside "
+            f"{_UNIT_SAFE[0]:g} to {_UNIT_SAFE[1]:g}, where the results "
+            "do not depend on the pixels' unit (float32 squares lose "
+            "precision: beta moved by 0.6 % at 1e-15 times a frame in "
+            "ADU); the image in ADU or e-/s is measured exactly")
     # Exactly 0 where the sky is far above 0: a blank pixel.
     if bkg.globalback > 5.0 * bkg.globalrms:
         ccd.nodata |= pix == 0

@@ -22,7 +22,7 @@ import qualityfits
 from qualityfits.datasets import SimulationParams, simulate_image
 
 COUNTS = ("NCR", "NOBJ", "NSTAR", "NGAL", "NSTAR_PSF")
-SCALES = (1e-4, 1e3)
+SCALES = (1e-12, 1e-4, 1e3, 1e12)
 
 
 def _scaled(data: np.ndarray, header: fits.Header, factor: float,
@@ -173,3 +173,24 @@ def test_a_physical_unit_without_its_conversion_has_no_gain(
     assert np.isnan(report.metrics["GAIN"])
     assert any("pixels in nanomaggy (BUNIT): the gain of these pixels is "
                "unknown" in n for n in report.notes), report.notes
+
+
+def test_a_noise_beyond_the_measured_range_is_noted(tmp_path,
+                                                    frame_in_adu):
+    data, header = frame_in_adu
+    header = header.copy()
+    del header["GAIN"]
+    header["SATURATE"] = header["SATURATE"] * 1e-18
+    path = tmp_path / "tiny.fits"
+    fits.PrimaryHDU((data * 1e-18).astype(np.float32), header).writeto(path)
+    report = qualityfits.assess(path, jobs=1).extensions[0]
+    assert report.status == "ok", report.error
+    notes = [n for n in report.notes if "where the results do not depend "
+             "on the pixels' unit" in n]
+    assert len(notes) == 1, report.notes
+    assert notes[0].startswith("a sky noise of 1.")
+    assert "e-17 per pixel: outside 1e-10 to 1e+13" in notes[0]
+    base = tmp_path / "adu.fits"
+    fits.PrimaryHDU(data.astype(np.float32), frame_in_adu[1]).writeto(base)
+    assert not any("pixels' unit" in n for n in
+                   qualityfits.assess(base, jobs=1).extensions[0].notes)
