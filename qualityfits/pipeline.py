@@ -147,6 +147,9 @@ PREVIEW_BINNING = 8
 ZEROPOINT_KEYS = ("PHOTZP", "MAGZERO", "MAGZPT", "MAGZP", "ZEROPT", "ZP")
 PIXSCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
 GAIN_KEYS = ("GAIN", "EGAIN", "CCDGAIN")
+#: The two amplifiers' gains of a CCD read through both (DECam): their
+#: mean is the CCD's when no GAIN keyword gives one.
+AMP_GAIN_KEYS = ("GAINA", "GAINB")
 RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
 
 #: Sky noise per pixel [pixel unit] between which the same frame in any
@@ -232,6 +235,13 @@ def _pixel_gain(header: fits.Header, exptime: float | None,
     leaves the keyword, with a note.
     """
     gain = header_number(header, *GAIN_KEYS)
+    amps = {key: amp for key in AMP_GAIN_KEYS
+            if (amp := header_number(header, key)) is not None}
+    if gain is None and len(amps) == len(AMP_GAIN_KEYS):
+        # Both amplifiers' gains (DECam): their mean.
+        gain = sum(amps.values()) / len(amps)
+        notes.append(f"gain {gain:.4g} e-/ADU, the mean of "
+                     + " and ".join(f"{k} {v:.4g}" for k, v in amps.items()))
     raw = header.get("BUNIT")
     unit = str(raw or "").strip().lower().replace(" ", "")
     for tail in ("/sec", "/second", "s**-1", "s^-1", "s-1"):

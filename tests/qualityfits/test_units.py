@@ -194,3 +194,33 @@ def test_a_noise_beyond_the_measured_range_is_noted(tmp_path,
     fits.PrimaryHDU(data.astype(np.float32), frame_in_adu[1]).writeto(base)
     assert not any("pixels' unit" in n for n in
                    qualityfits.assess(base, jobs=1).extensions[0].notes)
+
+
+def test_two_amplifier_gains_make_the_ccds(tmp_path, frame_in_adu):
+    """GAINA and GAINB (DECam) without GAIN: their mean is the gain."""
+    data, header = frame_in_adu
+    path = tmp_path / "gain.fits"
+    fits.PrimaryHDU(data.astype(np.float32), header).writeto(path)
+    base = qualityfits.assess(path, jobs=1).extensions[0]
+    amps = header.copy()
+    del amps["GAIN"]
+    amps["GAINA"], amps["GAINB"] = GAIN - 0.125, GAIN + 0.125
+    path = tmp_path / "amps.fits"
+    fits.PrimaryHDU(data.astype(np.float32), amps).writeto(path)
+    other = qualityfits.assess(path, jobs=1).extensions[0]
+    assert other.metrics["GAIN"] == GAIN
+    assert "gain 2.5 e-/ADU, the mean of GAINA 2.375 and GAINB 2.625" \
+        in other.notes
+    for key in (*COUNTS, "FWHM_PIX", "PSF_BETA", "MAGLIM_5SIG"):
+        assert other.metrics[key] == base.metrics[key], key
+
+
+@pytest.mark.realdata
+def test_a_real_ccds_gains_agree_with_its_noise():
+    """The DECam CP CCD: GAINA/GAINB against sky / RMS² (within 1 %)."""
+    path = shared_file("decam_c4d_170316_062107_ooi_z_ls9.N2.fits.gz")
+    report = qualityfits.assess(path, jobs=1).extensions[0]
+    m = report.metrics
+    assert m["GAIN"] == pytest.approx(3.8767, abs=1e-4)
+    assert m["SKY_MEAN"] / m["SKY_RMS"] ** 2 == pytest.approx(m["GAIN"],
+                                                               rel=0.01)
