@@ -157,10 +157,10 @@ RDNOISE_KEYS = ("RDNOISE", "READNOIS", "RON", "READNOISE")
 #: frames of 16 and 61 ADU RMS, `tests/qualityfits/test_units.py`).
 _UNIT_SAFE = (1e-10, 1e13)
 
-#: Without a GAIN keyword, the cosmic-ray finder takes the sources'
-#: photon noise at the gain the sky implies (`_sky_gain`) when the sky
-#: is at least this many RMS above zero; nearer zero (a sky-subtracted
-#: image) the sky says nothing and astroscrappy's 1 e-/ADU is kept.
+#: Without a gain, the cosmic-ray finder takes the sources' photon
+#: noise at the gain the sky implies (`_sky_gain`), the sky taken at
+#: least this many RMS: a sky of 25 photo-electrons or more, as nearly
+#: every broadband exposure holds, is at least 5 RMS.
 _SKY_GAIN_MIN_SNR = 5.0
 
 
@@ -709,24 +709,24 @@ def _sky_gain(ccd: _Ccd, sky: float, rms: float) -> float | None:
     would make its noise: a lower bound on the true gain (read noise
     and dark current add variance), so the sources' photon noise it
     gives the cosmic-ray finder errs high, on the side that spares
-    sources.  Unlike a fixed 1 e-/ADU it follows the image's units:
-    the same frame in e-/s, in nanomaggies or times 1e-4 gets the same
-    cosmic rays.  None when the sky is within `_SKY_GAIN_MIN_SNR` RMS
-    of zero (sky-subtracted: the finder's 1 e-/ADU default is kept).
+    sources.  Unlike a fixed 1 e-/ADU (astroscrappy's default) it
+    follows the image's units: the same frame in e-/s, in nanomaggies
+    or times 1e-4 gets the same cosmic rays.  A sky below
+    `_SKY_GAIN_MIN_SNR` RMS (sky-subtracted, or a field filled by a
+    galaxy) is taken at that many: 5 / RMS is still a lower bound on
+    the gain of any exposure whose sky held 25 photo-electrons.  None
+    only without a usable RMS.
     """
     if not (math.isfinite(sky) and math.isfinite(rms) and rms > 0):
         return None
-    if sky < _SKY_GAIN_MIN_SNR * rms:
-        ccd.notes.append(
-            f"no gain and a sky of {sky / rms:.1f} RMS (sky-"
-            "subtracted?): the cosmic-ray finder takes the sources' "
-            "photon noise at 1 e-/ADU")
-        return None
-    gain = sky / (rms * rms)
+    level = max(sky, _SKY_GAIN_MIN_SNR * rms)
+    gain = level / (rms * rms)
+    how = ("the sky level over its variance" if level == sky else
+           f"a sky of {_SKY_GAIN_MIN_SNR:g} RMS over its variance (the "
+           f"sky is {sky / rms:.1f} RMS: sky-subtracted?)")
     ccd.notes.append(
-        f"no gain: the cosmic-ray finder takes the sources' "
-        f"photon noise at {gain:.3g} e-/ADU, the sky level over its "
-        "variance (a lower bound on the gain)")
+        f"no gain: the cosmic-ray finder takes the sources' photon noise "
+        f"at {gain:.3g} e-/ADU, {how}, a lower bound on the gain")
     return gain
 
 
