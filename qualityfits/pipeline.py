@@ -141,6 +141,10 @@ STEPS: tuple[str, ...] = (
     "classification", "weights", "metrics",
 )
 
+#: The least side of an image that is assessed [px]: a strip of a few
+#: rows holds no star's core and wings, and no background to measure.
+MIN_SIDE = 16
+
 #: Pixels per side of the blocks of the binned previews.
 PREVIEW_BINNING = 8
 
@@ -580,6 +584,10 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
         if other is not None:
             badmask |= other
     check_pixels(pix, badmask, name=name)
+    if min(pix.shape) < MIN_SIDE:
+        raise errors.EmptyImageError(
+            f"{name}: {pix.shape[0]} x {pix.shape[1]} pixels, too small to "
+            f"assess (at least {MIN_SIDE} on each side)")
     ccd.image, ccd.bad, ccd.nodata, ccd.user_bad = pix, badmask, nonfinite, bad
     exptime = header_number(header, "EXPTIME", "EXPOSURE", "ITIME")
     ccd.gain = gain = _pixel_gain(header, exptime, notes)

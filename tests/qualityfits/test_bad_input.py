@@ -451,3 +451,23 @@ class TestOneImageCube:
         assert other.status == "ok", other.error
         assert other.metrics["PIXSCALE"] > 0
         assert other.metrics["PIXSCALE"] == one.metrics["PIXSCALE"]
+
+
+@pytest.mark.parametrize("shape", [(1, 500), (15, 512), (512, 8)])
+def test_a_strip_is_too_small(tmp_path, sim, shape):
+    # A one-row strip of a real-looking image was called a flat field
+    # ("a smooth illumination varying 137538 times the noise").
+    data = np.ascontiguousarray(sim.data[:shape[0], :shape[1]])
+    path = write(tmp_path / "strip.fits", data, sim.header)
+    code, message = assess_error(EmptyImageError, path)
+    assert code == "empty-image"
+    assert (f"{shape[0]} x {shape[1]} pixels, too small to assess (at "
+            "least 16 on each side)") in message
+
+
+def test_sixteen_pixels_a_side_are_assessed_or_refused_for_stars(
+        tmp_path, sim):
+    path = write(tmp_path / "small.fits",
+                 np.ascontiguousarray(sim.data[:16, :16]), sim.header)
+    with pytest.raises(NoStarsError):
+        qualityfits.assess(path, jobs=1)
