@@ -59,9 +59,9 @@ def _check_invariant(data: np.ndarray, header: fits.Header, tmp_path,
 
 
 def test_a_simulation_without_gain_keyword(tmp_path):
-    # Not the project's usual field: a broader, low-beta PSF, a low sky.
+    # Not the project's usual field: a broader, low-beta PSF, more sky.
     sim = simulate_image(SimulationParams(
-        shape=(768, 768), fwhm=3.4, beta=2.2, sky=400.0, n_stars=220,
+        shape=(768, 768), fwhm=3.4, beta=2.2, sky=1600.0, n_stars=220,
         n_galaxies=250, n_cr_hits=60, n_cr_tracks=4), seed=811)
     header = sim.header.copy()
     del header["GAIN"]
@@ -81,14 +81,14 @@ def test_a_real_frame_without_gain_keyword(tmp_path):
 
 
 def test_a_sky_subtracted_frame_is_unit_free_too(tmp_path):
-    """Near zero the sky says nothing: it is taken at 5 RMS."""
+    """Near zero the sky says nothing: it is taken at 25 RMS."""
     sim = simulate_image(SimulationParams(
         shape=(640, 640), n_stars=250, n_galaxies=150, n_cr_hits=40),
         seed=812)
     header = sim.header.copy()
     del header["GAIN"]
     data = sim.data - np.median(sim.data)
-    _check_invariant(data, header, tmp_path, note="a sky of 5 RMS over "
+    _check_invariant(data, header, tmp_path, note="a sky of 25 RMS over "
                      "its variance (the sky is ")
 
 
@@ -218,3 +218,33 @@ def test_a_real_ccds_gains_agree_with_its_noise():
     assert m["GAIN"] == pytest.approx(3.8767, abs=1e-4)
     assert m["SKY_MEAN"] / m["SKY_RMS"] ** 2 == pytest.approx(m["GAIN"],
                                                                rel=0.01)
+
+
+@pytest.mark.realdata
+def test_a_real_frame_with_its_sky_subtracted(tmp_path):
+    """The NTT frame, its sky subtracted or left 5 RMS below zero.
+
+    Without a gain and a sky, the finder takes a sky of 25 RMS: the
+    cosmic rays of the PSF stars are found as with the frame's own sky
+    (a floor of 5 RMS lost them: FWHM +5.5 %).
+    """
+    path = shared_file("ntt_emmi_R_galaxies.fits.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its ESO-LOG cards
+        with fits.open(path) as hdul:
+            data = hdul[0].data.astype(np.float64)
+            header = hdul[0].header.copy()
+    base = qualityfits.assess(path, jobs=1).extensions[0]
+    sky = float(np.median(data))
+    rms = base.metrics["SKY_RMS"]
+    for offset in (sky, sky + 5.0 * rms):
+        target = tmp_path / f"minus{offset:.0f}.fits"
+        fits.PrimaryHDU((data - offset).astype(np.float32),
+                        header).writeto(target)
+        other = qualityfits.assess(target, jobs=1).extensions[0]
+        assert other.metrics["FWHM_PIX"] == pytest.approx(
+            base.metrics["FWHM_PIX"], rel=1e-3)
+        assert other.metrics["NCR"] == base.metrics["NCR"]
+        assert other.metrics["NSTAR_FIT"] == base.metrics["NSTAR_FIT"]
+        assert any("a sky of 25 RMS over its variance" in n
+                   for n in other.notes), other.notes
