@@ -83,6 +83,14 @@ class Sources:
         return int(self.x.size)
 
 
+class DetectionOverflowError(ValueError):
+    """sep's extraction reached one of its capacity limits.
+
+    Not a crowded field (`configure_sep` raises both limits for crowded
+    2k x 4k CCDs): a frame mostly above its background.
+    """
+
+
 def configure_sep() -> None:
     """Raise sep's process-wide limits for crowded 2k x 4k CCDs."""
     sep.set_extract_pixstack(PIXSTACK)
@@ -111,22 +119,38 @@ def extract(
     kernel: dict[str, NDArray[np.float64]] = {}
     if config.detect_filter_fwhm > 0:
         kernel["filter_kernel"] = gaussian_kernel(config.detect_filter_fwhm)
-    objects, segmap = sep.extract(
-        data_sub,
-        config.detect_thresh,
-        err=rms,
-        mask=sep_mask(bad),
-        minarea=config.detect_minarea,
-        **kernel,
-        deblend_nthresh=config.deblend_nthresh,
-        deblend_cont=config.deblend_cont,
-        # SExtractor's semantics: the filtered image is compared with the
-        # threshold times the RMS of the *unfiltered* image ("matched"
-        # lowers the threshold by the filter's noise reduction and turns
-        # noise peaks into detections).
-        filter_type="conv",
-        segmentation_map=True,
-    )
+    try:
+        objects, segmap = sep.extract(
+            data_sub,
+            config.detect_thresh,
+            err=rms,
+            mask=sep_mask(bad),
+            minarea=config.detect_minarea,
+            **kernel,
+            deblend_nthresh=config.deblend_nthresh,
+            deblend_cont=config.deblend_cont,
+            # SExtractor's semantics: the filtered image is compared
+            # with the threshold times the RMS of the *unfiltered* image
+            # ("matched" lowers the threshold by the filter's noise
+            # reduction and turns noise peaks into detections).
+            filter_type="conv",
+            segmentation_map=True,
+        )
+    except Exception as exc:  # sep raises Exception with its C message
+        text = str(exc)
+        if "pixel buffer full" in text:
+            raise DetectionOverflowError(
+                f"more than {sep.get_extract_pixstack():,} pixels above "
+                "the detection threshold in objects at once (sep's pixel "
+                "stack): the frame is mostly above its background, not a "
+                "sky exposure") from None
+        if "deblending overflow" in text:
+            raise DetectionOverflowError(
+                "a detection splits into more than "
+                f"{sep.get_sub_object_limit():,} parts (sep's deblending "
+                "limit): the frame is mostly one object above its "
+                "background, not a sky exposure") from None
+        raise
     return objects, segmap
 
 

@@ -70,6 +70,7 @@ from qualityfits.classify import (
 from qualityfits.config import QualityConfig
 from qualityfits.cosmics import estimate_fwhm, find_cosmic_rays
 from qualityfits.detection import (
+    DetectionOverflowError,
     SourceFlag,
     Sources,
     configure_sep,
@@ -793,7 +794,10 @@ def _detection(ccd: _Ccd,
     sub = ccd.sub
     # With a weight map, SExtractor's thresholds: per pixel, from it.
     rms = ccd.noise if ccd.noise is not None else ccd.rms
-    objects, segmap = extract(sub, rms, ccd.bad, ccd.config)
+    try:
+        objects, segmap = extract(sub, rms, ccd.bad, ccd.config)
+    except DetectionOverflowError as exc:
+        raise errors.NotScienceError(f"{ccd.name}: {exc}") from None
     # A second estimate with the sources masked: closer to the true
     # sky in crowded fields; the difference measures the light of
     # faint sources and wings in the meshes.

@@ -20,6 +20,7 @@ from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.detection import (
     KRON_FACTOR,
     KRON_MIN_RADIUS,
+    DetectionOverflowError,
     SourceFlag,
     configure_sep,
     extract,
@@ -122,3 +123,48 @@ def test_degenerate_second_moments_are_measured_in_a_circle():
     assert (after.b[hit] == 1.0).all()
     assert (after.theta[hit] == 0.0).all()
     assert (after.flux[hit] > 0).all()
+
+
+def test_sep_capacity_limits_are_said_not_raised_as_internal():
+    """sep's pixel stack and deblending limits end in a precise error.
+
+    The limits are lowered here on a plain blob image (the pipeline's,
+    3 000 000 pixels and 4096 parts, were reached by the Elixir mask
+    with its median and 5 sigma subtracted: an internal error).
+    """
+    configure_sep()
+    config = QualityConfig()
+    yy, xx = np.mgrid[:200, :200]
+    image = (1000.0 * np.exp(-((xx - 100.0) ** 2 + (yy - 100.0) ** 2)
+                              / (2 * 40.0 ** 2))).astype(np.float32)
+    image += np.random.default_rng(3).normal(0.0, 1.0, image.shape
+                                             ).astype(np.float32)
+    rms = np.ones_like(image)
+    bad = np.zeros(image.shape, dtype=bool)
+    # Two blobs that deblend, for the limit on parts.
+    pair = np.zeros((100, 100), dtype=np.float32)
+    for x0 in (40.0, 58.0):
+        pair += (500.0 * np.exp(-((xx[:100, :100] - x0) ** 2
+                                  + (yy[:100, :100] - 50.0) ** 2)
+                                / (2 * 3.0 ** 2))).astype(np.float32)
+    pair += np.random.default_rng(4).normal(0.0, 1.0, pair.shape
+                                            ).astype(np.float32)
+    try:
+        sep.set_extract_pixstack(1000)
+        with pytest.raises(DetectionOverflowError,
+                           match=r"more than 1,000 pixels above the "
+                           r"detection threshold in objects at once"):
+            extract(image, rms, bad, config)
+        configure_sep()
+        sep.set_sub_object_limit(1)
+        with pytest.raises(DetectionOverflowError,
+                           match=r"a detection splits into more than 1 "
+                           r"parts \(sep's deblending limit\)"):
+            extract(pair, np.ones_like(pair), np.zeros(pair.shape, bool),
+                    config)
+    finally:
+        configure_sep()
+    assert len(extract(pair, np.ones_like(pair),
+                       np.zeros(pair.shape, bool), config)[0]) == 2
+    objects, _ = extract(image, rms, bad, config)  # within the limits
+    assert len(objects) >= 1
