@@ -49,6 +49,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from qualityfits import errors, verdicts
 from qualityfits._version import __version__
@@ -687,6 +688,14 @@ def _background(ccd: _Ccd) -> sep.Background:
     marks the blank pixels.
     """
     pix, badmask = ccd.pix, ccd.bad
+    # Blocks of exact zeros are blanks whatever the sky (a dead
+    # amplifier; SWarp's empty areas around a sky-subtracted coadd): a
+    # noisy sky near zero has isolated zeros, not 3 x 3 blocks of them.
+    blank = _zero_blocks(pix)
+    if blank is not None:
+        ccd.nodata |= blank
+        badmask |= blank
+        check_pixels(pix, badmask, name=ccd.name)
     ccd.preview = bin_mean(pix, PREVIEW_BINNING,
                            ~badmask if badmask.any() else None)
     bkg = sep_background(pix, badmask, ccd.config)
@@ -709,6 +718,21 @@ def _background(ccd: _Ccd) -> sep.Background:
         ccd.nodata |= pix == 0
         badmask |= ccd.nodata
     return bkg
+
+
+def _zero_blocks(pix: NDArray[np.float32]) -> NDArray[np.bool_] | None:
+    """Pixels exactly 0 in a 3 x 3 block of zeros (None: there are none).
+
+    The blocks and their edges: each zero that is part of a block.
+    """
+    zero = pix == 0
+    if not zero.any():
+        return None
+    eight = np.ones((3, 3), dtype=bool)
+    core = ndimage.binary_erosion(zero, structure=eight, border_value=1)
+    if not core.any():
+        return None
+    return ndimage.binary_dilation(core, structure=eight) & zero
 
 
 def _sky_gain(ccd: _Ccd, sky: float, rms: float) -> float | None:

@@ -471,3 +471,40 @@ def test_sixteen_pixels_a_side_are_assessed_or_refused_for_stars(
                  np.ascontiguousarray(sim.data[:16, :16]), sim.header)
     with pytest.raises(NoStarsError):
         qualityfits.assess(path, jobs=1)
+
+
+class TestBlankBlocks:
+    """Exact zeros in blocks are blanks, whatever the sky level.
+
+    The rule for a sky far above zero (every exact 0 is blank) missed a
+    sky-subtracted frame's empty areas (SWarp fills them with 0) and a
+    frame whose sky is near its RMS: the KPNO frame with a third of it
+    zeroed had SKY_RMS 0.19 instead of ~10.
+    """
+
+    def _subtracted(self, sim):
+        data = (sim.data - np.median(sim.data)).astype(np.float32)
+        header = sim.header.copy()
+        header["SATURATE"] = header["SATURATE"] - float(np.median(sim.data))
+        return data, header
+
+    def test_an_empty_area_is_blank(self, tmp_path, sim):
+        data, header = self._subtracted(sim)
+        base = qualityfits.assess(write(tmp_path / "base.fits", data,
+                                        header), jobs=1).extensions[0]
+        holed = data.copy()
+        holed[:, :128] = 0.0
+        report = qualityfits.assess(write(tmp_path / "holed.fits", holed,
+                                          header), jobs=1).extensions[0]
+        assert report.metrics["NFLAG_NODATA"] == 128 * data.shape[0]
+        assert report.metrics["SKY_RMS"] == pytest.approx(
+            base.metrics["SKY_RMS"], rel=0.05)
+
+    def test_isolated_zeros_of_an_integer_sky_are_data(self, tmp_path, sim):
+        data, header = self._subtracted(sim)
+        counts = np.round(data / 4.0).astype(np.int16)  # zeros scattered
+        assert np.count_nonzero(counts == 0) > 10_000
+        report = qualityfits.assess(write(tmp_path / "int.fits", counts,
+                                          header), jobs=1).extensions[0]
+        assert report.status == "ok", report.error
+        assert report.metrics["NFLAG_NODATA"] < 50
