@@ -49,6 +49,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from qualityfits import errors, verdicts
 from qualityfits._version import __version__
@@ -723,32 +724,26 @@ def _constant_blocks(pix: NDArray[np.float32],
                      bad: NDArray[np.bool_]) -> NDArray[np.bool_] | None:
     """Pixels in a 3 x 3 block of one exact value at or below the sky.
 
-    Fills, not sky: zeros (a dead amplifier, SWarp's empty areas) or
-    bad areas set to sky-like values (the NTT frame's, 34 817 pixels).
-    Noise never makes 9 neighbours equal; saturated plateaus do, far
-    above the sky, and are left to the saturation flags.  None when
-    there is none.  A block holds three equal neighbours on one row of
-    every third: only those triples are candidates (a few hundred on a
-    CCD of integer pixels): 10-15 ms on a 2048 x 4612 CCD.
+    Fills, not sky: zeros (a dead amplifier, SWarp's empty areas) or a
+    region set to the sky's median (the NTT frame's bad area, 21 724
+    pixels).  Noise never makes 9 neighbours equal; saturated plateaus
+    do, far above the sky, and are left to the saturation flags.  None
+    when there is none (a 3 x 3 block holds three equal neighbours on a
+    row of every third: those rows are looked at first).
     """
     ny, nx = pix.shape
     if ny < 3 or nx < 3:
         return None
     rows = pix[::3]
-    rr, cc = np.nonzero((rows[:, 1:-1] == rows[:, :-2])
-                        & (rows[:, 1:-1] == rows[:, 2:]))
-    if rr.size == 0:
+    if not np.any((rows[:, 1:-1] == rows[:, :-2])
+                  & (rows[:, 1:-1] == rows[:, 2:])):
         return None
-    ys = (3 * rr[:, None] + np.arange(-1, 2)).ravel()
-    xs = np.repeat(cc + 1, 3)
-    inside = (ys >= 1) & (ys <= ny - 2)
-    ys, xs = ys[inside], xs[inside]
-    value = pix[ys, xs]
-    core = np.ones(ys.size, dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy or dx:
-                core &= pix[ys + dy, xs + dx] == value
+    centre = pix[1:-1, 1:-1]
+    core = np.ones(centre.shape, dtype=bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy != 1 or dx != 1:
+                core &= pix[dy:dy + ny - 2, dx:dx + nx - 2] == centre
     if not core.any():
         return None
     sample = pix[::7, ::7][~bad[::7, ::7]]
@@ -756,13 +751,13 @@ def _constant_blocks(pix: NDArray[np.float32],
         return None
     level = float(np.median(sample))
     spread = 1.4826 * float(np.median(np.abs(sample - level)))
-    core &= value <= level + 5.0 * spread
+    core &= centre <= level + 5.0 * spread
     if not core.any():
         return None
-    out = np.zeros(pix.shape, dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            out[ys[core] + dy, xs[core] + dx] = True
+    full = np.zeros(pix.shape, dtype=bool)
+    full[1:-1, 1:-1] = core
+    out: NDArray[np.bool_] = ndimage.binary_dilation(
+        full, structure=np.ones((3, 3), dtype=bool))
     return out
 
 
