@@ -297,9 +297,8 @@ def infer_saturation(src: Sources, psf_index: NDArray[np.intp],
     Saturated stars are the brightest compact sources, and their peak
     holds a smaller fraction of their flux than the PSF stars' peaks do
     (the top is cut).  When at least two such sources reach within a
-    factor of two of the highest peak (above the sky), the saturation
-    level is the lowest of their peaks (raw pixel values, background
-    included).
+    factor of two of the highest peak, the saturation level is the
+    lowest of their peaks (raw pixel values, background included).
     """
     if psf_index.size == 0 or len(src) == 0:
         return None
@@ -308,12 +307,9 @@ def infer_saturation(src: Sources, psf_index: NDArray[np.intp],
     psf_fraction = float(np.median(fraction[psf_index]))
     psf_rh = float(np.median(src.r_half[psf_index]))
     raw_peak = src.peak + src.background
-    # Within a factor of two of the highest peak above the sky (not of
-    # the raw values: the sky's level, or its absence in a
-    # sky-subtracted frame, would change which stars are compared).
-    top = float(np.nanmax(src.peak))
+    top = float(np.nanmax(raw_peak))
     flat = (
-        (src.peak >= 0.5 * top)
+        (raw_peak >= 0.5 * top)
         & (fraction < 0.8 * psf_fraction)
         & (src.r_half < 2.5 * psf_rh)
         & (src.snr >= 100)

@@ -224,9 +224,9 @@ def test_a_real_ccds_gains_agree_with_its_noise():
 def test_a_real_frame_with_its_sky_subtracted(tmp_path):
     """The NTT frame, its sky subtracted or left 5 RMS below zero.
 
-    Without a gain and a sky, the finder takes a sky of 25 RMS: what is
-    left of the sky below that changes nothing, and the frame keeps
-    its cosmic rays.
+    Without a gain and a sky, the finder takes a sky of 25 RMS: the
+    cosmic rays of the PSF stars are found as with the frame's own sky
+    (a floor of 5 RMS lost them: FWHM +5.5 %).
     """
     path = shared_file("ntt_emmi_R_galaxies.fits.gz")
     with warnings.catch_warnings():
@@ -237,18 +237,14 @@ def test_a_real_frame_with_its_sky_subtracted(tmp_path):
     base = qualityfits.assess(path, jobs=1).extensions[0]
     sky = float(np.median(data))
     rms = base.metrics["SKY_RMS"]
-    reports = []
     for offset in (sky, sky + 5.0 * rms):
         target = tmp_path / f"minus{offset:.0f}.fits"
         fits.PrimaryHDU((data - offset).astype(np.float32),
                         header).writeto(target)
         other = qualityfits.assess(target, jobs=1).extensions[0]
+        assert other.metrics["FWHM_PIX"] == pytest.approx(
+            base.metrics["FWHM_PIX"], rel=1e-3)
+        assert other.metrics["NCR"] == base.metrics["NCR"]
+        assert other.metrics["NSTAR_FIT"] == base.metrics["NSTAR_FIT"]
         assert any("a sky of 25 RMS over its variance" in n
                    for n in other.notes), other.notes
-        assert other.metrics["NCR"] == base.metrics["NCR"]
-        reports.append(other)
-    first, second = (r.metrics for r in reports)
-    for key in COUNTS:
-        assert first[key] == second[key], key
-    for key in ("FWHM_PIX", "PSF_BETA", "ELLIPTICITY"):
-        assert first[key] == pytest.approx(second[key], rel=1e-4), key
