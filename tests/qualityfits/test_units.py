@@ -12,6 +12,7 @@ FWHM moved by 5 %.  It now takes the gain the sky implies
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,14 +69,19 @@ def test_a_simulation_without_gain_keyword(tmp_path):
     _check_invariant(sim.data.astype(np.float64), header, tmp_path)
 
 
-@pytest.mark.realdata
-def test_a_real_frame_without_gain_keyword(tmp_path):
+def _ntt() -> tuple[Path, np.ndarray, fits.Header]:
+    """The NTT frame of ../shared/data (no GAIN keyword): path, pixels."""
     path = shared_file("ntt_emmi_R_galaxies.fits.gz")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its ESO-LOG cards
         with fits.open(path) as hdul:
-            data = hdul[0].data.astype(np.float64)
-            header = hdul[0].header.copy()
+            return (path, hdul[0].data.astype(np.float64),
+                    hdul[0].header.copy())
+
+
+@pytest.mark.realdata
+def test_a_real_frame_without_gain_keyword(tmp_path):
+    _, data, header = _ntt()
     assert "GAIN" not in header
     _check_invariant(data, header, tmp_path)
 
@@ -230,12 +236,7 @@ def test_a_real_frame_with_its_sky_subtracted(tmp_path):
     exactly would turn this frame's bad areas, set to its median, into
     blocks of zeros: blanks, another frame.)
     """
-    path = shared_file("ntt_emmi_R_galaxies.fits.gz")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its ESO-LOG cards
-        with fits.open(path) as hdul:
-            data = hdul[0].data.astype(np.float64)
-            header = hdul[0].header.copy()
+    path, data, header = _ntt()
     base = qualityfits.assess(path, jobs=1).extensions[0]
     sky = float(np.median(data))
     rms = base.metrics["SKY_RMS"]
