@@ -748,9 +748,9 @@ def _sky_gain(ccd: _Ccd, sky: float, rms: float) -> float | None:
     `_SKY_GAIN_MIN_SNR` RMS is taken at that many: subtracted, the sky
     says nothing of the gain, and a lower one is read-noise limited,
     where sky / RMS² is the loosest bound (at 5 RMS, the NTT frame
-    with its sky subtracted lost the cosmic rays of its PSF stars and
-    its FWHM moved by +5.5 %; at 25 it keeps them, whatever the sky
-    left).  None only without a usable RMS.
+    with its sky 5 RMS below zero lost the cosmic rays of its PSF stars
+    and its FWHM moved by +5.5 %; at 25 it keeps them, whatever sky
+    is left).  None only without a usable RMS.
     """
     if not (math.isfinite(sky) and math.isfinite(rms) and rms > 0):
         return None
