@@ -190,9 +190,6 @@ def measure(
     n = len(objects)
     x = objects["x"].astype(np.float64)
     y = objects["y"].astype(np.float64)
-    a = objects["a"].astype(np.float64)
-    b = objects["b"].astype(np.float64)
-    theta = objects["theta"].astype(np.float64)
     ids = np.arange(1, n + 1, dtype=np.int32)
     ny, nx = data_sub.shape
     if n == 0:
@@ -204,15 +201,10 @@ def measure(
             background=empty, noise=empty, flags=np.zeros(0, np.int64),
             segmap=segmap,
         )
-    # sep wants a >= b > 0 and |theta| <= pi/2.  Degenerate second
-    # moments (sep gave b = NaN for a source on the edge of a zeroed
-    # third of a real frame): the source is measured in a circle (a = b
-    # = 1 px, the aperture's radius its Kron radius, at least
-    # KRON_MIN_RADIUS) and its aperture is flagged.
-    degenerate = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(theta))
-    a = np.where(degenerate, 1.0, np.maximum(a, 1e-3))
-    b = np.where(degenerate, 1.0, np.clip(b, 1e-3, a))
-    theta = np.where(degenerate, 0.0, np.clip(theta, -np.pi / 2, np.pi / 2))
+    # A degenerate source is measured in a circle (its aperture's radius
+    # its Kron radius, at least KRON_MIN_RADIUS) and its aperture is
+    # flagged.
+    a, b, theta, degenerate = sep_ellipses(objects)
     kron, kflag = sep.kron_radius(
         data_sub, x, y, a, b, theta, 6.0, mask=bad, seg_id=ids,
         segmap=segmap,
@@ -319,6 +311,26 @@ def infer_saturation(src: Sources, psf_index: NDArray[np.intp],
     return float(np.min(raw_peak[flat])) / margin
 
 
+def sep_ellipses(objects: NDArray[np.void]
+                 ) -> tuple[FloatArray, FloatArray, FloatArray,
+                            NDArray[np.bool_]]:
+    """Return the shapes of sep's objects as sep's photometry takes them.
+
+    sep wants a >= b > 0 and |theta| <= pi/2.  Degenerate second
+    moments (sep gave b = NaN for a source on the edge of a zeroed
+    third of a real frame, and refused the CCD's photometry) become a
+    circle, a = b = 1 px; the last array says which they are.
+    """
+    a = objects["a"].astype(np.float64)
+    b = objects["b"].astype(np.float64)
+    theta = objects["theta"].astype(np.float64)
+    degenerate = ~(np.isfinite(a) & np.isfinite(b) & np.isfinite(theta))
+    a = np.where(degenerate, 1.0, np.maximum(a, 1e-3))
+    b = np.where(degenerate, 1.0, np.clip(b, 1e-3, a))
+    theta = np.where(degenerate, 0.0, np.clip(theta, -np.pi / 2, np.pi / 2))
+    return a, b, theta, degenerate
+
+
 def object_mask(objects: NDArray[np.void], segmap: NDArray[np.int32],
                 scale: float = 6.0) -> NDArray[np.bool_]:
     """Mask the pixels covered by sources.
@@ -330,9 +342,10 @@ def object_mask(objects: NDArray[np.void], segmap: NDArray[np.int32],
     """
     mask = segmap > 0
     if len(objects):
-        a = np.maximum(objects["a"], 1e-3)
-        b = np.clip(objects["b"], 1e-3, a)
-        sep.mask_ellipse(mask, objects["x"], objects["y"], a, b,
-                         np.clip(objects["theta"], -np.pi / 2, np.pi / 2),
-                         r=scale)
+        # A degenerate source keeps only its segment (sep masks nothing
+        # for an ellipse with a NaN axis or angle).
+        a, b, theta, degenerate = sep_ellipses(objects)
+        keep = ~degenerate
+        sep.mask_ellipse(mask, objects["x"][keep], objects["y"][keep],
+                         a[keep], b[keep], theta[keep], r=scale)
     return mask
