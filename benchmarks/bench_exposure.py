@@ -1085,8 +1085,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
     if args.child == "ours":
-        return child_ours(args.image, args.jobs or cores, args.result,
-                          args.flat, cosmic_rays=args.cosmic_rays)
+        status = child_ours(args.image, args.jobs or cores, args.result,
+                            args.flat, cosmic_rays=args.cosmic_rays)
+        # The process ends as the ``qualityfits`` command's does.
+        from qualityfits.cliutil import exit_now  # noqa: PLC0415
+
+        exit_now(status)
     if args.child == "reference":
         return child_reference(args.image, args.workdir, args.result,
                                args.flat)

@@ -40,7 +40,7 @@ from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from pbs_bridge.fetch import URL_SCHEMES, FetchError, fetch, policy_from
@@ -57,6 +57,7 @@ from pbs_bridge.jobfolder import (
     write_atomic,
 )
 from qualityfits._version import __version__
+from qualityfits.cliutil import exit_now
 from qualityfits.config import QualityConfig
 from qualityfits.errors import (
     InternalError,
@@ -724,5 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return Job(job_dir).run()
 
 
+def run() -> NoReturn:
+    """Run the ``uws-worker`` command: `main`, then `exit_now`."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

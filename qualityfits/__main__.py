@@ -1,7 +1,5 @@
 """``python -m qualityfits``: the command-line interface."""
 
-import sys
+from qualityfits.cli import run
 
-from qualityfits.cli import main
-
-sys.exit(main())
+run()

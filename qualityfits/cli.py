@@ -20,13 +20,14 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from qualityfits.cliutil import (
     OneLineParser,
     add_input_options,
     add_process_options,
     config_from_pairs,
+    exit_now,
 )
 from qualityfits.errors import QualityFitsError
 from qualityfits.grades import MEANING
@@ -218,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(maps_dir, ignore_errors=True)
 
 
+def run() -> NoReturn:
+    """Run the ``qualityfits`` command: `main`, then `exit_now`."""
+    exit_now(main())
+
+
 def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
     warnings.simplefilter("ignore")  # astropy header chatter
     progress = None
@@ -274,4 +280,4 @@ def _run(args: argparse.Namespace, stem: str, maps_dir: Path | None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

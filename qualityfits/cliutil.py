@@ -9,6 +9,8 @@ one line and exit status 2, and ``--set KEY=VALUE`` overrides a
 from __future__ import annotations
 
 import argparse
+import gc
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -16,6 +18,21 @@ from qualityfits._version import __version__
 from qualityfits.config import QualityConfig
 from qualityfits.errors import InvalidParameterError
 from qualityfits.parameters import PARAMETERS
+
+
+def exit_now(status: int) -> NoReturn:
+    """End a command's process with ``status``, skipping the last sweeps.
+
+    The process ends here: the ~100 000 objects of numpy, scipy, astropy
+    and the report need no final garbage collection, which cost 0.1-0.3
+    s of a 3 s ``qualityfits`` run on the NTT frame.  `gc.freeze` moves
+    them out of the collector's sight; the interpreter still flushes
+    its files and runs its exit handlers.  For the console scripts only:
+    a process that goes on (tests, a caller's script) calls their
+    ``main`` and keeps its collector.
+    """
+    gc.freeze()
+    sys.exit(status)
 
 
 class OneLineParser(argparse.ArgumentParser):

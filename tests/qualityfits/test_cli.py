@@ -8,7 +8,9 @@ one line ``qualityfits: error: ...`` on stderr, never a traceback.
 
 from __future__ import annotations
 
+import gc
 import gzip
+import importlib.metadata
 import json
 import re
 import shutil
@@ -21,6 +23,7 @@ import pytest
 from astropy.io import fits
 
 import qualityfits
+from qualityfits.cliutil import exit_now
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.io import image_stem
 from qualityfits.metrics import METRICS
@@ -330,3 +333,47 @@ def test_progress_bar_on_a_terminal(mef, tmp_path):
     assert totals == {str(3 * len(STEPS))}
     assert "writing products: archive" in shown
     assert "3 CCD done" in shown
+
+
+def test_the_commands_end_through_exit_now() -> None:
+    """``qualityfits`` and ``uws-worker`` are `run`, which ends in exit_now."""
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(
+        group="console_scripts") if ep.name in ("qualityfits", "uws-worker")}
+    assert scripts == {"qualityfits": "qualityfits.cli:run",
+                       "uws-worker": "pbs_bridge.worker:run"}
+
+
+def test_exit_now_exits_with_the_status_and_freezes_the_collector() -> None:
+    """The status is main's; the objects leave the collector's sight."""
+    before = gc.get_freeze_count()
+    try:
+        with pytest.raises(SystemExit) as info:
+            exit_now(2)
+        assert info.value.code == 2
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+
+
+def test_python_m_qualityfits_still_reports_and_fails_in_one_line(
+        tmp_path: Path) -> None:
+    """Through run(): the table and summary, then exit 0; a bad file 2."""
+    image = tmp_path / "one.fits"
+    sim = simulate_image(SimulationParams(shape=(512, 512), n_stars=120,
+                                          n_galaxies=60), seed=7)
+    fits.PrimaryHDU(sim.data, sim.header).writeto(image)
+    ok = subprocess.run(
+        [sys.executable, "-m", "qualityfits", str(image), "-o",
+         str(tmp_path / "out"), "--summary-only", "--jobs", "1"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "one.summary.json").is_file()
+    assert "FWHM" in ok.stdout and "Traceback" not in ok.stderr
+    bad = tmp_path / "bad.fits"
+    bad.write_bytes(b"SIMPLE  =                    T" + b" " * 100)
+    failed = subprocess.run(
+        [sys.executable, "-m", "qualityfits", str(bad), "--summary-only"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("qualityfits: error: ")
+    assert len(failed.stderr.strip().splitlines()) == 1
