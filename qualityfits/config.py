@@ -49,7 +49,9 @@ class QualityConfig:
         pixels (the TERAPIX PSFEx feed: DETECT_THRESH 10, gauss_3.0_7x7).
     psf_max_ellip : float
         Maximum isophotal (A-B)/(A+B) of a PSF candidate
-        (PSFEx ``SAMPLE_MAXELLIP``).
+        (PSFEx ``SAMPLE_MAXELLIP``), from the elongation the bright
+        sources share when it exceeds half this (an elongated PSF),
+        else from a round shape.
     psf_locus_width : float
         Half-width of the stellar locus, as a fraction of the local
         half-light radius (PSFEx ``SAMPLE_VARIABILITY``).

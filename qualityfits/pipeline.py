@@ -111,9 +111,11 @@ from qualityfits.psf import (
     PROFILE_MIN_FWHM,
     PROFILE_MODEL_ERROR,
     PsfResult,
+    elongation_note,
     fwhm_error,
     galaxy_contamination,
     measure_psf,
+    no_candidate_reason,
     undersampled_size,
 )
 from qualityfits.report import (
@@ -893,6 +895,7 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
                    " px: an undersampled PSF, whose FWHM a Moffat fit "
                    "cannot measure honestly (a 1.2 px Gaussian reads 10 %"
                    " low, 1.4-1.6 px Airy discs 26-29 %)")
+    elongated = elongation_note(src, config)
     if len(stars) == 0:
         assert ccd.header is not None
         background: Background = ccd.parts["background"]
@@ -900,6 +903,9 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
             ccd.header, name=ccd.name, n_sources=len(src),
             sky_rms=background.rms, mesh_back=background.mesh_back,
             gain=ccd.gain, read_noise=ccd.read_noise)
+        if not why and psf.n_candidates == 0:
+            why = no_candidate_reason(src, config)
+        why = "; ".join(part for part in (why, elongated) if part)
         raise errors.NoStarsError(
             f"{ccd.name}: no star usable for the PSF among {len(src)} "
             f"sources ({psf.n_candidates} bright, unflagged and "
@@ -908,6 +914,8 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
         )
     if why:
         ccd.notes.append(f"PSF withheld: {why}")
+    if elongated:
+        ccd.notes.append(elongated)
     if ccd.saturation is None:
         src = _infer_saturation(ccd, src, psf)
     ccd.parts["psf_grid"] = psf.grid
@@ -1050,7 +1058,9 @@ def _classification(ccd: _Ccd, src: Sources, psf: PsfResult,
         ccd.psf_contaminated = (
             f"{found.n_sharp} bright sources are sharper than the PSF "
             f"model and the PSF stars' spread S scatters {found.chi:.1f} "
-            "times its noise: the PSF stars are likely compact galaxies")
+            "times its noise: the PSF stars are likely compact galaxies "
+            "(or stars whose profile the Moffat model does not follow: "
+            "trailed stars, a photographic plate's)")
     ccd.sky_sub = None
     zp_used = ccd.zeropoint if ccd.zeropoint is not None else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):

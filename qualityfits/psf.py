@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -742,17 +743,162 @@ def _locus_mode(r: FloatArray, low: float) -> float:
     return compact if compact < low * mode else mode
 
 
+def _candidate_rules(src: Sources, config: QualityConfig
+                     ) -> tuple[dict[str, NDArray[np.bool_]], complex]:
+    """Return the rules a PSF candidate passes in turn, each cumulative.
+
+    ``bright``: S/N >= ``psf_min_snr``; ``unflagged``: none of
+    `REJECT_FLAGS`, and a half-light radius; ``round``: isophotal
+    ellipticity <= ``psf_max_ellip`` -- from the elongation the unflagged
+    bright sources share (`common_elongation`, also returned) when it
+    exceeds half that (an elongated PSF: PSFEx's window about a round
+    shape loses its stars: at ellipticity 0.5 it kept 4-12 of ~60 on
+    1024^2 simulations, and the PSF was withheld), else from round;
+    ``sized``: 2 r_h within
+    ``psf_fwhm_range``; ``blunt``: its peak holds no more of its flux
+    than the sharpest allowed PSF's (`select_candidates` then asks for a
+    significant peak).  `no_candidate_reason` says which one emptied the
+    list.
+    """
+    lo, hi = config.psf_fwhm_range
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iso_ell = (src.a - src.b) / (src.a + src.b)
+        sharp = src.peak / src.flux
+    rules = {"bright": src.snr >= config.psf_min_snr}
+    rules["unflagged"] = (rules["bright"] & ((src.flags & REJECT_FLAGS) == 0)
+                          & np.isfinite(src.r_half))
+    common = common_elongation(src, rules["unflagged"])
+    if abs(common) > 0.5 * config.psf_max_ellip:
+        # An elongated PSF (trailed, shaken, astigmatic): the window is
+        # centred on the shape the bright sources share.
+        off = np.abs(iso_ell * np.exp(2j * src.theta) - common)
+    else:
+        off = iso_ell
+    rules["round"] = rules["unflagged"] & (off <= config.psf_max_ellip)
+    rules["sized"] = rules["round"] & (2 * src.r_half >= lo) & (
+        2 * src.r_half <= hi)
+    rules["blunt"] = rules["sized"] & np.isfinite(sharp) & (
+        sharp <= _SHARP_MARGIN * _PEAK_FRACTION / lo**2)
+    return rules, common
+
+
+def common_elongation(src: Sources, among: NDArray[np.bool_]) -> complex:
+    """Return the elongation the sources ``among`` share, as e exp(2i theta).
+
+    The median of each component of their isophotal ellipticity vectors:
+    galaxies point every way and cancel, an elongated PSF's stars point
+    one way.  0 for fewer than 3 sources.
+    """
+    idx = np.flatnonzero(among)
+    if idx.size < 3:
+        return 0j
+    a, b = src.a[idx], src.b[idx]
+    vec = (a - b) / (a + b) * np.exp(2j * src.theta[idx])
+    return complex(float(np.median(vec.real)), float(np.median(vec.imag)))
+
+
 def _bright_round(src: Sources, config: QualityConfig) -> NDArray[np.bool_]:
     """Unflagged, round sources of S/N >= ``psf_min_snr`` with an r_h.
 
     What a PSF candidate must be before its size and sharpness are
     looked at (`select_candidates`, `undersampled_size`).
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iso_ell = (src.a - src.b) / (src.a + src.b)
-    return (((src.flags & REJECT_FLAGS) == 0) & np.isfinite(src.r_half)
-            & (src.snr >= config.psf_min_snr)
-            & (iso_ell <= config.psf_max_ellip))
+    return _candidate_rules(src, config)[0]["round"]
+
+
+def elongation_note(src: Sources, config: QualityConfig) -> str:
+    """Say that the bright sources share an elongation, if they do.
+
+    Where `common_elongation` exceeds half ``psf_max_ellip``: its size
+    and direction, and that the PSF stars were chosen about that shape
+    (`_candidate_rules`).  Empty otherwise.
+    """
+    _, common = _candidate_rules(src, config)
+    if abs(common) <= 0.5 * config.psf_max_ellip:
+        return ""
+    angle = math.degrees(np.angle(common)) / 2.0
+    return (f"the bright sources share an elongation of {abs(common):.2f} "
+            f"(isophotal) along {angle:.0f} deg from the x axis: trailed "
+            "or shaken stars, or the optics; the PSF candidates are the "
+            "sources of that shape")
+
+
+#: Mean resultant length of the position angles (doubled) above which
+#: elongated sources are aligned: trailed, not a mix of shapes.
+ALIGNED = 0.9
+
+_FLAG_WORDS = ((SourceFlag.SATURATED, "saturated"),
+               (SourceFlag.BLENDED, "blended"),
+               (SourceFlag.TRUNCATED, "on the border"),
+               (SourceFlag.BAD_PIXELS, "on bad pixels"),
+               (SourceFlag.APER_CORRUPT, "unmeasurable"))
+
+
+def _all_flagged(src: Sources, bright: IntArray) -> str:
+    words = [f"{int(np.count_nonzero(src.flags[bright] & flag))} {word}"
+             for flag, word in _FLAG_WORDS
+             if np.any(src.flags[bright] & flag)]
+    return f" are all flagged ({', '.join(words)})"
+
+
+def _all_elongated(src: Sources, usable: IntArray,
+                   config: QualityConfig) -> str:
+    a, b = src.a[usable], src.b[usable]
+    mean = complex(np.mean(np.exp(2j * src.theta[usable])))
+    shape = (f": {usable.size} unflagged, all elongated (median ellipticity "
+             f"{float(np.median((a - b) / (a + b))):.2f} > psf_max_ellip "
+             f"{config.psf_max_ellip:g}")
+    if usable.size >= 3 and abs(mean) >= ALIGNED:
+        angle = math.degrees(np.angle(mean)) / 2.0
+        return (f"{shape}, all along {angle:.0f} deg from the x axis): "
+                "trailed stars (a moving target tracked, or the guiding "
+                "lost)")
+    return f"{shape}, in various directions)"
+
+
+def _all_missized(src: Sources, round_: IntArray,
+                  config: QualityConfig) -> str:
+    lo, hi = config.psf_fwhm_range
+    size = float(np.median(2.0 * src.r_half[round_]))
+    where = (f"below {lo:g} px: undersampled" if size < lo
+             else f"above {hi:g} px: defocused or blurred")
+    return (f": {round_.size} round and unflagged, with 2 r_h {size:.2f} "
+            f"px, {where} (psf_fwhm_range)")
+
+
+def no_candidate_reason(src: Sources, config: QualityConfig) -> str:
+    """Say which candidate rule left a CCD without a PSF candidate.
+
+    The first rule of `_candidate_rules` that no source passes, with
+    what the sources it stopped are: the brightest S/N when none is
+    bright enough, the flags of the bright ones, the ellipticity and
+    orientation of elongated ones (aligned: trailed stars), their size
+    against ``psf_fwhm_range``.  Empty when every rule is passed (the
+    peaks then were not significant enough).
+    """
+    rules, _ = _candidate_rules(src, config)
+    if len(src) == 0:
+        return ""
+    if not rules["bright"].any():
+        snr = np.nan_to_num(src.snr)
+        best = float(snr.max()) if snr.size else 0.0
+        return (f"none has S/N >= {config.psf_min_snr:g} (psf_min_snr; "
+                f"the brightest {best:.1f})")
+    n = int(rules["bright"].sum())
+    some = (f"the {n} source{'s' if n > 1 else ''} of S/N >= "
+            f"{config.psf_min_snr:g}")
+    if not rules["unflagged"].any():
+        why = _all_flagged(src, np.flatnonzero(rules["bright"]))
+    elif not rules["round"].any():
+        why = _all_elongated(src, np.flatnonzero(rules["unflagged"]), config)
+    elif not rules["sized"].any():
+        why = _all_missized(src, np.flatnonzero(rules["round"]), config)
+    elif not rules["blunt"].any():
+        why = (": the round ones are sharper than any PSF (cosmic rays or "
+               "hot pixels)")
+    else:
+        return ""
+    return some + why
 
 
 def select_candidates(
@@ -780,16 +926,10 @@ def select_candidates(
     """
     if shape is None:
         shape = src.segmap.shape
-    lo, hi = config.psf_fwhm_range
     with np.errstate(divide="ignore", invalid="ignore"):
         sharp = src.peak / src.flux
         peak_snr = src.peak / src.noise
-    base = (
-        _bright_round(src, config) & np.isfinite(sharp)
-        & (2 * src.r_half >= lo) & (2 * src.r_half <= hi)
-        & (sharp <= _SHARP_MARGIN * _PEAK_FRACTION / lo**2)
-    )
-    idx = np.flatnonzero(base)
+    idx = np.flatnonzero(_candidate_rules(src, config)[0]["blunt"])
     if data_sub is not None and idx.size:
         sig = filtered_significance(data_sub, src, idx,
                                     config.psf_detect_filter_fwhm)
