@@ -10,7 +10,8 @@ mask.
 In the image itself every HDU gets a role (`HduRole`, `hdu_roles`): a
 sky image to assess, or an auxiliary plane -- a mask (EXTNAME DQ, MASK,
 FLAGS, BPM..., or an integer image with a few distinct values), a weight
-(ERR, SIGMA, VAR, IVAR, WHT, WEIGHT...), another plane, a table, a
+(ERR, SIGMA, VAR, IVAR, WHT, WEIGHT, MUSE's STAT..., or as ESO's
+HDUCLAS2/HDUCLAS3 cards say), another plane, a table, a
 header -- and each mask or weight plane is paired with the sky image it
 serves (same EXTVER, else the nearest sky image before it, else after).
 Only sky images are CCDs.
@@ -65,11 +66,17 @@ MASK_EXTNAMES: frozenset[str] = frozenset({
 WEIGHT_EXTNAMES: dict[str, PlaneWeightType] = {
     "ERR": "MAP_RMS", "ERROR": "MAP_RMS", "SIGMA": "MAP_RMS",
     "RMS": "MAP_RMS", "NOISE": "MAP_RMS", "STDEV": "MAP_RMS",
-    "UNCERT": "MAP_RMS",
-    "VAR": "MAP_VAR", "VARIANCE": "MAP_VAR",
+    "UNCERT": "MAP_RMS", "ERRS": "MAP_RMS",
+    "VAR": "MAP_VAR", "VARIANCE": "MAP_VAR", "STAT": "MAP_VAR",
     "IVAR": "MAP_WEIGHT", "INVVAR": "MAP_WEIGHT", "WHT": "MAP_WEIGHT",
     "WEIGHT": "MAP_WEIGHT", "WGT": "MAP_WEIGHT", "OOW": "MAP_WEIGHT",
 }
+#: ESO's data format standard (HDUCLASS = 'ESO'; Phase 3 and the VLT
+#: pipelines): HDUCLAS2 says what a plane is whatever its EXTNAME, and
+#: for an error plane HDUCLAS3 says which kind.
+ESO_ERROR_TYPES: dict[str, PlaneWeightType] = {
+    "RMSE": "MAP_RMS", "MSE": "MAP_VAR", "INVMSE": "MAP_WEIGHT",
+    "INVRMSE": "MAP_WEIGHT"}
 #: EXTNAMEs (or their prefixes, ending in ``_``) of other planes that are
 #: not sky images: JWST's variance parts and context, drizzle context,
 #: exposure and area maps, HST's SAMP/TIME.
@@ -294,7 +301,8 @@ def _role_of(hdu: Any, index: int, name: str) -> HduRole:
             return HduRole(index, name, "header only", "no pixels")
         return HduRole(index, name, "auxiliary",
                        f"{naxis}-dimensional, not a 2-D image")
-    named = _role_by_name(_extname(hdu).upper(), index, name)
+    named = (_role_by_class(hdu.header, index, name)
+             or _role_by_name(_extname(hdu).upper(), index, name))
     if named is not None:
         return named
     found = _integer_sample(hdu, shape)
@@ -306,6 +314,29 @@ def _role_of(hdu: Any, index: int, name: str) -> HduRole:
                            + ("s" if n != 1 else ""))
     return HduRole(index, name, "sky image",
                    "a 2-D image named and valued as no auxiliary plane")
+
+
+def _role_by_class(header: fits.Header, index: int,
+                   name: str) -> HduRole | None:
+    """Return the role ESO's HDUCLAS2/HDUCLAS3 cards say (None: none).
+
+    INVRMSE, not in the standard's list, is taken as a weight (its
+    square is an inverse variance only up to the scale: MAP_WEIGHT).
+    """
+    what = str(header.get("HDUCLAS2", "")).strip().upper()
+    if what == "QUALITY":
+        return HduRole(index, name, "mask", "HDUCLAS2 QUALITY")
+    if what != "ERROR":
+        return None
+    kind_card = str(header.get("HDUCLAS3", "")).strip().upper()
+    kind = ESO_ERROR_TYPES.get(kind_card)
+    if kind is None:
+        return HduRole(index, name, "auxiliary",
+                       f"HDUCLAS2 ERROR of an unknown kind (HDUCLAS3 "
+                       f"{kind_card or 'absent'}): not a sky image")
+    return HduRole(index, name, "weight",
+                   f"HDUCLAS2 ERROR, HDUCLAS3 {kind_card}, {kind}",
+                   weight_type=kind)
 
 
 def _role_by_name(ext: str, index: int, name: str) -> HduRole | None:

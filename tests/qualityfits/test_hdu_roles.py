@@ -330,3 +330,79 @@ def test_an_empty_err_plane_is_not_used(hst, tmp_path):
         second.notes)
     assert second.metrics["NFLAG_ZEROWEIGHT"] == 0
     assert got.extensions[0].metrics == report.extensions[0].metrics
+
+
+# -- ESO layouts: MUSE's DATA/STAT/DQ, the HDUCLAS cards ---------------------
+def _eso_planes(path, names, classes=None):
+    """A simulated CCD as science, variance or error, and quality planes.
+
+    ``names``: the three EXTNAMEs; ``classes``: per plane, the HDUCLAS2 /
+    HDUCLAS3 cards (ESO's data format standard) or None.
+    """
+    from qualityfits.datasets import simulate_image  # noqa: PLC0415
+
+    sim = simulate_image(SimulationParams(
+        shape=(512, 512), n_stars=200, n_galaxies=100, n_cr_hits=0,
+        n_cr_tracks=0), seed=57)
+    data = sim.data.astype(np.float32)
+    variance = np.maximum(data, 1.0) / 1.6 + (5.0 / 1.6) ** 2
+    quality = np.zeros(data.shape, np.uint8)
+    quality[100:110, 200:260] = 4
+    planes = [data, variance.astype(np.float32), quality]
+    if classes is not None and classes[1][1] == "RMSE":
+        planes[1] = np.sqrt(variance).astype(np.float32)
+    hdus = [fits.PrimaryHDU()]
+    for k, (name, pixels) in enumerate(zip(names, planes, strict=True)):
+        header = sim.header.copy() if k == 0 else fits.Header()
+        header["EXTNAME"] = name
+        if classes is not None and classes[k] is not None:
+            header["HDUCLASS"] = "ESO"
+            header["HDUCLAS2"], header["HDUCLAS3"] = classes[k]
+        hdus.append(fits.ImageHDU(pixels, header))
+    fits.HDUList(hdus).writeto(path)
+
+
+def test_muse_data_stat_dq(tmp_path):
+    """MPDAF's STAT is the variance of DATA, its DQ DATA's mask."""
+    _eso_planes(tmp_path / "white.fits", ("DATA", "STAT", "DQ"))
+    report = assess(tmp_path / "white.fits", config=NO_CR, jobs=1)
+    assert [e.name for e in report.extensions] == ["DATA"]
+    assert [(h.name, h.role, h.used, h.weight_type)
+            for h in report.hdus] == [
+        ("PRIMARY", "header only", False, None),
+        ("DATA", "sky image", False, None),
+        ("STAT", "weight", True, "MAP_VAR"),
+        ("DQ", "mask", True, None)]
+    ext = report.extensions[0]
+    assert ext.ok, ext.error
+    assert ext.metrics["NFLAG_USERMASK"] == 600
+    assert any("weight: the STAT plane" in n for n in ext.notes)
+
+
+@pytest.mark.parametrize(("kind", "weight_type"), [
+    ("MSE", "MAP_VAR"), ("RMSE", "MAP_RMS")])
+def test_eso_hduclas_cards_say_the_role_whatever_the_name(
+        tmp_path, kind, weight_type):
+    path = tmp_path / "phase3.fits"
+    _eso_planes(path, ("CHIP1", "CHIP1_E", "CHIP1_Q"),
+                classes=[("DATA", ""), ("ERROR", kind),
+                         ("QUALITY", "FLAG32BIT")])
+    report = assess(path, config=NO_CR, jobs=1)
+    assert [e.name for e in report.extensions] == ["CHIP1"]
+    assert [(h.name, h.role, h.used, h.weight_type)
+            for h in report.hdus][1:] == [
+        ("CHIP1", "sky image", False, None),
+        ("CHIP1_E", "weight", True, weight_type),
+        ("CHIP1_Q", "mask", True, None)]
+    assert report.extensions[0].ok
+
+
+def test_an_eso_error_plane_of_unknown_kind_is_not_assessed(tmp_path):
+    path = tmp_path / "odd.fits"
+    _eso_planes(path, ("CHIP1", "CHIP1_E", "CHIP1_Q"),
+                classes=[None, ("ERROR", "WHATEVER"), None])
+    report = assess(path, config=NO_CR, jobs=1)
+    assert [e.name for e in report.extensions] == ["CHIP1"]
+    role = next(h for h in report.hdus if h.name == "CHIP1_E")
+    assert role.role == "auxiliary"
+    assert "HDUCLAS3 WHATEVER" in role.reason
