@@ -30,6 +30,7 @@ from qualityfits.errors import (
     NotScienceError,
     QualityFitsError,
     ShapeMismatchError,
+    UnsupportedImageError,
 )
 from qualityfits.parameters import QualityParameters
 from qualityfits.pipeline import assess
@@ -49,6 +50,7 @@ __all__ = [
     "QualityParameters",
     "QualityReport",
     "ShapeMismatchError",
+    "UnsupportedImageError",
     "__version__",
     "assess",
 ]

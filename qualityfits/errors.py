@@ -56,6 +56,16 @@ class NotScienceError(QualityFitsError):
     code = "not-science"
 
 
+class UnsupportedImageError(QualityFitsError):
+    """A sky exposure of a kind this service does not assess.
+
+    A colour sensor's raw mosaic (Bayer pattern): see
+    `qualityfits.verdicts.colour_verdict`.
+    """
+
+    code = "unsupported-image"
+
+
 class ShapeMismatchError(QualityFitsError):
     """A flat or mask does not match the image (shape or extension count)."""
 

@@ -573,6 +573,7 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
     if n_nonfinite == pix.size:
         raise errors.EmptyImageError(
             f"{name}: every pixel is NaN or infinite")
+    verdicts.colour_verdict(header, pix, name)
     if n_nonfinite:
         pix[nonfinite] = 0.0
     if flat is not None:
@@ -1664,7 +1665,7 @@ _ERROR_TYPES: Mapping[str, type[errors.QualityFitsError]] = {
     cls.__name__: cls for cls in (
         errors.InvalidImageError, errors.NoImageDataError,
         errors.EmptyImageError, errors.NoStarsError,
-        errors.NotScienceError,
+        errors.NotScienceError, errors.UnsupportedImageError,
         errors.ShapeMismatchError, errors.InvalidParameterError,
         errors.InternalError,
     )

@@ -31,11 +31,11 @@ import numpy as np
 from astropy.io import fits
 from numpy.typing import NDArray
 
-from qualityfits.errors import NotScienceError
+from qualityfits.errors import NotScienceError, UnsupportedImageError
 
 __all__ = [
     "FLAT_RANGE_SIGMA", "READ_NOISE_FACTOR", "SATURATED_FRACTION",
-    "TYPE_KEYS", "header_verdict", "no_star_verdict",
+    "TYPE_KEYS", "colour_verdict", "header_verdict", "no_star_verdict",
     "saturation_verdict", "sky_verdict",
 ]
 
@@ -134,6 +134,63 @@ def header_verdict(header: fits.Header, name: str) -> None:
             raise NotScienceError(
                 f"{name}: {kind}, not a sky exposure (OBJECT = "
                 f"{value.strip()!r}, and no IMAGETYP/OBSTYPE)")
+
+
+#: The four orders of a Bayer colour filter array.
+BAYER_PATTERNS: Final = frozenset({"RGGB", "BGGR", "GRBG", "GBRG"})
+#: A frame whose header says a Bayer pattern is refused when the medians
+#: of its four 2 x 2 pixel positions spread by more than this many times
+#: the noise of one of them (two Seestar S50 frames: 1.5 and 2.2, a
+#: PANOPTES DSLR frame 4.2; the monochrome frames of ../shared/data at
+#: most 0.06).
+CHECKERBOARD_SIGMA: Final = 0.5
+
+
+def colour_verdict(header: fits.Header, pix: NDArray[np.float32],
+                   name: str) -> None:
+    """Refuse a colour sensor's raw mosaic (a Bayer pattern).
+
+    Its neighbouring pixels see red, green and blue light: the sky is a
+    2 x 2 checkerboard (a Seestar S50 frame reads 697-813 ADU by
+    colour) and each star a patchwork, on which no FWHM or star count
+    is honest.  Said by ``BAYERPAT`` (SharpCap, ASIAIR, N.I.N.A., the
+    Seestar), or a ``FILTER`` that is a pattern (PANOPTES writes
+    'RGGB'), and seen in the pixels: the medians of the four 2 x 2
+    positions spread by more than `CHECKERBOARD_SIGMA` times the
+    image's noise.  A header that says a pattern over even pixels (a
+    plane already extracted or debayered, the keyword left behind) is
+    not refused.
+
+    Raises
+    ------
+    UnsupportedImageError
+        Naming the keyword and the spread, and what to give instead.
+    """
+    said = None
+    for key in ("BAYERPAT", "FILTER"):
+        value = header.get(key)
+        if isinstance(value, str) and value.strip().upper() in BAYER_PATTERNS:
+            said = f"{key} = {value.strip()!r}"
+            break
+    if said is None or min(pix.shape) < 2:
+        return
+    ny, nx = (pix.shape[0] // 2) * 2, (pix.shape[1] // 2) * 2
+    phases = [pix[i:ny:2, j:nx:2] for i in (0, 1) for j in (0, 1)]
+    with np.errstate(invalid="ignore"):
+        levels = [float(np.nanmedian(p)) for p in phases]
+        # The noise within one colour: the checkerboard does not count.
+        noise = 1.4826 * float(np.nanmedian(np.abs(
+            phases[0][::3, ::3] - levels[0])))
+    spread = max(levels) - min(levels)
+    if not (math.isfinite(spread) and noise > 0
+            and spread > CHECKERBOARD_SIGMA * noise):
+        return
+    raise UnsupportedImageError(
+        f"{name}: a colour sensor's raw frame ({said}, and the four 2 x 2 "
+        f"pixel positions read {min(levels):.4g} to {max(levels):.4g}): "
+        "its pixels alternate red, green and blue, which this service "
+        "does not debayer; give a monochrome frame, or one colour plane "
+        "(e.g. the green pixels, or 2 x 2 super-pixels)")
 
 
 def saturation_verdict(pix: NDArray[np.float32], bad: NDArray[np.bool_],

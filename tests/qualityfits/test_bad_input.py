@@ -31,6 +31,7 @@ from qualityfits.errors import (
     NotScienceError,
     QualityFitsError,
     ShapeMismatchError,
+    UnsupportedImageError,
 )
 from qualityfits.io import ImageSource
 from qualityfits.parameters import QualityParameters
@@ -87,7 +88,8 @@ def resource_warnings(func):
 def test_error_codes_are_stable():
     assert {cls.__name__: cls.code for cls in (
         InvalidImageError, NoImageDataError, EmptyImageError, NoStarsError,
-        NotScienceError, ShapeMismatchError, InvalidParameterError)} == {
+        NotScienceError, ShapeMismatchError, InvalidParameterError,
+        UnsupportedImageError)} == {
         "InvalidImageError": "invalid-image",
         "NoImageDataError": "no-image-data",
         "EmptyImageError": "empty-image",
@@ -95,6 +97,7 @@ def test_error_codes_are_stable():
         "NotScienceError": "not-science",
         "ShapeMismatchError": "shape-mismatch",
         "InvalidParameterError": "invalid-parameter",
+        "UnsupportedImageError": "unsupported-image",
     }
 
 

@@ -28,6 +28,7 @@ from qualityfits.errors import (
     InvalidImageError,
     NoStarsError,
     NotScienceError,
+    UnsupportedImageError,
 )
 from qualityfits.io import ImageSource
 
@@ -397,3 +398,62 @@ class TestCorruptTile:
         assert error.type == "InvalidImageError"
         assert "extension ccd01: corrupt compressed tile data" in (
             error.message.lower())
+
+
+# -- a colour sensor's raw mosaic ---------------------------------------------
+def bayer(pix, gains=(0.8, 1.0, 1.0, 0.6)):
+    """A monochrome frame seen through a Bayer mosaic (RGGB responses)."""
+    out = np.array(pix, dtype=np.float32)
+    for (i, j), g in zip(((0, 0), (0, 1), (1, 0), (1, 1)), gains,
+                         strict=True):
+        out[i::2, j::2] *= g
+    return out
+
+
+class TestColourSensor:
+    @pytest.mark.parametrize(("key", "value"), [
+        ("BAYERPAT", "RGGB"), ("BAYERPAT", "grbg"), ("FILTER", "RGGB")])
+    def test_a_raw_mosaic_is_refused(self, tmp_path, capsys, key, value):
+        sim = simulate_image(SMALL, seed=81)
+        hdr = sim.header.copy()
+        hdr[key] = value
+        path = tmp_path / "colour.fits"
+        fits.PrimaryHDU(bayer(sim.data), hdr).writeto(path)
+        message = refused(path, UnsupportedImageError)
+        assert f"a colour sensor's raw frame ({key} = {value!r}" in message
+        assert "four 2 x 2 pixel positions read" in message
+        status, err = run_cli(path, tmp_path, capsys)
+        assert status == 2
+        assert err == [f"qualityfits: error: {message}"]
+
+    def test_the_real_ntt_frame_through_a_mosaic(self, tmp_path):
+        """A real frame's sky and stars seen through a mosaic: refused;
+        the same frame with only the keyword: assessed."""
+        path = shared_file("ntt_emmi_R_galaxies.fits.gz")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = fits.getdata(path)
+            hdr = fits.getheader(path)
+        hdr["BAYERPAT"] = "GBRG"
+        mosaic = tmp_path / "mosaic.fits"
+        fits.PrimaryHDU(bayer(data, (0.9, 1.0, 1.0, 0.95)),
+                        hdr).writeto(mosaic)
+        refused(mosaic, UnsupportedImageError)
+        # An extracted or debayered plane that kept the keyword.
+        left = tmp_path / "left.fits"
+        fits.PrimaryHDU(np.asarray(data, np.float32), hdr).writeto(left)
+        report = qualityfits.assess(left, jobs=1)
+        assert report.extensions[0].ok
+
+    def test_the_threshold_holds_on_every_real_frame(self):
+        """The monochrome frames' 2 x 2 positions agree within the noise."""
+        for name in SCIENCE:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(shared_file(name)) as hdul:
+                    hdu = next(h for h in hdul if h.data is not None
+                               and h.data.ndim == 2)
+                    hdr = hdu.header.copy()
+                    pix = np.asarray(hdu.data, np.float32)
+            hdr["BAYERPAT"] = "RGGB"
+            verdicts.colour_verdict(hdr, pix, name)  # does not raise
