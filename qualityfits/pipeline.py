@@ -909,7 +909,8 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
         why = "; ".join(part for part in (why, elongated) if part)
         raise errors.NoStarsError(
             f"{ccd.name}: no star usable for the PSF among {len(src)} "
-            f"sources ({psf.n_candidates} bright, unflagged and "
+            f"source{'' if len(src) == 1 else 's'} ({psf.n_candidates} "
+            "bright, unflagged and "
             "compact enough to be candidates)" + (f"; {why}" if why
                                                    else "")
         )

@@ -838,7 +838,8 @@ def _all_flagged(src: Sources, bright: IntArray) -> str:
     words = [f"{int(np.count_nonzero(src.flags[bright] & flag))} {word}"
              for flag, word in _FLAG_WORDS
              if np.any(src.flags[bright] & flag)]
-    return f" are all flagged ({', '.join(words)})"
+    verb = "is" if bright.size == 1 else "are all"
+    return f" {verb} flagged ({', '.join(words)})"
 
 
 def _all_elongated(src: Sources, usable: IntArray,
@@ -873,8 +874,8 @@ def no_candidate_reason(src: Sources, config: QualityConfig) -> str:
     what the sources it stopped are: the brightest S/N when none is
     bright enough, the flags of the bright ones, the ellipticity and
     orientation of elongated ones (aligned: trailed stars), their size
-    against ``psf_fwhm_range``.  Empty when every rule is passed (the
-    peaks then were not significant enough).
+    against ``psf_fwhm_range``; when those rules are passed, that the
+    peaks were not significant enough.  Empty without any source.
     """
     rules, _ = _candidate_rules(src, config)
     if len(src) == 0:
@@ -897,7 +898,12 @@ def no_candidate_reason(src: Sources, config: QualityConfig) -> str:
         why = (": the round ones are sharper than any PSF (cosmic rays or "
                "hot pixels)")
     else:
-        return ""
+        n_blunt = int(rules["blunt"].sum())
+        why = (f": {n_blunt} round, unflagged and of a PSF's size, whose "
+               f"peak stands less than {config.psf_min_snr:g} sigma above "
+               "the sky (psf_min_snr), or which is not detected at "
+               f"{config.psf_detect_thresh:g} sigma in the filtered image "
+               "(psf_detect_thresh)")
     return some + why
 
 

@@ -175,3 +175,23 @@ def test_no_source_no_reason():
         np.float32))
     assert "among 0 sources" in message
     assert ";" not in message.split("candidates)", 1)[1]
+
+
+def test_sources_of_a_psf_size_but_faint_peaks_say_so():
+    """Round, unflagged, sized, yet not significant enough: the last rule.
+
+    Broad low-surface-brightness blobs (FWHM 12 px): bright in total
+    (S/N >= 20) but whose peak stands under 20 sigma.
+    """
+    shape = (400, 400)
+    xy = _grid(16, shape, margin=60)
+    message = _failure(_stars(shape, xy, 12.0, np.full(len(xy), 45.0)))
+    assert "whose peak stands less than 20 sigma above the sky" in message
+
+
+def test_one_flagged_source_is_said_in_the_singular():
+    shape = (200, 200)
+    data = _stars(shape, [(100.0, 100.0)], 3.0, [2e5], saturation=60000.0)
+    message = _failure(data, SATURATE=60000.0)
+    assert "among 1 source (" in message
+    assert "the 1 source of S/N >= 20 is flagged (1 saturated" in message
