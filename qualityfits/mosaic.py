@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from astropy import log as astropy_log
+from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from numpy.typing import NDArray
@@ -45,15 +47,36 @@ def celestial_wcs(header: object) -> WCS | None:
     cannot copy when read as three axes).  A WCS that wcslib cannot
     read is no WCS.
     """
+    level = astropy_log.level
     try:
+        # astropy.wcs logs (INFO, 15 lines, each time) a SIP distortion
+        # under a CTYPE without '-SIP'; the pipeline notes it once
+        # (`sip_note`).
+        astropy_log.setLevel("WARNING")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wcs = WCS(header, naxis=2).celestial
     except (ValueError, KeyError, TypeError, MemoryError, RuntimeError):
         return None
+    finally:
+        astropy_log.setLevel(level)
     if wcs.naxis != 2 or not wcs.has_celestial:
         return None
     return wcs
+
+
+def sip_note(header: fits.Header) -> str:
+    """Say that SIP distortion terms sit under a CTYPE without '-SIP'.
+
+    astropy applies them (plate solvers write such headers); empty when
+    the header has none, or says '-SIP'.
+    """
+    ctype = str(header.get("CTYPE1", ""))
+    if "A_ORDER" not in header or ctype.endswith("-SIP"):
+        return ""
+    return (f"the WCS has SIP distortion terms (A_ORDER = "
+            f"{header['A_ORDER']}) under CTYPE1 = {ctype.strip()!r}, "
+            "without '-SIP': they are applied, as astropy does")
 
 
 def _tangent(ra: FloatArray, dec: FloatArray, ra0: float,

@@ -94,7 +94,7 @@ from qualityfits.io import (
     resolve_mask_convention,
 )
 from qualityfits.metrics import METRICS, qa_flags, withhold
-from qualityfits.mosaic import aggregate, celestial_wcs
+from qualityfits.mosaic import aggregate, celestial_wcs, sip_note
 from qualityfits.observation import observation
 from qualityfits.parallel import (
     Poster,
@@ -598,6 +598,8 @@ def _prepare(data: NDArray[Any], header: fits.Header, *, ccd: _Ccd,
     ccd.gain = gain = _pixel_gain(header, exptime, notes)
     ccd.read_noise = header_number(header, *RDNOISE_KEYS)
     ccd.wcs = celestial_wcs(header)
+    if ccd.wcs is not None and (sip := sip_note(header)):
+        notes.append(sip)
     ccd.scale = scale = _pixscale(header, ccd.wcs, pixscale, notes)
     ccd.zeropoint = zp = _zeropoint(header, zeropoint, notes)
     saturation = header_number(header, "SATURATE", "SATLEVEL",

@@ -23,6 +23,7 @@ import pytest
 from astropy.io import fits
 
 import qualityfits
+from qualityfits.cli import main as cli_main
 from qualityfits.cliutil import exit_now
 from qualityfits.datasets import SimulationParams, simulate_image
 from qualityfits.io import image_stem
@@ -368,7 +369,8 @@ def test_python_m_qualityfits_still_reports_and_fails_in_one_line(
         capture_output=True, text=True, timeout=300, check=False)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "out" / "one.summary.json").is_file()
-    assert "FWHM" in ok.stdout and "Traceback" not in ok.stderr
+    assert "FWHM" in ok.stdout
+    assert "Traceback" not in ok.stderr
     bad = tmp_path / "bad.fits"
     bad.write_bytes(b"SIMPLE  =                    T" + b" " * 100)
     failed = subprocess.run(
@@ -377,3 +379,30 @@ def test_python_m_qualityfits_still_reports_and_fails_in_one_line(
     assert failed.returncode == 2
     assert failed.stderr.startswith("qualityfits: error: ")
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_sip_terms_without_sip_ctype_are_one_note_not_a_log(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Plate solvers write SIP terms under 'RA---TAN': astropy.wcs logs
+    15 lines each time it reads such a header; the report notes it once."""
+    sim = simulate_image(SimulationParams(shape=(512, 512), n_stars=150,
+                                          n_galaxies=60), seed=17)
+    header = sim.header.copy()
+    assert header["CTYPE1"] == "RA---TAN"
+    header["A_ORDER"], header["B_ORDER"] = 2, 2
+    header["A_0_2"], header["A_2_0"], header["A_1_1"] = 1e-7, -2e-7, 5e-8
+    header["B_0_2"], header["B_2_0"], header["B_1_1"] = 3e-8, 1e-7, -4e-8
+    path = tmp_path / "solved.fits"
+    fits.PrimaryHDU(sim.data, header).writeto(path)
+    status = cli_main([str(path), "--summary-only", "--no-progress",
+                       "-j", "1", "-o", str(tmp_path / "out")])
+    out, err = capfd.readouterr()
+    assert status == 0
+    assert "INFO" not in out + err
+    assert "SIP distortion" not in err
+    summary = json.loads((tmp_path / "out" / "solved.summary.json")
+                         .read_text())
+    notes = summary["extensions"][0]["notes"]
+    assert [n for n in notes if n.startswith(
+        "the WCS has SIP distortion terms (A_ORDER = 2) under CTYPE1 = "
+        "'RA---TAN'")]
