@@ -62,6 +62,13 @@ FLAG_CAPS: Final = {
 }
 
 
+#: The reason of an exposure flagged ELONGATED without a measured PSF:
+#: its bright sources share an elongation (ELLIP_SOURCES) beyond the
+#: grades' D limit.
+ELONGATED_UNMEASURED: Final = (
+    "stars trailed or smeared alike, the PSF not measured (ELONGATED, "
+    "ELLIP_SOURCES)")
+
 #: The reason of an exposure whose FWHM was withheld on every CCD.
 NO_SEEING: Final = "seeing not measured: no CCD has enough PSF stars"
 
@@ -150,6 +157,8 @@ def grade_exposure(medians: Mapping[str, float], *,
     ell = float(medians.get("ELLIPTICITY", math.nan))
     if math.isfinite(ell):
         limit_rule(ell, config.grade_ellipticity, "ellipticity", "", 3)
+    elif "ELONGATED" in flags:
+        caps.append(("D", ELONGATED_UNMEASURED))
     if n_ccds > 0 and n_failed > 0:
         limit_rule(n_failed / n_ccds, config.grade_missing_frac,
                    f"{n_failed} of {n_ccds} CCDs not assessed:", " %", 1,

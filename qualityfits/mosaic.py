@@ -268,7 +268,10 @@ def aggregate(exts: Sequence[ImageExtension],
     med = {k: v["median"] for k, v in metrics.items()}
     if med["FWHM_ARCSEC"] > config.poor_seeing_arcsec:
         flags.append("POOR_SEEING")
-    if med["ELLIPTICITY"] > config.elongated_ellipticity:
+    if med["ELLIPTICITY"] > config.elongated_ellipticity or (
+            not math.isfinite(med["ELLIPTICITY"])
+            and "ELONGATED" in ccd_flags):
+        # Without a measured PSF, the CCDs' sources elongated alike.
         flags.append("ELONGATED")
     if not med["NSTAR_FIT"] >= config.few_psf_stars:
         flags.append("FEW_PSF_STARS")

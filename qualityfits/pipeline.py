@@ -116,6 +116,7 @@ from qualityfits.psf import (
     galaxy_contamination,
     measure_psf,
     no_candidate_reason,
+    shared_elongation,
     undersampled_size,
 )
 from qualityfits.report import (
@@ -898,6 +899,7 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
                    " px: an undersampled PSF, whose FWHM a Moffat fit "
                    "cannot measure honestly (a 1.2 px Gaussian reads 10 %"
                    " low, 1.4-1.6 px Airy discs 26-29 %)")
+    metrics["ELLIP_SOURCES"] = abs(shared_elongation(src, config))
     elongated = elongation_note(src, config)
     if len(stars) == 0:
         assert ccd.header is not None

@@ -37,6 +37,7 @@ from scipy.special import log_ndtr
 from qualityfits import moffat
 from qualityfits.config import QualityConfig
 from qualityfits.detection import SourceFlag, Sources, gaussian_kernel
+from qualityfits.metrics import SHARED_ELONGATION
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
@@ -768,7 +769,7 @@ def _candidate_rules(src: Sources, config: QualityConfig
     rules["unflagged"] = (rules["bright"] & ((src.flags & REJECT_FLAGS) == 0)
                           & np.isfinite(src.r_half))
     common = common_elongation(src, rules["unflagged"])
-    if abs(common) > 0.5 * config.psf_max_ellip:
+    if abs(common) > SHARED_ELONGATION * config.psf_max_ellip:
         # An elongated PSF (trailed, shaken, astigmatic): the window is
         # centred on the shape the bright sources share.
         off = np.abs(iso_ell * np.exp(2j * src.theta) - common)
@@ -806,15 +807,24 @@ def _bright_round(src: Sources, config: QualityConfig) -> NDArray[np.bool_]:
     return _candidate_rules(src, config)[0]["round"]
 
 
+def shared_elongation(src: Sources, config: QualityConfig) -> complex:
+    """Return the elongation the bright unflagged sources share.
+
+    `common_elongation` of the sources passing the ``unflagged`` rule of
+    `_candidate_rules` (ELLIP_SOURCES is its length).
+    """
+    return _candidate_rules(src, config)[1]
+
+
 def elongation_note(src: Sources, config: QualityConfig) -> str:
     """Say that the bright sources share an elongation, if they do.
 
-    Where `common_elongation` exceeds half ``psf_max_ellip``: its size
-    and direction, and that the PSF stars were chosen about that shape
-    (`_candidate_rules`).  Empty otherwise.
+    Where `shared_elongation` exceeds `SHARED_ELONGATION` times
+    ``psf_max_ellip``: its size and direction, and that the PSF stars
+    were chosen about that shape (`_candidate_rules`).  Empty otherwise.
     """
-    _, common = _candidate_rules(src, config)
-    if abs(common) <= 0.5 * config.psf_max_ellip:
+    common = shared_elongation(src, config)
+    if abs(common) <= SHARED_ELONGATION * config.psf_max_ellip:
         return ""
     angle = math.degrees(np.angle(common)) / 2.0
     return (f"the bright sources share an elongation of {abs(common):.2f} "

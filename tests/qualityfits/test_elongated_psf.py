@@ -27,6 +27,7 @@ from testkit import shared_file
 
 from qualityfits.config import QualityConfig
 from qualityfits.datasets import SimulationParams, simulate_image
+from qualityfits.grades import ELONGATED_UNMEASURED, grade_exposure
 from qualityfits.pipeline import assess_extension
 
 NOTE = "the bright sources share an elongation"
@@ -64,6 +65,7 @@ def test_a_mildly_elongated_psf_keeps_psfex_window():
     sim = _field(0.15, 20.0, 74)
     report = assess_extension(sim.data, sim.header, name="mild")
     assert not [n for n in report.notes if n.startswith(NOTE)]
+    assert 0.05 < report.metrics["ELLIP_SOURCES"] < 0.15
     assert report.metrics["ELLIPTICITY"] == pytest.approx(0.15, abs=0.005)
 
 
@@ -90,12 +92,30 @@ def test_a_trailed_real_frame_is_said_trailed():
     [note] = [n for n in report.notes if n.startswith(NOTE)]
     said = float(note.split(" along ")[1].split(" deg")[0])
     assert abs(said - 60.0) < 5.0
+    # Trailed stars are not Moffats: the PSF is withheld, and the image
+    # is still flagged elongated, from the shape the sources share.
+    assert not math.isfinite(report.metrics["ELLIPTICITY"])
+    assert report.metrics["ELLIP_SOURCES"] > 0.15
+    assert "ELONGATED" in report.flags
     # The untouched frame is round enough for PSFEx's window.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = assess_extension(fits.getdata(path).astype(np.float32),
                                  header, name="plain")
     assert not [n for n in plain.notes if n.startswith(NOTE)]
+    assert plain.metrics["ELLIP_SOURCES"] < 0.05
+    assert "ELONGATED" not in plain.flags
+
+
+def test_an_exposure_trailed_without_a_psf_is_graded_d():
+    grade = grade_exposure({"ELLIPTICITY": math.nan, "FWHM_ARCSEC": 1.0},
+                           flags=["ELONGATED", "PSF_WITHHELD"], n_ccds=1,
+                           n_failed=0)
+    assert grade.letter == "D"
+    assert ELONGATED_UNMEASURED in grade.reasons
+    measured = grade_exposure({"ELLIPTICITY": 0.03, "FWHM_ARCSEC": 1.0},
+                              flags=[], n_ccds=1, n_failed=0)
+    assert ELONGATED_UNMEASURED not in measured.reasons
 
 
 # -- no candidate: the reason -----------------------------------------------
