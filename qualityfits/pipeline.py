@@ -910,6 +910,8 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
             gain=ccd.gain, read_noise=ccd.read_noise)
         if not why and psf.n_candidates == 0:
             why = no_candidate_reason(src, config)
+        elif not why and psf.rejected:
+            why = ("the candidates dropped: " + ", ".join(psf.rejected))
         why = "; ".join(part for part in (why, elongated) if part)
         raise errors.NoStarsError(
             f"{ccd.name}: no star usable for the PSF among {len(src)} "

@@ -263,6 +263,9 @@ class PsfResult:
     locus_r_half: float
     double_locus: bool
     shape: tuple[int, int]
+    #: Without any PSF star: why the candidates were dropped, a phrase
+    #: each with its count (`_rejections`).
+    rejected: tuple[str, ...] = ()
 
     @property
     def n_candidates(self) -> int:
@@ -1632,6 +1635,10 @@ def measure_psf(
     idx = _spread_pick(src, idx, shape, config.psf_max_stars, cells)
     empty = _empty_result(shape, cells, locus, mode, double)
     if idx.size == 0:
+        if found.fit.size:
+            near = (f"{found.fit.size} with a neighbour brighter than a "
+                    f"tenth of it within {2.0 * fwhm_guess:.0f} px")
+            return replace(empty, rejected=(near,))
         return empty
     # psf_fwhm_range applies to 2 r_h (as PSFEx's SAMPLE_FWHMRANGE); the
     # pixel-free FWHM of an undersampled PSF is legitimately below it.
@@ -1708,7 +1715,10 @@ def measure_psf(
     keep, fwhm_coef = (clipped, fwhm_coef) if mixed is None else mixed
     sel = np.flatnonzero(keep)
     if sel.size == 0:
-        return empty
+        return replace(empty, rejected=_rejections(
+            fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
+            & (shp.flux > 0), (shp.fwhm >= lo) & (shp.fwhm <= hi),
+            shift <= 1.5, ~spiked))
     stars = PsfStars(
         index=idx[sel],
         x=xfit[sel], y=yfit[sel],
@@ -1737,6 +1747,38 @@ def measure_psf(
         stars=stars, grid=grid, model=model, field=field, locus=locus,
         locus_r_half=mode, double_locus=double, shape=shape,
     )
+
+
+def _rejections(fitted: NDArray[np.bool_], sized: NDArray[np.bool_],
+                centred: NDArray[np.bool_],
+                smooth: NDArray[np.bool_]) -> tuple[str, ...]:
+    """Why fitted candidates were dropped, for a CCD left without stars.
+
+    Each candidate counts under the first test it fails: its fit (not
+    converged, no flux), its FWHM (outside the range), its centre (moved
+    more than 1.5 px), a spike in its residual (a cosmic ray on it, or a
+    second peak: a doubled star); those passing all four were dropped by
+    the clipping of the FWHM field.
+    """
+    tests = (
+        (fitted, "whose Moffat fit failed"),
+        (sized, "with a fitted FWHM outside psf_fwhm_range"),
+        (centred, ("whose fit moved more than 1.5 px (a blend, or a "
+                  "distorted star)")),
+        (smooth, ("with a spike in the fit's residual (a cosmic ray on "
+                 "it, or a second peak: doubled stars)")),
+    )
+    left = np.ones(fitted.shape, bool)
+    out = []
+    for passed, what in tests:
+        n = int(np.count_nonzero(left & ~passed))
+        if n:
+            out.append(f"{n} {what}")
+        left &= passed
+    n = int(np.count_nonzero(left))
+    if n:
+        out.append(f"{n} clipped as outliers of the FWHM field")
+    return tuple(out)
 
 
 def _empty_result(shape: tuple[int, int], cells: tuple[int, int],

@@ -17,6 +17,7 @@ numpy, not with the project's simulator.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -215,3 +216,34 @@ def test_one_flagged_source_is_said_in_the_singular():
     message = _failure(data, SATURATE=60000.0)
     assert "among 1 source (" in message
     assert "the 1 source of S/N >= 20 is flagged (1 saturated" in message
+
+
+def _pairs(separation, ratio, aligned, seed=5):
+    """Stars in pairs: a doubled image (aligned) or close neighbours."""
+    rng = np.random.default_rng(seed)
+    shape = (500, 500)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = rng.normal(500.0, 10.0, shape)
+    sigma = 3.5 / 2.3548
+    for _ in range(40):
+        x, y = rng.uniform(40, 460, 2)
+        flux = rng.uniform(2e4, 2e5)
+        angle = math.radians(37.0) if aligned else rng.uniform(0, math.pi)
+        for dx, dy, share in ((0.0, 0.0, 1.0),
+                              (separation * math.cos(angle),
+                               separation * math.sin(angle), ratio)):
+            img += share * flux / (2 * math.pi * sigma**2) * np.exp(
+                -((xx - x - dx) ** 2 + (yy - y - dy) ** 2)
+                / (2 * sigma**2))
+    return img.astype(np.float32)
+
+
+def test_doubled_stars_say_why_their_fits_were_dropped():
+    """Every star with a second image 4 px away (a guiding jump)."""
+    message = _failure(_pairs(4.0, 0.6, aligned=True))
+    assert re.search(r"the candidates dropped: \d+ with a spike in the "
+                     r"fit's residual \(a cosmic ray on it, or a second "
+                     r"peak: doubled stars\)", message), message
+    said = float(message.split(" along ")[1].split(" deg")[0])
+    assert abs(said - 37.0) < 5.0
+
