@@ -899,8 +899,9 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
                    " px: an undersampled PSF, whose FWHM a Moffat fit "
                    "cannot measure honestly (a 1.2 px Gaussian reads 10 %"
                    " low, 1.4-1.6 px Airy discs 26-29 %)")
-    metrics["ELLIP_SOURCES"] = abs(shared_elongation(src, config))
-    elongated = elongation_note(src, config)
+    common = shared_elongation(src, config)
+    metrics["ELLIP_SOURCES"] = abs(common)
+    elongated = elongation_note(common, config)
     if len(stars) == 0:
         assert ccd.header is not None
         background: Background = ccd.parts["background"]
@@ -911,7 +912,7 @@ def _psf(ccd: _Ccd, src: Sources) -> tuple[PsfResult, Sources]:
         if not why and psf.n_candidates == 0:
             why = no_candidate_reason(src, config)
         elif not why and psf.rejected:
-            why = ("the candidates dropped: " + ", ".join(psf.rejected))
+            why = "the candidates dropped: " + ", ".join(psf.rejected)
         why = "; ".join(part for part in (why, elongated) if part)
         raise errors.NoStarsError(
             f"{ccd.name}: no star usable for the PSF among {len(src)} "

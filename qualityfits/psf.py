@@ -819,14 +819,14 @@ def shared_elongation(src: Sources, config: QualityConfig) -> complex:
     return _candidate_rules(src, config)[1]
 
 
-def elongation_note(src: Sources, config: QualityConfig) -> str:
+def elongation_note(common: complex, config: QualityConfig) -> str:
     """Say that the bright sources share an elongation, if they do.
 
-    Where `shared_elongation` exceeds `SHARED_ELONGATION` times
-    ``psf_max_ellip``: its size and direction, and that the PSF stars
-    were chosen about that shape (`_candidate_rules`).  Empty otherwise.
+    Where ``common`` (`shared_elongation`) exceeds `SHARED_ELONGATION`
+    times ``psf_max_ellip``: its size and direction, and that the PSF
+    stars were chosen about that shape (`_candidate_rules`).  Empty
+    otherwise.
     """
-    common = shared_elongation(src, config)
     if abs(common) <= SHARED_ELONGATION * config.psf_max_ellip:
         return ""
     angle = math.degrees(np.angle(common)) / 2.0
@@ -1700,11 +1700,14 @@ def measure_psf(
     )
     shp = moffat.shape_from_params(fit.params)
     shift = np.hypot(xfit - src.x[idx], yfit - src.y[idx])
-    keep = (
-        fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
-        & (shp.fwhm >= lo) & (shp.fwhm <= hi) & (shift <= 1.5)
-        & (shp.flux > 0) & ~spiked
-    )
+    tests = {
+        "fitted": (fit.converged & np.isfinite(chi2)
+                   & np.isfinite(shp.fwhm) & (shp.flux > 0)),
+        "sized": (shp.fwhm >= lo) & (shp.fwhm <= hi),
+        "centred": shift <= 1.5,
+        "smooth": ~spiked,
+    }
+    keep = np.logical_and.reduce(list(tests.values()))
     keep = misfit_clip(chi2, fit.ndof, src.snr[idx], keep,
                        config.psf_chi2_clip)
     clipped, fwhm_coef = compact_clip(xfit, yfit, shp.fwhm, src.snr[idx],
@@ -1715,10 +1718,7 @@ def measure_psf(
     keep, fwhm_coef = (clipped, fwhm_coef) if mixed is None else mixed
     sel = np.flatnonzero(keep)
     if sel.size == 0:
-        return replace(empty, rejected=_rejections(
-            fit.converged & np.isfinite(chi2) & np.isfinite(shp.fwhm)
-            & (shp.flux > 0), (shp.fwhm >= lo) & (shp.fwhm <= hi),
-            shift <= 1.5, ~spiked))
+        return replace(empty, rejected=_rejections(tests))
     stars = PsfStars(
         index=idx[sel],
         x=xfit[sel], y=yfit[sel],
@@ -1749,35 +1749,37 @@ def measure_psf(
     )
 
 
-def _rejections(fitted: NDArray[np.bool_], sized: NDArray[np.bool_],
-                centred: NDArray[np.bool_],
-                smooth: NDArray[np.bool_]) -> tuple[str, ...]:
+#: What each test of the second PSF fit (`measure_psf`) says of the
+#: candidates it drops.
+_REJECTED_BY = {
+    "fitted": "whose Moffat fit failed",
+    "sized": "with a fitted FWHM outside psf_fwhm_range",
+    "centred": ("whose fit moved more than 1.5 px (a blend, or a "
+                "distorted star)"),
+    "smooth": ("with a spike in the fit's residual (a cosmic ray on it, "
+               "or a second peak: doubled stars)"),
+}
+
+
+def _rejections(tests: dict[str, NDArray[np.bool_]]) -> tuple[str, ...]:
     """Why fitted candidates were dropped, for a CCD left without stars.
 
-    Each candidate counts under the first test it fails: its fit (not
-    converged, no flux), its FWHM (outside the range), its centre (moved
-    more than 1.5 px), a spike in its residual (a cosmic ray on it, or a
-    second peak: a doubled star); those passing all four were dropped by
-    the clipping of the FWHM field.
+    ``tests`` are the second fit's tests, in order (`_REJECTED_BY`);
+    each candidate counts under the first it fails.  Those passing all
+    were dropped by the clipping (the fit's chi-square, the FWHM
+    field).
     """
-    tests = (
-        (fitted, "whose Moffat fit failed"),
-        (sized, "with a fitted FWHM outside psf_fwhm_range"),
-        (centred, ("whose fit moved more than 1.5 px (a blend, or a "
-                  "distorted star)")),
-        (smooth, ("with a spike in the fit's residual (a cosmic ray on "
-                 "it, or a second peak: doubled stars)")),
-    )
-    left = np.ones(fitted.shape, bool)
+    left = np.ones(next(iter(tests.values())).shape, bool)
     out = []
-    for passed, what in tests:
+    for name, passed in tests.items():
         n = int(np.count_nonzero(left & ~passed))
         if n:
-            out.append(f"{n} {what}")
+            out.append(f"{n} {_REJECTED_BY[name]}")
         left &= passed
     n = int(np.count_nonzero(left))
     if n:
-        out.append(f"{n} clipped as outliers of the FWHM field")
+        out.append(f"{n} clipped as outliers (the fit's chi-square, or "
+                   "the FWHM field)")
     return tuple(out)
 
 
