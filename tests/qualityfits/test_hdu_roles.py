@@ -47,6 +47,11 @@ def _roles(report):
     return [(h.name, h.role, h.used) for h in report.hdus]
 
 
+def _typed_roles(report):
+    """Each HDU's name, role, use and weight type."""
+    return [(h.name, h.role, h.used, h.weight_type) for h in report.hdus]
+
+
 # -- HST _flt: SCI, ERR, DQ per chip -----------------------------------------
 @pytest.fixture(scope="module")
 def hst(tmp_path_factory):
@@ -224,8 +229,7 @@ def test_rubin_style_image_mask_variance(tmp_path):
     n_bad = _rubin_file(tmp_path / "calexp.fits")
     report = assess(tmp_path / "calexp.fits", config=NO_CR, jobs=1)
     assert [e.name for e in report.extensions] == ["IMAGE"]
-    assert [(h.name, h.role, h.used, h.weight_type)
-            for h in report.hdus] == [
+    assert _typed_roles(report) == [
         ("PRIMARY", "header only", False, None),
         ("IMAGE", "sky image", False, None),
         ("MASK", "mask", True, None),
@@ -367,8 +371,7 @@ def test_muse_data_stat_dq(tmp_path):
     _eso_planes(tmp_path / "white.fits", ("DATA", "STAT", "DQ"))
     report = assess(tmp_path / "white.fits", config=NO_CR, jobs=1)
     assert [e.name for e in report.extensions] == ["DATA"]
-    assert [(h.name, h.role, h.used, h.weight_type)
-            for h in report.hdus] == [
+    assert _typed_roles(report) == [
         ("PRIMARY", "header only", False, None),
         ("DATA", "sky image", False, None),
         ("STAT", "weight", True, "MAP_VAR"),
@@ -389,8 +392,7 @@ def test_eso_hduclas_cards_say_the_role_whatever_the_name(
                          ("QUALITY", "FLAG32BIT")])
     report = assess(path, config=NO_CR, jobs=1)
     assert [e.name for e in report.extensions] == ["CHIP1"]
-    assert [(h.name, h.role, h.used, h.weight_type)
-            for h in report.hdus][1:] == [
+    assert _typed_roles(report)[1:] == [
         ("CHIP1", "sky image", False, None),
         ("CHIP1_E", "weight", True, weight_type),
         ("CHIP1_Q", "mask", True, None)]
