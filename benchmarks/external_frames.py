@@ -91,7 +91,8 @@ def assess_one(path: Path, reference: bool) -> dict[str, Any]:
         flags=",".join(first.flags),
         detail=first.name)
     if reference:
-        sys.path.insert(0, str(HERE))
+        if str(HERE) not in sys.path:
+            sys.path.insert(0, str(HERE))
         import terapix  # noqa: PLC0415 - needs benchmarks/ on sys.path
 
         try:
